@@ -1,0 +1,50 @@
+"""The library's operations on registered models, shared by the CLI and the daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from autotune import registry
+from autotune.errors import ModelNotFoundError
+from autotune.store import ModelRecord, Store
+from autotune.workload import Workload
+
+#: Workload fields ``autotune add`` can set, and their defaults for a new model.
+ENCODER_PROMPT_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class AddResult:
+    model: ModelRecord
+    created: bool
+    changes: dict[str, tuple[Any, Any]]
+
+
+def add_model(store: Store | None, name: str, options: dict[str, Any], *, open_store: Any = None) -> AddResult:
+    """Resolve ``name``, check it against the installed Transformers, and register its workload.
+
+    ``options`` holds the workload fields the user gave (absent ones keep the model's current
+    value, or the default for a new model). Everything is validated before the store is opened
+    or written, so bad input leaves the database as it was.
+    """
+    resolved = registry.resolve(name)
+    where = f"{resolved.path}/config.json" if resolved.path else name
+    registry.check_model_type(resolved.config, where)
+    task = options.get("task") or registry.infer_task(resolved.config)
+    fields = {k: v for k, v in options.items() if v is not None}
+    fields["task"] = task
+    defaults: dict[str, Any] = {"prompt_tokens": ENCODER_PROMPT_TOKENS} if task != "text-generation" else {}
+    Workload.from_dict({**defaults, **fields})  # validate before the store is touched
+    capabilities = registry.model_capabilities(resolved.config, task)
+
+    if store is None:
+        store = open_store()
+    try:
+        previous: Workload | None = store.get_model(resolved.name).workload
+    except ModelNotFoundError:
+        previous = None
+    base = previous.to_dict() if previous is not None and previous.task == task else defaults
+    workload = Workload.from_dict({**base, **fields})
+    record, created, changes = store.upsert_model(resolved, capabilities, workload)
+    return AddResult(record, created, changes)

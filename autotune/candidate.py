@@ -1,0 +1,195 @@
+"""One way of loading and running a model, and the rules that say whether it can work here.
+
+A :class:`Candidate` is what the search proposes and the trial worker measures (batch size
+aside: a worker measures a ladder of batch sizes for one candidate, since loading costs the
+most). :func:`rejection` applies the validity rules before anything is loaded, so that a user
+sees *why* an option was never tried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from autotune.errors import InputError
+
+if TYPE_CHECKING:
+    from autotune.environment import Environment
+    from autotune.workload import Workload
+
+DTYPES = ("float32", "float16", "bfloat16")
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
+DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+#: Attention implementations autotune knows how to reason about. What a given model accepts is
+#: read from the installed Transformers at ``autotune add`` time (the model's capabilities).
+ATTENTIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
+QUANTS = ("none", "bnb-8bit", "bnb-4bit-nf4", "bnb-4bit-fp4")
+PLACEMENTS = ("cpu", "cuda", "multi-gpu")
+RUNTIMES = ("pytorch",)
+
+#: The distribution name that provides each FlashAttention implementation.
+FLASH_PACKAGES = {"flash_attention_2": "flash-attn", "flash_attention_3": "flash-attn-3"}
+FLASH_MIN_CC = {"flash_attention_2": (8, 0), "flash_attention_3": (9, 0)}
+
+
+def normalize_dtype(name: str) -> str:
+    value = DTYPE_ALIASES.get(str(name).lower(), str(name).lower())
+    if value not in DTYPES:
+        raise InputError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)} (or fp32, fp16, bf16)")
+    return value
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A loading configuration, batch size aside.
+
+    ``compute_dtype`` applies to 4-bit quantization (``bnb_4bit_compute_dtype``); ``None``
+    means "the same as ``dtype``". ``placement`` is ``cpu``, ``cuda`` (one GPU) or
+    ``multi-gpu`` (``device_map="auto"`` over every GPU, each capped by the workload's limit).
+    """
+
+    dtype: str = "bfloat16"
+    attn: str = "sdpa"
+    sdpa_kernel: str | None = None
+    quant: str = "none"
+    double_quant: bool = False
+    compute_dtype: str | None = None
+    placement: str = "cuda"
+    static_cache: bool = False
+    runtime: str = "pytorch"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
+        if self.compute_dtype is not None:
+            object.__setattr__(self, "compute_dtype", normalize_dtype(self.compute_dtype))
+        if self.sdpa_kernel is not None and self.sdpa_kernel not in SDPA_KERNELS:
+            raise InputError(f"unknown SDPA kernel {self.sdpa_kernel!r}: choose one of {', '.join(SDPA_KERNELS)}")
+        if self.quant not in QUANTS:
+            raise InputError(f"unknown quantization {self.quant!r}: choose one of {', '.join(QUANTS)}")
+        if self.placement not in PLACEMENTS:
+            raise InputError(f"unknown placement {self.placement!r}: choose one of {', '.join(PLACEMENTS)}")
+        if self.runtime not in RUNTIMES:
+            raise InputError(f"unknown runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        if not self.attn or not isinstance(self.attn, str):
+            raise InputError(f"attention implementation must be a name such as sdpa, got {self.attn!r}")
+
+    @property
+    def is_4bit(self) -> bool:
+        return self.quant.startswith("bnb-4bit")
+
+    @property
+    def effective_compute_dtype(self) -> str:
+        return self.compute_dtype or self.dtype
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.placement != "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Candidate:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def key(self) -> str:
+        """A stable identity: two candidates with the same key load the same way."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        """Short human text, e.g. ``bf16 sdpa[flash] nf4+dq(bf16) cuda static``."""
+        attn = self.attn + (f"[{self.sdpa_kernel}]" if self.sdpa_kernel else "")
+        parts = [DTYPE_SHORT[self.dtype], attn]
+        if self.quant != "none":
+            quant = {"bnb-8bit": "int8", "bnb-4bit-nf4": "nf4", "bnb-4bit-fp4": "fp4"}[self.quant]
+            if self.double_quant:
+                quant += "+dq"
+            if self.is_4bit and self.compute_dtype and self.compute_dtype != self.dtype:
+                quant += f"({DTYPE_SHORT[self.compute_dtype]})"
+            parts.append(quant)
+        parts.append(self.placement)
+        if self.static_cache:
+            parts.append("static")
+        return " ".join(parts)
+
+
+def rejection(
+    candidate: Candidate,
+    environment: Environment,
+    capabilities: dict[str, Any],
+    workload: Workload | None = None,
+) -> str | None:
+    """Why ``candidate`` cannot work here, in words a user can act on; ``None`` if it may.
+
+    ``capabilities`` is what the installed Transformers says of the model's class (see
+    :func:`autotune.registry.model_capabilities`).
+    """
+    c = candidate
+    gpus = environment.gpus
+    if c.placement == "cuda" and not gpus:
+        return "placement cuda: no NVIDIA GPU is visible here (autotune gpus shows what NVML sees)"
+    if c.placement == "multi-gpu" and len(gpus) < 2:
+        return f"placement multi-gpu: needs two or more GPUs, this machine has {len(gpus)}"
+    min_cc = min((g.compute_capability for g in gpus), default=None) if c.on_gpu else None
+
+    if c.on_gpu and min_cc is not None and min_cc < (8, 0):
+        for what, dtype in (("dtype", c.dtype), ("compute dtype", c.compute_dtype)):
+            if dtype == "bfloat16":
+                return f"{what} bfloat16: needs compute capability 8.0 or newer, this GPU has {min_cc[0]}.{min_cc[1]} (use float16)"
+
+    supported = capabilities.get("attn_implementations")
+    if supported is not None and c.attn not in supported:
+        return f"{c.attn}: {capabilities.get('architecture', 'this model')} does not support it in transformers {environment.version('transformers')} (supported: {', '.join(supported)})"
+
+    if c.attn in FLASH_PACKAGES:
+        package = FLASH_PACKAGES[c.attn]
+        if c.dtype == "float32" and not c.is_4bit or (c.is_4bit and c.effective_compute_dtype == "float32"):
+            return f"{c.attn}: FlashAttention runs only in float16 or bfloat16, not {c.effective_compute_dtype if c.is_4bit else c.dtype}"
+        if not c.on_gpu:
+            return f"{c.attn}: FlashAttention runs only on NVIDIA GPUs, not on the CPU"
+        need = FLASH_MIN_CC[c.attn]
+        if min_cc is not None and min_cc < need:
+            return f"{c.attn}: needs compute capability {need[0]}.{need[1]} or newer, this GPU has {min_cc[0]}.{min_cc[1]}"
+        if not environment.has(package):
+            return f"{c.attn}: package {package} is not installed (pip install {package} --no-build-isolation)"
+
+    if c.sdpa_kernel is not None:
+        if c.attn != "sdpa":
+            return f"SDPA kernel {c.sdpa_kernel}: applies only with attention sdpa, not {c.attn}"
+        if not c.on_gpu and c.sdpa_kernel in ("efficient", "cudnn"):
+            return f"SDPA kernel {c.sdpa_kernel}: runs only on CUDA; on the CPU use flash or math"
+        if c.on_gpu and c.sdpa_kernel in ("flash", "cudnn") and min_cc is not None and min_cc < (8, 0):
+            return f"SDPA kernel {c.sdpa_kernel}: needs compute capability 8.0 or newer, this GPU has {min_cc[0]}.{min_cc[1]}"
+        if c.on_gpu and c.sdpa_kernel == "flash" and c.dtype == "float32" and not c.is_4bit:
+            return "SDPA kernel flash: runs only in float16 or bfloat16 on CUDA, not float32"
+        if c.sdpa_kernel == "flash" and workload is not None and workload.padding_share > 0:
+            return "SDPA kernel flash: refuses attention masks, and this workload pads its batches (pin efficient or cudnn, or leave the kernel to PyTorch)"
+
+    if c.quant != "none":
+        if not environment.has("bitsandbytes"):
+            return f"{c.quant}: package bitsandbytes is not installed (pip install bitsandbytes)"
+        if c.quant == "bnb-8bit":
+            if c.dtype == "bfloat16":
+                return "bnb-8bit: LLM.int8 computes in float16 and casts bfloat16 inputs; load it with dtype float16"
+            if c.on_gpu and min_cc is not None and min_cc < (7, 5):
+                return f"bnb-8bit: LLM.int8 needs compute capability 7.5 or newer, this GPU has {min_cc[0]}.{min_cc[1]}"
+        if c.static_cache:
+            return f"{c.quant} with a static cache: bitsandbytes layers cannot be compiled with torch.compile"
+    if c.double_quant and not c.is_4bit:
+        return "double quantization applies only to 4-bit (bnb-4bit-nf4 or bnb-4bit-fp4)"
+    if c.compute_dtype is not None and not c.is_4bit:
+        return "a compute dtype applies only to 4-bit quantization"
+
+    if workload is not None:
+        if c.static_cache and not workload.generates:
+            return f"static cache: applies only to text generation, not {workload.task}"
+        if workload.device == "cpu" and c.on_gpu:
+            return f"placement {c.placement}: the workload is pinned to the CPU (--device cpu)"
+        if workload.device == "cuda" and not c.on_gpu:
+            return "placement cpu: the workload is pinned to CUDA (--device cuda)"
+    return None

@@ -1,0 +1,210 @@
+"""What this machine has: GPUs through NVML, library versions, and a fingerprint of both.
+
+Trials are comparable only inside one environment fingerprint: a new GPU, driver or library
+version starts new studies. Nothing here imports torch: versions are read from package metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import socket
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any
+
+#: Distributions whose versions change what a trial measures. Each maps to the names it may be
+#: installed under.
+TRACKED_PACKAGES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "transformers": ("transformers",),
+    "accelerate": ("accelerate",),
+    "bitsandbytes": ("bitsandbytes",),
+    "flash-attn": ("flash-attn", "flash_attn"),
+    "flash-attn-3": ("flash-attn-3", "flash_attn_3"),
+    "kernels": ("kernels",),
+    "optimum": ("optimum",),
+    "optimum-onnx": ("optimum-onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU as NVML sees it. ``index`` is NVML's, which ignores CUDA_VISIBLE_DEVICES."""
+
+    index: int
+    uuid: str
+    name: str
+    total_memory: int
+    free_memory: int
+    compute_capability: tuple[int, int]
+    pci_bus_id: str | None = None
+
+    @property
+    def cc(self) -> str:
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
+    def supports(self, versions: dict[str, str | None]) -> dict[str, str]:
+        """What this GPU can run, each as ``yes`` or ``no: why``."""
+        cc = self.compute_capability
+        out: dict[str, str] = {}
+        out["bf16"] = "yes" if cc >= (8, 0) else f"no: compute capability {self.cc} < 8.0"
+        if cc < (8, 0):
+            out["flash_attention"] = f"no: compute capability {self.cc} < 8.0"
+        elif not versions.get("flash-attn"):
+            out["flash_attention"] = "hardware yes; package flash-attn not installed"
+        else:
+            out["flash_attention"] = "yes"
+        if not versions.get("bitsandbytes"):
+            out["bitsandbytes"] = "no: package bitsandbytes not installed"
+        elif cc < (7, 5):
+            out["bitsandbytes"] = f"4-bit only: LLM.int8 needs compute capability 7.5, this has {self.cc}"
+        else:
+            out["bitsandbytes"] = "yes"
+        out["fp8"] = "yes" if cc >= (8, 9) else f"no: compute capability {self.cc} < 8.9"
+        return out
+
+
+@dataclass(frozen=True)
+class Environment:
+    """GPUs, driver and library versions of the machine trials run on."""
+
+    gpus: tuple[Gpu, ...]
+    versions: dict[str, str | None]
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    python: str = field(default_factory=platform.python_version)
+    hostname: str = field(default_factory=socket.gethostname)
+    nvml_error: str | None = None
+
+    @property
+    def cpu_only(self) -> bool:
+        return not self.gpus
+
+    def version(self, package: str) -> str | None:
+        return self.versions.get(package)
+
+    def has(self, package: str) -> bool:
+        return bool(self.versions.get(package))
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when a GPU, the driver, the Python or a tracked library changes."""
+        identity = {
+            "gpus": [[g.uuid, g.name, g.total_memory, list(g.compute_capability)] for g in self.gpus],
+            "driver": self.driver_version,
+            "cuda": self.cuda_driver_version,
+            "python": self.python,
+            "versions": dict(sorted(self.versions.items())),
+        }
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def summary(self) -> str:
+        if not self.gpus:
+            return f"CPU only ({self.hostname})"
+        names: dict[str, int] = {}
+        for gpu in self.gpus:
+            names[gpu.name] = names.get(gpu.name, 0) + 1
+        return ", ".join(f"{n}x {name}" for name, n in names.items()) + f" (driver {self.driver_version})"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["fingerprint"] = self.fingerprint
+        data["cpu_only"] = self.cpu_only
+        for gpu, raw in zip(self.gpus, data["gpus"]):
+            raw["compute_capability"] = gpu.cc
+            raw["supports"] = gpu.supports(self.versions)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Environment:
+        gpus = tuple(
+            Gpu(
+                index=g["index"], uuid=g["uuid"], name=g["name"], total_memory=g["total_memory"],
+                free_memory=g.get("free_memory", 0),
+                compute_capability=tuple(int(x) for x in str(g["compute_capability"]).split(".")),  # type: ignore[arg-type]
+                pci_bus_id=g.get("pci_bus_id"),
+            )
+            for g in data.get("gpus", [])
+        )
+        return cls(
+            gpus=gpus, versions=dict(data.get("versions", {})), driver_version=data.get("driver_version"),
+            cuda_driver_version=data.get("cuda_driver_version"), python=data.get("python", platform.python_version()),
+            hostname=data.get("hostname", socket.gethostname()), nvml_error=data.get("nvml_error"),
+        )
+
+
+def installed_versions() -> dict[str, str | None]:
+    """Versions of the tracked packages, from metadata (nothing is imported)."""
+    versions: dict[str, str | None] = {}
+    for package, names in TRACKED_PACKAGES.items():
+        versions[package] = None
+        for name in names:
+            try:
+                versions[package] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def probe_gpus() -> tuple[list[Gpu], str | None, str | None, str | None]:
+    """``(gpus, driver_version, cuda_driver_version, error)`` from NVML.
+
+    With no NVIDIA driver (or no nvidia-ml-py) the list is empty and ``error`` says why.
+    """
+    try:
+        import pynvml
+    except ImportError:
+        return [], None, None, "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return [], None, None, f"no NVIDIA driver found (NVML: {exc})"
+    try:
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        cuda_text = f"{cuda // 1000}.{cuda % 1000 // 10}"
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            try:
+                bus = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
+            except pynvml.NVMLError:
+                bus = None
+            gpus.append(
+                Gpu(
+                    index=index,
+                    uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+                    name=_text(pynvml.nvmlDeviceGetName(handle)),
+                    total_memory=int(memory.total),
+                    free_memory=int(memory.free),
+                    compute_capability=tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle)),  # type: ignore[arg-type]
+                    pci_bus_id=bus,
+                )
+            )
+        return gpus, driver, cuda_text, None
+    except pynvml.NVMLError as exc:
+        return [], None, None, f"NVML failed while listing GPUs: {exc}"
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def probe() -> Environment:
+    """The environment of this process: NVML's GPUs and the installed library versions."""
+    gpus, driver, cuda, error = probe_gpus()
+    return Environment(
+        gpus=tuple(gpus), versions=installed_versions(), driver_version=driver,
+        cuda_driver_version=cuda, nvml_error=error,
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,188 @@
+"""Resolving a model's config and reading what its class supports.
+
+A model is named by a local directory or a Hub id. Its ``config.json`` is found in that order:
+the local directory, the Hugging Face cache, the Hub. Nothing here downloads weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import InputError, ModelNotFoundError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+#: Attention implementations and the class flag that says a model supports them.
+_ATTENTION_FLAGS = {
+    "sdpa": ("_supports_sdpa",),
+    "flash_attention_2": ("_supports_flash_attn", "_supports_flash_attn_2"),
+    "flash_attention_3": ("_supports_flash_attn", "_supports_flash_attn_3"),
+    "flash_attention_4": ("_supports_flash_attn",),
+    "flex_attention": ("_supports_flex_attn",),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's config came from, and what it says."""
+
+    name: str
+    source: str  # "local", "hf-cache" or "hub"
+    path: str | None  # the directory holding config.json (a cache snapshot for hf-cache/hub)
+    revision: str | None
+    config: dict[str, Any]
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type"))
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and not _HUB_ID.match(name) or Path(name).exists()
+
+
+def resolve(name: str) -> ResolvedModel:
+    """Find ``name``'s config: local directory, then the HF cache, then the Hub."""
+    if not name or not name.strip():
+        raise InputError("a model name is needed: a local directory or a Hub id such as tiiuae/falcon-7b")
+    if looks_like_path(name):
+        return _resolve_local(name)
+    if not _HUB_ID.match(name):
+        raise InputError(f"{name!r} is neither an existing directory nor a Hub id such as tiiuae/falcon-7b")
+    return _resolve_hub(name)
+
+
+def _resolve_local(name: str) -> ResolvedModel:
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"model directory {name} does not exist")
+    if not path.is_dir():
+        raise InputError(f"model path {name} is a file; give the directory that holds config.json")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"model directory {name} has no config.json (save the model with save_pretrained, or give its Hub id)")
+    return ResolvedModel(name=str(path.resolve()), source="local", path=str(path.resolve()), revision=None, config=read_config(config_file))
+
+
+def _resolve_hub(repo_id: str) -> ResolvedModel:
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        snapshot = Path(cached).parent
+        return ResolvedModel(name=repo_id, source="hf-cache", path=str(snapshot), revision=snapshot.name, config=read_config(Path(cached)))
+    if _offline():
+        raise ModelNotFoundError(
+            f"cannot resolve {repo_id} offline: it is not a local directory and not in the HF cache ({HF_HUB_CACHE}); "
+            "download it once with `hf download` or give a local directory"
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        downloaded = hf_hub_download(repo_id, "config.json", etag_timeout=10)
+    except Exception as exc:  # network errors, gated or missing repos all end the same way for the user
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelNotFoundError(
+            f"cannot resolve {repo_id}: not a local directory, not in the HF cache ({HF_HUB_CACHE}), and the Hub said: {reason}"
+        ) from None
+    snapshot = Path(downloaded).parent
+    return ResolvedModel(name=repo_id, source="hub", path=str(snapshot), revision=snapshot.name, config=read_config(Path(downloaded)))
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path} does not hold a JSON object")
+    if not config.get("model_type"):
+        raise InputError(f"{path} has no model_type; it is not a Transformers model config")
+    return config
+
+
+def infer_task(config: dict[str, Any]) -> str:
+    """text-generation for causal LMs, text-classification for classifiers, else feature-extraction."""
+    from transformers.models.auto import modeling_auto
+
+    model_type = config["model_type"]
+    architectures = config.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "text-classification"
+    causal = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    causal_classes = {v for value in causal.values() for v in ((value,) if isinstance(value, str) else value)}
+    if any(a in causal_classes for a in architectures) or (not architectures and model_type in causal):
+        return "text-generation"
+    return "feature-extraction"
+
+
+_TASK_MAPPINGS = {
+    "text-generation": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "feature-extraction": "MODEL_MAPPING_NAMES",
+    "text-classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+}
+
+
+def check_model_type(config: dict[str, Any], where: str) -> None:
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if config["model_type"] not in CONFIG_MAPPING_NAMES:
+        raise InputError(
+            f"model_type {config['model_type']!r} in {where} is not known to the installed transformers "
+            f"{transformers.__version__} (upgrade transformers, or check the config)"
+        )
+
+
+def model_capabilities(config: dict[str, Any], task: str) -> dict[str, Any]:
+    """What the installed Transformers supports for this model's class and task.
+
+    Returns the class name, the attention implementations the class accepts, whether it can be
+    compiled whole, and the transformers version that said so.
+    """
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    mapping = getattr(modeling_auto, _TASK_MAPPINGS[task])
+    class_name = mapping.get(config["model_type"])
+    if isinstance(class_name, (list, tuple)):
+        class_name = class_name[0]
+    if class_name is None:
+        raise InputError(f"transformers {transformers.__version__} has no {task} class for model_type {config['model_type']!r}; choose another --task")
+    cls = getattr(transformers, class_name, None)
+    if cls is None:
+        raise InputError(f"transformers {transformers.__version__} does not export {class_name}; upgrade transformers")
+    attentions = ["eager"] + [
+        name for name in _installed_attention_names()
+        if any(getattr(cls, flag, False) for flag in _ATTENTION_FLAGS.get(name, ()))
+    ]
+    return {
+        "architecture": class_name,
+        "attn_implementations": attentions,
+        "can_compile_fullgraph": bool(getattr(cls, "_can_compile_fullgraph", False)),
+        "is_encoder_decoder": bool(config.get("is_encoder_decoder", False)),
+        "transformers": transformers.__version__,
+    }
+
+
+def _installed_attention_names() -> list[str]:
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except ImportError:  # transformers < 4.48
+        return ["sdpa", "flash_attention_2"]
+    keys = ALL_ATTENTION_FUNCTIONS.valid_keys() if hasattr(ALL_ATTENTION_FUNCTIONS, "valid_keys") else list(ALL_ATTENTION_FUNCTIONS)
+    return sorted((k for k in keys if "|" not in k and k in _ATTENTION_FLAGS), key=list(_ATTENTION_FLAGS).index)

@@ -1,0 +1,13 @@
+"""The store: environments, models with their workloads, studies, trials and recommendations.
+
+Open it with :meth:`Store.open`; the schema is created or upgraded on first use. Every method
+runs in a short transaction of its own, so nothing holds a lock while a trial runs, and returns
+frozen records (:mod:`autotune.store.records`), never ORM rows.
+"""
+
+from __future__ import annotations
+
+from autotune.store.records import METRICS, ModelRecord, StudyRecord, TrialRecord
+from autotune.store.store import Store
+
+__all__ = ["METRICS", "ModelRecord", "Store", "StudyRecord", "TrialRecord"]

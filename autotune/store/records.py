@@ -1,0 +1,82 @@
+"""Frozen value objects the store hands out; never ORM rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from autotune.candidate import Candidate
+from autotune.workload import Workload
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    id: int
+    name: str
+    source: str
+    path: str | None
+    revision: str | None
+    model_type: str
+    architecture: str | None
+    config: dict[str, Any]
+    capabilities: dict[str, Any]
+    workload: Workload
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def load_path(self) -> str:
+        """What ``from_pretrained`` should be given on this machine: the local files if any."""
+        return self.path or self.name
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    id: int
+    model_id: int
+    environment_id: int
+    workload_key: str
+    workload: Workload
+    state: str
+    stop_reason: str | None
+    sampler_seed: int
+    best_trial_id: int | None
+    rejected: list[dict[str, Any]]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+#: The measured figures a trial may carry, in the order they are shown.
+METRICS = (
+    "load_seconds", "compile_seconds", "ttft_ms", "decode_tokens_per_s", "throughput_tokens_per_s",
+    "sequences_per_s", "latency_p50_ms", "latency_p90_ms", "latency_spread", "repeats",
+    "peak_memory_bytes", "torch_allocated_bytes", "torch_reserved_bytes", "nvml_used_bytes", "rss_bytes",
+    "forecast_bytes", "quality_token_agreement", "quality_kl",
+)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    id: int
+    study_id: int
+    number: int
+    origin: str
+    candidate: Candidate
+    batch_size: int
+    status: str
+    reason: str | None
+    feasible: bool | None
+    objective_value: float | None
+    metrics: dict[str, Any]
+    effective: dict[str, Any]
+    details: dict[str, Any]
+    worker_env: str
+    started_at: datetime
+    finished_at: datetime | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"

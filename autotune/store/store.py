@@ -1,0 +1,338 @@
+"""The :class:`Store`: one place that reads and writes autotune's tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from autotune.candidate import Candidate
+from autotune.environment import Environment
+from autotune.errors import AutotuneError, ModelNotFoundError, NotAnAutotuneDatabaseError, StoreError
+from autotune.registry import ResolvedModel, looks_like_path
+from autotune.store import engine as engines
+from autotune.store.migrate import ensure_schema
+from autotune.store.records import METRICS, ModelRecord, StudyRecord, TrialRecord
+from autotune.store.schema import (
+    EnvironmentRow, ModelRow, RecommendationRow, StudyRow, TrialRow, utcnow,
+)
+from autotune.workload import MemoryLimit, Workload
+
+_WORKLOAD_COLUMNS = ("task", "prompt_tokens", "new_tokens", "padding_share", "objective", "device", "min_quality", "max_batch")
+
+
+class Store:
+    """autotune's database. Thread-compatible, not thread-safe: one per thread or process."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str | None = None) -> Store:
+        """Open (and on first use create or upgrade) the store at ``url``.
+
+        ``url`` defaults to ``AUTOTUNE_DB``, then to one SQLite file in the user's data directory.
+        """
+        resolved = engines.resolve_url(url)
+        engine = engines.create(resolved)
+        where = engines.describe(resolved)
+        try:
+            ensure_schema(engine, where)
+        except AutotuneError:
+            engine.dispose()
+            raise
+        except DBAPIError as exc:
+            engine.dispose()
+            message = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+            if "file is not a database" in message:
+                raise NotAnAutotuneDatabaseError(f"{where} is not an autotune database ({message}); choose another with --db or AUTOTUNE_DB") from None
+            raise StoreError(f"cannot open the database {where}: {message}") from None
+        return cls(engine, resolved)
+
+    @property
+    def location(self) -> str:
+        """The SQLite file's path, or the URL without its password."""
+        return engines.describe(self.url)
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        return engines.sqlite_path(self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A short transaction: commit on success, roll back on error, driver errors as StoreError."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except SQLAlchemyError as exc:
+            session.rollback()
+            orig = getattr(exc, "orig", None)
+            message = str(orig or exc).splitlines()[0]
+            raise StoreError(f"database error in {self.location}: {message}") from None
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    # -- environments ---------------------------------------------------------------------------
+
+    def record_environment(self, environment: Environment) -> int:
+        """The id of ``environment``'s row, created on first sight."""
+        data = environment.to_dict()
+        with self.session() as s:
+            row = s.scalar(select(EnvironmentRow).where(EnvironmentRow.fingerprint == environment.fingerprint))
+            if row is None:
+                row = EnvironmentRow(
+                    fingerprint=environment.fingerprint, hostname=environment.hostname, summary=environment.summary(),
+                    gpus=data["gpus"], versions=environment.versions, driver_version=environment.driver_version,
+                    cuda_driver_version=environment.cuda_driver_version, python=environment.python,
+                )
+                s.add(row)
+            else:
+                row.last_seen = utcnow()
+            s.flush()
+            return row.id
+
+    def environment(self, environment_id: int) -> Environment:
+        with self.session() as s:
+            row = s.get(EnvironmentRow, environment_id)
+            if row is None:
+                raise StoreError(f"no environment with id {environment_id} in {self.location}")
+            return Environment.from_dict({
+                "gpus": row.gpus, "versions": row.versions, "driver_version": row.driver_version,
+                "cuda_driver_version": row.cuda_driver_version, "python": row.python, "hostname": row.hostname,
+            })
+
+    def environment_fingerprint(self, environment_id: int) -> str:
+        with self.session() as s:
+            row = s.get(EnvironmentRow, environment_id)
+            return row.fingerprint if row else ""
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def upsert_model(
+        self, resolved: ResolvedModel, capabilities: dict[str, Any], workload: Workload
+    ) -> tuple[ModelRecord, bool, dict[str, tuple[Any, Any]]]:
+        """Register a model or update its workload.
+
+        Returns the record, whether it was new, and each workload field that changed (old, new).
+        """
+        with self.session() as s:
+            row = s.scalar(select(ModelRow).where(ModelRow.name == resolved.name))
+            created = row is None or row.removed_at is not None
+            old = None if row is None or row.removed_at is not None else _workload(row)
+            if row is None:
+                row = ModelRow(name=resolved.name)
+                s.add(row)
+            row.source, row.path, row.revision = resolved.source, resolved.path, resolved.revision
+            row.model_type, row.config = resolved.model_type, resolved.config
+            row.architecture, row.capabilities = capabilities.get("architecture"), capabilities
+            for column in _WORKLOAD_COLUMNS:
+                setattr(row, column, getattr(workload, column))
+            row.max_memory = workload.max_memory.text if workload.max_memory else None
+            row.updated_at = utcnow()
+            row.removed_at = None
+            s.flush()
+            changes = {} if old is None else {
+                k: (v, workload.to_dict()[k]) for k, v in old.to_dict().items() if workload.to_dict()[k] != v
+            }
+            return _model(row), created, changes
+
+    def get_model(self, name: str) -> ModelRecord:
+        """The registered model called ``name`` (a Hub id, or a directory as given or absolute)."""
+        with self.session() as s:
+            row = self._model_row(s, name)
+            return _model(row)
+
+    def _model_row(self, s: Session, name: str) -> ModelRow:
+        names = [name]
+        if looks_like_path(name):
+            names.append(str(Path(name).expanduser().resolve()))
+        row = s.scalar(select(ModelRow).where(ModelRow.name.in_(names), ModelRow.removed_at.is_(None)))
+        if row is None:
+            known = s.scalars(select(ModelRow.name).where(ModelRow.removed_at.is_(None)).order_by(ModelRow.name)).all()
+            hint = f"registered: {', '.join(known)}" if known else "none is registered yet"
+            raise ModelNotFoundError(f"model {name} is not registered ({hint}); add it with `autotune add {name}`")
+        return row
+
+    def models(self) -> list[ModelRecord]:
+        with self.session() as s:
+            rows = s.scalars(select(ModelRow).where(ModelRow.removed_at.is_(None)).order_by(ModelRow.name)).all()
+            return [_model(r) for r in rows]
+
+    def remove_model(self, name: str, purge: bool = False) -> dict[str, int]:
+        """Unregister a model. Its studies and trials stay unless ``purge``; returns what was deleted."""
+        with self.session() as s:
+            row = self._model_row(s, name)
+            study_ids = s.scalars(select(StudyRow.id).where(StudyRow.model_id == row.id)).all()
+            trials = s.scalar(select(func.count(TrialRow.id)).where(TrialRow.study_id.in_(study_ids))) or 0
+            if not purge:
+                row.removed_at = utcnow()
+                return {"studies": 0, "trials": 0, "kept_trials": trials}
+            s.execute(delete(RecommendationRow).where(RecommendationRow.model_id == row.id))
+            s.execute(delete(TrialRow).where(TrialRow.study_id.in_(study_ids)))
+            s.execute(delete(StudyRow).where(StudyRow.model_id == row.id))
+            s.delete(row)
+            return {"studies": len(study_ids), "trials": trials, "kept_trials": 0}
+
+    # -- studies --------------------------------------------------------------------------------
+
+    def study_for(self, model: ModelRecord, environment_id: int, seed: int = 0) -> StudyRecord:
+        """The study of ``model``'s current workload in ``environment_id``, created if new."""
+        key = model.workload.key()
+        with self.session() as s:
+            row = s.scalar(select(StudyRow).where(
+                StudyRow.model_id == model.id, StudyRow.workload_key == key, StudyRow.environment_id == environment_id,
+            ))
+            if row is None:
+                row = StudyRow(model_id=model.id, environment_id=environment_id, workload_key=key,
+                               workload=model.workload.to_dict(), state="pending", sampler_seed=seed, rejected=[])
+                s.add(row)
+                s.flush()
+            return _study(row)
+
+    def studies(self, model_id: int | None = None) -> list[StudyRecord]:
+        with self.session() as s:
+            query = select(StudyRow).order_by(StudyRow.id)
+            if model_id is not None:
+                query = query.where(StudyRow.model_id == model_id)
+            return [_study(r) for r in s.scalars(query).all()]
+
+    def get_study(self, study_id: int) -> StudyRecord:
+        with self.session() as s:
+            row = s.get(StudyRow, study_id)
+            if row is None:
+                raise StoreError(f"no study with id {study_id} in {self.location}")
+            return _study(row)
+
+    def update_study(self, study_id: int, **fields: Any) -> StudyRecord:
+        with self.session() as s:
+            row = s.get(StudyRow, study_id)
+            if row is None:
+                raise StoreError(f"no study with id {study_id} in {self.location}")
+            for name, value in fields.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            s.flush()
+            return _study(row)
+
+    # -- trials ---------------------------------------------------------------------------------
+
+    def start_trial(self, study_id: int, candidate: Candidate, batch_size: int, *, origin: str = "search",
+                    worker_env: str = "default", worker_pid: int | None = None) -> TrialRecord:
+        """Record a trial as running before it is measured, so a crash leaves a trace."""
+        with self.session() as s:
+            number = (s.scalar(select(func.max(TrialRow.number)).where(TrialRow.study_id == study_id)) or 0) + 1
+            row = TrialRow(study_id=study_id, number=number, origin=origin, candidate_key=candidate.key(),
+                           params=candidate.to_dict(), batch_size=batch_size, status="running",
+                           worker_env=worker_env, worker_pid=worker_pid, effective={}, details={})
+            s.add(row)
+            s.flush()
+            return _trial(row)
+
+    def finish_trial(self, trial_id: int, status: str, *, reason: str | None = None, metrics: dict[str, Any] | None = None,
+                     effective: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
+                     feasible: bool | None = None, objective_value: float | None = None) -> TrialRecord:
+        with self.session() as s:
+            row = s.get(TrialRow, trial_id)
+            if row is None:
+                raise StoreError(f"no trial with id {trial_id} in {self.location}")
+            row.status, row.reason = status, reason
+            for name, value in (metrics or {}).items():
+                if name in METRICS:
+                    setattr(row, name, value)
+            row.effective = effective or {}
+            row.details = details or {}
+            row.feasible, row.objective_value = feasible, objective_value
+            row.finished_at = utcnow()
+            s.flush()
+            return _trial(row)
+
+    def record_trial(self, study_id: int, candidate: Candidate, batch_size: int, status: str, **fields: Any) -> TrialRecord:
+        """Start and finish a trial at once (a rejected candidate, or a result already measured)."""
+        origin = fields.pop("origin", "search")
+        worker_env = fields.pop("worker_env", "default")
+        trial = self.start_trial(study_id, candidate, batch_size, origin=origin, worker_env=worker_env)
+        return self.finish_trial(trial.id, status, **fields)
+
+    def trials(self, *, study_id: int | None = None, model_id: int | None = None, status: str | None = None) -> list[TrialRecord]:
+        with self.session() as s:
+            query = select(TrialRow).order_by(TrialRow.study_id, TrialRow.number)
+            if study_id is not None:
+                query = query.where(TrialRow.study_id == study_id)
+            if model_id is not None:
+                query = query.join(StudyRow, StudyRow.id == TrialRow.study_id).where(StudyRow.model_id == model_id)
+            if status is not None:
+                query = query.where(TrialRow.status == status)
+            return [_trial(r) for r in s.scalars(query).all()]
+
+    def get_trial(self, trial_id: int) -> TrialRecord:
+        with self.session() as s:
+            row = s.get(TrialRow, trial_id)
+            if row is None:
+                raise StoreError(f"no trial with id {trial_id} in {self.location}")
+            return _trial(row)
+
+    # -- recommendations ------------------------------------------------------------------------
+
+    def add_recommendation(self, *, model_id: int, environment_id: int, objective: str, code: str,
+                           study_id: int | None = None, trial_id: int | None = None,
+                           constraints: dict[str, Any] | None = None, explanation: dict[str, Any] | None = None) -> int:
+        with self.session() as s:
+            row = RecommendationRow(model_id=model_id, environment_id=environment_id, objective=objective, code=code,
+                                    study_id=study_id, trial_id=trial_id, constraints=constraints or {},
+                                    explanation=explanation or {})
+            s.add(row)
+            s.flush()
+            return row.id
+
+
+def _workload(row: ModelRow) -> Workload:
+    data = {c: getattr(row, c) for c in _WORKLOAD_COLUMNS}
+    data["max_memory"] = MemoryLimit.parse(row.max_memory) if row.max_memory else None
+    return Workload(**data)
+
+
+def _model(row: ModelRow) -> ModelRecord:
+    return ModelRecord(
+        id=row.id, name=row.name, source=row.source, path=row.path, revision=row.revision, model_type=row.model_type,
+        architecture=row.architecture, config=dict(row.config), capabilities=dict(row.capabilities),
+        workload=_workload(row), created_at=row.created_at, updated_at=row.updated_at,
+    )
+
+
+def _study(row: StudyRow) -> StudyRecord:
+    return StudyRecord(
+        id=row.id, model_id=row.model_id, environment_id=row.environment_id, workload_key=row.workload_key,
+        workload=Workload.from_dict(row.workload), state=row.state, stop_reason=row.stop_reason,
+        sampler_seed=row.sampler_seed, best_trial_id=row.best_trial_id, rejected=list(row.rejected or []),
+        created_at=row.created_at, updated_at=row.updated_at, finished_at=row.finished_at,
+    )
+
+
+def _trial(row: TrialRow) -> TrialRecord:
+    return TrialRecord(
+        id=row.id, study_id=row.study_id, number=row.number, origin=row.origin, candidate=Candidate.from_dict(row.params),
+        batch_size=row.batch_size, status=row.status, reason=row.reason, feasible=row.feasible,
+        objective_value=row.objective_value, metrics={m: getattr(row, m) for m in METRICS},
+        effective=dict(row.effective or {}), details=dict(row.details or {}), worker_env=row.worker_env,
+        started_at=row.started_at, finished_at=row.finished_at,
+    )

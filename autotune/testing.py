@@ -1,0 +1,90 @@
+"""Tiny random-weight models for tests, demos and benchmarks.
+
+They are built from configs with ``save_pretrained``, so nothing is downloaded, and they time like
+real models of their shape. :func:`install_in_hf_cache` lays a model out in a Hugging Face cache
+so that a Hub id such as ``tiiuae/falcon-7b`` resolves offline exactly as a user would type it.
+
+Run ``python -m autotune.testing KIND DIR`` to build one from the shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+KINDS = ("llama", "falcon", "gpt2", "bert")
+
+
+def tiny_config(kind: str, **overrides: Any) -> Any:
+    """A small config of ``kind``'s architecture (overrides change any field)."""
+    import transformers
+
+    common = dict(vocab_size=512, max_position_embeddings=1024)
+    if kind == "llama":
+        fields = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, architectures=["LlamaForCausalLM"], **common)
+        config = transformers.LlamaConfig(**{**fields, **overrides})
+    elif kind == "falcon":
+        # Falcon-7B's layout: multi-query attention, parallel attention and MLP, old decoder.
+        fields = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, multi_query=True,
+                      new_decoder_architecture=False, parallel_attn=True, bias=False, alibi=False,
+                      architectures=["FalconForCausalLM"])
+        config = transformers.FalconConfig(**{**fields, **overrides})
+    elif kind == "gpt2":
+        fields = dict(vocab_size=512, n_positions=1024, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0,
+                      architectures=["GPT2LMHeadModel"])
+        config = transformers.GPT2Config(**{**fields, **overrides})
+    elif kind == "bert":
+        fields = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      architectures=["BertModel"], **common)
+        config = transformers.BertConfig(**{**fields, **overrides})
+    else:
+        raise ValueError(f"unknown tiny model kind {kind!r}: choose one of {', '.join(KINDS)}")
+    return config
+
+
+def build_tiny(kind: str, path: str | Path, *, seed: int = 0, dtype: str = "float32", **overrides: Any) -> Path:
+    """Build a random-weight ``kind`` model and ``save_pretrained`` it into ``path``."""
+    import torch
+    import transformers
+
+    config = tiny_config(kind, **overrides)
+    torch.manual_seed(seed)
+    architecture = config.architectures[0]
+    model = getattr(transformers, architecture)(config).to(getattr(torch, dtype))
+    path = Path(path)
+    model.save_pretrained(path)
+    return path
+
+
+def install_in_hf_cache(model_dir: str | Path, repo_id: str, cache_dir: str | Path) -> Path:
+    """Lay ``model_dir``'s files out in the HF hub cache at ``cache_dir`` as ``repo_id``'s main revision.
+
+    ``cache_dir`` is the hub cache itself (``$HF_HOME/hub`` or ``$HF_HUB_CACHE``). Returns the snapshot.
+    """
+    model_dir = Path(model_dir)
+    digest = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(model_dir.iterdir()) if p.is_file())).hexdigest()
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / digest
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for item in model_dir.iterdir():
+        if item.is_file():
+            shutil.copy2(item, snapshot / item.name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(digest)
+    return snapshot
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in KINDS:
+        print(f"usage: python -m autotune.testing {{{','.join(KINDS)}}} DIR", file=sys.stderr)
+        return 2
+    print(build_tiny(argv[0], argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,146 @@
+"""Shared fixtures: tiny models, a fresh store per test (SQLite and PostgreSQL), the CLI.
+
+Hardware tests carry the ``gpu`` marker and are skipped by a collection hook when NVML sees no
+GPU. Store tests take the ``store_url`` fixture, which runs each of them against a SQLite file
+and against the PostgreSQL server named by ``AUTOTUNE_TEST_PG`` (skipped, with the reason, only
+where none answers).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("AUTOTUNE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from autotune.environment import probe_gpus
+
+    gpus, _, _, error = probe_gpus()
+    if gpus:
+        return
+    skip = pytest.mark.skip(reason=f"no GPU: {error}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+# -- tiny models --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny random-weight model per architecture, saved once per session."""
+    from autotune.testing import KINDS, build_tiny
+
+    root = tmp_path_factory.mktemp("models")
+    return {kind: build_tiny(kind, root / kind) for kind in KINDS}
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh HF hub cache holding the tiny Falcon as ``tiiuae/falcon-7b``; offline mode on."""
+    import huggingface_hub.constants
+
+    from autotune.testing import install_in_hf_cache
+
+    cache = tmp_path / "hf" / "hub"
+    install_in_hf_cache(tiny_models["falcon"], "tiiuae/falcon-7b", cache)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+# -- stores -------------------------------------------------------------------------------------
+
+def _postgres_database() -> str:
+    """A fresh database on the test server; raises with the reason if none answers."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    name = f"autotune_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_postgres_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of a fresh, empty database: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'autotune.db'}"
+        return
+    try:
+        url = _postgres_database()
+    except Exception as exc:  # no server, no driver: skip with the reason
+        pytest.skip(f"no PostgreSQL at {PG_URL}: {str(exc).splitlines()[0]}")
+    yield url
+    _drop_postgres_database(url)
+
+
+@pytest.fixture
+def store(store_url: str):  # type: ignore[no-untyped-def]
+    from autotune.store import Store
+
+    with Store.open(store_url) as s:
+        yield s
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Run ``autotune ARGS`` in this process against a fresh SQLite store (``cli.db``)."""
+    from autotune.cli import main
+
+    db = tmp_path / "cli.db"
+    monkeypatch.setenv("AUTOTUNE_DB", str(db))
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    run.db = db  # type: ignore[attr-defined]
+    return run
+
+
+def run_autotune(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None) -> CliResult:
+    """Run ``python -m autotune ARGS`` in a fresh process, with this checkout first on the path."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, "-m", "autotune", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)

@@ -1,0 +1,128 @@
+"""autotune add / models / remove / db, and every bad input they must refuse cleanly."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import run_autotune
+
+
+def table_dump(db: Path) -> list[tuple]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        return [row for t in ("autotune_models", "autotune_studies", "autotune_trials")
+                for row in conn.execute(f"SELECT * FROM {t}")]
+
+
+def test_add_infers_task_for_each_architecture(cli, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    expected = {"llama": "text-generation", "falcon": "text-generation", "gpt2": "text-generation", "bert": "feature-extraction"}
+    for kind, task in expected.items():
+        result = cli("add", tiny_models[kind])
+        assert result.code == 0, result.err
+        assert result.out.startswith(f"added {tiny_models[kind]}") and task in result.out
+    models = {m["model_type"]: m for m in json.loads(cli("models", "--json").out)}
+    assert models["bert"]["workload"]["prompt_tokens"] == 128
+    assert models["llama"]["capabilities"]["architecture"] == "LlamaForCausalLM"
+    assert "sdpa" in models["llama"]["capabilities"]["attn_implementations"]
+    assert "flex_attention" not in models["falcon"]["capabilities"]["attn_implementations"]
+
+
+def test_add_twice_updates_and_says_so(cli, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    assert cli("add", tiny_models["llama"], "--max-memory", "0.5", "--objective", "latency").code == 0
+    result = cli("add", tiny_models["llama"], "--new-tokens", "64", "--max-memory", "600MB")
+    assert result.code == 0
+    assert result.out.startswith("updated") and "new_tokens 128 -> 64" in result.out and "max_memory 0.5 -> 600MB" in result.out
+    model = json.loads(cli("models", "--json").out)[0]
+    assert model["workload"]["objective"] == "latency"  # kept: not given again
+    assert "already registered; workload unchanged" in cli("add", tiny_models["llama"]).out
+
+
+def test_hub_id_resolves_from_hf_cache_offline(cli, hf_cache) -> None:  # type: ignore[no-untyped-def]
+    result = cli("add", "tiiuae/falcon-7b", "--max-memory", "12GiB")
+    assert result.code == 0, result.err
+    assert "added tiiuae/falcon-7b (FalconForCausalLM, from hf-cache)" in result.out
+    table = cli("models").out
+    assert "tiiuae/falcon-7b" in table and "hf-cache" in table and "12GiB" in table
+
+
+def test_remove_keeps_trials_unless_purged(cli, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    cli("add", tiny_models["gpt2"])
+    assert "trials stay" in cli("remove", tiny_models["gpt2"]).out
+    assert "no models registered" in cli("models").out
+    result = cli("remove", tiny_models["gpt2"])
+    assert result.code == 2 and "is not registered" in result.err
+    cli("add", tiny_models["gpt2"])
+    assert "removed" in cli("remove", tiny_models["gpt2"], "--purge").out
+
+
+def _bad_inputs(tmp: Path, models: dict[str, Path]) -> list[tuple[list[str], str]]:
+    no_config = tmp / "empty"
+    no_config.mkdir()
+    malformed = tmp / "malformed"
+    malformed.mkdir()
+    (malformed / "config.json").write_text('{"model_type": "llama", ')
+    unknown = tmp / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    llama = str(models["llama"])
+    return [
+        (["add", str(tmp / "missing")], "does not exist"),
+        (["add", str(no_config)], "has no config.json"),
+        (["add", str(malformed)], "is not valid JSON"),
+        (["add", str(unknown)], "model_type 'no-such-architecture'"),
+        (["add", "nobody/no-such-model"], "cannot resolve nobody/no-such-model offline"),
+        (["add", llama, "--max-memory", "lots"], "cannot read memory size 'lots'"),
+        (["add", llama, "--max-memory", "20Gb"], "bits"),
+        (["add", llama, "--prompt-tokens", "0"], "--prompt-tokens must be a whole number greater than zero"),
+        (["add", llama, "--new-tokens", "-5"], "--new-tokens must be a whole number greater than zero"),
+        (["add", llama, "--objective", "speed"], "invalid choice: 'speed'"),
+        (["add", llama, "--prompt-tokens", "many"], "expected a whole number"),
+    ]
+
+
+def test_bad_input_is_one_line_exit_2_and_no_change(cli, tiny_models, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cli("add", tiny_models["bert"])
+    before = table_dump(cli.db)
+    for args, words in _bad_inputs(tmp_path, tiny_models):
+        result = cli(*args)
+        assert result.code == 2, (args, result)
+        assert len(result.err.strip().splitlines()) == 1, (args, result.err)
+        assert words in result.err, (args, result.err)
+        assert "Traceback" not in result.err
+        assert table_dump(cli.db) == before
+
+
+def test_bad_database_locations(cli, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"\x00\x01 definitely not sqlite")
+    result = cli("--db", junk, "models")
+    assert result.code == 2 and f"{junk} is not an autotune database" in result.err
+    assert junk.read_bytes() == b"\x00\x01 definitely not sqlite"
+    blocker = tmp_path / "plainfile"
+    blocker.write_text("x")
+    result = cli("--db", blocker / "autotune.db", "models")
+    assert result.code == 2 and "cannot create the database directory" in result.err
+    monkeypatch.setenv("AUTOTUNE_DB", str(tmp_path / "env.db"))
+    assert cli("db", "path").out.strip() == str(tmp_path / "env.db")
+    assert cli("--db", tmp_path / "flag.db", "db", "path").out.strip() == str(tmp_path / "flag.db")
+
+
+def test_db_upgrade(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = tmp_path / "u.db"
+    assert "upgraded from schema revision none to" in cli("--db", db, "db", "upgrade").out
+    assert "nothing to do" in cli("--db", db, "db", "upgrade").out
+
+
+def test_real_process_entry_point(tmp_path, hf_cache) -> None:  # type: ignore[no-untyped-def]
+    env = {"AUTOTUNE_DB": str(tmp_path / "p.db")}
+    result = run_autotune("add", "tiiuae/falcon-7b", "--prompt-tokens", "32", env=env)
+    assert result.code == 0, result.err
+    result = run_autotune("add", str(tmp_path / "nope"), env=env)
+    assert result.code == 2 and result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert "tiiuae/falcon-7b" in run_autotune("models", env=env).out

@@ -1,0 +1,73 @@
+"""The environment probe, on this GPU-less machine and against a stand-in NVML."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from autotune import environment
+from autotune.environment import Environment, probe
+
+
+def test_cpu_only_here_is_reported_not_raised(cli) -> None:  # type: ignore[no-untyped-def]
+    env = probe()
+    if env.gpus:
+        pytest.skip("this machine has a GPU")
+    assert env.cpu_only and env.nvml_error
+    result = cli("gpus")
+    assert result.code == 0
+    assert result.out.splitlines()[0].endswith("CPU-only environment")
+    data = json.loads(cli("gpus", "--json").out)
+    assert data["cpu_only"] is True and data["gpus"] == [] and data["fingerprint"] == env.fingerprint
+    assert set(data["versions"]) >= {"torch", "transformers", "accelerate", "bitsandbytes", "flash-attn", "optimum", "onnxruntime"}
+
+
+def _fake_nvml(count: int, cc: tuple[int, int] = (9, 0)) -> types.ModuleType:
+    nvml = types.ModuleType("pynvml")
+
+    class NVMLError(Exception):
+        pass
+
+    nvml.NVMLError = NVMLError
+    nvml.nvmlInit = lambda: None
+    nvml.nvmlShutdown = lambda: None
+    nvml.nvmlSystemGetDriverVersion = lambda: "580.159.04"
+    nvml.nvmlSystemGetCudaDriverVersion = lambda: 13000
+    nvml.nvmlDeviceGetCount = lambda: count
+    nvml.nvmlDeviceGetHandleByIndex = lambda i: i
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=85_520_809_984, free=84_000_000_000, used=1)
+    nvml.nvmlDeviceGetPciInfo = lambda h: types.SimpleNamespace(busId=f"00000000:{h:02d}:00.0")
+    nvml.nvmlDeviceGetUUID = lambda h: f"GPU-{h:08d}"
+    nvml.nvmlDeviceGetName = lambda h: b"NVIDIA H100 80GB HBM3"
+    nvml.nvmlDeviceGetCudaComputeCapability = lambda h: cc
+    return nvml
+
+
+def test_gpus_through_nvml_and_fingerprint(monkeypatch: pytest.MonkeyPatch, cli) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(2))
+    one = probe()
+    assert [g.uuid for g in one.gpus] == ["GPU-00000000", "GPU-00000001"]
+    assert one.driver_version == "580.159.04" and one.cuda_driver_version == "13.0"
+    assert one.gpus[0].supports(one.versions)["bf16"] == "yes"
+    assert one.gpus[0].supports({**one.versions, "flash-attn": None})["flash_attention"].startswith("hardware yes")
+    text = cli("gpus").out
+    assert "NVIDIA H100 80GB HBM3" in text and "9.0" in text and "GPU-00000001" in text
+    again = Environment.from_dict(one.to_dict())
+    assert again.fingerprint == one.fingerprint
+
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(1))
+    assert probe().fingerprint != one.fingerprint  # a GPU removed
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(2))
+    monkeypatch.setattr(environment, "installed_versions", lambda: {**one.versions, "transformers": "9.9.9"})
+    assert probe().fingerprint != one.fingerprint  # a library upgraded
+
+
+def test_old_gpu_support_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(1, cc=(7, 0)))
+    gpu = probe().gpus[0]
+    supports = gpu.supports({"bitsandbytes": "0.50.2", "flash-attn": "2.8.3"})
+    assert supports["bf16"].startswith("no") and supports["flash_attention"].startswith("no")
+    assert supports["bitsandbytes"].startswith("4-bit only") and supports["fp8"].startswith("no")
