@@ -51,6 +51,7 @@ def build_tiny(kind: str, path: str | Path, *, seed: int = 0, dtype: str = "floa
     import torch
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()
     config = tiny_config(kind, **overrides)
     torch.manual_seed(seed)
     architecture = config.architectures[0]
