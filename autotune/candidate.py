@@ -28,7 +28,7 @@ ATTENTIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_a
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
 QUANTS = ("none", "bnb-8bit", "bnb-4bit-nf4", "bnb-4bit-fp4")
 PLACEMENTS = ("cpu", "cuda", "multi-gpu")
-RUNTIMES = ("pytorch",)
+RUNTIMES = ("pytorch", "onnxruntime")
 
 #: The distribution name that provides each FlashAttention implementation.
 FLASH_PACKAGES = {"flash_attention_2": "flash-attn", "flash_attention_3": "flash-attn-3"}
@@ -49,6 +49,8 @@ class Candidate:
     ``compute_dtype`` applies to 4-bit quantization (``bnb_4bit_compute_dtype``); ``None``
     means "the same as ``dtype``". ``placement`` is ``cpu``, ``cuda`` (one GPU) or
     ``multi-gpu`` (``device_map="auto"`` over every GPU, each capped by the workload's limit).
+    ``runtime`` ``onnxruntime`` runs an ONNX export through Optimum with the execution
+    ``provider`` (e.g. ``CPUExecutionProvider``) and optionally IO binding.
     """
 
     dtype: str = "bfloat16"
@@ -60,6 +62,8 @@ class Candidate:
     placement: str = "cuda"
     static_cache: bool = False
     runtime: str = "pytorch"
+    provider: str | None = None
+    io_binding: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
