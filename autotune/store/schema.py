@@ -151,3 +151,20 @@ class DaemonRow(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     activity: Mapped[str | None] = mapped_column(Text)
+
+
+class WorkerEnvRow(Base):
+    """A registered Python interpreter trials can run in (``autotune env add``)."""
+
+    __tablename__ = "autotune_worker_envs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    python: Mapped[str] = mapped_column(Text)
+    python_version: Mapped[str | None] = mapped_column(String(32))
+    versions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    runtimes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    problems: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+    added_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    checked_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -13,14 +13,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autotune.candidate import Candidate
 from autotune.environment import Environment
-from autotune.errors import AutotuneError, ModelNotFoundError, NotAnAutotuneDatabaseError, StoreError
+from autotune.errors import AutotuneError, InputError, ModelNotFoundError, NotAnAutotuneDatabaseError, StoreError
 from autotune.registry import ResolvedModel, looks_like_path
 from autotune.store import engine as engines
 from autotune.store.migrate import ensure_schema
 from autotune.store.records import METRICS, ModelRecord, StudyRecord, TrialRecord
 from autotune.store.schema import (
-    EnvironmentRow, ModelRow, RecommendationRow, StudyRow, TrialRow, utcnow,
+    EnvironmentRow, ModelRow, RecommendationRow, StudyRow, TrialRow, WorkerEnvRow, utcnow,
 )
+from autotune.worker_env import WorkerEnvironment
 from autotune.workload import MemoryLimit, Workload
 
 _WORKLOAD_COLUMNS = ("task", "prompt_tokens", "new_tokens", "padding_share", "objective", "device", "min_quality", "max_batch")
@@ -303,6 +304,47 @@ class Store:
             s.add(row)
             s.flush()
             return row.id
+
+
+    # -- worker environments --------------------------------------------------------------------
+
+    def save_worker_env(self, env: WorkerEnvironment) -> bool:
+        """Register or refresh a worker environment; returns whether it was new."""
+        with self.session() as s:
+            row = s.scalar(select(WorkerEnvRow).where(WorkerEnvRow.name == env.name))
+            created = row is None
+            if row is None:
+                row = WorkerEnvRow(name=env.name)
+                s.add(row)
+            row.python, row.python_version = env.python, env.python_version
+            row.versions, row.runtimes, row.problems, row.error = env.versions, env.runtimes, list(env.problems), env.error
+            row.checked_at = utcnow()
+            return created
+
+    def worker_envs(self) -> list[WorkerEnvironment]:
+        with self.session() as s:
+            return [_worker_env(r) for r in s.scalars(select(WorkerEnvRow).order_by(WorkerEnvRow.name)).all()]
+
+    def get_worker_env(self, name: str) -> WorkerEnvironment:
+        with self.session() as s:
+            row = s.scalar(select(WorkerEnvRow).where(WorkerEnvRow.name == name))
+            if row is None:
+                known = s.scalars(select(WorkerEnvRow.name).order_by(WorkerEnvRow.name)).all()
+                raise InputError(f"worker environment {name} is not registered (registered: {', '.join(['default', *known])}); add it with `autotune env add {name} PYTHON`")
+            return _worker_env(row)
+
+    def remove_worker_env(self, name: str) -> None:
+        with self.session() as s:
+            row = s.scalar(select(WorkerEnvRow).where(WorkerEnvRow.name == name))
+            if row is None:
+                raise InputError(f"worker environment {name} is not registered")
+            s.delete(row)
+
+
+def _worker_env(row: WorkerEnvRow) -> WorkerEnvironment:
+    return WorkerEnvironment(name=row.name, python=row.python, python_version=row.python_version,
+                             versions=dict(row.versions or {}), runtimes=dict(row.runtimes or {}),
+                             problems=tuple(row.problems or ()), error=row.error)
 
 
 def _workload(row: ModelRow) -> Workload:
