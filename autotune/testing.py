@@ -61,6 +61,64 @@ def build_tiny(kind: str, path: str | Path, *, seed: int = 0, dtype: str = "floa
     return path
 
 
+def next_in_pattern(token: int, vocab_size: int) -> int:
+    """The deterministic pattern :func:`build_trained_tiny` teaches: the token after ``token``."""
+    return (5 * token + 7) % vocab_size
+
+
+def build_trained_tiny(kind: str, path: str | Path, *, seed: int = 0, steps: int = 60, **overrides: Any) -> Path:
+    """Build a tiny causal LM trained for a few seconds, and ``save_pretrained`` it into ``path``.
+
+    Random weights give flat next-token distributions, on which any numeric noise flips the
+    greedy choice, so quality measures cannot tell a faithful load from a broken one. This model
+    learns a deterministic pattern instead (the token after ``t`` is :func:`next_in_pattern`,
+    whatever came before), so its greedy continuations are confident: a faithful candidate
+    (fp32, bf16) agrees with the reference on nearly every token and a broken one does not.
+    60 steps take a few seconds on one CPU core.
+    """
+    import torch
+    import transformers
+
+    if kind not in ("llama", "falcon", "gpt2"):
+        raise ValueError(f"build_trained_tiny builds causal LMs: choose llama, falcon or gpt2, not {kind!r}")
+    config = tiny_config(kind, **overrides)
+    torch.manual_seed(seed)
+    model = getattr(transformers, config.architectures[0])(config)
+    model.train()
+    vocab = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    batch, length = 32, 24
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains fastest on one thread, and many times faster on a busy machine
+    try:
+        _train(model, optimizer, generator, vocab, batch, length, steps)
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    path = Path(path)
+    model.save_pretrained(path)
+    return path
+
+
+def _train(model: Any, optimizer: Any, generator: Any, vocab: int, batch: int, length: int, steps: int) -> None:
+    import torch
+
+    for _ in range(steps):
+        # A random lead-in of 1..8 tokens, then the pattern; only the pattern's steps are learned.
+        ids = torch.randint(0, vocab, (batch, length), generator=generator)
+        starts = torch.randint(1, 9, (batch,), generator=generator)
+        labels = torch.full_like(ids, -100)
+        for row in range(batch):
+            for t in range(int(starts[row]), length):
+                ids[row, t] = next_in_pattern(int(ids[row, t - 1]), vocab)
+                labels[row, t] = ids[row, t]
+        loss = model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def install_in_hf_cache(model_dir: str | Path, repo_id: str, cache_dir: str | Path) -> Path:
     """Lay ``model_dir``'s files out in the HF hub cache at ``cache_dir`` as ``repo_id``'s main revision.
 

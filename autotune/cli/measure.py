@@ -1,0 +1,136 @@
+"""``autotune measure``: measure one candidate configuration of a registered model."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from autotune.candidate import PLACEMENTS, QUANTS, SDPA_KERNELS
+from autotune.cli._output import print_json, print_table
+from autotune.units import format_size
+from autotune.worker.protocol import FAULTS
+
+DEFAULT_LADDER = (1, 4, 16)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "measure", help="measure one way of loading a registered model, at one or more batch sizes, in a worker process",
+        description="Load a registered model one way (dtype, attention, quantization, placement, cache) in a separate worker "
+                    "process and measure it at each batch size of a rising ladder, which stops at the first out-of-memory. "
+                    "Each batch size is recorded as a trial (origin 'measure'). Exits 0 when at least one batch size "
+                    "measured ok, 1 otherwise. "
+                    "Example: autotune measure tiiuae/falcon-7b --dtype bf16 --attn sdpa --batch 1,8,32 --json")
+    p.add_argument("model", metavar="MODEL", help="a registered model (see autotune models)")
+    p.add_argument("--dtype", help="float32, float16 or bfloat16 (fp32, fp16, bf16); default bfloat16 on GPU, float32 on the CPU")
+    p.add_argument("--attn", default="sdpa", help="attention implementation: eager, sdpa, flash_attention_2, flex_attention, ... (default sdpa)")
+    p.add_argument("--sdpa-kernel", choices=SDPA_KERNELS, help="pin SDPA to one kernel (with --attn sdpa)")
+    p.add_argument("--quant", choices=QUANTS, default="none", help="bitsandbytes quantization (default none)")
+    p.add_argument("--double-quant", action="store_true", help="4-bit double quantization")
+    p.add_argument("--compute-dtype", help="4-bit compute dtype (default: the same as --dtype)")
+    p.add_argument("--placement", choices=PLACEMENTS, help="cpu, cuda (one GPU) or multi-gpu (device_map=auto with the workload's "
+                                                           "limit per GPU); default cuda where there are GPUs, else cpu")
+    p.add_argument("--static-cache", action="store_true", help="generate with a static KV cache (compiled with torch.compile on GPU)")
+    p.add_argument("--batch", metavar="SIZES", help="batch sizes, rising, comma-separated (default 1,4,16 up to the workload's max batch)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit of the worker (default 300 s + 150 s per batch size)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--inject-fault", choices=FAULTS, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_measure)
+
+
+def _batches(text: str | None, max_batch: int) -> list[int]:
+    from autotune.errors import InputError
+
+    if text is None:
+        return [b for b in DEFAULT_LADDER if b <= max_batch] or [1]
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"--batch must be whole numbers separated by commas such as 1,4,16, got {text!r}") from None
+    if not sizes or any(b <= 0 for b in sizes) or sizes != sorted(set(sizes)):
+        raise InputError(f"--batch must be rising whole numbers above zero such as 1,4,16, got {text!r}")
+    return sizes
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from autotune.candidate import Candidate
+    from autotune.cli import open_store
+    from autotune.environment import probe
+    from autotune.store import METRICS
+    from autotune.trials import default_placement, measure_candidate
+
+    with open_store(args) as store:
+        model = store.get_model(args.model)
+        environment = probe()
+        environment_id = store.record_environment(environment)
+        study = store.study_for(model, environment_id)
+        placement = args.placement or default_placement(environment, study.workload)
+        candidate = Candidate(
+            dtype=args.dtype or ("float32" if placement == "cpu" else "bfloat16"), attn=args.attn, sdpa_kernel=args.sdpa_kernel,
+            quant=args.quant, double_quant=args.double_quant, compute_dtype=args.compute_dtype, placement=placement,
+            static_cache=args.static_cache,
+        )
+        batches = _batches(args.batch, study.workload.max_batch)
+        if not args.json:
+            print(f"measuring {model.name}: {candidate.label()} at batch {','.join(map(str, batches))} "
+                  f"({study.workload.describe()}) on {environment.summary()}", flush=True)
+        trials = measure_candidate(store, model, candidate, batches, environment=environment, environment_id=environment_id,
+                                   study=study, origin="measure", timeout_s=args.timeout, fault=args.inject_fault)
+    results = [{
+        "trial_id": t.id, "status": t.status, "reason": t.reason, "batch_size": t.batch_size,
+        **{m: t.metrics.get(m) for m in METRICS}, "feasible": t.feasible, "objective_value": t.objective_value,
+        "effective": t.effective, "details": t.details,
+    } for t in trials]
+    if args.json:
+        print_json({"model": model.name, "candidate": candidate.to_dict(), "label": candidate.label(), "study_id": study.id,
+                    "environment": {"fingerprint": environment.fingerprint, "summary": environment.summary()},
+                    "workload": study.workload.to_dict(), "results": results})
+    else:
+        _print_results(results, study.workload.generates)
+    return 0 if any(r["status"] == "ok" for r in results) else 1
+
+
+def _num(value: Any, digits: int = 1) -> str | None:
+    return None if value is None else f"{value:,.{digits}f}"
+
+
+def _print_results(results: list[dict[str, Any]], generates: bool) -> None:
+    if generates:
+        headers = ["BATCH", "STATUS", "TOK/S", "DECODE TOK/S", "TTFT MS", "P50 MS", "P90 MS", "SPREAD", "PEAK", "AGREE", "KL"]
+        rows = [[r["batch_size"], r["status"], _num(r["throughput_tokens_per_s"]), _num(r["decode_tokens_per_s"]), _num(r["ttft_ms"], 2),
+                 _num(r["latency_p50_ms"], 2), _num(r["latency_p90_ms"], 2), _pct(r["latency_spread"]),
+                 format_size(r["peak_memory_bytes"]) if r["peak_memory_bytes"] else None, _pct(r["quality_token_agreement"]),
+                 _num(r["quality_kl"], 4)] for r in results]
+    else:
+        headers = ["BATCH", "STATUS", "SEQ/S", "P50 MS", "P90 MS", "SPREAD", "PEAK", "QUALITY"]
+        rows = [[r["batch_size"], r["status"], _num(r["sequences_per_s"]), _num(r["latency_p50_ms"], 2), _num(r["latency_p90_ms"], 2),
+                 _pct(r["latency_spread"]), format_size(r["peak_memory_bytes"]) if r["peak_memory_bytes"] else None,
+                 _num(r["quality_token_agreement"], 4)] for r in results]
+    print_table(headers, rows)
+    for r in results:
+        if r["status"] != "ok":
+            print(f"batch {r['batch_size']}: {r['status']}: {r['reason']}")
+        elif r.get("details", {}).get("infeasible"):
+            print(f"batch {r['batch_size']}: infeasible: {'; '.join(r['details']['infeasible'])}")
+    effective = next((r["effective"] for r in results if r["effective"]), None)
+    if effective:
+        print("effective: " + _describe_effective(effective, results[0].get("load_seconds")))
+
+
+def _pct(value: Any) -> str | None:
+    return None if value is None else f"{value:.1%}"
+
+
+def _describe_effective(effective: dict[str, Any], load_seconds: float | None) -> str:
+    parts = [f"attention {effective.get('attn_implementation')}" + (f"[{effective['sdpa_kernel']}]" if effective.get("sdpa_kernel") else ""),
+             f"dtype {effective.get('dtype')}"]
+    if effective.get("quantized_layers"):
+        kinds = ",".join(effective.get("quant_types", {}))
+        parts.append(f"{effective['quantized_layers']}/{effective.get('linear_layers')} linear layers quantized ({kinds})")
+    devices = effective.get("hf_device_map") or effective.get("param_devices") or {}
+    parts.append("on " + ", ".join(sorted(devices)))
+    if effective.get("static_cache_compiled") is not None:
+        parts.append("static cache " + ("compiled" if effective["static_cache_compiled"] else "not compiled"))
+    if load_seconds is not None:
+        parts.append(f"loaded in {load_seconds:.2f} s")
+    return "; ".join(parts)

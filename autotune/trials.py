@@ -1,0 +1,267 @@
+"""Measuring one candidate of a registered model and recording it as trials: the store-facing glue.
+
+Used by ``autotune measure`` and by the search and the daemon. For each batch size a ``running``
+trial row is written *before* the worker starts (with the worker's pid once it exists), so a
+caller killed mid-way leaves a trace that can be recovered. The quality reference is made once
+per (model, workload, environment) and cached on disk; the worker's results then finish each
+row with its status, metrics, effective configuration, feasibility and objective value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotune.candidate import Candidate, rejection
+from autotune.environment import Environment
+from autotune.errors import InputError
+from autotune.objective import score
+from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
+from autotune.workload import Workload
+
+#: Seconds a worker may take: this much, plus PER_BATCH_TIMEOUT_S per batch size of its ladder.
+BASE_TIMEOUT_S = 300.0
+PER_BATCH_TIMEOUT_S = 150.0
+
+
+def default_placement(environment: Environment, workload: Workload) -> str:
+    """``cuda`` where there are GPUs and the workload is not pinned to the CPU, else ``cpu``."""
+    return "cuda" if environment.gpus and workload.device != "cpu" else "cpu"
+
+
+def default_timeout(batch_sizes: list[int] | tuple[int, ...]) -> float:
+    return BASE_TIMEOUT_S + PER_BATCH_TIMEOUT_S * max(1, len(batch_sizes))
+
+
+def host_memory_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_limit_bytes(workload: Workload, environment: Environment, placement: str) -> int | None:
+    """The workload's memory limit in bytes where the candidate runs.
+
+    On GPU it is per GPU (the smallest GPU's, for a fraction); on the CPU the same limit applies
+    to the worker's peak RSS (a fraction is of the machine's memory).
+    """
+    limit = workload.max_memory
+    if limit is None:
+        return None
+    if placement != "cpu" and environment.gpus:
+        return limit.for_device(min(g.total_memory for g in environment.gpus))
+    total = host_memory_bytes()
+    if limit.fraction is not None:
+        return int(total * limit.fraction) if total else None
+    return int(limit.bytes) if limit.bytes else None
+
+
+# -- the quality reference ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reference:
+    """Where the quality reference of a model is, and how it was made (``path`` None: none could be)."""
+
+    path: str | None
+    label: str | None
+    status: str
+    reason: str | None = None
+    attempts: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "label": self.label, "status": self.status, "reason": self.reason,
+                "attempts": list(self.attempts)}
+
+
+def cache_dir() -> Path:
+    """``$AUTOTUNE_CACHE``, else the user's cache directory for autotune."""
+    explicit = os.environ.get("AUTOTUNE_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("autotune"))
+
+
+def _content_stamp(path: str | None) -> list[Any]:
+    """Names, sizes and mtimes of a local model's files, so a rebuilt model gets a new reference."""
+    if not path or not os.path.isdir(path):
+        return []
+    stamp = []
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if entry.is_file():
+            info = entry.stat()
+            stamp.append([entry.name, info.st_size, info.st_mtime_ns])
+    return stamp
+
+
+def reference_path(model: ModelRecord, workload: Workload, environment: Environment, placement: str) -> Path:
+    """Where the reference of ``model`` for ``workload`` on this environment and device kind is cached."""
+    identity = {
+        "format": 1, "model": model.name, "revision": model.revision, "files": _content_stamp(model.path),
+        "workload": workload.key(), "environment": environment.fingerprint, "device": "cpu" if placement == "cpu" else "gpu",
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir() / "references" / f"{digest}.pt"
+
+
+def reference_candidates(model: ModelRecord, environment: Environment, placement: str) -> list[Candidate]:
+    """Reference configurations to try, highest precision first: float32, then bfloat16 (float16 below cc 8.0).
+
+    Same kind of device as the candidate; on GPU one GPU first, then all of them.
+    """
+    supported = model.capabilities.get("attn_implementations") or ["eager"]
+    attn = "sdpa" if "sdpa" in supported else "eager"
+    if placement == "cpu":
+        return [Candidate(dtype="float32", attn=attn, placement="cpu"), Candidate(dtype="bfloat16", attn=attn, placement="cpu")]
+    placements = ["cuda"] + (["multi-gpu"] if len(environment.gpus) >= 2 else [])
+    low = "bfloat16" if all(g.compute_capability >= (8, 0) for g in environment.gpus) else "float16"
+    return [Candidate(dtype=d, attn=attn, placement=p) for d in ("float32", low) for p in placements]
+
+
+def _request(model: ModelRecord, workload: Workload, candidate: Candidate, batch_sizes: tuple[int, ...], **fields: Any) -> Any:
+    from autotune.worker import WorkerRequest
+
+    return WorkerRequest(model_path=model.load_path, model_name=model.name, task=workload.task, candidate=candidate,
+                         workload=workload, batch_sizes=batch_sizes, **fields)
+
+
+def ensure_reference(model: ModelRecord, workload: Workload, environment: Environment, *, placement: str = "cpu",
+                     max_memory_bytes: int | None = None, python: str | None = None, timeout_s: float | None = None,
+                     on_spawn: Callable[[int], None] | None = None) -> Reference:
+    """The cached quality reference for ``model``, made now (in a worker) if it is not there yet.
+
+    Tries :func:`reference_candidates` in order until one fits and runs; if none does, the
+    returned reference has no path and says why (candidates are then measured without quality).
+    """
+    from autotune.worker import launch
+
+    path = reference_path(model, workload, environment, placement)
+    if path.exists():
+        return Reference(str(path), _reference_label(path), "cached")
+    attempts: list[dict[str, Any]] = []
+    for candidate in reference_candidates(model, environment, placement):
+        request = _request(model, workload, candidate, (), reference_path=str(path), make_reference=True,
+                           max_memory_bytes=max_memory_bytes if candidate.placement == "multi-gpu" else None,
+                           timeout_s=timeout_s or BASE_TIMEOUT_S)
+        outcome = launch(request, python=python, on_spawn=on_spawn)
+        result = outcome.results[0]
+        attempts.append({"label": candidate.label(), "status": result.status, "reason": result.reason})
+        if result.ok and path.exists():
+            _write_label(path, candidate.label())
+            return Reference(str(path), candidate.label(), "made", None, tuple(attempts))
+    reason = "; ".join(f"{a['label']}: {a['status']} ({a['reason']})" for a in attempts)
+    return Reference(None, None, "failed", f"no reference configuration could run: {reason}", tuple(attempts))
+
+
+def _write_label(path: Path, label: str) -> None:
+    try:
+        path.with_suffix(".json").write_text(json.dumps({"label": label}))
+    except OSError:
+        pass
+
+
+def _reference_label(path: Path) -> str | None:
+    try:
+        return json.loads(path.with_suffix(".json").read_text()).get("label")
+    except (OSError, ValueError):
+        return None
+
+
+# -- measuring a candidate ----------------------------------------------------------------------
+
+def _set_worker_pid(store: Store, trial_ids: list[int], pid: int) -> None:
+    from autotune.store.schema import TrialRow
+
+    with store.session() as s:
+        for trial_id in trial_ids:
+            row = s.get(TrialRow, trial_id)
+            if row is not None:
+                row.worker_pid = pid
+
+
+def measure_candidate(
+    store: Store,
+    model: ModelRecord,
+    candidate: Candidate,
+    batch_sizes: list[int] | tuple[int, ...],
+    *,
+    environment: Environment,
+    environment_id: int,
+    study: StudyRecord,
+    origin: str = "search",
+    timeout_s: float | None = None,
+    fault: str | None = None,
+    on_spawn: Callable[[int], None] | None = None,
+    python: str | None = None,
+    worker_options: dict[str, Any] | None = None,
+) -> list[TrialRecord]:
+    """Measure ``candidate`` of ``model`` at each batch size in one worker; one finished trial per size.
+
+    A candidate that :func:`autotune.candidate.rejection` refuses is recorded as ``unsupported``
+    with its reason and nothing is launched. ``worker_options`` passes timing knobs
+    (``warmup``, ``min_repeats``, ``max_repeats``, ``target_spread``, ``time_cap_s``) to the
+    worker; ``fault`` is for tests only.
+    """
+    sizes = tuple(int(b) for b in batch_sizes)
+    if not sizes or list(sizes) != sorted(set(sizes)) or sizes[0] <= 0:
+        raise InputError(f"batch sizes must be whole numbers above zero in rising order, got {list(batch_sizes)}")
+    if study.environment_id != environment_id:
+        raise InputError(f"study {study.id} belongs to environment {study.environment_id}, not {environment_id}")
+    workload = study.workload
+    reason = rejection(candidate, environment, model.capabilities, workload)
+    if reason is not None:
+        return [store.record_trial(study.id, candidate, b, "unsupported", origin=origin, reason=reason, feasible=False,
+                                   details={"rejected_before_load": True}) for b in sizes]
+
+    trials = [store.start_trial(study.id, candidate, b, origin=origin) for b in sizes]
+    finished: dict[int, TrialRecord] = {}
+    try:
+        limit = memory_limit_bytes(workload, environment, candidate.placement)
+        multi_limit = limit if candidate.placement == "multi-gpu" else None
+
+        def spawned(pid: int) -> None:
+            _set_worker_pid(store, [t.id for t in trials], pid)
+            if on_spawn is not None:
+                on_spawn(pid)
+
+        timeout = timeout_s or default_timeout(sizes)
+        path = reference_path(model, workload, environment, candidate.placement)
+        make_reference = not path.exists() and candidate == reference_candidates(model, environment, candidate.placement)[0]
+        if make_reference:
+            reference = Reference(str(path), candidate.label(), "made with this candidate")
+        else:
+            reference = ensure_reference(model, workload, environment, placement=candidate.placement, max_memory_bytes=multi_limit,
+                                         python=python, timeout_s=timeout, on_spawn=spawned)
+        from autotune.worker import launch
+
+        request = _request(model, workload, candidate, sizes, max_memory_bytes=multi_limit, reference_path=reference.path,
+                           make_reference=make_reference, timeout_s=timeout, fault=fault, **(worker_options or {}))
+        outcome = launch(request, python=python, on_spawn=spawned)
+        if make_reference and outcome.reference and outcome.reference.get("status") == "ok":
+            _write_label(path, candidate.label())
+        elif make_reference:
+            reference = Reference(None, None, "failed", (outcome.reference or {}).get("reason") or "the worker did not write it")
+        worker = {"pid": outcome.pid, "returncode": outcome.returncode, "wall_seconds": round(outcome.wall_seconds, 3),
+                  "timed_out": outcome.timed_out}
+        for trial, result in zip(trials, outcome.results):
+            verdict = score(workload, result.status, result.metrics, limit)
+            details = {**result.details, "worker": worker, "reference": reference.to_dict(), "memory_limit_bytes": limit}
+            if not verdict.feasible:
+                details["infeasible"] = list(verdict.reasons)
+            finished[trial.id] = store.finish_trial(
+                trial.id, result.status, reason=result.reason, metrics=result.metrics, effective=result.effective,
+                details=details, feasible=verdict.feasible, objective_value=verdict.value,
+            )
+    finally:
+        for trial in trials:
+            if trial.id not in finished:
+                finished[trial.id] = store.finish_trial(trial.id, "error", reason="the measurement was interrupted before this batch size finished",
+                                                        feasible=False, details={"interrupted": True})
+    return [finished[t.id] for t in trials]

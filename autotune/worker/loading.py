@@ -1,0 +1,316 @@
+"""Loading a candidate with ``from_pretrained``, and reading back what was really loaded.
+
+Runs only inside the worker child: imports torch and transformers at module level.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import transformers
+
+from autotune.candidate import Candidate
+from autotune.worker.protocol import WorkerRequest
+
+#: ``Candidate.sdpa_kernel`` -> the ``torch.nn.attention.SDPBackend`` member it pins.
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+_QUANT_TYPES = {"bnb-4bit-nf4": "nf4", "bnb-4bit-fp4": "fp4"}
+_MODEL_CLASSES = {
+    "text-generation": "AutoModelForCausalLM",
+    "feature-extraction": "AutoModel",
+    "text-classification": "AutoModelForSequenceClassification",
+}
+
+
+class OptionNotInEffect(Exception):
+    """A requested option did not take effect; ``status`` is how the trial ends."""
+
+    def __init__(self, status: str, reason: str, effective: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.effective = effective or {}
+
+
+@dataclass
+class Loaded:
+    model: Any
+    load_seconds: float
+    kwargs: dict[str, str]
+
+
+def transformers_version() -> tuple[int, int]:
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def dtype_keyword() -> str:
+    """``dtype`` where Transformers knows it (4.56+, the only name in 5.x docs), else ``torch_dtype``."""
+    return "dtype" if transformers_version() >= (4, 56) else "torch_dtype"
+
+
+def bnb_config(candidate: Candidate) -> Any:
+    """The ``BitsAndBytesConfig`` of a quantized candidate (never the removed load_in_* kwargs)."""
+    from transformers import BitsAndBytesConfig
+
+    if candidate.quant == "bnb-8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=_QUANT_TYPES[candidate.quant],
+        bnb_4bit_use_double_quant=candidate.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, candidate.effective_compute_dtype),
+    )
+
+
+def from_pretrained_kwargs(request: WorkerRequest) -> dict[str, Any]:
+    """Keyword arguments for ``from_pretrained`` on the installed Transformers."""
+    c = request.candidate
+    kwargs: dict[str, Any] = {dtype_keyword(): getattr(torch, c.dtype), "attn_implementation": c.attn}
+    if c.quant != "none":
+        kwargs["quantization_config"] = bnb_config(c)
+    if c.placement == "cpu":
+        kwargs["device_map"] = "cpu"
+    elif c.placement == "cuda":
+        kwargs["device_map"] = "cuda:0"
+    else:
+        kwargs["device_map"] = "auto"
+        if request.max_memory_bytes:
+            kwargs["max_memory"] = {i: int(request.max_memory_bytes) for i in range(torch.cuda.device_count())}
+    return kwargs
+
+
+def describe_kwargs(kwargs: dict[str, Any]) -> dict[str, str]:
+    """The kwargs as short text, for the record."""
+    out = {}
+    for key, value in kwargs.items():
+        if key == "quantization_config":
+            raw = value.to_dict()
+            keep = ("load_in_8bit",) if raw.get("load_in_8bit") else \
+                ("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+            data = {k: raw[k] for k in keep if k in raw}
+            out[key] = "BitsAndBytesConfig(" + ", ".join(f"{k}={v!r}" for k, v in data.items()) + ")"
+        else:
+            out[key] = str(value) if not isinstance(value, str) else repr(value)
+    return out
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
+
+
+def load(request: WorkerRequest) -> Loaded:
+    """Load the candidate's model; raises whatever ``from_pretrained`` raises."""
+    cls = getattr(transformers, _MODEL_CLASSES[request.task])
+    kwargs = from_pretrained_kwargs(request)
+    # Import the model's modeling code (and bitsandbytes) before the clock starts: load_seconds
+    # is the cost of loading weights, not of Python imports.
+    try:
+        config = transformers.AutoConfig.from_pretrained(request.model_path)
+        cls._model_mapping[type(config)]
+    except Exception:  # from_pretrained below reports the real problem
+        pass
+    if request.candidate.quant != "none":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            pass
+    if request.fault == "import":
+        raise ModuleNotFoundError("No module named 'autotune_injected_fault' (a fault injected by a test)",
+                                  name="autotune_injected_fault")
+    # Weights missing from the checkpoint (a classifier head) are initialised alike in every worker.
+    torch.manual_seed(request.seed)
+    synchronize()
+    started = time.perf_counter()
+    model = cls.from_pretrained(request.model_path, **kwargs)
+    model.eval()
+    synchronize()
+    return Loaded(model, time.perf_counter() - started, describe_kwargs(kwargs))
+
+
+# -- what was really loaded -----------------------------------------------------------------------
+
+def _is_bnb(module: Any) -> bool:
+    return type(module).__module__.startswith("bitsandbytes") and type(module).__name__ in ("Linear4bit", "Linear8bitLt")
+
+
+def _linear_classes() -> tuple[type, ...]:
+    classes: list[type] = [torch.nn.Linear]
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        classes.append(Conv1D)
+    except ImportError:
+        pass
+    return tuple(classes)
+
+
+def _should_convert(name: str, patterns: list[str] | None) -> bool:
+    """Whether the quantizer meant to convert ``name`` (it skips ``modules_to_not_convert``)."""
+    try:
+        from transformers.quantizers.quantizers_utils import should_convert_module
+
+        return bool(should_convert_module(name, patterns))
+    except (ImportError, AttributeError):
+        return not any(name == p or name.endswith("." + p) or name.startswith(p + ".") for p in patterns or ())
+
+
+def _short(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def read_effective(model: Any, candidate: Candidate) -> dict[str, Any]:
+    """The configuration in force, read from the loaded model (not from what was asked)."""
+    effective: dict[str, Any] = {
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "sdpa_kernel": candidate.sdpa_kernel,
+    }
+    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, _linear_classes())]
+    quantized = [(n, m) for n, m in linear if _is_bnb(m)]
+    quantizer = getattr(model, "hf_quantizer", None)
+    skip = list(getattr(quantizer, "modules_to_not_convert", None) or [])
+    plain = [(n, m) for n, m in linear if not _is_bnb(m)]
+    by_design = [n for n, _ in plain if quantizer is not None and not _should_convert(n, skip)]
+    missed = [(n, m) for n, m in plain if quantizer is not None and _should_convert(n, skip)]
+    effective.update({
+        "linear_layers": len(linear),
+        "quantized_layers": len(quantized),
+        "layer_classes": dict(Counter(type(m).__name__ for _, m in linear)),
+        "kept_unquantized": by_design[:20],
+        "unquantized_layers": len(missed),
+        "unquantized_examples": [f"{n} ({type(m).__name__})" for n, m in missed[:5]],
+        "is_quantized": bool(getattr(model, "is_quantized", False)),
+    })
+    if quantized:
+        quant_types = Counter()
+        nested = set()
+        compute = set()
+        for _, m in quantized:
+            weight = m.weight
+            quant_types[getattr(weight, "quant_type", None) or ("int8" if type(m).__name__ == "Linear8bitLt" else "?")] += 1
+            state = getattr(weight, "quant_state", None)
+            if state is not None:
+                nested.add(bool(getattr(state, "nested", False)))
+            if getattr(m, "compute_dtype", None) is not None:
+                compute.add(_short(m.compute_dtype))
+        effective["quant_types"] = dict(quant_types)
+        effective["double_quant"] = sorted(nested) if len(nested) > 1 else (next(iter(nested)) if nested else None)
+        effective["compute_dtypes"] = sorted(compute)
+
+    dtypes: Counter[str] = Counter()
+    float_dtypes: Counter[str] = Counter()
+    devices: Counter[str] = Counter()
+    for param in model.parameters():
+        count = param.numel()
+        dtypes[_short(param.dtype)] += count
+        devices[str(param.device)] += count
+        if param.dtype.is_floating_point:
+            float_dtypes[_short(param.dtype)] += count
+    effective["param_dtypes"] = dict(dtypes)
+    effective["dtype"] = float_dtypes.most_common(1)[0][0] if float_dtypes else None
+    effective["param_devices"] = dict(devices)
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        effective["hf_device_map"] = dict(Counter(str(v) if not isinstance(v, int) else f"cuda:{v}" for v in device_map.values()))
+    try:
+        effective["weights_bytes"] = int(model.get_memory_footprint())
+    except Exception:  # torchao-style subclasses and odd buffers: the figure is optional
+        effective["weights_bytes"] = None
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if quantized:
+        import bitsandbytes
+
+        versions["bitsandbytes"] = bitsandbytes.__version__
+    effective["versions"] = versions
+    return effective
+
+
+def check_effective(candidate: Candidate, effective: dict[str, Any], max_memory_bytes: int | None = None) -> None:
+    """Raise :class:`OptionNotInEffect` if any requested option did not take effect."""
+    c = candidate
+    attn = effective.get("attn_implementation")
+    if attn != c.attn:
+        raise OptionNotInEffect("unsupported", f"attention {c.attn} did not take effect: the loaded model runs {attn}")
+
+    if c.quant != "none":
+        done = effective["quantized_layers"]
+        missed = effective["unquantized_layers"]
+        if done == 0 or missed:
+            classes = sorted({e.split(" (")[1].rstrip(")") for e in effective["unquantized_examples"]})
+            meant = missed + done
+            what = f"none of the {meant} linear layers meant to be quantized was converted" if done == 0 else \
+                f"{missed} of the {meant} linear layers meant to be quantized were left as they were"
+            raise OptionNotInEffect(
+                "unsupported",
+                f"{c.quant} did not take effect: {what} ({', '.join(classes)} stayed {effective.get('dtype')}, "
+                f"e.g. {effective['unquantized_examples'][0].split(' (')[0]}) although model.is_quantized is "
+                f"{effective['is_quantized']}; transformers {transformers.__version__} does not convert these layers",
+            )
+        if c.is_4bit:
+            want = _QUANT_TYPES[c.quant]
+            types = set(effective.get("quant_types", {}))
+            if types != {want}:
+                raise OptionNotInEffect("unsupported", f"{c.quant} did not take effect: the layers hold {', '.join(sorted(map(str, types)))}")
+            if effective.get("double_quant") not in (c.double_quant, None):
+                raise OptionNotInEffect("unsupported", f"double quantization {'on' if c.double_quant else 'off'} did not take effect")
+        elif set(effective.get("quant_types", {})) != {"int8"}:
+            raise OptionNotInEffect("unsupported", f"bnb-8bit did not take effect: the layers hold {effective.get('quant_types')}")
+
+    if effective.get("dtype") and effective["dtype"] != c.dtype:
+        raise OptionNotInEffect("unsupported", f"dtype {c.dtype} did not take effect: most floating-point weights are {effective['dtype']}")
+
+    devices = {d.split(":")[0] for d in effective.get("param_devices", {})}
+    mapped = set(effective.get("hf_device_map", {}))
+    if c.placement == "cpu" and devices != {"cpu"}:
+        raise OptionNotInEffect("unsupported", f"placement cpu did not take effect: weights on {', '.join(sorted(devices))}")
+    if c.on_gpu:
+        offloaded = sorted(d for d in mapped | devices if d in ("cpu", "disk", "meta"))
+        if offloaded:
+            limit = f" under max_memory {max_memory_bytes / 2**30:.2f} GiB per GPU" if max_memory_bytes else ""
+            raise OptionNotInEffect("oom", f"the weights do not fit the GPUs{limit}: accelerate offloaded modules to {', '.join(offloaded)}")
+        gpus = {d for d in effective.get("param_devices", {}) if d.startswith("cuda")}
+        if c.placement == "cuda" and len(gpus) != 1:
+            raise OptionNotInEffect("unsupported", f"placement cuda did not take effect: weights on {', '.join(sorted(gpus))}")
+
+
+# -- errors while loading -------------------------------------------------------------------------
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "cuda_error_out_of_memory" in text)
+
+
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_UNSUPPORTED_HINTS = ("attn", "attention", "quantiz", "bitsandbytes", "not supported", "does not support",
+                      "not available", "flash", "sdpa", "requires", "dtype", "compute capability")
+
+
+def classify_load_error(exc: BaseException, candidate: Candidate) -> tuple[str, str]:
+    """``(status, reason)`` for an exception raised while loading ``candidate``."""
+    if is_out_of_memory(exc):
+        return "oom", f"out of memory while loading: {first_line(exc)}"
+    message = first_line(exc)
+    if isinstance(exc, ImportError):
+        name = getattr(exc, "name", None)
+        if isinstance(exc, ModuleNotFoundError) and name:
+            return "unsupported", f"loading {candidate.label()} needs the package {name.split('.')[0]}, which is not importable ({message})"
+        return "unsupported", f"loading {candidate.label()} needs a package that is not usable here: {message}"
+    if isinstance(exc, (ValueError, NotImplementedError, RuntimeError)) and any(h in str(exc).lower() for h in _UNSUPPORTED_HINTS):
+        return "unsupported", f"transformers {transformers.__version__} refused {candidate.label()}: {message}"
+    return "error", f"loading failed: {message}"

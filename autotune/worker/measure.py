@@ -1,0 +1,442 @@
+"""Timing and memory of one loaded candidate at one batch size.
+
+Runs only inside the worker child. Timing: warm-up calls excluded (the first one's extra cost is
+the compile cost), device synchronisation around every timed call, repeats until the relative
+spread ``(p90 - p10) / p50`` is small or a cap is reached. Memory is measured during the warm-up
+calls, with a sampler thread polling NVML and the RSS, so that the sampler never runs during a
+timed call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from autotune.candidate import Candidate
+from autotune.worker.loading import SDPA_BACKENDS, OptionNotInEffect, synchronize
+from autotune.worker.protocol import WorkerRequest
+
+#: Seconds between two memory samples in the memory pass.
+SAMPLE_INTERVAL_S = 0.005
+
+
+@dataclass
+class Measured:
+    metrics: dict[str, Any]
+    effective: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# -- statistics -----------------------------------------------------------------------------------
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (``q`` in [0, 100]) of a non-empty list."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def spread(values: list[float]) -> float:
+    """Relative spread ``(p90 - p10) / p50`` of repeated timings (0 for a single value)."""
+    if len(values) < 2:
+        return 0.0
+    middle = percentile(values, 50)
+    return (percentile(values, 90) - percentile(values, 10)) / middle if middle > 0 else 0.0
+
+
+def timed(call: Callable[[], Any]) -> tuple[float, Any]:
+    """Seconds ``call`` took, synchronising the GPUs before and after, and its result."""
+    synchronize()
+    started = time.perf_counter()
+    result = call()
+    synchronize()
+    return time.perf_counter() - started, result
+
+
+def repeat(call: Callable[[], Any], request: WorkerRequest) -> tuple[list[float], bool]:
+    """Timed repeats until the spread is small enough or a cap is reached; (seconds, capped)."""
+    times: list[float] = []
+    started = time.monotonic()
+    while True:
+        seconds, _ = timed(call)
+        times.append(seconds)
+        if len(times) >= request.max_repeats:
+            return times, spread(times) > request.target_spread
+        if len(times) >= request.min_repeats and spread(times) <= request.target_spread:
+            return times, False
+        if time.monotonic() - started >= request.time_cap_s:
+            return times, True
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+def special_ids(model: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (model.config, getattr(model, "generation_config", None)):
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "sep_token_id", "cls_token_id",
+                     "mask_token_id", "unk_token_id"):
+            value = getattr(source, name, None)
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(item, int):
+                    ids.add(item)
+    return ids
+
+
+def pad_id(model: Any) -> int:
+    for source in (getattr(model, "generation_config", None), model.config):
+        for name in ("pad_token_id", "eos_token_id"):
+            value = getattr(source, name, None)
+            value = value[0] if isinstance(value, (list, tuple)) and value else value
+            if isinstance(value, int):
+                return value
+    return 0
+
+
+def vocab_size(model: Any) -> int:
+    return int(model.get_input_embeddings().num_embeddings)
+
+
+def synthetic_ids(model: Any, rows: int, length: int, seed: int) -> torch.Tensor:
+    """Seeded token ids that avoid the model's special ids (CPU tensor, ``rows x length``)."""
+    vocab = vocab_size(model)
+    allowed = torch.ones(vocab, dtype=torch.bool)
+    for token in special_ids(model):
+        if 0 <= token < vocab:
+            allowed[token] = False
+    choices = allowed.nonzero().flatten()
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, len(choices), (rows, length), generator=generator)
+    return choices[picks]
+
+
+def row_lengths(batch: int, prompt_tokens: int, padding_share: float) -> list[int]:
+    """Real (unpadded) prompt length of each row: falling lengths whose mean padding is the share.
+
+    Row padding fractions run linearly from ``share - d`` to ``share + d`` with
+    ``d = min(share, 1 - share)``, so the first row is the longest and the mean is the share. A
+    batch of one has nothing to be padded to and keeps the full length.
+    """
+    if batch == 1 or padding_share <= 0:
+        return [prompt_tokens] * batch
+    half = min(padding_share, 1 - padding_share)
+    fractions = [padding_share - half + 2 * half * i / (batch - 1) for i in range(batch)]
+    return [max(1, min(prompt_tokens, round(prompt_tokens * (1 - f)))) for f in fractions]
+
+
+def batch_inputs(model: Any, batch: int, request: WorkerRequest, *, left: bool) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """``input_ids`` and ``attention_mask`` for a batch, padded left (decoders) or right (encoders)."""
+    workload = request.workload
+    length = workload.prompt_tokens
+    ids = synthetic_ids(model, batch, length, request.seed + batch)
+    mask = torch.ones_like(ids)
+    lengths = row_lengths(batch, length, workload.padding_share)
+    pad = pad_id(model)
+    for row, real in enumerate(lengths):
+        if real < length:
+            span = slice(0, length - real) if left else slice(real, length)
+            ids[row, span] = pad
+            mask[row, span] = 0
+    device = input_device(model)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, lengths
+
+
+def input_device(model: Any) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+def current_rss() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        try:
+            import psutil
+
+            return int(psutil.Process().memory_info().rss)
+        except Exception:
+            return None
+
+
+def peak_rss() -> int:
+    """The process's peak RSS since it started, in bytes."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if os.uname().sysname == "Darwin" else maxrss * 1024)
+
+
+class GpuMemoryProbe:
+    """The process's GPU memory as NVML sees it.
+
+    Create it before CUDA is initialised: it notes each GPU's used memory then, so that where
+    NVML does not list this process (containers with their own pid namespace) the process's
+    share is the device's used memory minus that baseline.
+    """
+
+    def __init__(self, pynvml: Any, handles: list[Any], uuids: list[str], baseline: list[int]) -> None:
+        self._nvml = pynvml
+        self._handles = handles
+        self._uuids = uuids
+        self._baseline = baseline
+        self._bound: dict[int, int] = {}
+        self.source = "nvml"
+
+    @classmethod
+    def create(cls) -> GpuMemoryProbe | None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            uuids = [str(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
+            baseline = [int(pynvml.nvmlDeviceGetMemoryInfo(h).used) for h in handles]
+        except Exception:
+            return None
+        return cls(pynvml, handles, [u.decode() if isinstance(u, bytes) else u for u in uuids], baseline)
+
+    def bind(self) -> None:
+        """Map torch's device indices (which follow CUDA_VISIBLE_DEVICES) to NVML's, by UUID."""
+        for index in range(torch.cuda.device_count()):
+            uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", ""))
+            match = next((n for n, u in enumerate(self._uuids) if uuid and u.endswith(uuid)), None)
+            if match is None and len(self._uuids) == torch.cuda.device_count():
+                match = index
+            if match is not None:
+                self._bound[index] = match
+
+    def read(self) -> dict[int, int]:
+        """Bytes this process uses on each bound GPU (torch index -> bytes)."""
+        out: dict[int, int] = {}
+        pid = os.getpid()
+        for index, nvml_index in self._bound.items():
+            handle = self._handles[nvml_index]
+            try:
+                used = None
+                for proc in self._nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if proc.pid == pid and proc.usedGpuMemory is not None:
+                        used = int(proc.usedGpuMemory)
+                if used is None:
+                    used = int(self._nvml.nvmlDeviceGetMemoryInfo(handle).used) - self._baseline[nvml_index]
+                    self.source = "nvml-device-delta"
+                out[index] = max(0, used)
+            except Exception:
+                continue
+        return out
+
+
+class MemorySampler:
+    """Polls the GPU probe and the RSS from a thread while a pass runs; keeps the peaks."""
+
+    def __init__(self, probe: GpuMemoryProbe | None) -> None:
+        self.probe = probe
+        self.gpu_peaks: dict[int, int] = {}
+        self.rss_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="autotune-memory-sampler", daemon=True)
+
+    def sample(self) -> None:
+        if self.probe is not None:
+            for index, used in self.probe.read().items():
+                self.gpu_peaks[index] = max(self.gpu_peaks.get(index, 0), used)
+        rss = current_rss()
+        if rss is not None:
+            self.rss_peak = max(self.rss_peak, rss)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_INTERVAL_S):
+            self.sample()
+
+    def __enter__(self) -> MemorySampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        synchronize()
+        self.sample()
+
+
+def model_gpus(model: Any) -> list[int]:
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+@contextlib.contextmanager
+def memory_pass(model: Any, probe: GpuMemoryProbe | None) -> Iterator[dict[str, Any]]:
+    """Run the body once while measuring memory; fills the yielded dict with metrics and details."""
+    gpus = model_gpus(model) if torch.cuda.is_available() else []
+    for index in gpus:
+        torch.cuda.reset_peak_memory_stats(index)
+    out: dict[str, Any] = {}
+    with MemorySampler(probe if gpus else None) as sampler:
+        yield out
+    metrics: dict[str, Any] = {"rss_bytes": sampler.rss_peak or None}
+    details: dict[str, Any] = {}
+    if gpus:
+        allocated = {i: int(torch.cuda.max_memory_allocated(i)) for i in gpus}
+        reserved = {i: int(torch.cuda.max_memory_reserved(i)) for i in gpus}
+        nvml = {i: sampler.gpu_peaks[i] for i in gpus if i in sampler.gpu_peaks}
+        metrics["torch_allocated_bytes"] = max(allocated.values())
+        metrics["torch_reserved_bytes"] = max(reserved.values())
+        metrics["nvml_used_bytes"] = max(nvml.values()) if nvml else None
+        metrics["peak_memory_bytes"] = metrics["nvml_used_bytes"] or metrics["torch_reserved_bytes"]
+        details["memory_per_gpu"] = {f"cuda:{i}": {"torch_allocated": allocated[i], "torch_reserved": reserved[i],
+                                                    "nvml_used": nvml.get(i)} for i in gpus}
+        details["peak_source"] = probe.source if nvml and probe is not None else "torch_reserved (no NVML: CUDA context not included)"
+    else:
+        metrics.update(torch_allocated_bytes=None, torch_reserved_bytes=None, nvml_used_bytes=None, peak_memory_bytes=peak_rss())
+        details["peak_source"] = "peak RSS of the worker process since it started (loading included)"
+    out.update(metrics=metrics, details=details)
+
+
+# -- attention kernel -----------------------------------------------------------------------------
+
+def sdpa_context(candidate: Candidate) -> contextlib.AbstractContextManager[Any]:
+    """``torch.nn.attention.sdpa_kernel`` pinning the candidate's SDPA backend, if it pins one."""
+    if candidate.sdpa_kernel is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[candidate.sdpa_kernel])])
+
+
+# -- text generation ------------------------------------------------------------------------------
+
+class StopAfterFirstToken(StoppingCriteria):
+    """A stopping criterion that ends ``generate`` once the first new token is there.
+
+    Keeps ``max_new_tokens`` (and so a static cache's shape and compiled graph) unchanged, so
+    the time to first token is measured on the very same call as the end-to-end latency.
+    """
+
+    def __init__(self, prompt_length: int) -> None:
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        done = input_ids.shape[1] > self.prompt_length
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def generate_kwargs(candidate: Candidate, new_tokens: int, pad: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"do_sample": False, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "pad_token_id": pad}
+    if candidate.static_cache:
+        kwargs["cache_implementation"] = "static"
+    return kwargs
+
+
+def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: GpuMemoryProbe | None) -> Measured:
+    candidate, workload = request.candidate, request.workload
+    inputs, lengths = batch_inputs(model, batch, request, left=True)
+    prompt = workload.prompt_tokens
+    kwargs = generate_kwargs(candidate, workload.new_tokens, pad_id(model))
+    stop_first = StopAfterFirstToken(prompt)
+
+    def full() -> Any:
+        return model.generate(**inputs, **kwargs)
+
+    def first() -> Any:
+        return model.generate(**inputs, **kwargs, stopping_criteria=StoppingCriteriaList([stop_first]))
+
+    # The warm-up calls are untimed (the first one's extra cost is the compile cost) and double as
+    # the memory pass: the sampler thread never runs during a timed call.
+    with memory_pass(model, probe) as memory:
+        first_call, output = timed(full)
+        for _ in range(request.warmup - 1):
+            full()
+    generated = int(output.shape[1] - prompt)
+    effective: dict[str, Any] = {}
+    if candidate.static_cache:
+        compiled = getattr(model, "_compiled_call", None) is not None
+        effective["static_cache_compiled"] = compiled
+        if not compiled:
+            raise OptionNotInEffect(
+                "unsupported",
+                f"static cache did not take effect as compiled: transformers ran generate with the static cache but without "
+                f"torch.compile on {input_device(model).type} (it compiles only on CUDA/XPU, without CPU offload or bitsandbytes)",
+                effective,
+            )
+    ttft, ttft_capped = repeat(first, request)
+    e2e, e2e_capped = repeat(full, request)
+
+    p50 = percentile(e2e, 50)
+    ttft50 = percentile(ttft, 50)
+    metrics: dict[str, Any] = {
+        "ttft_ms": ttft50 * 1e3,
+        "latency_p50_ms": p50 * 1e3,
+        "latency_p90_ms": percentile(e2e, 90) * 1e3,
+        "latency_spread": spread(e2e),
+        "repeats": len(e2e),
+        "throughput_tokens_per_s": batch * generated / p50,
+        "decode_tokens_per_s": batch * (generated - 1) / (p50 - ttft50) if generated > 1 and p50 > ttft50 else None,
+        "compile_seconds": max(0.0, first_call - p50) if candidate.static_cache or candidate.attn == "flex_attention" else None,
+        **memory["metrics"],
+    }
+    details = {
+        "e2e_ms": [round(t * 1e3, 3) for t in e2e],
+        "ttft_ms_repeats": [round(t * 1e3, 3) for t in ttft],
+        "first_call_seconds": first_call,
+        "capped": e2e_capped or ttft_capped,
+        "generated_tokens": generated,
+        "prompt_lengths": lengths,
+        "padding_share": 1 - sum(lengths) / (batch * prompt),
+        **memory["details"],
+    }
+    if generated != workload.new_tokens:
+        details["warning"] = f"generate produced {generated} new tokens instead of {workload.new_tokens}"
+    return Measured(metrics, effective, details)
+
+
+# -- encoders -------------------------------------------------------------------------------------
+
+def measure_encoder(model: Any, request: WorkerRequest, batch: int, probe: GpuMemoryProbe | None) -> Measured:
+    inputs, lengths = batch_inputs(model, batch, request, left=False)
+
+    def forward() -> Any:
+        with torch.no_grad():
+            return model(**inputs)
+
+    with memory_pass(model, probe) as memory:
+        first_call, _ = timed(forward)
+        for _ in range(request.warmup - 1):
+            forward()
+    times, capped = repeat(forward, request)
+    p50 = percentile(times, 50)
+    metrics = {
+        "latency_p50_ms": p50 * 1e3,
+        "latency_p90_ms": percentile(times, 90) * 1e3,
+        "latency_spread": spread(times),
+        "repeats": len(times),
+        "sequences_per_s": batch / p50,
+        "compile_seconds": max(0.0, first_call - p50) if request.candidate.attn == "flex_attention" else None,
+        **memory["metrics"],
+    }
+    details = {
+        "forward_ms": [round(t * 1e3, 3) for t in times],
+        "first_call_seconds": first_call,
+        "capped": capped,
+        "prompt_lengths": lengths,
+        "padding_share": 1 - sum(lengths) / (batch * request.workload.prompt_tokens),
+        **memory["details"],
+    }
+    return Measured(metrics, {}, details)
+
+
+def measure_batch(model: Any, request: WorkerRequest, batch: int, probe: GpuMemoryProbe | None) -> Measured:
+    if request.task == "text-generation":
+        return measure_generation(model, request, batch, probe)
+    return measure_encoder(model, request, batch, probe)
