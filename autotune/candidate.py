@@ -184,6 +184,8 @@ def rejection(
                 return f"bnb-8bit: LLM.int8 needs compute capability 7.5 or newer, this GPU has {min_cc[0]}.{min_cc[1]}"
         if c.static_cache:
             return f"{c.quant} with a static cache: bitsandbytes layers cannot be compiled with torch.compile"
+    if c.static_cache and not c.on_gpu:
+        return "static cache: transformers compiles static-cache generate only on CUDA; on the CPU it would run uncompiled"
     if c.double_quant and not c.is_4bit:
         return "double quantization applies only to 4-bit (bnb-4bit-nf4 or bnb-4bit-fp4)"
     if c.compute_dtype is not None and not c.is_4bit:

@@ -176,16 +176,6 @@ def _reference_label(path: Path) -> str | None:
 
 # -- measuring a candidate ----------------------------------------------------------------------
 
-def _set_worker_pid(store: Store, trial_ids: list[int], pid: int) -> None:
-    from autotune.store.schema import TrialRow
-
-    with store.session() as s:
-        for trial_id in trial_ids:
-            row = s.get(TrialRow, trial_id)
-            if row is not None:
-                row.worker_pid = pid
-
-
 def measure_candidate(
     store: Store,
     model: ModelRecord,
@@ -227,7 +217,7 @@ def measure_candidate(
         multi_limit = limit if candidate.placement == "multi-gpu" else None
 
         def spawned(pid: int) -> None:
-            _set_worker_pid(store, [t.id for t in trials], pid)
+            store.set_worker_pid([t.id for t in trials], pid)
             if on_spawn is not None:
                 on_spawn(pid)
 

@@ -249,6 +249,12 @@ class Store:
             s.flush()
             return _trial(row)
 
+    def set_worker_pid(self, trial_ids: list[int], pid: int) -> None:
+        """Note the worker process measuring these (running) trials."""
+        with self.session() as s:
+            for row in s.scalars(select(TrialRow).where(TrialRow.id.in_(trial_ids))):
+                row.worker_pid = pid
+
     def finish_trial(self, trial_id: int, status: str, *, reason: str | None = None, metrics: dict[str, Any] | None = None,
                      effective: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
                      feasible: bool | None = None, objective_value: float | None = None) -> TrialRecord:
