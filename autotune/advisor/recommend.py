@@ -1,0 +1,602 @@
+"""The recommendation: the best measured trial under the objective and the constraints, and why
+every other option lost.
+
+Everything here reads the store and nothing else: no torch, no Transformers, so that
+``autotune recommend`` starts at once. A trial is only compared with trials of its own study (one
+model, one workload, one environment fingerprint); the objective, the memory limit and the quality
+floor may be overridden for the choice without measuring again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from autotune.advisor.render import TOKENIZER_FILES, LoaderSpec
+from autotune.candidate import DTYPE_SHORT, Candidate, rejection
+from autotune.environment import Environment
+from autotune.objective import metric_for, score
+from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
+from autotune.units import format_gib
+from autotune.workload import MemoryLimit, Workload
+
+#: Statuses of trials that ran and failed (the candidate could be tried, and broke).
+FAILED = ("oom", "crash", "timeout", "error")
+#: Statuses of candidates that could not be tried here.
+UNAVAILABLE = ("unsupported", "rejected")
+
+#: The options users ask about, as one-option changes of the winner, in the order they are explained.
+AXES = ("quant", "attn", "sdpa_kernel", "dtype", "static_cache", "double_quant", "placement", "runtime")
+
+BETTERTRANSFORMER = (
+    "BetterTransformer: not available: to_bettertransformer() is gone from Transformers 5 and Optimum 2; "
+    "its successor is SDPA, Transformers' default attention"
+)
+
+_METRIC_UNITS = {
+    "throughput_tokens_per_s": ("tok/s", "{:.1f}"),
+    "sequences_per_s": ("seq/s", "{:.1f}"),
+    "latency_p50_ms": ("ms p50", "{:.1f}"),
+    "peak_memory_bytes": ("", "{}"),
+}
+
+
+@dataclass(frozen=True)
+class RunnerUp:
+    """A feasible candidate that came close: its best trial and how far behind the winner."""
+
+    trial: TrialRecord
+    value: float
+    behind_pct: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trial_id": self.trial.id, "candidate": self.trial.candidate.to_dict(), "label": self.trial.candidate.label(),
+                "batch_size": self.trial.batch_size, "value": self.value, "behind_pct": self.behind_pct}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why one option lost.
+
+    ``kind`` is ``slower``, ``over-memory``, ``below-quality``, ``infeasible``, ``failed``,
+    ``unavailable`` or ``not-measured``; ``reason`` is the sentence shown to the user.
+    """
+
+    axis: str
+    option: str
+    kind: str
+    reason: str
+    trial_id: int | None = None
+    behind_pct: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axis": self.axis, "option": self.option, "kind": self.kind, "reason": self.reason,
+                "trial_id": self.trial_id, "behind_pct": self.behind_pct}
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The advice for one model: the winner (``best``, or ``None`` with ``message`` saying why)."""
+
+    model: ModelRecord
+    workload: Workload
+    study: StudyRecord | None = None
+    environment_id: int | None = None
+    environment: Environment | None = None
+    current_environment: bool = False
+    best: TrialRecord | None = None
+    best_value: float | None = None
+    metric: str = ""
+    direction: str = "maximize"
+    limit_bytes: int | None = None
+    limit_note: str | None = None
+    runners_up: tuple[RunnerUp, ...] = ()
+    verdicts: tuple[Verdict, ...] = ()
+    notes: tuple[str, ...] = ()
+    message: str | None = None
+    trials_considered: int = 0
+    other_environments: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return self.best is not None
+
+    def where(self) -> str:
+        """Which machine the trials ran on, in words."""
+        if self.environment is None:
+            return "unknown environment"
+        env = self.environment
+        versions = ", ".join(f"{k} {env.versions[k]}" for k in ("torch", "transformers", "bitsandbytes") if env.versions.get(k))
+        here = "this machine's current environment" if self.current_environment else "another environment (not this machine's current one)"
+        return f"{env.summary()}; {versions}; {here}"
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "model": self.model.name,
+            "workload": self.workload.to_dict(),
+            "objective": self.workload.objective,
+            "metric": self.metric,
+            "direction": self.direction,
+            "study_id": self.study.id if self.study else None,
+            "environment_id": self.environment_id,
+            "environment": self.environment.summary() if self.environment else None,
+            "versions": dict(self.environment.versions) if self.environment else {},
+            "current_environment": self.current_environment,
+            "limit_bytes": self.limit_bytes,
+            "limit_note": self.limit_note,
+            "min_quality": self.workload.min_quality,
+            "trials_considered": self.trials_considered,
+            "recommendation": None if best is None else {
+                "trial_id": best.id, "candidate": best.candidate.to_dict(), "label": best.candidate.label(),
+                "batch_size": best.batch_size, "value": self.best_value,
+                "metrics": {k: v for k, v in best.metrics.items() if v is not None},
+                "effective": best.effective, "finished_at": best.finished_at,
+            },
+            "runners_up": [r.to_dict() for r in self.runners_up],
+            "why_not": [v.to_dict() for v in self.verdicts],
+            "notes": list(self.notes),
+            "message": self.message,
+        }
+
+
+# -- choosing ------------------------------------------------------------------------------------
+
+def memory_limit(workload: Workload, environment: Environment | None, candidate: Candidate | None = None) -> tuple[int | None, str | None]:
+    """The workload's limit in bytes on the device a trial ran on, and a note when it does not apply.
+
+    A fraction is of the smallest GPU. On the CPU the limit applies to the process's peak, as the
+    trial worker applies it: an absolute size as given, a fraction of this machine's memory.
+    """
+    limit = workload.max_memory
+    if limit is None:
+        return None, None
+    gpus = environment.gpus if environment is not None else ()
+    if candidate is not None and not candidate.on_gpu or not gpus:
+        if limit.fraction is not None:
+            try:
+                host = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+            except (ValueError, OSError, AttributeError):
+                return None, f"the limit {limit.text} is a fraction and this machine's memory is unknown: not applied on the CPU"
+            return limit.for_device(host), None
+        return limit.bytes, None
+    return min(limit.for_device(g.total_memory) for g in gpus), None
+
+
+def effective_workload(workload: Workload, *, objective: str | None = None, max_memory: str | None = None,
+                       min_quality: float | None = None) -> Workload:
+    """``workload`` with the choice-level fields overridden (nothing measured changes)."""
+    changes: dict[str, Any] = {}
+    if objective:
+        changes["objective"] = objective
+    if max_memory:
+        changes["max_memory"] = None if max_memory.lower() in ("none", "off") else MemoryLimit.parse(max_memory)
+    if min_quality is not None:
+        changes["min_quality"] = min_quality
+    return Workload.from_dict({**workload.to_dict(), **{k: (v.text if isinstance(v, MemoryLimit) else v) for k, v in changes.items()}})
+
+
+def _measured_fields(workload: Workload) -> tuple[Any, ...]:
+    return (workload.task, workload.prompt_tokens, workload.new_tokens, workload.padding_share, workload.device)
+
+
+def pick_study(store: Store, model: ModelRecord, current_fingerprint: str | None) -> tuple[StudyRecord | None, list[TrialRecord], bool, list[str]]:
+    """The study whose trials to recommend from, its trials, whether it is this environment's, and
+    the summaries of other environments that hold measured trials.
+
+    Preference: this environment, then the model's current workload (what was measured: task and
+    token counts), then the study with the most ``ok`` trials, then the newest.
+    """
+    studies = store.studies(model.id)
+    ranked = []
+    others: list[str] = []
+    for study in studies:
+        trials = store.trials(study_id=study.id)
+        ok = sum(1 for t in trials if t.ok)
+        fingerprint = store.environment_fingerprint(study.environment_id)
+        here = current_fingerprint is not None and fingerprint == current_fingerprint
+        same_workload = _measured_fields(study.workload) == _measured_fields(model.workload)
+        ranked.append(((ok > 0, here, same_workload, study.workload_key == model.workload.key(), ok, study.updated_at), study, trials, here))
+    if not ranked:
+        return None, [], False, []
+    ranked.sort(key=lambda r: r[0], reverse=True)
+    _, study, trials, here = ranked[0]
+    for key, other, _trials, other_here in ranked[1:]:
+        if key[0] and other.environment_id != study.environment_id:
+            others.append(store.environment(other.environment_id).summary())
+    return study, trials, here, sorted(set(others))
+
+
+def recommend(
+    store: Store,
+    model: ModelRecord,
+    *,
+    current: Environment | None = None,
+    objective: str | None = None,
+    max_memory: str | None = None,
+    min_quality: float | None = None,
+    runners_up: int = 3,
+) -> Recommendation:
+    """The best measured ``ok`` trial of ``model`` that meets the constraints, with its explanation.
+
+    ``current`` is this machine's environment (its studies are preferred). ``objective``,
+    ``max_memory`` and ``min_quality`` override the stored workload for the choice.
+    """
+    study, trials, here, others = pick_study(store, model, current.fingerprint if current else None)
+    base = study.workload if study is not None else model.workload
+    if study is not None and _measured_fields(study.workload) == _measured_fields(model.workload):
+        base = replace(model.workload)
+    workload = effective_workload(base, objective=objective, max_memory=max_memory, min_quality=min_quality)
+    metric, direction = metric_for(workload)
+    rec = Recommendation(model=model, workload=workload, study=study, metric=metric, direction=direction,
+                         other_environments=tuple(others))
+    if study is None or not trials:
+        return replace(rec, message=nothing_measured(model.name))
+    environment = store.environment(study.environment_id)
+    rec = replace(rec, environment_id=study.environment_id, environment=environment, current_environment=here,
+                  trials_considered=len(trials))
+    notes: list[str] = []
+    if _measured_fields(study.workload) != _measured_fields(model.workload):
+        notes.append(f"these trials measured {study.workload.describe()}; the model's workload is now "
+                     f"{model.workload.describe()} (run `autotune tune {model.name}` to measure it)")
+    if not here and current is not None:
+        notes.append(f"measured on {environment.summary()}, not on this machine's current environment; "
+                     f"run `autotune tune {model.name}` here to measure it here")
+    limit_bytes, limit_note = memory_limit(workload, environment)
+    if limit_note:
+        notes.append(limit_note)
+
+    scored = [(t, _score(workload, t, environment)) for t in trials if t.ok]
+    feasible = [(t, s.value) for t, s in scored if s.feasible and s.value is not None]
+    rec = replace(rec, limit_bytes=limit_bytes, limit_note=limit_note)
+    if not scored:
+        statuses = _count(t.status for t in trials)
+        return replace(rec, notes=tuple(notes), verdicts=tuple(explain(trials, study, None, workload, environment, model)),
+                       message=f"none of the {len(trials)} trials of {model.name} succeeded ({statuses}); "
+                               f"see `autotune trials {model.name}`, or run `autotune tune {model.name}`")
+    if not feasible:
+        reasons = _count(r for _, s in scored for r in s.reasons[:1])
+        return replace(rec, notes=tuple(notes), verdicts=tuple(explain(trials, study, None, workload, environment, model)),
+                       message=f"no measured trial of {model.name} meets the constraints "
+                               f"({_constraints_text(workload, limit_bytes)}): {reasons}; relax --max-memory or --min-quality, "
+                               f"or run `autotune tune {model.name}` to measure more")
+    best, best_value = _best(feasible, workload)
+    ups = _runners_up(feasible, best, best_value, workload, runners_up)
+    verdicts = explain(trials, study, best, workload, environment, model)
+    limit_bytes, _ = memory_limit(workload, environment, best.candidate)
+    return replace(rec, best=best, best_value=best_value, runners_up=tuple(ups), verdicts=tuple(verdicts), notes=tuple(notes),
+                   limit_bytes=limit_bytes)
+
+
+def nothing_measured(name: str) -> str:
+    return (f"nothing measured for {name} yet: run `autotune tune {name}` to search and measure, "
+            f"or measure one candidate with `autotune measure {name} --dtype bfloat16 --attn sdpa --batch 1,4,16`")
+
+
+def _score(workload: Workload, trial: TrialRecord, environment: Environment) -> Any:
+    limit, _ = memory_limit(workload, environment, trial.candidate)
+    return score(workload, trial.status, trial.metrics, limit)
+
+
+def _best(feasible: list[tuple[TrialRecord, float]], workload: Workload) -> tuple[TrialRecord, float]:
+    sign = 1 if metric_for(workload)[1] == "maximize" else -1
+    # ties go to the smaller peak, then the earlier trial
+    return max(feasible, key=lambda tv: (sign * tv[1], -(tv[0].metrics.get("peak_memory_bytes") or 0), -tv[0].id))
+
+
+def behind_pct(workload: Workload, winner: float, other: float) -> float:
+    """How far ``other`` is behind ``winner``, in percent of the winner (0 when level or ahead)."""
+    if not winner:
+        return 0.0
+    direction = metric_for(workload)[1]
+    delta = (winner - other) / winner if direction == "maximize" else (other - winner) / winner
+    return max(delta, 0.0) * 100
+
+
+def _runners_up(feasible: list[tuple[TrialRecord, float]], best: TrialRecord, best_value: float, workload: Workload, n: int) -> list[RunnerUp]:
+    by_candidate: dict[str, tuple[TrialRecord, float]] = {}
+    for trial, value in feasible:
+        key = trial.candidate.key()
+        if key == best.candidate.key():
+            continue
+        if key not in by_candidate or _best([by_candidate[key], (trial, value)], workload)[0] is trial:
+            by_candidate[key] = (trial, value)
+    ordered = sorted(by_candidate.values(), key=lambda tv: behind_pct(workload, best_value, tv[1]))
+    return [RunnerUp(t, v, behind_pct(workload, best_value, v)) for t, v in ordered[:n]]
+
+
+def _count(items: Iterable[str]) -> str:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return ", ".join(f"{n}x {k}" if n > 1 else k for k, n in counts.items())
+
+
+def _constraints_text(workload: Workload, limit_bytes: int | None) -> str:
+    limit = f"memory limit {format_gib(limit_bytes)}" if limit_bytes else "no memory limit"
+    return f"{limit}, quality floor {workload.min_quality:.0%} token agreement"
+
+
+# -- explaining ----------------------------------------------------------------------------------
+
+def option_of(candidate: Candidate, axis: str) -> str | None:
+    """The user's name for ``candidate``'s choice on ``axis`` (``None``: the axis does not apply)."""
+    c = candidate
+    if axis == "quant":
+        return {"none": "no quantization", "bnb-8bit": "bnb 8-bit", "bnb-4bit-nf4": "bnb 4-bit nf4",
+                "bnb-4bit-fp4": "bnb 4-bit fp4"}[c.quant]
+    if axis == "attn":
+        return c.attn
+    if axis == "sdpa_kernel":
+        if c.attn != "sdpa":
+            return None
+        return f"SDPA kernel {c.sdpa_kernel} (pinned)" if c.sdpa_kernel else "SDPA kernel left to PyTorch"
+    if axis == "dtype":
+        return DTYPE_SHORT[c.dtype]
+    if axis == "static_cache":
+        return "static cache (torch.compile)" if c.static_cache else "dynamic cache"
+    if axis == "double_quant":
+        if not c.is_4bit:
+            return None
+        return "4-bit double quantization" if c.double_quant else "4-bit without double quantization"
+    if axis == "placement":
+        return {"cpu": "CPU", "cuda": "one GPU", "multi-gpu": "several GPUs (device_map=auto)"}[c.placement]
+    if axis == "runtime":
+        return "PyTorch" if c.runtime == "pytorch" else f"ONNX Runtime ({c.provider or 'default provider'})"
+    raise ValueError(axis)
+
+
+#: One-option changes of a winner to ask :func:`autotune.candidate.rejection` about, when no trial tried them.
+_WHAT_IFS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("quant", {"quant": "bnb-4bit-nf4", "double_quant": True}),
+    ("quant", {"quant": "bnb-8bit"}),
+    ("attn", {"attn": "flash_attention_2", "sdpa_kernel": None}),
+    ("attn", {"attn": "sdpa"}),
+    ("attn", {"attn": "eager", "sdpa_kernel": None}),
+    ("dtype", {"dtype": "float32"}),
+    ("dtype", {"dtype": "bfloat16"}),
+    ("static_cache", {"static_cache": True}),
+)
+
+
+def _what_if(winner: Candidate, change: dict[str, Any]) -> Candidate | None:
+    data = {**winner.to_dict(), **change}
+    if data["quant"] == "bnb-8bit":
+        data.update(double_quant=False, compute_dtype=None, static_cache=False)
+        if data["dtype"] == "bfloat16":
+            data["dtype"] = "float16"
+    elif str(data["quant"]).startswith("bnb-4bit"):
+        data["static_cache"] = False
+    else:
+        data.update(double_quant=False, compute_dtype=None)
+    if change.get("static_cache"):
+        data.update(quant="none", double_quant=False, compute_dtype=None)
+    if data["attn"] != "sdpa":
+        data["sdpa_kernel"] = None
+    if str(data["attn"]).startswith("flash_attention") and "float32" in (data["dtype"], data.get("compute_dtype")):
+        # FlashAttention is only ever tried in half precision: ask about that
+        data.update(dtype="float16" if data["quant"] == "bnb-8bit" else "bfloat16", compute_dtype=None)
+    try:
+        return Candidate.from_dict(data)
+    except Exception:  # noqa: BLE001 - an impossible combination is simply not asked about
+        return None
+
+
+def explain(trials: list[TrialRecord], study: StudyRecord, winner: TrialRecord | None, workload: Workload,
+            environment: Environment, model: ModelRecord) -> list[Verdict]:
+    """For each option the winner did not take, why it lost, from the trials that tried it.
+
+    Without a winner (nothing feasible), every option that was tried is explained on its own terms.
+    """
+    verdicts: list[Verdict] = []
+    rejected = _study_rejections(study)
+    best_value = None
+    if winner is not None:
+        best_value = _score(workload, winner, environment).value
+    seen: set[tuple[str, str]] = set()
+    for axis in AXES:
+        mine = option_of(winner.candidate, axis) if winner is not None else None
+        if winner is not None and mine is None and axis == "double_quant":
+            continue  # the winner is not 4-bit: "bnb 4-bit" already says why 4-bit lost
+        groups: dict[str, list[TrialRecord]] = {}
+        for trial in trials:
+            option = option_of(trial.candidate, axis)
+            if option is None or option == mine or trial.status == "running":
+                continue
+            if axis == "sdpa_kernel" and mine is None and trial.candidate.sdpa_kernel is None:
+                continue  # the winner is not SDPA: "sdpa" already says why; only pinned kernels are news
+            groups.setdefault(option, []).append(trial)
+        for candidate, reason, kind, axes in rejected:
+            option = option_of(candidate, axis)
+            if option is None or option == mine or option in groups or (axis, option) in seen:
+                continue
+            if axes is not None and axis not in axes:
+                continue
+            if kind == "memory":
+                verdicts.append(Verdict(axis, option, "over-memory", f"over the memory limit by the forecast (not measured): {reason}"))
+            else:
+                verdicts.append(Verdict(axis, option, "unavailable", f"not available here: {reason}"))
+            seen.add((axis, option))
+        for option, group in groups.items():
+            if winner is None and axis not in ("quant", "attn", "dtype", "static_cache"):
+                continue
+            verdict = _verdict(axis, option, group, workload, environment, best_value)
+            if verdict is not None:
+                verdicts.append(verdict)
+                seen.add((axis, option))
+    if winner is not None:
+        for axis, change in _WHAT_IFS:
+            candidate = _what_if(winner.candidate, change)
+            if candidate is None or candidate.key() == winner.candidate.key():
+                continue
+            option = option_of(candidate, axis)
+            if option is None or option == option_of(winner.candidate, axis) or (axis, option) in seen:
+                continue
+            seen.add((axis, option))
+            why = rejection(candidate, environment, model.capabilities, workload)
+            if why:
+                verdicts.append(Verdict(axis, option, "unavailable", f"not available here: {why}"))
+            else:
+                verdicts.append(Verdict(axis, option, "not-measured",
+                                        f"not measured yet ({_measure_hint(model.name, candidate)})"))
+    verdicts.append(Verdict("runtime", "BetterTransformer", "unavailable", BETTERTRANSFORMER.split(": ", 1)[1]))
+    order = {axis: i for i, axis in enumerate(AXES)}
+    return sorted(verdicts, key=lambda v: order.get(v.axis, len(order)))
+
+
+def _measure_hint(name: str, c: Candidate) -> str:
+    args = [f"autotune measure {name}", f"--dtype {c.dtype}", f"--attn {c.attn}"]
+    if c.sdpa_kernel:
+        args.append(f"--sdpa-kernel {c.sdpa_kernel}")
+    if c.quant != "none":
+        args.append(f"--quant {c.quant}")
+    if c.double_quant:
+        args.append("--double-quant")
+    if c.static_cache:
+        args.append("--static-cache")
+    return " ".join(args)
+
+
+def _study_rejections(study: StudyRecord) -> list[tuple[Candidate, str, str, frozenset[str] | None]]:
+    """``(candidate, reason, kind, axes)`` of what the search left out; ``axes`` are the candidate
+    fields the rejection is about (its ``pattern``), ``None`` when it is about the whole candidate."""
+    out = []
+    for entry in study.rejected or []:
+        if not isinstance(entry, dict):
+            continue
+        data = entry.get("candidate") or entry.get("params")
+        pattern = entry.get("pattern") if isinstance(entry.get("pattern"), dict) else {}
+        if not isinstance(data, dict):
+            data = pattern
+        if not data:
+            continue
+        reason = str(entry.get("reason") or "rejected by the validity rules")
+        try:
+            candidate = Candidate.from_dict({**data, **pattern})
+        except Exception:  # noqa: BLE001 - an entry autotune cannot read is skipped, not fatal
+            continue
+        axes = frozenset(pattern) if pattern else None
+        out.append((candidate, reason, str(entry.get("kind") or "rule"), axes))
+    return out
+
+
+def _verdict(axis: str, option: str, group: list[TrialRecord], workload: Workload, environment: Environment,
+             best_value: float | None) -> Verdict | None:
+    ok = [(t, _score(workload, t, environment)) for t in group if t.ok]
+    feasible = [(t, s.value) for t, s in ok if s.feasible and s.value is not None]
+    metric, _ = metric_for(workload)
+    if feasible and best_value is not None:
+        trial, value = _best(feasible, workload)
+        behind = behind_pct(workload, best_value, value)
+        what = "more memory" if workload.objective == "memory" else "slower"
+        return Verdict(axis, option, "slower",
+                       f"{behind:.1f}% {what} ({_figure(metric, value)} vs {_figure(metric, best_value)}; "
+                       f"its best: {trial.candidate.label()} at batch {trial.batch_size})",
+                       trial.id, behind)
+    if feasible:  # no winner: it was feasible, so it is not why nothing was recommended
+        return None
+    if ok:
+        trial, s = min(ok, key=lambda ts: len(ts[1].reasons))
+        over = [r for r in s.reasons if "over the limit" in r]
+        below = [r for r in s.reasons if "below the floor" in r]
+        if over and not below:
+            return Verdict(axis, option, "over-memory", f"over the memory limit: {over[0]} at batch {trial.batch_size} "
+                                                         f"({trial.candidate.label()})", trial.id)
+        if below and not over:
+            return Verdict(axis, option, "below-quality", f"quality below the floor: {below[0]} "
+                                                           f"({trial.candidate.label()} at batch {trial.batch_size})", trial.id)
+        return Verdict(axis, option, "infeasible", f"infeasible: {'; '.join(s.reasons)} ({trial.candidate.label()} at batch {trial.batch_size})", trial.id)
+    failed = [t for t in group if t.status in FAILED]
+    unavailable = [t for t in group if t.status in UNAVAILABLE]
+    if unavailable and not failed:
+        t = unavailable[0]
+        return Verdict(axis, option, "unavailable", f"not available here: {t.reason or t.status}", t.id)
+    if failed:
+        t = min(failed, key=lambda x: x.batch_size)
+        what = "ran out of memory" if t.status == "oom" else {"crash": "crashed", "timeout": "timed out", "error": "failed"}[t.status]
+        reason = f": {t.reason}" if t.reason else ""
+        return Verdict(axis, option, "failed", f"{what} at batch {t.batch_size}{reason} ({t.candidate.label()})", t.id)
+    other = group[0]
+    return Verdict(axis, option, "not-measured", f"{other.status}: {other.reason or 'no result'}", other.id)
+
+
+def _figure(metric: str, value: float) -> str:
+    if metric == "peak_memory_bytes":
+        return format_gib(value)
+    unit, fmt = _METRIC_UNITS.get(metric, ("", "{:.3g}"))
+    return f"{fmt.format(value)} {unit}".strip()
+
+
+def describe_metrics(metrics: dict[str, Any]) -> str:
+    """The headline figures of a trial, in words."""
+    m = metrics
+    parts = []
+    if m.get("throughput_tokens_per_s") is not None:
+        parts.append(f"throughput {m['throughput_tokens_per_s']:.1f} tok/s")
+    if m.get("sequences_per_s") is not None:
+        parts.append(f"{m['sequences_per_s']:.1f} sequences/s")
+    if m.get("latency_p50_ms") is not None:
+        parts.append(f"latency p50 {m['latency_p50_ms']:.1f} ms" + (f" (p90 {m['latency_p90_ms']:.1f})" if m.get("latency_p90_ms") is not None else ""))
+    if m.get("ttft_ms") is not None:
+        parts.append(f"first token {m['ttft_ms']:.1f} ms")
+    if m.get("peak_memory_bytes") is not None:
+        parts.append(f"peak memory {format_gib(m['peak_memory_bytes'])}")
+    if m.get("quality_token_agreement") is not None:
+        parts.append(f"token agreement {m['quality_token_agreement']:.1%}")
+    if m.get("load_seconds") is not None:
+        parts.append(f"load {m['load_seconds']:.1f} s")
+    return ", ".join(parts)
+
+
+# -- from a recommendation to loading code -------------------------------------------------------
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def model_reference(model: ModelRecord) -> tuple[str, str | None]:
+    """What the loading code passes to ``from_pretrained``, and the Hub commit to pin (if known).
+
+    A Hub model is named by its id (``from_pretrained`` finds it in the HF cache, offline too),
+    pinned to the snapshot that was measured; a local model by its directory.
+    """
+    if model.source in ("hub", "hf-cache"):
+        revision = model.revision if model.revision and _COMMIT.match(model.revision) else None
+        return model.name, revision
+    return model.path or model.name, None
+
+
+def has_tokenizer(model: ModelRecord) -> bool:
+    """Whether the model's files on this machine include a tokenizer."""
+    if not model.path:
+        return False
+    directory = Path(model.path)
+    return any((directory / name).is_file() for name in TOKENIZER_FILES)
+
+
+def loader_spec(rec: Recommendation, *, written_at: datetime | None = None) -> LoaderSpec:
+    """The :class:`~autotune.advisor.render.LoaderSpec` of a recommendation that has a winner."""
+    if rec.best is None:
+        raise ValueError("a loader needs a recommendation with a winner")
+    best = rec.best
+    model = rec.model
+    ref, revision = model_reference(model)
+    env = rec.environment
+    max_memory = None
+    if best.candidate.placement == "multi-gpu" and env is not None and env.gpus and rec.workload.max_memory is not None:
+        max_memory = {i: f"{rec.workload.max_memory.for_device(g.total_memory) // 2**20}MiB" for i, g in enumerate(env.gpus)}
+    measured_on = env.summary() if env is not None else ""
+    if env is not None and not best.candidate.on_gpu:
+        measured_on = f"the CPU of {env.hostname}" + (f" (GPUs there: {env.summary()})" if env.gpus else "")
+    return LoaderSpec(
+        model_name=model.name, model_ref=ref, revision=revision, task=rec.workload.task, candidate=best.candidate,
+        batch_size=best.batch_size, new_tokens=rec.workload.new_tokens, prompt_tokens=rec.workload.prompt_tokens,
+        has_tokenizer=has_tokenizer(model), versions=dict(env.versions) if env is not None else {},
+        max_memory=max_memory, measured=dict(best.metrics), measured_on=measured_on,
+        measured_at=best.finished_at or best.started_at, objective=rec.workload.objective,
+        summary=describe_metrics(best.metrics), written_at=written_at,
+    )

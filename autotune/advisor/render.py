@@ -1,0 +1,249 @@
+"""Loading code for the library versions installed where the trials ran.
+
+:func:`render_loader` writes a Python module that needs torch and Transformers (and bitsandbytes
+when quantized, accelerate for a device map), never autotune. What it emits follows the versions
+of the environment that measured the winner:
+
+- ``dtype=`` on Transformers 5, ``torch_dtype=`` on 4.x;
+- ``quantization_config=BitsAndBytesConfig(load_in_4bit=True, ...)`` or ``(load_in_8bit=True)``,
+  never the removed ``load_in_4bit=`` / ``load_in_8bit=`` / ``use_flash_attention_2=`` arguments;
+- ``attn_implementation=`` (Transformers 4.36 and later);
+- ``torch.nn.attention.sdpa_kernel([SDPBackend...])`` around generate for a pinned SDPA kernel
+  (``torch.backends.cuda.sdp_kernel`` before torch 2.3);
+- ``device_map`` (``"cpu"``, ``"cuda:0"``, or ``"auto"`` with ``max_memory`` over several GPUs);
+- ``cache_implementation="static"`` in the generate arguments when a static cache won.
+
+Everything a user or a database supplies (model ids, paths, GPU names, versions) enters the code
+as a Python literal (``repr``) or as a comment with line breaks and control characters removed,
+so that nothing stored can inject code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from autotune import __version__
+from autotune.candidate import Candidate
+from autotune.errors import AutotuneError
+
+#: Files whose presence in a model directory means it has a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+_AUTO_CLASSES = {
+    "text-generation": "AutoModelForCausalLM",
+    "text-classification": "AutoModelForSequenceClassification",
+    "feature-extraction": "AutoModel",
+}
+_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+_LEGACY_FLAGS = {"flash": "enable_flash", "efficient": "enable_mem_efficient", "math": "enable_math"}
+_TORCH_DTYPES = {"float32": "torch.float32", "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
+
+
+class RenderError(AutotuneError):
+    """The winner is of a kind autotune cannot write loading code for."""
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """Everything the loader module says and does.
+
+    ``model_ref`` is what ``from_pretrained`` is given (a Hub id or a directory); ``revision`` a
+    Hub commit to pin, if any. ``versions`` are the library versions where the trials ran.
+    ``max_memory`` maps GPU index to a size string for a multi-GPU placement. ``measured`` holds
+    the winner's metrics; ``measured_on`` the machine in words; ``measured_at`` when.
+    """
+
+    model_name: str
+    model_ref: str
+    task: str
+    candidate: Candidate
+    batch_size: int
+    new_tokens: int = 128
+    prompt_tokens: int = 512
+    revision: str | None = None
+    has_tokenizer: bool = False
+    versions: dict[str, str | None] = field(default_factory=dict)
+    max_memory: dict[int, str] | None = None
+    measured: dict[str, Any] = field(default_factory=dict)
+    measured_on: str = ""
+    measured_at: datetime | None = None
+    objective: str = "throughput"
+    summary: str = ""
+    written_at: datetime | None = None
+
+    @property
+    def generates(self) -> bool:
+        return self.task == "text-generation"
+
+
+def version_tuple(text: str | None, default: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """``"5.17.0"`` → ``(5, 17)``; ``"2.11.0+cu130"`` → ``(2, 11)``; unknown → ``default``."""
+    match = re.match(r"^\s*(\d+)\.(\d+)", str(text or ""))
+    return (int(match.group(1)), int(match.group(2))) if match else default
+
+
+def comment(text: Any) -> str:
+    """``text`` made safe for one comment line: no line breaks or other control characters."""
+    return re.sub(r"[\x00-\x1f\x7f\u2028\u2029\x85]+", " ", str(text)).strip()
+
+
+def generate_kwargs(spec: LoaderSpec) -> dict[str, Any]:
+    """The arguments the loader passes to ``generate`` (empty for encoders)."""
+    if not spec.generates:
+        return {}
+    kwargs: dict[str, Any] = {"max_new_tokens": spec.new_tokens, "do_sample": False}
+    if spec.candidate.static_cache:
+        kwargs["cache_implementation"] = "static"
+    return kwargs
+
+
+def device_map(candidate: Candidate) -> str:
+    return {"cpu": "cpu", "cuda": "cuda:0", "multi-gpu": "auto"}[candidate.placement]
+
+
+def requirements(spec: LoaderSpec) -> list[str]:
+    """The packages the loader imports or needs at load time, pinned to the measured versions."""
+    versions = spec.versions
+    needed = ["torch", "transformers"]
+    if spec.candidate.quant != "none":
+        needed.append("bitsandbytes")
+    if spec.candidate.placement != "cpu" or spec.candidate.quant != "none":
+        needed.append("accelerate")
+    if spec.candidate.attn == "flash_attention_2":
+        needed.append("flash-attn")
+    return [f"{name}=={versions[name]}" if versions.get(name) else name for name in needed]
+
+
+def render_loader(spec: LoaderSpec) -> str:
+    """The source of an importable loader module for ``spec``.
+
+    The module defines ``MODEL_ID``, ``BATCH_SIZE``, ``GENERATE_KWARGS``, ``load_model()`` (returns
+    ``(model, tokenizer)``, the tokenizer ``None`` when the model has none) and, for text
+    generation, ``generate(model, **inputs)`` (``forward(model, **inputs)`` for encoders), which
+    applies the pinned SDPA kernel, if any.
+    """
+    c = spec.candidate
+    if c.runtime != "pytorch":
+        raise RenderError(f"no loading code for runtime {c.runtime} yet: load it with optimum.onnxruntime (provider {c.provider or 'default'})")
+    transformers_version = version_tuple(spec.versions.get("transformers"), (5, 0))
+    torch_version = version_tuple(spec.versions.get("torch"), (2, 6))
+    v5 = transformers_version >= (5, 0)
+    auto = _AUTO_CLASSES.get(spec.task, "AutoModel")
+    quantized = c.quant != "none"
+    tokenizer = spec.has_tokenizer
+
+    imports = ["import torch"]
+    names = [auto] + (["AutoTokenizer"] if tokenizer else []) + (["BitsAndBytesConfig"] if quantized else [])
+    imports.append(f"from transformers import {', '.join(sorted(names))}")
+    legacy_kernel = c.sdpa_kernel is not None and torch_version < (2, 3)
+    if c.sdpa_kernel is not None and not legacy_kernel:
+        imports.append("from torch.nn.attention import SDPBackend, sdpa_kernel")
+
+    lines: list[str] = []
+    lines += _header(spec)
+    lines += ["", "from __future__ import annotations", "", *imports, ""]
+    lines.append(f"MODEL_ID = {spec.model_ref!r}")
+    if spec.revision:
+        lines.append(f"REVISION = {spec.revision!r}")
+    lines.append(f"BATCH_SIZE = {int(spec.batch_size)!r}")
+    lines.append(f"GENERATE_KWARGS = {generate_kwargs(spec)!r}")
+    if c.placement == "multi-gpu" and spec.max_memory:
+        lines.append(f"MAX_MEMORY = {dict(spec.max_memory)!r}")
+    lines += ["", ""]
+
+    # load_model -----------------------------------------------------------------------------
+    lines.append("def load_model():")
+    lines.append(f'    """Load the model as it was measured; returns (model, tokenizer){", tokenizer None: the model has none" if not tokenizer else ""}."""')
+    if quantized:
+        lines.append("    quantization_config = BitsAndBytesConfig(")
+        if c.quant == "bnb-8bit":
+            lines.append("        load_in_8bit=True,")
+        else:
+            lines.append("        load_in_4bit=True,")
+            lines.append(f"        bnb_4bit_quant_type={c.quant.rsplit('-', 1)[1]!r},")
+            lines.append(f"        bnb_4bit_use_double_quant={bool(c.double_quant)!r},")
+            lines.append(f"        bnb_4bit_compute_dtype={_TORCH_DTYPES[c.effective_compute_dtype]},")
+        lines.append("    )")
+    lines.append(f"    model = {auto}.from_pretrained(")
+    lines.append("        MODEL_ID,")
+    if spec.revision:
+        lines.append("        revision=REVISION,")
+    lines.append(f"        {'dtype' if v5 else 'torch_dtype'}={_TORCH_DTYPES[c.dtype]},")
+    if transformers_version >= (4, 36):
+        lines.append(f"        attn_implementation={c.attn!r},")
+    if quantized:
+        lines.append("        quantization_config=quantization_config,")
+    lines.append(f"        device_map={device_map(c)!r},")
+    if c.placement == "multi-gpu" and spec.max_memory:
+        lines.append("        max_memory=MAX_MEMORY,")
+    lines.append("    )")
+    lines.append("    model.eval()")
+    if tokenizer:
+        revision = ", revision=REVISION" if spec.revision else ""
+        if spec.generates:
+            lines.append(f'    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision}, padding_side="left")')
+            lines.append("    if tokenizer.pad_token is None and tokenizer.eos_token is not None:")
+            lines.append("        tokenizer.pad_token = tokenizer.eos_token  # batched generation pads on the left")
+        else:
+            lines.append(f"    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision})")
+    else:
+        lines.append("    tokenizer = None  # the model directory has no tokenizer: tokenize with your own")
+    lines.append("    return model, tokenizer")
+    lines += ["", ""]
+
+    # generate / forward ---------------------------------------------------------------------
+    if spec.generates:
+        lines.append("def generate(model, **inputs):")
+        lines.append('    """model.generate with the measured arguments (GENERATE_KWARGS, overridable here)."""')
+        lines.append("    kwargs = {**GENERATE_KWARGS, **inputs}")
+        call = "model.generate(**kwargs)"
+    else:
+        lines.append("def forward(model, **inputs):")
+        lines.append('    """A forward pass as it was measured."""')
+        call = "model(**inputs)"
+    if c.sdpa_kernel is not None:
+        if legacy_kernel:
+            flags = ", ".join(f"{flag}={name == c.sdpa_kernel}" for name, flag in _LEGACY_FLAGS.items())
+            kernel = f"torch.backends.cuda.sdp_kernel({flags})"
+        else:
+            kernel = f"sdpa_kernel([SDPBackend.{_BACKENDS[c.sdpa_kernel]}])"
+        lines.append(f"    with torch.inference_mode(), {kernel}:  # the SDPA kernel that was measured")
+    else:
+        lines.append("    with torch.inference_mode():")
+    lines.append(f"        return {call}")
+    return "\n".join(lines) + "\n"
+
+
+def _header(spec: LoaderSpec) -> list[str]:
+    c = spec.candidate
+    written = (spec.written_at or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    when = spec.measured_at.strftime("%Y-%m-%d %H:%M UTC") if spec.measured_at else "unknown"
+    versions = ", ".join(f"{k} {v}" for k, v in spec.versions.items() if v and k in ("torch", "transformers", "bitsandbytes", "accelerate", "flash-attn"))
+    use = "generate(model, **batch)" if spec.generates else "forward(model, **batch)"
+    workload = (f"{spec.prompt_tokens} prompt + {spec.new_tokens} new tokens" if spec.generates else f"{spec.prompt_tokens} tokens")
+    out = [
+        f"# Loader for {comment(spec.model_name)}, written by autotune {__version__} on {written}.",
+        f"# Configuration: {comment(c.label())}, batch size {int(spec.batch_size)} ({comment(spec.task)}, {workload}, objective {comment(spec.objective)}).",
+    ]
+    if spec.summary:
+        out.append(f"# Measured: {comment(spec.summary)}.")
+    out += [
+        f"# On: {comment(spec.measured_on or 'unknown machine')}; measured {when}.",
+        f"# Versions there: {comment(versions or 'unknown')}.",
+        f"# Needs: {comment(', '.join(requirements(spec)))} (never autotune).",
+        "# Use:",
+        "#     model, tokenizer = load_model()",
+        ("#     batch = tokenizer(texts[:BATCH_SIZE], return_tensors=\"pt\", padding=True).to(model.device)" if spec.has_tokenizer else
+         "#     batch = {\"input_ids\": ids.to(model.device), \"attention_mask\": mask.to(model.device)}  # from your tokenizer"
+         + (", left-padded" if spec.generates else "")),
+        f"#     out = {use}",
+    ]
+    if c.static_cache:
+        out.append("# The static cache compiles the model on the first generate call on CUDA (seconds); later calls are fast.")
+    if c.sdpa_kernel == "flash":
+        out.append("# The flash SDPA kernel refuses attention masks: send unpadded batches of equal length.")
+    return out

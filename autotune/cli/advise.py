@@ -1,0 +1,388 @@
+"""Commands that advise: estimate (what fits) and recommend (what wins, why, and its loading code).
+
+``recommend`` reads the store only and never imports torch or Transformers; ``estimate`` builds
+models on the meta device and does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from autotune.cli._output import print_json, print_table
+from autotune.errors import InputError
+from autotune.units import format_gib, format_size, parse_size
+from autotune.workload import OBJECTIVES
+
+DEFAULT_BATCHES = "1,8,32"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "estimate", help="forecast peak memory per candidate from the config alone, and the largest batch that fits",
+        description="Forecast, from the model's config.json alone (nothing is downloaded or allocated), the peak memory "
+                    "of each way of loading it and the largest batch that fits each GPU's limit. MODEL is a registered "
+                    "model, a directory with config.json, or a Hub id (directory, HF cache, Hub). "
+                    "Example: autotune estimate tiiuae/falcon-7b --batch 1,8,32 --gpu-memory 24GiB")
+    p.add_argument("model", metavar="MODEL", help="a registered model, a directory with config.json, or a Hub id")
+    p.add_argument("--batch", default=DEFAULT_BATCHES, metavar="N,N,...", help=f"batch sizes to forecast (default {DEFAULT_BATCHES})")
+    p.add_argument("--gpu-memory", metavar="SIZE[,SIZE...]",
+                   help="size a GPU of this much memory (e.g. 24GiB, or 24GiB,80GiB to compare) instead of the GPUs found here")
+    p.add_argument("--prompt-tokens", type=_positive, help="prompt length (default: the registered workload's, else 512)")
+    p.add_argument("--new-tokens", type=_positive, help="tokens generated (default: the registered workload's, else 128)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_estimate)
+
+    p = commands.add_parser(
+        "recommend", help="the best measured configuration, why the others lost, and the code that loads it",
+        description="Pick the best measured trial of a model under its objective, memory limit and quality floor, "
+                    "explain why every other option lost, and print the loading code for the library versions where "
+                    "the trials ran. Without MODEL: every registered model. "
+                    "Example: autotune recommend tiiuae/falcon-7b --max-memory 20GiB --write app/loaders/falcon_7b.py")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="a registered model (default: every registered model)")
+    p.add_argument("--objective", choices=OBJECTIVES, help="override the workload's objective for this choice")
+    p.add_argument("--max-memory", metavar="LIMIT", help="override the per-GPU memory limit for this choice (20GiB, 0.5, or none)")
+    p.add_argument("--min-quality", type=float, metavar="Q", help="override the quality floor (greedy-token agreement in [0, 1])")
+    p.add_argument("--write", metavar="PATH", help="write an importable loader module (load_model, generate, BATCH_SIZE, GENERATE_KWARGS) to PATH")
+    p.add_argument("--no-code", action="store_true", help="do not print the loading code")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_recommend)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number greater than zero, got {text!r}")
+    return value
+
+
+def parse_batches(text: str) -> list[int]:
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise InputError(f"--batch {text!r}: give batch sizes as whole numbers of at least 1, e.g. 1,8,32")
+        values.append(int(part))
+    return sorted(set(values))
+
+
+# -- estimate ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Limit:
+    """A memory limit to size against: a GPU (or several of one kind), or the CPU's RAM."""
+
+    name: str
+    bytes: int
+    count: int = 1
+    cpu: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "bytes": self.bytes, "count": self.count, "cpu": self.cpu}
+
+
+def _find_model(args: argparse.Namespace) -> tuple[str, dict[str, Any], Any, bool, Any]:
+    """``(name, config, workload, registered, store-or-None)``; the store is opened only if it exists."""
+    from autotune import registry
+    from autotune.errors import ModelNotFoundError
+    from autotune.store.engine import resolve_url, sqlite_path
+    from autotune.workload import Workload
+
+    url = resolve_url(args.db)
+    path = sqlite_path(url)
+    store = None
+    if path is None or path.exists():
+        from autotune.cli import open_store
+
+        store = open_store(args)
+        try:
+            model = store.get_model(args.model)
+            return model.name, model.config, model.workload, True, store
+        except ModelNotFoundError:
+            pass
+    try:
+        resolved = registry.resolve(args.model)
+        task = registry.infer_task(resolved.config)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    workload = Workload(task=task, prompt_tokens=128 if task != "text-generation" else 512)
+    return resolved.name, resolved.config, workload, False, store
+
+
+def _limits(args: argparse.Namespace, workload: Any) -> tuple[list[Limit], str]:
+    from autotune.environment import probe_gpus
+
+    if args.gpu_memory:
+        sizes = [parse_size(s) for s in str(args.gpu_memory).split(",") if s.strip()]
+        if not sizes:
+            raise InputError(f"--gpu-memory {args.gpu_memory!r}: give a size such as 24GiB")
+        return [Limit(f"<={format_gib(s)}", s) for s in sizes], f"a GPU of {', '.join(format_gib(s) for s in sizes)} (--gpu-memory)"
+    gpus, _, _, error = probe_gpus()
+    if gpus:
+        groups: dict[tuple[str, int], int] = {}
+        for gpu in gpus:
+            cap = workload.max_memory.for_device(gpu.total_memory) if workload.max_memory else gpu.total_memory
+            groups[(gpu.name, cap)] = groups.get((gpu.name, cap), 0) + 1
+        source = f"the GPUs here{', capped by the workload limit ' + workload.max_memory.text if workload.max_memory else ''}"
+        return [Limit(name, cap, count) for (name, cap), count in groups.items()], source
+    if workload.max_memory is not None and workload.max_memory.bytes:
+        return [Limit(f"GPU limit {workload.max_memory.text}", workload.max_memory.bytes)], \
+            f"no GPU here ({error}); the workload's --max-memory {workload.max_memory.text}"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return [Limit("CPU RAM", ram, cpu=True)], \
+        f"no GPU here ({error}) and no --gpu-memory: this machine's RAM, {format_gib(ram)}, for CPU placement (pass --gpu-memory 24GiB to size a GPU)"
+
+
+def estimate_candidates(task: str, cpu: bool) -> list[Any]:
+    """The meaningful subset for memory: bf16 with SDPA and with eager (FlashAttention and flex
+    attention forecast as SDPA: none materialises the scores), fp16 and fp32, bnb 8-bit and 4-bit
+    (with and without double quantization), and a static cache."""
+    from autotune.candidate import Candidate
+
+    placement = "cpu" if cpu else "cuda"
+    rows = [
+        Candidate(dtype="bfloat16", attn="sdpa", placement=placement),
+        Candidate(dtype="bfloat16", attn="eager", placement=placement),
+        Candidate(dtype="float16", attn="sdpa", placement=placement),
+        Candidate(dtype="float32", attn="sdpa", placement=placement),
+        Candidate(dtype="float16", attn="sdpa", quant="bnb-8bit", placement=placement),
+        Candidate(dtype="bfloat16", attn="sdpa", quant="bnb-4bit-nf4", placement=placement),
+        Candidate(dtype="bfloat16", attn="sdpa", quant="bnb-4bit-nf4", double_quant=True, placement=placement),
+    ]
+    if task == "text-generation":
+        rows.append(Candidate(dtype="bfloat16", attn="sdpa", static_cache=True, placement=placement))
+    return rows
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from autotune.advisor import forecast as fc
+    from autotune.environment import probe
+
+    batches = parse_batches(args.batch)
+    name, config, workload, registered, store = _find_model(args)
+    try:
+        changes = {k: v for k, v in (("prompt_tokens", args.prompt_tokens), ("new_tokens", args.new_tokens)) if v}
+        workload = workload.with_changes(**changes) if changes else workload
+        limits, limit_source = _limits(args, workload)
+        shape = fc.model_shape(config, workload.task)
+        calibration = None
+        if store is not None:
+            from autotune.advisor.accuracy import calibration_for
+
+            calibration = calibration_for(store, fingerprint=probe().fingerprint)
+            if not calibration.fits:
+                calibration = None
+    finally:
+        if store is not None:
+            store.close()
+
+    gpu_limits = [lim for lim in limits if not lim.cpu]
+    multi = [lim for lim in gpu_limits if lim.count > 1] if not args.gpu_memory else []
+    cpu = bool(limits) and limits[0].cpu
+    rows = []
+    for candidate in estimate_candidates(workload.task, cpu):
+        kind = fc.device_kind(candidate, [lim.name for lim in gpu_limits[:1]])
+        forecasts = {}
+        for b in batches:
+            raw = fc.forecast_shape(shape, candidate, workload, b, task=workload.task)
+            forecasts[b] = fc.with_calibration(raw, calibration, kind)
+        fits = {}
+        for lim in limits:
+            fits[lim.name] = fc.largest_batch(config, candidate, workload, lim.bytes, task=workload.task,
+                                              calibration=calibration, device_kind=kind)
+        for lim in multi:
+            spread = replace(candidate, placement="multi-gpu")
+            fits[f"{lim.count}x {lim.name}"] = fc.largest_batch(config, spread, workload, lim.bytes, task=workload.task,
+                                                                 devices=lim.count)
+        weights = forecasts[batches[0]].parts
+        rows.append((candidate, weights, forecasts, fits))
+
+    bf16_weights = shape.weight_bytes("bfloat16")[0]
+    if args.json:
+        print_json({
+            "model": name, "registered": registered, "architecture": shape.architecture, "model_type": shape.model_type,
+            "parameters": shape.parameters, "weights_bf16_bytes": bf16_weights,
+            "kv_bytes_per_token_bf16": shape.kv_bytes_per_token("bfloat16"), "kv_description": shape.kv_description,
+            "workload": workload.to_dict(), "limits": [lim.to_dict() for lim in limits], "limit_source": limit_source,
+            "calibration": calibration.to_dict() if calibration else None, "notes": list(shape.notes),
+            "candidates": [{
+                "label": c.label(), "candidate": c.to_dict(), "weights_bytes": w["weights"], "quant_state_bytes": w["quant_state"],
+                "forecasts": [f.to_dict() for f in fs.values()], "largest_batch": fits,
+            } for c, w, fs, fits in rows],
+        })
+        return 0
+
+    print(f"{name}: {shape.architecture} ({shape.model_type}), {shape.parameters / 1e9:.2f} B parameters, "
+          f"weights {format_size(bf16_weights)} ({format_gib(bf16_weights)}) in bf16")
+    if workload.task == "text-generation":
+        per_token = shape.kv_bytes_per_token("bfloat16")
+        print(f"KV cache: {per_token / 1024:.2f} KiB per token in bf16: {shape.kv_description}")
+    print(f"workload: {workload.describe()}" + ("" if registered else " (defaults: the model is not registered)"))
+    print(f"limits: {limit_source}")
+    if calibration is not None:
+        print(f"forecast {calibration.describe()}")
+    else:
+        print("forecast uncalibrated: no measured trials in this environment yet")
+    for note in shape.notes:
+        print(f"note: {note}")
+    print()
+    fit_headers = [f"MAX BATCH {lim.name}" if lim.name.startswith("<=") else
+                   f"MAX BATCH {lim.name} ({format_gib(lim.bytes)}{' each' if lim.count > 1 else ''})" for lim in limits]
+    fit_headers += [f"MAX BATCH {lim.count}x {lim.name} (device_map=auto)" for lim in multi]
+    headers = ["CANDIDATE", "WEIGHTS"] + [f"PEAK B={b}" for b in batches] + fit_headers
+    table = []
+    for candidate, weights, forecasts, fits in rows:
+        row = [candidate.label(), format_gib(weights["weights"] + weights["quant_state"])]
+        row += [format_gib(forecasts[b].total_bytes) for b in batches]
+        row += [_fit_text(n) for n in fits.values()]
+        table.append(row)
+    print_table(headers, table)
+    return 0
+
+
+def _fit_text(n: int) -> str:
+    return "none" if n == 0 else (f"{n}+" if n >= 1 << 16 else str(n))
+
+
+# -- recommend -----------------------------------------------------------------------------------
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from autotune.advisor.recommend import effective_workload, loader_spec, recommend
+    from autotune.advisor.render import RenderError, render_loader
+    from autotune.cli import open_store
+    from autotune.environment import probe
+    from autotune.workload import Workload
+
+    # validate the overrides before anything is read
+    effective_workload(Workload(), objective=args.objective, max_memory=args.max_memory, min_quality=args.min_quality)
+    write = _check_write_path(args.write) if args.write else None
+
+    with open_store(args) as store:
+        models = [store.get_model(args.model)] if args.model else store.models()
+        if write is not None and len(models) != 1:
+            raise InputError(f"--write writes one model's loader; name the model (registered: {', '.join(m.name for m in models) or 'none'})")
+        if not models:
+            if args.json:
+                print_json([])
+            else:
+                print("no models registered; add one with `autotune add MODEL`, then `autotune tune MODEL`")
+            return 0
+        current = probe()
+        documents = []
+        for model in models:
+            rec = recommend(store, model, current=current, objective=args.objective, max_memory=args.max_memory,
+                            min_quality=args.min_quality)
+            code = None
+            if rec.best is not None:
+                try:
+                    code = render_loader(loader_spec(rec))
+                except RenderError as exc:
+                    rec = replace(rec, notes=rec.notes + (str(exc),))
+                    code = f"# {exc}\n"
+                explanation = _jsonable(rec.to_dict())
+                store.add_recommendation(
+                    model_id=model.id, environment_id=rec.environment_id, objective=rec.workload.objective, code=code,
+                    study_id=rec.study.id if rec.study else None, trial_id=rec.best.id,
+                    constraints={"max_memory": rec.workload.max_memory.text if rec.workload.max_memory else None,
+                                 "limit_bytes": rec.limit_bytes, "min_quality": rec.workload.min_quality},
+                    explanation=explanation)
+            if write is not None:
+                if code is None:
+                    raise InputError(f"nothing to write for {model.name}: {rec.message}")
+                write.parent.mkdir(parents=True, exist_ok=True)
+                write.write_text(code, encoding="utf-8")
+            documents.append((rec, code))
+
+    if args.json:
+        out = []
+        for rec, code in documents:
+            doc = rec.to_dict()
+            doc["code"] = code
+            doc["written"] = str(write) if write is not None and code else None
+            out.append(doc)
+        print_json(out[0] if args.model else out)
+        return 0
+    for i, (rec, code) in enumerate(documents):
+        if i:
+            print()
+        _print_recommendation(rec, code, show_code=not args.no_code)
+    if write is not None:
+        print(f"\nwrote {write}: `from {write.stem} import load_model, generate; model, tokenizer = load_model()`")
+    return 0
+
+
+def _check_write_path(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise InputError(f"--write {text}: is a directory; give a file such as {path / 'loader.py'}")
+    if path.suffix != ".py":
+        raise InputError(f"--write {text}: a loader module must end in .py")
+    if not path.stem.isidentifier():
+        raise InputError(f"--write {text}: {path.stem!r} cannot be imported as a module name; use letters, digits and _")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise InputError(f"--write {text}: cannot write under {parent}")
+    return path
+
+
+def _jsonable(data: Any) -> Any:
+    return json.loads(json.dumps(data, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)))
+
+
+def _print_recommendation(rec: Any, code: str | None, *, show_code: bool) -> None:
+    from autotune.advisor.recommend import describe_metrics
+
+    model = rec.model
+    if rec.best is None:
+        print(f"{model.name}: no recommendation")
+        print(f"  {rec.message}")
+        if rec.environment is not None:
+            print(f"  trials ran on {rec.where()}")
+        _print_verdicts(rec)
+        for note in rec.notes:
+            print(f"note: {note}")
+        return
+    best = rec.best
+    when = best.finished_at.strftime("%Y-%m-%d %H:%M UTC") if best.finished_at else "-"
+    limit = format_gib(rec.limit_bytes) if rec.limit_bytes else "none"
+    print(f"{model.name}: {best.candidate.label()} at batch {best.batch_size}")
+    print(f"  measured: {describe_metrics(best.metrics)}")
+    print(f"  objective {rec.workload.objective} ({rec.metric}); memory limit {limit}; "
+          f"quality floor {rec.workload.min_quality:.0%} token agreement; {rec.trials_considered} trials in study {rec.study.id}")
+    print(f"  trials ran on {rec.where()}; this one finished {when}")
+    if rec.other_environments:
+        print(f"  also measured on: {'; '.join(rec.other_environments)}")
+    if rec.runners_up:
+        print("runners-up:")
+        for up in rec.runners_up:
+            print(f"  {up.trial.candidate.label()} at batch {up.trial.batch_size}: {describe_metrics(up.trial.metrics)} "
+                  f"({up.behind_pct:.1f}% behind)")
+    _print_verdicts(rec)
+    for note in rec.notes:
+        print(f"note: {note}")
+    if show_code and code:
+        versions = rec.environment.versions if rec.environment else {}
+        print(f"loading code (torch {versions.get('torch') or '?'}, transformers {versions.get('transformers') or '?'}, "
+              f"as installed where the trials ran):")
+        print()
+        print(code.rstrip())
+
+
+def _print_verdicts(rec: Any) -> None:
+    if not rec.verdicts:
+        return
+    print("why not the others:")
+    width = max(len(v.option) for v in rec.verdicts)
+    for v in rec.verdicts:
+        print(f"  {v.option.ljust(width)}  {v.reason}")

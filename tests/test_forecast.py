@@ -1,0 +1,272 @@
+"""The memory forecast: Falcon-7B from its real config, KV caches and weights that match what
+Transformers really allocates, the largest batch, calibration, and `autotune estimate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autotune.advisor import forecast as fc
+from autotune.candidate import Candidate
+from autotune.workload import Workload
+
+#: tiiuae/falcon-7b's config.json, as published.
+FALCON_7B = {
+    "model_type": "falcon", "hidden_size": 4544, "num_hidden_layers": 32, "num_attention_heads": 71, "vocab_size": 65024,
+    "multi_query": True, "parallel_attn": True, "new_decoder_architecture": False, "bias": False, "alibi": False,
+    "architectures": ["FalconForCausalLM"], "torch_dtype": "bfloat16", "layer_norm_epsilon": 1e-5,
+    "bos_token_id": 11, "eos_token_id": 11,
+}
+#: A Llama-3-70B-shaped config: far larger than any machine this runs on.
+LLAMA_70B = {
+    "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
+    "num_key_value_heads": 8, "vocab_size": 128256, "architectures": ["LlamaForCausalLM"], "torch_dtype": "bfloat16",
+}
+GiB = 2**30
+
+
+def write_config(directory: Path, config: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+# -- Falcon-7B from its config alone -------------------------------------------------------------
+
+def test_falcon_7b_parameters_weights_and_kv_per_token(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = write_config(tmp_path / "falcon-7b", FALCON_7B)
+    result = cli("estimate", model, "--gpu-memory", "24GiB", "--json")
+    assert result.code == 0, result.err
+    doc = json.loads(result.out)
+    assert doc["parameters"] == 6_921_720_704  # 6.92 B: the embedding and the head are tied
+    assert round(doc["weights_bf16_bytes"] / 1e9, 1) == 13.8
+    assert doc["kv_bytes_per_token_bf16"] == 8 * 1024  # one KV head, although the config reports 71
+    assert "1 KV head" in doc["kv_description"] and "num_kv_heads=71" in doc["kv_description"]
+    rows = {row["label"]: row for row in doc["candidates"]}
+    assert rows["bf16 sdpa cuda"]["largest_batch"]["<=24.00 GiB"] > rows["bf16 eager cuda"]["largest_batch"]["<=24.00 GiB"] > 0
+    assert rows["fp32 sdpa cuda"]["largest_batch"]["<=24.00 GiB"] == 0  # 27.7 GB of fp32 weights
+    # bitsandbytes on Transformers 5 leaves FalconLinear unquantized: 4-bit stays at bf16 size, and says so
+    assert rows["bf16 sdpa nf4 cuda"]["weights_bytes"] == rows["bf16 sdpa cuda"]["weights_bytes"]
+    assert any("FalconLinear" in note for note in doc["notes"])
+
+    text = cli("estimate", model, "--gpu-memory", "24GiB", "--batch", "1,8").out
+    assert "6.92 B parameters" in text and "13.84 GB" in text and "8.00 KiB per token" in text
+    assert "PEAK B=1" in text and "PEAK B=8" in text and "MAX BATCH <=24.00 GiB" in text
+
+
+def test_falcon_7b_resolves_offline_from_a_config_only_hf_cache(cli, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import huggingface_hub.constants
+
+    from autotune.testing import install_in_hf_cache
+
+    cache = tmp_path / "hf" / "hub"
+    install_in_hf_cache(write_config(tmp_path / "cfg", FALCON_7B), "tiiuae/falcon-7b", cache)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    result = cli("estimate", "tiiuae/falcon-7b", "--batch", "1")
+    assert result.code == 0, result.err
+    assert result.out.startswith("tiiuae/falcon-7b: FalconForCausalLM (falcon), 6.92 B parameters")
+    assert "no GPU here" in result.out and "RAM" in result.out  # says which limit it used on a CPU-only machine
+    assert not cli.db.exists()  # estimating an unregistered model creates no database
+
+
+def test_a_model_far_larger_than_this_machine(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = cli("estimate", write_config(tmp_path / "llama-70b", LLAMA_70B), "--gpu-memory", "80GiB", "--batch", "1,16", "--json")
+    assert result.code == 0, result.err
+    doc = json.loads(result.out)
+    assert round(doc["parameters"] / 1e9, 1) == 70.6
+    rows = {row["label"]: row for row in doc["candidates"]}
+    assert rows["bf16 sdpa cuda"]["largest_batch"]["<=80.00 GiB"] == 0  # 141 GB of bf16 weights
+    assert rows["bf16 sdpa nf4+dq cuda"]["largest_batch"]["<=80.00 GiB"] > 16
+    assert doc["kv_bytes_per_token_bf16"] == 2 * 80 * 8 * 128 * 2
+
+
+def test_estimate_of_a_registered_model_uses_its_workload(cli, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    assert cli("add", tiny_models["llama"], "--prompt-tokens", "64", "--new-tokens", "8").code == 0
+    doc = json.loads(cli("estimate", tiny_models["llama"], "--gpu-memory", "1GiB", "--json").out)
+    assert doc["registered"] is True and doc["workload"]["prompt_tokens"] == 64
+    doc = json.loads(cli("estimate", tiny_models["llama"], "--gpu-memory", "1GiB", "--prompt-tokens", "32", "--json").out)
+    assert doc["workload"]["prompt_tokens"] == 32
+    from autotune.environment import probe_gpus
+
+    if not probe_gpus()[0]:  # no GPU and no --gpu-memory: the workload's limit sizes a GPU
+        assert cli("add", tiny_models["llama"], "--max-memory", "1GiB").code == 0
+        doc = json.loads(cli("estimate", tiny_models["llama"], "--json").out)
+        assert doc["limits"] == [{"name": "GPU limit 1GiB", "bytes": GiB, "count": 1, "cpu": False}]
+        assert "the workload's --max-memory 1GiB" in doc["limit_source"]
+
+
+def test_estimate_bad_input_is_one_line_exit_2(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = write_config(tmp_path / "m", FALCON_7B)
+    unknown = write_config(tmp_path / "u", {"model_type": "no-such-architecture"})
+    cases = [
+        (["estimate", model, "--batch", "0,8"], "--batch"),
+        (["estimate", model, "--batch", "many"], "--batch"),
+        (["estimate", model, "--gpu-memory", "lots"], "cannot read memory size"),
+        (["estimate", tmp_path / "missing"], "does not exist"),
+        (["estimate", unknown], "no-such-architecture"),
+        (["estimate", "nobody/no-such-model"], "cannot resolve"),
+    ]
+    for args, words in cases:
+        result = cli(*args)
+        assert result.code == 2, (args, result)
+        assert len(result.err.strip().splitlines()) == 1 and words in result.err, (args, result.err)
+
+
+# -- the KV cache and the weights, against what Transformers allocates ----------------------------
+
+@pytest.mark.parametrize("kind,overrides", [
+    ("llama", {}),  # grouped-query: 2 KV heads of 4
+    ("llama", {"head_dim": 32}),  # head_dim from the config, not hidden / heads
+    ("falcon", {}),  # Falcon-7B layout: one KV head
+    ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2, "multi_query": False}),  # Falcon-40B: every head
+    ("gpt2", {}),
+])
+def test_kv_cache_matches_the_cache_generate_leaves(tmp_path, kind, overrides) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from autotune.testing import build_tiny
+
+    path = build_tiny(kind, tmp_path / kind, **overrides)
+    config = json.loads((path / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ids = torch.randint(3, 500, (3, 16), generator=torch.Generator().manual_seed(0))
+    for static in (False, True):
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                             return_dict_in_generate=True, cache_implementation="static" if static else None)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        real = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+        predicted = fc.forecast(config, Candidate(dtype="float32", placement="cpu", static_cache=static),
+                                Workload(prompt_tokens=16, new_tokens=8), 3)
+        assert predicted.parts["kv_cache"] == real, (kind, overrides, static)
+
+
+def test_sliding_window_caps_the_cache() -> None:
+    mistral = {"model_type": "mistral", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "sliding_window": 100}
+    workload = Workload(prompt_tokens=512, new_tokens=128)
+    capped = fc.forecast(mistral, Candidate(placement="cpu"), workload, 2)
+    assert capped.parts["kv_cache"] == 2 * (2 * 2 * 16) * 100 * 2 * 2  # layers x K+V elements x window x batch x bf16
+    full = fc.forecast({**mistral, "sliding_window": None}, Candidate(placement="cpu"), workload, 2)
+    assert full.parts["kv_cache"] == 2 * (2 * 2 * 16) * (512 + 128 - 1) * 2 * 2
+
+
+def _loaded_bytes(model) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    import bitsandbytes as bnb
+
+    def size(t) -> int:  # type: ignore[no-untyped-def]
+        return t.numel() * t.element_size()
+
+    weights = sum(size(p) for p in model.parameters()) + sum(size(b) for b in model.buffers())
+    state = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            qs = module.weight.quant_state
+            state += size(qs.absmax) + size(qs.code)
+            if qs.nested:
+                state += size(qs.state2.absmax) + size(qs.state2.code) + size(qs.offset)
+        elif isinstance(module, bnb.nn.Linear8bitLt):
+            state += size(module.weight.SCB)
+    return weights, state
+
+
+@pytest.mark.parametrize("kind,candidate", [
+    ("llama", Candidate(dtype="bfloat16", placement="cpu")),
+    ("llama", Candidate(dtype="bfloat16", quant="bnb-4bit-nf4", placement="cpu")),
+    ("llama", Candidate(dtype="bfloat16", quant="bnb-4bit-nf4", double_quant=True, placement="cpu")),
+    ("gpt2", Candidate(dtype="float16", quant="bnb-8bit", placement="cpu")),  # GPT-2's Conv1D layers are quantized too
+    ("falcon", Candidate(dtype="bfloat16", quant="bnb-4bit-nf4", placement="cpu")),  # FalconLinear is left alone
+])
+def test_weights_and_quantization_state_match_a_real_load(tmp_path, kind, candidate) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from autotune.testing import build_tiny
+
+    path = build_tiny(kind, tmp_path / kind, hidden_size=128, intermediate_size=256) if kind == "llama" else build_tiny(kind, tmp_path / kind)
+    config = json.loads((path / "config.json").read_text())
+    dtype = getattr(torch, candidate.dtype)
+    quantization = None
+    if candidate.quant == "bnb-8bit":
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    elif candidate.is_4bit:
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=candidate.double_quant)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization, device_map="cpu")
+    weights, state = _loaded_bytes(model)
+    predicted = fc.forecast(config, candidate, Workload(prompt_tokens=16, new_tokens=8), 1)
+    assert predicted.parts["quant_state"] == state
+    assert abs(predicted.parts["weights"] - weights) <= 0.01 * weights, (predicted.parts["weights"], weights)
+
+
+def test_eager_attention_grows_with_the_square_of_the_prompt() -> None:
+    llama = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 4,
+             "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 1000}
+
+    def extra(prompt: int) -> int:
+        workload = Workload(prompt_tokens=prompt, new_tokens=8)
+        eager = fc.forecast(llama, Candidate(attn="eager"), workload, 2).parts["activations"]
+        return eager - fc.forecast(llama, Candidate(attn="sdpa"), workload, 2).parts["activations"]
+
+    assert extra(1024) == 2 * 32 * 1024 * 1024 * 10  # B x heads x P^2 x (bf16 scores, fp32 softmax, cast back)
+    assert extra(2048) == 4 * extra(1024)
+    math_kernel = fc.forecast(llama, Candidate(sdpa_kernel="math"), Workload(prompt_tokens=1024), 2).parts["activations"]
+    assert math_kernel == fc.forecast(llama, Candidate(attn="eager"), Workload(prompt_tokens=1024), 2).parts["activations"]
+
+
+def test_largest_batch_is_the_edge_of_the_limit() -> None:
+    workload = Workload(prompt_tokens=512, new_tokens=128)
+    for candidate in (Candidate(), Candidate(attn="eager"), Candidate(quant="bnb-4bit-nf4", double_quant=True)):
+        n = fc.largest_batch(LLAMA_70B, candidate, workload, 80 * GiB)
+        if candidate.quant == "none":
+            assert n == 0
+            continue
+        assert fc.forecast(LLAMA_70B, candidate, workload, n).total_bytes <= 80 * GiB
+        assert fc.forecast(LLAMA_70B, candidate, workload, n + 1).total_bytes > 80 * GiB
+    spread = fc.forecast(LLAMA_70B, Candidate(placement="multi-gpu"), workload, 1, devices=4)
+    assert spread.devices == 4 and spread.per_device_bytes < spread.total_bytes / 3
+    assert fc.largest_batch(LLAMA_70B, Candidate(placement="multi-gpu"), workload, 80 * GiB, devices=4) > 0
+
+
+# -- calibration ---------------------------------------------------------------------------------
+
+def test_calibration_recovers_overhead_and_scale_and_reports_its_error() -> None:
+    forecasts = [2 * GiB, 4 * GiB, 8 * GiB, 12 * GiB, 20 * GiB]
+    points = [("NVIDIA H100", f, int(1.1 * f + 0.3 * GiB)) for f in forecasts]
+    points.append(("NVIDIA H100", 6 * GiB, int(1.1 * 6 * GiB + 0.3 * GiB) * 2))  # an outlier
+    calibration = fc.calibrate(points)
+    fit = calibration.fits["NVIDIA H100"]
+    assert fit.points == 6 and abs(fit.scale - 1.1) < 0.01 and abs(fit.overhead - 0.3 * GiB) < 0.05 * GiB
+    assert calibration.before.median > 0.1 and calibration.after.median < 0.01  # the outlier does not pull the fit
+    assert calibration.cross_validated.n == 6 and calibration.cross_validated.median < 0.02
+    assert calibration.apply(10 * GiB, "NVIDIA H100") == fit.apply(10 * GiB)
+    assert calibration.apply(10 * GiB, "cpu") == 10 * GiB  # no points for that kind: unchanged
+    assert "median" in calibration.describe() and calibration.to_dict()["fits"]["NVIDIA H100"]["points"] == 6
+
+
+def test_calibration_with_few_points() -> None:
+    assert fc.calibrate([]).fits == {} and fc.calibrate([]).before.n == 0
+    one = fc.calibrate([("cpu", 1000, 1500)])
+    assert one.fits["cpu"].scale == 1.0 and one.fits["cpu"].overhead == 500 and one.after.worst == 0
+    close = fc.calibrate([("cpu", 1000, 1500), ("cpu", 1010, 1700)])  # too close to say anything of the scale
+    assert close.fits["cpu"].scale == 1.0
+    wild = fc.calibrate([("cpu", 1000, 100), ("cpu", 2000, 10_000)])
+    assert fc.SCALE_RANGE[0] <= wild.fits["cpu"].scale <= fc.SCALE_RANGE[1]
+
+
+def test_estimate_calibrates_from_trials_of_this_environment(cli, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    from autotune.environment import probe
+    from autotune.store import Store
+
+    assert cli("add", tiny_models["llama"], "--prompt-tokens", "16", "--new-tokens", "8").code == 0
+    with Store.open(str(cli.db)) as store:
+        model = store.get_model(str(tiny_models["llama"]))
+        study = store.study_for(model, store.record_environment(probe()))
+        for batch, peak in ((1, 420_000_000), (4, 425_000_000), (16, 440_000_000)):
+            store.record_trial(study.id, Candidate(dtype="float32", placement="cpu"), batch, "ok",
+                               metrics={"peak_memory_bytes": peak, "throughput_tokens_per_s": 10.0})
+    text = cli("estimate", tiny_models["llama"], "--batch", "1").out
+    assert "forecast calibrated from 3 measured trials" in text and "leave-one-out" in text
