@@ -9,9 +9,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from autotune.errors import DependencyError, InputError, NotAnAutotuneDatabaseError, StoreError
+from autotune.errors import DependencyError, InputError, StoreError
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -71,10 +70,8 @@ def _prepare_sqlite_file(path: Path) -> None:
     if path.is_dir():
         raise StoreError(f"cannot use {path} as the database: it is a directory (give a file path with --db or AUTOTUNE_DB)")
     if path.exists():
-        with path.open("rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
-        if header and header != SQLITE_HEADER:
-            raise NotAnAutotuneDatabaseError(f"{path} is not an autotune database (not an SQLite file); choose another with --db or AUTOTUNE_DB")
+        # The file's header is left to SQLite to judge ("file is not a database"): opening and
+        # closing any descriptor of a database file drops every SQLite lock this process holds on it.
         if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
             raise StoreError(f"cannot write the database {path}: permission denied (choose another with --db or AUTOTUNE_DB)")
         return
