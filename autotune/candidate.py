@@ -17,6 +17,7 @@ from autotune.errors import InputError
 
 if TYPE_CHECKING:
     from autotune.environment import Environment
+    from autotune.worker_env import WorkerEnvironment
     from autotune.workload import Workload
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -29,6 +30,14 @@ SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
 QUANTS = ("none", "bnb-8bit", "bnb-4bit-nf4", "bnb-4bit-fp4")
 PLACEMENTS = ("cpu", "cuda", "multi-gpu")
 RUNTIMES = ("pytorch", "onnxruntime")
+
+#: ONNX Runtime execution providers autotune can place, and the placement each one runs on.
+PROVIDER_PLACEMENT = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+PROVIDER_SHORT = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA", "TensorrtExecutionProvider": "TensorRT"}
+#: The dtypes an ONNX export is made in (bfloat16 graphs do not run on ONNX Runtime's CPU and CUDA providers).
+ORT_DTYPES = ("float32", "float16")
+#: What to do when no worker environment offers ONNX Runtime.
+REGISTER_ORT_HINT = "register one: autotune env add ort /path/to/python with optimum-onnx installed"
 
 #: The distribution name that provides each FlashAttention implementation.
 FLASH_PACKAGES = {"flash_attention_2": "flash-attn", "flash_attention_3": "flash-attn-3"}
@@ -105,8 +114,16 @@ class Candidate:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    @property
+    def is_onnxruntime(self) -> bool:
+        return self.runtime == "onnxruntime"
+
     def label(self) -> str:
-        """Short human text, e.g. ``bf16 sdpa[flash] nf4+dq(bf16) cuda static``."""
+        """Short human text, e.g. ``bf16 sdpa[flash] nf4+dq(bf16) cuda static`` or ``fp32 onnxruntime[CPU] cpu``."""
+        if self.is_onnxruntime:
+            provider = PROVIDER_SHORT.get(self.provider or "", self.provider or "no provider")
+            parts = [DTYPE_SHORT[self.dtype], f"onnxruntime[{provider}]"] + (["io-binding"] if self.io_binding else [])
+            return " ".join([*parts, self.placement])
         attn = self.attn + (f"[{self.sdpa_kernel}]" if self.sdpa_kernel else "")
         parts = [DTYPE_SHORT[self.dtype], attn]
         if self.quant != "none":
@@ -127,11 +144,14 @@ def rejection(
     environment: Environment,
     capabilities: dict[str, Any],
     workload: Workload | None = None,
+    worker_envs: list[WorkerEnvironment] | None = None,
 ) -> str | None:
     """Why ``candidate`` cannot work here, in words a user can act on; ``None`` if it may.
 
     ``capabilities`` is what the installed Transformers says of the model's class (see
-    :func:`autotune.registry.model_capabilities`).
+    :func:`autotune.registry.model_capabilities`). ``worker_envs`` are the registered worker
+    environments (see :mod:`autotune.worker_env`): given, an ONNX Runtime candidate is refused
+    unless one of them offers its provider; ``None`` skips that check.
     """
     c = candidate
     gpus = environment.gpus
@@ -139,6 +159,11 @@ def rejection(
         return "placement cuda: no NVIDIA GPU is visible here (autotune gpus shows what NVML sees)"
     if c.placement == "multi-gpu" and len(gpus) < 2:
         return f"placement multi-gpu: needs two or more GPUs, this machine has {len(gpus)}"
+    if c.is_onnxruntime:
+        return onnxruntime_rejection(c, worker_envs) or _workload_rejection(c, workload)
+    if c.provider is not None or c.io_binding:
+        what = f"execution provider {c.provider}" if c.provider is not None else "IO binding"
+        return f"{what}: applies only to runtime onnxruntime, not pytorch"
     min_cc = min((g.compute_capability for g in gpus), default=None) if c.on_gpu else None
 
     if c.on_gpu and min_cc is not None and min_cc < (8, 0):
@@ -191,11 +216,63 @@ def rejection(
     if c.compute_dtype is not None and not c.is_4bit:
         return "a compute dtype applies only to 4-bit quantization"
 
+    if workload is not None and c.static_cache and not workload.generates:
+        return f"static cache: applies only to text generation, not {workload.task}"
+    return _workload_rejection(c, workload)
+
+
+def _workload_rejection(c: Candidate, workload: Workload | None) -> str | None:
     if workload is not None:
-        if c.static_cache and not workload.generates:
-            return f"static cache: applies only to text generation, not {workload.task}"
         if workload.device == "cpu" and c.on_gpu:
             return f"placement {c.placement}: the workload is pinned to the CPU (--device cpu)"
         if workload.device == "cuda" and not c.on_gpu:
             return "placement cpu: the workload is pinned to CUDA (--device cuda)"
     return None
+
+
+def onnxruntime_rejection(candidate: Candidate, worker_envs: list[WorkerEnvironment] | None = None) -> str | None:
+    """Why an ONNX Runtime ``candidate`` cannot run, ``None`` if it may.
+
+    The PyTorch loading options (attention, SDPA kernel, quantization, static cache) must keep
+    their defaults; the provider decides the placement; exports are float32 or float16, and
+    float16 only on a GPU. With ``worker_envs`` given, one of them must offer the provider.
+    """
+    c = candidate
+    if c.provider is None:
+        return "runtime onnxruntime: needs an execution provider (" + ", ".join(PROVIDER_PLACEMENT) + ")"
+    if c.provider not in PROVIDER_PLACEMENT:
+        known = ", ".join(f"{p} ({where})" for p, where in PROVIDER_PLACEMENT.items())
+        return f"execution provider {c.provider}: autotune places only {known}"
+    defaults = Candidate()
+    for name, what in (("attn", "attention"), ("sdpa_kernel", "SDPA kernel"), ("quant", "quantization"),
+                       ("double_quant", "double quantization"), ("compute_dtype", "compute dtype"), ("static_cache", "static cache")):
+        value = getattr(c, name)
+        if value != getattr(defaults, name):
+            return (f"{what} {value}: a PyTorch loading option; ONNX Runtime runs the exported graph as it is "
+                    f"(leave it at its default, {getattr(defaults, name)}, for runtime onnxruntime)")
+    if c.dtype not in ORT_DTYPES:
+        return f"dtype {c.dtype}: ONNX Runtime candidates are exported in float32 or float16 (its CPU and CUDA providers lack bfloat16 kernels)"
+    if c.placement == "multi-gpu":
+        return "placement multi-gpu: an ONNX Runtime session runs on one device"
+    want = PROVIDER_PLACEMENT[c.provider]
+    if c.placement != want:
+        return f"placement {c.placement}: {c.provider} runs on {'the CPU' if want == 'cpu' else 'one GPU'} (placement {want})"
+    if c.dtype == "float16" and c.placement == "cpu":
+        return ("dtype float16 on the CPU: optimum exports float16 graphs on a GPU only (on the CPU the export makes a graph that "
+                "CPUExecutionProvider refuses to load: LayerNormalization bound to float and float16); use float32")
+    if worker_envs is not None:
+        offering = [e for e in worker_envs if e.offers("onnxruntime")]
+        if not offering:
+            return f"runtime onnxruntime: no worker environment offers ONNX Runtime ({REGISTER_ORT_HINT})"
+        if not any(e.offers("onnxruntime", c.provider) for e in offering):
+            offered = "; ".join(f"{e.name} offers {', '.join(e.runtimes['onnxruntime']) or 'no provider'}" for e in offering)
+            return f"execution provider {c.provider}: no worker environment offers it ({offered})"
+    return None
+
+
+def choose_worker_env(candidate: Candidate, worker_envs: list[WorkerEnvironment]) -> WorkerEnvironment | None:
+    """The registered environment an ONNX Runtime ``candidate`` runs in (the first by name that
+    offers its provider); ``None`` for a PyTorch candidate (it runs in ``default``) or when none does."""
+    if not candidate.is_onnxruntime:
+        return None
+    return next((e for e in sorted(worker_envs, key=lambda e: e.name) if e.offers("onnxruntime", candidate.provider)), None)

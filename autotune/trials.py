@@ -17,16 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.candidate import Candidate, rejection
+from autotune.candidate import Candidate, choose_worker_env, rejection
 from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.objective import score
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
+from autotune.worker_env import DEFAULT as DEFAULT_ENV
+from autotune.worker_env import WorkerEnvironment
 from autotune.workload import Workload
 
 #: Seconds a worker may take: this much, plus PER_BATCH_TIMEOUT_S per batch size of its ladder.
 BASE_TIMEOUT_S = 300.0
 PER_BATCH_TIMEOUT_S = 150.0
+#: Extra seconds an ONNX Runtime worker may take, for the export (once per model and setting).
+ONNX_EXPORT_TIMEOUT_S = 1800.0
 
 
 def default_placement(environment: Environment, workload: Workload) -> str:
@@ -125,11 +129,18 @@ def reference_candidates(model: ModelRecord, environment: Environment, placement
     return [Candidate(dtype=d, attn=attn, placement=p) for d in ("float32", low) for p in placements]
 
 
+def onnx_cache_dir() -> Path:
+    """Where ONNX exports are cached (see :mod:`autotune.worker.onnx`)."""
+    return cache_dir() / "onnx"
+
+
 def _request(model: ModelRecord, workload: Workload, candidate: Candidate, batch_sizes: tuple[int, ...], **fields: Any) -> Any:
     from autotune.worker import WorkerRequest
 
+    if candidate.runtime == "onnxruntime":
+        fields.setdefault("onnx_cache", str(onnx_cache_dir()))
     return WorkerRequest(model_path=model.load_path, model_name=model.name, task=workload.task, candidate=candidate,
-                         workload=workload, batch_sizes=batch_sizes, **fields)
+                         workload=workload, batch_sizes=batch_sizes, model_revision=model.revision, **fields)
 
 
 def ensure_reference(model: ModelRecord, workload: Workload, environment: Environment, *, placement: str = "cpu",
@@ -191,6 +202,7 @@ def measure_candidate(
     on_spawn: Callable[[int], None] | None = None,
     python: str | None = None,
     worker_options: dict[str, Any] | None = None,
+    worker_envs: list[WorkerEnvironment] | None = None,
 ) -> list[TrialRecord]:
     """Measure ``candidate`` of ``model`` at each batch size in one worker; one finished trial per size.
 
@@ -198,6 +210,11 @@ def measure_candidate(
     with its reason and nothing is launched. ``worker_options`` passes timing knobs
     (``warmup``, ``min_repeats``, ``max_repeats``, ``target_spread``, ``time_cap_s``) to the
     worker; ``fault`` is for tests only.
+
+    A PyTorch candidate runs in ``python`` (default: this interpreter, the ``default`` worker
+    environment). An ONNX Runtime candidate runs in the first registered worker environment
+    (``worker_envs``, default: the store's) that offers its provider, and its trials record that
+    environment's name; its quality reference is still made by PyTorch, in ``python``.
     """
     sizes = tuple(int(b) for b in batch_sizes)
     if not sizes or list(sizes) != sorted(set(sizes)) or sizes[0] <= 0:
@@ -205,12 +222,21 @@ def measure_candidate(
     if study.environment_id != environment_id:
         raise InputError(f"study {study.id} belongs to environment {study.environment_id}, not {environment_id}")
     workload = study.workload
-    reason = rejection(candidate, environment, model.capabilities, workload)
+    envs = None
+    if candidate.runtime == "onnxruntime":
+        envs = store.worker_envs() if worker_envs is None else list(worker_envs)
+    reason = rejection(candidate, environment, model.capabilities, workload, envs)
+    worker_env = choose_worker_env(candidate, envs or [])
+    env_name = worker_env.name if worker_env is not None else DEFAULT_ENV
+    if reason is None and worker_env is not None and not Path(worker_env.python).exists():
+        reason = (f"worker environment {worker_env.name}: its interpreter {worker_env.python} is gone "
+                  f"(register it again: autotune env add {worker_env.name} PYTHON)")
     if reason is not None:
         return [store.record_trial(study.id, candidate, b, "unsupported", origin=origin, reason=reason, feasible=False,
-                                   details={"rejected_before_load": True}) for b in sizes]
+                                   worker_env=env_name, details={"rejected_before_load": True}) for b in sizes]
+    candidate_python = worker_env.python if worker_env is not None else python
 
-    trials = [store.start_trial(study.id, candidate, b, origin=origin) for b in sizes]
+    trials = [store.start_trial(study.id, candidate, b, origin=origin, worker_env=env_name) for b in sizes]
     finished: dict[int, TrialRecord] = {}
     try:
         limit = memory_limit_bytes(workload, environment, candidate.placement)
@@ -222,6 +248,7 @@ def measure_candidate(
                 on_spawn(pid)
 
         timeout = timeout_s or default_timeout(sizes)
+        candidate_timeout = timeout_s or timeout + (ONNX_EXPORT_TIMEOUT_S if worker_env is not None else 0.0)
         path = reference_path(model, workload, environment, candidate.placement)
         make_reference = not path.exists() and candidate == reference_candidates(model, environment, candidate.placement)[0]
         if make_reference:
@@ -232,14 +259,16 @@ def measure_candidate(
         from autotune.worker import launch
 
         request = _request(model, workload, candidate, sizes, max_memory_bytes=multi_limit, reference_path=reference.path,
-                           make_reference=make_reference, timeout_s=timeout, fault=fault, **(worker_options or {}))
-        outcome = launch(request, python=python, on_spawn=spawned)
+                           make_reference=make_reference, timeout_s=candidate_timeout, fault=fault, **(worker_options or {}))
+        outcome = launch(request, python=candidate_python, on_spawn=spawned)
         if make_reference and outcome.reference and outcome.reference.get("status") == "ok":
             _write_label(path, candidate.label())
         elif make_reference:
             reference = Reference(None, None, "failed", (outcome.reference or {}).get("reason") or "the worker did not write it")
         worker = {"pid": outcome.pid, "returncode": outcome.returncode, "wall_seconds": round(outcome.wall_seconds, 3),
-                  "timed_out": outcome.timed_out}
+                  "timed_out": outcome.timed_out, "environment": env_name}
+        if worker_env is not None:
+            worker["python"] = worker_env.python
         for trial, result in zip(trials, outcome.results):
             verdict = score(workload, result.status, result.metrics, limit)
             details = {**result.details, "worker": worker, "reference": reference.to_dict(), "memory_limit_bytes": limit}

@@ -101,6 +101,10 @@ class Recommendation:
     message: str | None = None
     trials_considered: int = 0
     other_environments: tuple[str, ...] = field(default_factory=tuple)
+    #: The worker environment the winner ran in, and the packages (``name==version``) an
+    #: application needs to reproduce it there.
+    worker_env: str | None = None
+    packages: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -142,6 +146,8 @@ class Recommendation:
             "why_not": [v.to_dict() for v in self.verdicts],
             "notes": list(self.notes),
             "message": self.message,
+            "worker_env": self.worker_env,
+            "packages": list(self.packages),
         }
 
 
@@ -270,7 +276,28 @@ def recommend(
     verdicts = explain(trials, study, best, workload, environment, model)
     limit_bytes, _ = memory_limit(workload, environment, best.candidate)
     return replace(rec, best=best, best_value=best_value, runners_up=tuple(ups), verdicts=tuple(verdicts), notes=tuple(notes),
-                   limit_bytes=limit_bytes)
+                   limit_bytes=limit_bytes, worker_env=best.worker_env, packages=tuple(packages_for(store, best, environment)))
+
+
+def packages_for(store: Store, trial: TrialRecord, environment: Environment) -> list[str]:
+    """``name==version`` of what an application needs to reproduce ``trial``.
+
+    A trial of a worker environment (ONNX Runtime's) names that environment's packages
+    (:meth:`autotune.worker_env.WorkerEnvironment.packages`, as registered; the versions the
+    worker read back where it is no longer registered); a trial of ``default`` those of the
+    environment the study ran in.
+    """
+    from autotune.worker_env import WorkerEnvironment
+
+    if trial.worker_env and trial.worker_env != "default":
+        try:
+            return store.get_worker_env(trial.worker_env).packages()
+        except Exception:  # noqa: BLE001 - removed since: fall back to what the worker recorded
+            ran = {k: v for k, v in (trial.effective.get("versions") or {}).items() if isinstance(v, str)}
+            return WorkerEnvironment(trial.worker_env, "", versions=ran).packages()
+    wanted = ("torch", "transformers", "accelerate") + (("bitsandbytes",) if trial.candidate.quant != "none" else ()) + \
+        (("flash-attn",) if trial.candidate.attn == "flash_attention_2" else ())
+    return WorkerEnvironment("default", "", versions={k: environment.versions.get(k) for k in wanted}).packages()
 
 
 def nothing_measured(name: str) -> str:
@@ -366,6 +393,8 @@ _WHAT_IFS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 def _what_if(winner: Candidate, change: dict[str, Any]) -> Candidate | None:
     data = {**winner.to_dict(), **change}
+    if winner.runtime == "onnxruntime":  # the what-ifs are PyTorch loading options: ask about them in PyTorch
+        data.update(runtime="pytorch", provider=None, io_binding=False)
     if data["quant"] == "bnb-8bit":
         data.update(double_quant=False, compute_dtype=None, static_cache=False)
         if data["dtype"] == "bfloat16":
@@ -592,10 +621,17 @@ def loader_spec(rec: Recommendation, *, written_at: datetime | None = None) -> L
     measured_on = env.summary() if env is not None else ""
     if env is not None and not best.candidate.on_gpu:
         measured_on = f"the CPU of {env.hostname}" + (f" (GPUs there: {env.summary()})" if env.gpus else "")
+    # The versions where the winner ran: those the worker read back (a worker environment's, e.g.
+    # Transformers 4.57 for ONNX Runtime) over the study environment's.
+    ran = {k: v for k, v in (best.effective.get("versions") or {}).items() if isinstance(v, str)}
+    versions = {**(dict(env.versions) if env is not None else {}), **ran}
+    if best.worker_env and best.worker_env != "default":
+        measured_on += f", worker environment {best.worker_env}"
+    export = best.effective.get("export") if isinstance(best.effective.get("export"), dict) else {}
     return LoaderSpec(
         model_name=model.name, model_ref=ref, revision=revision, task=rec.workload.task, candidate=best.candidate,
         batch_size=best.batch_size, new_tokens=rec.workload.new_tokens, prompt_tokens=rec.workload.prompt_tokens,
-        has_tokenizer=has_tokenizer(model), versions=dict(env.versions) if env is not None else {},
+        has_tokenizer=has_tokenizer(model), versions=versions, onnx_export=export.get("path"),
         max_memory=max_memory, measured=dict(best.metrics), measured_on=measured_on,
         measured_at=best.finished_at or best.started_at, objective=rec.workload.objective,
         summary=describe_metrics(best.metrics), written_at=written_at,

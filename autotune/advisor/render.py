@@ -11,7 +11,10 @@ of the environment that measured the winner:
 - ``torch.nn.attention.sdpa_kernel([SDPBackend...])`` around generate for a pinned SDPA kernel
   (``torch.backends.cuda.sdp_kernel`` before torch 2.3);
 - ``device_map`` (``"cpu"``, ``"cuda:0"``, or ``"auto"`` with ``max_memory`` over several GPUs);
-- ``cache_implementation="static"`` in the generate arguments when a static cache won.
+- ``cache_implementation="static"`` in the generate arguments when a static cache won;
+- for an ONNX Runtime winner, ``optimum.onnxruntime``'s ``ORTModelFor<Task>.from_pretrained(...,
+  export=..., provider=..., use_io_binding=...)`` in the worker environment's versions (Optimum's
+  ONNX path runs on Transformers 4.x): see :func:`render_onnx_loader`.
 
 Everything a user or a database supplies (model ids, paths, GPU names, versions) enters the code
 as a Python literal (``repr``) or as a comment with line breaks and control characters removed,
@@ -41,6 +44,15 @@ _AUTO_CLASSES = {
 _BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
 _LEGACY_FLAGS = {"flash": "enable_flash", "efficient": "enable_mem_efficient", "math": "enable_math"}
 _TORCH_DTYPES = {"float32": "torch.float32", "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
+_ORT_CLASSES = {
+    "text-generation": "ORTModelForCausalLM",
+    "text-classification": "ORTModelForSequenceClassification",
+    "feature-extraction": "ORTModelForFeatureExtraction",
+}
+_EXPORT_TASKS = {"text-generation": "text-generation-with-past", "text-classification": "text-classification",
+                 "feature-extraction": "feature-extraction"}
+#: What an ONNX Runtime loader needs, in the order it is listed.
+ORT_PACKAGES = ("optimum-onnx", "optimum", "onnxruntime", "onnxruntime-gpu", "transformers", "torch")
 
 
 class RenderError(AutotuneError):
@@ -74,6 +86,8 @@ class LoaderSpec:
     objective: str = "throughput"
     summary: str = ""
     written_at: datetime | None = None
+    #: ONNX Runtime: the directory of the export that was measured (``None``: export again).
+    onnx_export: str | None = None
 
     @property
     def generates(self) -> bool:
@@ -108,11 +122,14 @@ def device_map(candidate: Candidate) -> str:
 def requirements(spec: LoaderSpec) -> list[str]:
     """The packages the loader imports or needs at load time, pinned to the measured versions."""
     versions = spec.versions
+    if spec.candidate.runtime == "onnxruntime":
+        runtime = "onnxruntime-gpu" if versions.get("onnxruntime-gpu") or (spec.candidate.on_gpu and not versions.get("onnxruntime")) else "onnxruntime"
+        needed = ["optimum-onnx", "optimum", runtime, "transformers", "torch"]
+        return [f"{name}=={versions[name]}" if versions.get(name) else name for name in needed]
     needed = ["torch", "transformers"]
     if spec.candidate.quant != "none":
         needed.append("bitsandbytes")
-    if spec.candidate.placement != "cpu" or spec.candidate.quant != "none":
-        needed.append("accelerate")
+    needed.append("accelerate")  # the loader passes device_map, which needs accelerate (also device_map="cpu", on 4.x and 5.x)
     if spec.candidate.attn == "flash_attention_2":
         needed.append("flash-attn")
     return [f"{name}=={versions[name]}" if versions.get(name) else name for name in needed]
@@ -127,8 +144,10 @@ def render_loader(spec: LoaderSpec) -> str:
     applies the pinned SDPA kernel, if any.
     """
     c = spec.candidate
+    if c.runtime == "onnxruntime":
+        return render_onnx_loader(spec)
     if c.runtime != "pytorch":
-        raise RenderError(f"no loading code for runtime {c.runtime} yet: load it with optimum.onnxruntime (provider {c.provider or 'default'})")
+        raise RenderError(f"no loading code for runtime {c.runtime}")
     transformers_version = version_tuple(spec.versions.get("transformers"), (5, 0))
     torch_version = version_tuple(spec.versions.get("torch"), (2, 6))
     v5 = transformers_version >= (5, 0)
@@ -218,11 +237,88 @@ def render_loader(spec: LoaderSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_onnx_loader(spec: LoaderSpec) -> str:
+    """The loader module of an ONNX Runtime winner: ``optimum.onnxruntime`` and Transformers 4.x.
+
+    ``load_model()`` loads the ONNX export in ``EXPORT_DIR`` when it is there (the one autotune
+    measured, by default), and otherwise exports ``MODEL_ID`` once and saves it there:
+    ``ORTModelFor<Task>.from_pretrained(MODEL_ID, export=True, provider=...)`` for float32, and
+    ``optimum.exporters.onnx.main_export(..., dtype="fp16", device="cuda")`` for float16 (an export
+    with ``export=True`` is always float32).
+    """
+    c = spec.candidate
+    cls = _ORT_CLASSES.get(spec.task, "ORTModelForFeatureExtraction")
+    fp16 = c.dtype == "float16"
+    tokenizer = spec.has_tokenizer
+    imports = ["import os", "", "import torch", f"from optimum.onnxruntime import {cls}"]
+    if fp16:
+        imports.append("from optimum.exporters.onnx import main_export")
+    if tokenizer:
+        imports.append("from transformers import AutoTokenizer")
+    lines: list[str] = []
+    lines += _header(spec)
+    lines += ["", "from __future__ import annotations", "", *imports, ""]
+    lines.append(f"MODEL_ID = {spec.model_ref!r}")
+    if spec.revision:
+        lines.append(f"REVISION = {spec.revision!r}")
+    lines.append(f"EXPORT_DIR = {spec.onnx_export!r}  # the ONNX export autotune measured; exported there again if missing")
+    lines.append(f"PROVIDER = {c.provider!r}")
+    lines.append(f"USE_IO_BINDING = {bool(c.io_binding)!r}")
+    lines.append(f"BATCH_SIZE = {int(spec.batch_size)!r}")
+    lines.append(f"GENERATE_KWARGS = {generate_kwargs(spec)!r}")
+    lines += ["", ""]
+    lines.append("def load_model(export_dir=EXPORT_DIR):")
+    lines.append(f'    """Load the ONNX model as it was measured; returns (model, tokenizer){", tokenizer None: the model has none" if not tokenizer else ""}.')
+    lines.append("")
+    lines.append("    The first call without an export in export_dir exports MODEL_ID to ONNX and saves it there.")
+    lines.append('    """')
+    revision = ", revision=REVISION" if spec.revision else ""
+    lines.append("    exported = export_dir is not None and os.path.isdir(export_dir) and any(name.endswith('.onnx') for name in os.listdir(export_dir))")
+    load = f"{cls}.from_pretrained(export_dir, export=False, provider=PROVIDER, use_io_binding=USE_IO_BINDING)"
+    if fp16:  # export=True always exports float32: a float16 export is made with main_export, on a GPU
+        lines.append("    if not exported:")
+        lines.append("        if export_dir is None:")
+        lines.append("            raise ValueError('a float16 export needs a directory to write it to (export_dir)')")
+        lines.append(f"        main_export(MODEL_ID, output=export_dir, task={_EXPORT_TASKS.get(spec.task, 'feature-extraction')!r}, "
+                     f"dtype='fp16', device='cuda'{revision})")
+        lines.append(f"    model = {load}")
+    else:
+        lines.append("    if exported:")
+        lines.append(f"        model = {load}")
+        lines.append("    else:")
+        lines.append(f"        model = {cls}.from_pretrained(MODEL_ID{revision}, export=True, provider=PROVIDER, use_io_binding=USE_IO_BINDING)")
+        lines.append("        if export_dir is not None:")
+        lines.append("            model.save_pretrained(export_dir)")
+    if tokenizer:
+        if spec.generates:
+            lines.append(f'    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision}, padding_side="left")')
+            lines.append("    if tokenizer.pad_token is None and tokenizer.eos_token is not None:")
+            lines.append("        tokenizer.pad_token = tokenizer.eos_token  # batched generation pads on the left")
+        else:
+            lines.append(f"    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision})")
+    else:
+        lines.append("    tokenizer = None  # the model directory has no tokenizer: tokenize with your own")
+    lines.append("    return model, tokenizer")
+    lines += ["", ""]
+    if spec.generates:
+        lines.append("def generate(model, **inputs):")
+        lines.append('    """model.generate with the measured arguments (GENERATE_KWARGS, overridable here)."""')
+        lines.append("    with torch.inference_mode():")
+        lines.append("        return model.generate(**{**GENERATE_KWARGS, **inputs})")
+    else:
+        lines.append("def forward(model, **inputs):")
+        lines.append('    """A forward pass as it was measured."""')
+        lines.append("    with torch.inference_mode():")
+        lines.append("        return model(**inputs)")
+    return "\n".join(lines) + "\n"
+
+
 def _header(spec: LoaderSpec) -> list[str]:
     c = spec.candidate
     written = (spec.written_at or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     when = spec.measured_at.strftime("%Y-%m-%d %H:%M UTC") if spec.measured_at else "unknown"
-    versions = ", ".join(f"{k} {v}" for k, v in spec.versions.items() if v and k in ("torch", "transformers", "bitsandbytes", "accelerate", "flash-attn"))
+    shown = ORT_PACKAGES if c.runtime == "onnxruntime" else ("torch", "transformers", "bitsandbytes", "accelerate", "flash-attn")
+    versions = ", ".join(f"{k} {v}" for k, v in spec.versions.items() if v and k in shown)
     use = "generate(model, **batch)" if spec.generates else "forward(model, **batch)"
     workload = (f"{spec.prompt_tokens} prompt + {spec.new_tokens} new tokens" if spec.generates else f"{spec.prompt_tokens} tokens")
     out = [

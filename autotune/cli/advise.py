@@ -371,8 +371,13 @@ def _print_recommendation(rec: Any, code: str | None, *, show_code: bool) -> Non
     _print_verdicts(rec)
     for note in rec.notes:
         print(f"note: {note}")
+    if rec.packages:
+        where = f"worker environment {rec.worker_env}" if rec.worker_env and rec.worker_env != "default" else "the default environment"
+        print(f"the application needs: {', '.join(rec.packages)} (as in {where}, where the winner ran)")
     if show_code and code:
         versions = rec.environment.versions if rec.environment else {}
+        if best.worker_env and best.worker_env != "default":
+            versions = {**versions, **(best.effective.get("versions") or {})}
         print(f"loading code (torch {versions.get('torch') or '?'}, transformers {versions.get('transformers') or '?'}, "
               f"as installed where the trials ran):")
         print()

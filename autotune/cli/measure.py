@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from autotune.candidate import PLACEMENTS, QUANTS, SDPA_KERNELS
+from autotune.candidate import PLACEMENTS, QUANTS, RUNTIMES, SDPA_KERNELS
 from autotune.cli._output import print_json, print_table
 from autotune.units import format_size
 from autotune.worker.protocol import FAULTS
@@ -20,6 +20,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "process and measure it at each batch size of a rising ladder, which stops at the first out-of-memory. "
                     "Each batch size is recorded as a trial (origin 'measure'). Exits 0 when at least one batch size "
                     "measured ok, 1 otherwise. "
+                    "ONNX Runtime: --runtime onnxruntime --provider NAME [--io-binding] exports the model once (cached) and "
+                    "measures it in a worker environment registered with autotune env add. "
                     "Example: autotune measure tiiuae/falcon-7b --dtype bf16 --attn sdpa --batch 1,8,32 --json")
     p.add_argument("model", metavar="MODEL", help="a registered model (see autotune models)")
     p.add_argument("--dtype", help="float32, float16 or bfloat16 (fp32, fp16, bf16); default bfloat16 on GPU, float32 on the CPU")
@@ -31,8 +33,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--placement", choices=PLACEMENTS, help="cpu, cuda (one GPU) or multi-gpu (device_map=auto with the workload's "
                                                            "limit per GPU); default cuda where there are GPUs, else cpu")
     p.add_argument("--static-cache", action="store_true", help="generate with a static KV cache (compiled with torch.compile on GPU)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="pytorch",
+                   help="pytorch (default), or onnxruntime: an ONNX export through Optimum (cached), run in a registered "
+                        "worker environment that offers the provider (see autotune env)")
+    p.add_argument("--provider", metavar="NAME", help="ONNX Runtime execution provider: CPUExecutionProvider, CUDAExecutionProvider "
+                                                      "or TensorrtExecutionProvider (default: CPU on the CPU, CUDA on a GPU)")
+    p.add_argument("--io-binding", action="store_true", help="ONNX Runtime IO binding (inputs and outputs stay on the device)")
     p.add_argument("--batch", metavar="SIZES", help="batch sizes, rising, comma-separated (default 1,4,16 up to the workload's max batch)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit of the worker (default 300 s + 150 s per batch size)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit of the worker (default 300 s + 150 s per batch size, "
+                                                                         "+ 1800 s for an ONNX Runtime export)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--inject-fault", choices=FAULTS, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_measure)
@@ -53,8 +62,9 @@ def _batches(text: str | None, max_batch: int) -> list[int]:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from autotune.candidate import Candidate
+    from autotune.candidate import PROVIDER_PLACEMENT, Candidate
     from autotune.cli import open_store
+    from autotune.errors import InputError
     from autotune.environment import probe
     from autotune.store import METRICS
     from autotune.trials import default_placement, measure_candidate
@@ -64,11 +74,18 @@ def cmd_measure(args: argparse.Namespace) -> int:
         environment = probe()
         environment_id = store.record_environment(environment)
         study = store.study_for(model, environment_id)
-        placement = args.placement or default_placement(environment, study.workload)
+        ort = args.runtime == "onnxruntime"
+        if (args.provider or args.io_binding) and not ort:
+            raise InputError("--provider and --io-binding apply to --runtime onnxruntime only")
+        if ort and args.provider and not args.placement and args.provider in PROVIDER_PLACEMENT:
+            placement = PROVIDER_PLACEMENT[args.provider]
+        else:
+            placement = args.placement or default_placement(environment, study.workload)
+        provider = (args.provider or ("CPUExecutionProvider" if placement == "cpu" else "CUDAExecutionProvider")) if ort else None
         candidate = Candidate(
-            dtype=args.dtype or ("float32" if placement == "cpu" else "bfloat16"), attn=args.attn, sdpa_kernel=args.sdpa_kernel,
-            quant=args.quant, double_quant=args.double_quant, compute_dtype=args.compute_dtype, placement=placement,
-            static_cache=args.static_cache,
+            dtype=args.dtype or ("float32" if placement == "cpu" else "float16" if ort else "bfloat16"), attn=args.attn,
+            sdpa_kernel=args.sdpa_kernel, quant=args.quant, double_quant=args.double_quant, compute_dtype=args.compute_dtype,
+            placement=placement, static_cache=args.static_cache, runtime=args.runtime, provider=provider, io_binding=args.io_binding,
         )
         batches = _batches(args.batch, study.workload.max_batch)
         if not args.json:
@@ -77,7 +94,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         trials = measure_candidate(store, model, candidate, batches, environment=environment, environment_id=environment_id,
                                    study=study, origin="measure", timeout_s=args.timeout, fault=args.inject_fault)
     results = [{
-        "trial_id": t.id, "status": t.status, "reason": t.reason, "batch_size": t.batch_size,
+        "trial_id": t.id, "status": t.status, "reason": t.reason, "batch_size": t.batch_size, "worker_env": t.worker_env,
         **{m: t.metrics.get(m) for m in METRICS}, "feasible": t.feasible, "objective_value": t.objective_value,
         "effective": t.effective, "details": t.details,
     } for t in trials]
@@ -86,6 +103,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
                     "environment": {"fingerprint": environment.fingerprint, "summary": environment.summary()},
                     "workload": study.workload.to_dict(), "results": results})
     else:
+        if trials and trials[0].worker_env != "default":
+            print(f"ran in worker environment {trials[0].worker_env}")
         _print_results(results, study.workload.generates)
     return 0 if any(r["status"] == "ok" for r in results) else 1
 
@@ -122,6 +141,16 @@ def _pct(value: Any) -> str | None:
 
 
 def _describe_effective(effective: dict[str, Any], load_seconds: float | None) -> str:
+    if effective.get("runtime") == "onnxruntime":
+        export = effective.get("export") or {}
+        files = effective.get("onnx_files") or {}
+        parts = [f"ONNX Runtime {', '.join(effective.get('providers') or [])}", f"IO binding {'on' if effective.get('io_binding') else 'off'}",
+                 f"graph {effective.get('onnx_dtype')} ({', '.join(files) or 'no file'}, {format_size(sum(files.values())) if files else '?'})",
+                 "export " + ("cached" if export.get("cached") else "fresh") +
+                 (f" (made in {export['seconds']:.2f} s)" if export.get("seconds") is not None else "")]
+        if load_seconds is not None:
+            parts.append(f"session created in {load_seconds:.2f} s")
+        return "; ".join(parts)
     parts = [f"attention {effective.get('attn_implementation')}" + (f"[{effective['sdpa_kernel']}]" if effective.get("sdpa_kernel") else ""),
              f"dtype {effective.get('dtype')}"]
     if effective.get("quantized_layers"):

@@ -80,10 +80,39 @@ def _traceback_tail(limit: int = 1500) -> str:
 
 
 def run(request: WorkerRequest, report: Reporter) -> None:
-    """Load, check, reference/quality, then the batch-size ladder."""
+    """Load (an ONNX Runtime candidate: export first), check, reference/quality, then the batch-size ladder."""
     from autotune.worker import measure
 
-    probe = measure.GpuMemoryProbe.create() if request.candidate.on_gpu else None
+    candidate = request.candidate
+    batches = request.expected_batches
+
+    def finish_all(status: str, reason: str, **extra: Any) -> None:
+        for batch in batches:
+            report.result(BatchResult(status, reason, batch, extra.get("metrics", {}), extra.get("effective", {}), extra.get("details", {})))
+
+    export_job = None
+    if candidate.runtime == "onnxruntime":
+        from autotune.worker import onnx
+
+        missing = onnx.missing_packages()
+        if missing is not None:
+            finish_all("unsupported", f"runtime onnxruntime: {missing}")
+            return
+        if request.task not in onnx.EXPORT_TASKS:
+            finish_all("unsupported", f"runtime onnxruntime: no ONNX Runtime model class for task {request.task}")
+            return
+        report.phase("exporting")
+        try:
+            # The export (a subprocess) runs while this process imports torch and transformers.
+            export_job = onnx.start_export(request)
+        except OSError as exc:
+            finish_all("error", f"cannot write the ONNX export cache {onnx.cache_root(request)}: {exc.strerror or exc}")
+            return
+    elif candidate.runtime != "pytorch":
+        finish_all("unsupported", f"runtime {candidate.runtime}: this worker measures PyTorch and ONNX Runtime candidates only")
+        return
+
+    probe = measure.GpuMemoryProbe.create() if candidate.on_gpu else None
 
     import torch
     import transformers
@@ -95,39 +124,49 @@ def run(request: WorkerRequest, report: Reporter) -> None:
         transformers.utils.logging.disable_progress_bar()
     except AttributeError:
         pass
-    if probe is not None and torch.cuda.is_available():
-        torch.cuda.init()
-        probe.bind()
+    if probe is not None:
+        if torch.cuda.is_available():
+            torch.cuda.init()
+            probe.bind()
+        else:
+            probe.bind_visible()
 
-    candidate = request.candidate
-    batches = request.expected_batches
-
-    def finish_all(status: str, reason: str, **extra: Any) -> None:
-        for batch in batches:
-            report.result(BatchResult(status, reason, batch, extra.get("metrics", {}), extra.get("effective", {}), extra.get("details", {})))
-
-    if candidate.runtime != "pytorch":
-        finish_all("unsupported", f"runtime {candidate.runtime}: this worker measures PyTorch candidates only")
-        return
-    report.phase("loading")
+    if export_job is None:
+        report.phase("loading")
     effective: dict[str, Any] = {}
     load_metrics: dict[str, Any] = {}
     try:
-        loaded = loading.load(request)
-        load_metrics = {"load_seconds": loaded.load_seconds}
-        effective = loading.read_effective(loaded.model, candidate)
-        effective["from_pretrained"] = loaded.kwargs
-        report.event("loaded", load_seconds=loaded.load_seconds, effective=effective)
-        loading.check_effective(candidate, effective, request.max_memory_bytes)
+        if export_job is not None:
+            try:
+                export = export_job.wait()
+            except onnx.ExportFailed as exc:
+                finish_all(exc.status, exc.reason, details=exc.details)
+                return
+            report.event("exported", **export.describe())
+            report.phase("loading")
+            loaded = onnx.load(request, export)
+            load_metrics = {"load_seconds": loaded.load_seconds}
+            effective = onnx.read_effective(loaded.model, candidate, export)
+            effective["from_pretrained"] = loaded.kwargs
+            report.event("loaded", load_seconds=loaded.load_seconds, effective=effective)
+            onnx.check_effective(candidate, effective)
+        else:
+            loaded = loading.load(request)
+            load_metrics = {"load_seconds": loaded.load_seconds}
+            effective = loading.read_effective(loaded.model, candidate)
+            effective["from_pretrained"] = loaded.kwargs
+            report.event("loaded", load_seconds=loaded.load_seconds, effective=effective)
+            loading.check_effective(candidate, effective, request.max_memory_bytes)
     except loading.OptionNotInEffect as exc:
         finish_all(exc.status, exc.reason, metrics=load_metrics, effective=effective)
         return
     except Exception as exc:
-        status, reason = loading.classify_load_error(exc, candidate)
+        classify = onnx.classify_load_error if export_job is not None else loading.classify_load_error
+        status, reason = classify(exc, candidate)
         finish_all(status, reason, metrics=load_metrics, effective=effective, details={"traceback": _traceback_tail()})
         return
     model = loaded.model
-    if request.fault == "corrupt":
+    if request.fault == "corrupt" and export_job is None:
         quality.corrupt(model, request.seed)
 
     quality_metrics: dict[str, Any] = {}

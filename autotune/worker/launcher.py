@@ -55,12 +55,15 @@ def launch(request: WorkerRequest, *, python: str | None = None,
         with open(request_file, "w", encoding="utf-8") as fh:
             fh.write(request.to_json())
         command = [python or sys.executable, "-m", "autotune.worker.child", request_file, results_file]
+        # A venv's bin/python is a link to the base interpreter: compare the paths, not their targets.
+        foreign = python is not None and os.path.abspath(python) != os.path.abspath(sys.executable)
         started = time.monotonic()
         timed_out = False
         with open(log_file, "wb") as log:
             try:
                 proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        env=child_environment(env), start_new_session=True, close_fds=True)
+                                        env=child_environment(env, isolated_in=workdir if foreign else None),
+                                        start_new_session=True, close_fds=True)
             except OSError as exc:
                 reason = f"cannot start the worker ({command[0]}): {exc.strerror or exc}"
                 results = _all_failed(request, "error", reason, {})
@@ -89,11 +92,25 @@ def launch(request: WorkerRequest, *, python: str | None = None,
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The child's environment: ``env`` (default: ours) with this package first on PYTHONPATH."""
+def child_environment(env: dict[str, str] | None = None, isolated_in: str | None = None) -> dict[str, str]:
+    """The child's environment: ``env`` (default: ours) with this package first on PYTHONPATH.
+
+    With ``isolated_in`` (a private directory) the child runs another interpreter, a worker
+    environment: its PYTHONPATH then holds only a link to this ``autotune`` package, made in that
+    directory, so that it never sees this interpreter's site-packages (where autotune may be
+    installed next to another Transformers) and our PYTHONPATH is dropped.
+    """
     child = dict(os.environ if env is None else env)
-    paths = [p for p in child.get("PYTHONPATH", "").split(os.pathsep) if p and p != _PACKAGE_ROOT]
-    child["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *paths])
+    if isolated_in is not None:
+        root = os.path.join(isolated_in, "pythonpath")
+        os.makedirs(root, exist_ok=True)
+        link = os.path.join(root, "autotune")
+        if not os.path.lexists(link):
+            os.symlink(os.path.join(_PACKAGE_ROOT, "autotune"), link)
+        child["PYTHONPATH"] = root
+    else:
+        paths = [p for p in child.get("PYTHONPATH", "").split(os.pathsep) if p and p != _PACKAGE_ROOT]
+        child["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *paths])
     child.setdefault("PYTHONUNBUFFERED", "1")
     child.setdefault("PYTHONFAULTHANDLER", "1")
     child.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -169,7 +186,7 @@ def _where(phase: dict[str, Any] | None) -> str:
     name = phase.get("phase")
     if name == "batch":
         return f"measuring batch size {phase.get('batch_size')}"
-    return {"loading": "loading the model", "reference": "writing the quality reference",
+    return {"loading": "loading the model", "exporting": "exporting the model to ONNX", "reference": "writing the quality reference",
             "quality": "comparing outputs with the quality reference"}.get(str(name), str(name))
 
 

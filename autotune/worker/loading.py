@@ -288,6 +288,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if oom is not None and isinstance(exc, oom):
         return True
     text = str(exc).lower()
+    if type(exc).__module__.startswith("onnxruntime") and ("failed to allocate memory" in text or "out of memory" in text):
+        return True  # ONNX Runtime: "Failed to allocate memory for requested buffer of size ...", "CUDA failure 2: out of memory"
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "cuda_error_out_of_memory" in text)
 
 

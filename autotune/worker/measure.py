@@ -106,6 +106,9 @@ def pad_id(model: Any) -> int:
 
 
 def vocab_size(model: Any) -> int:
+    """The model's vocabulary: its input embeddings' rows (the config's size for an ONNX Runtime model)."""
+    if not isinstance(model, torch.nn.Module):
+        return int(model.config.vocab_size)
     return int(model.get_input_embeddings().num_embeddings)
 
 
@@ -154,6 +157,9 @@ def batch_inputs(model: Any, batch: int, request: WorkerRequest, *, left: bool) 
 
 
 def input_device(model: Any) -> torch.device:
+    """Where inputs go: the input embeddings' device (an ONNX Runtime model's ``device``)."""
+    if not isinstance(model, torch.nn.Module):
+        return torch.device(model.device)
     return model.get_input_embeddings().weight.device
 
 
@@ -218,6 +224,26 @@ class GpuMemoryProbe:
             if match is not None:
                 self._bound[index] = match
 
+    def bind_visible(self) -> None:
+        """Without CUDA in torch (an ONNX Runtime worker): map device ordinals to NVML's through
+        CUDA_VISIBLE_DEVICES (indices or UUIDs), all GPUs in order when it is not set."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is None:
+            order = list(range(len(self._uuids)))
+        else:
+            order = []
+            for item in (part.strip() for part in visible.split(",")):
+                if item.isdigit() and int(item) < len(self._uuids):
+                    order.append(int(item))
+                elif item:
+                    match = next((n for n, u in enumerate(self._uuids) if u == item or u.startswith(item)), None)
+                    if match is None:
+                        break  # CUDA stops at the first entry it cannot resolve
+                    order.append(match)
+                else:
+                    break
+        self._bound = dict(enumerate(order))
+
     def read(self) -> dict[int, int]:
         """Bytes this process uses on each bound GPU (torch index -> bytes)."""
         out: dict[int, int] = {}
@@ -273,21 +299,31 @@ class MemorySampler:
 
 
 def model_gpus(model: Any) -> list[int]:
+    """The GPUs holding the model's weights (an ONNX Runtime model: its session's device)."""
+    if not isinstance(model, torch.nn.Module):
+        device = torch.device(model.device)
+        return [device.index or 0] if device.type == "cuda" else []
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
 @contextlib.contextmanager
 def memory_pass(model: Any, probe: GpuMemoryProbe | None) -> Iterator[dict[str, Any]]:
-    """Run the body once while measuring memory; fills the yielded dict with metrics and details."""
-    gpus = model_gpus(model) if torch.cuda.is_available() else []
-    for index in gpus:
-        torch.cuda.reset_peak_memory_stats(index)
+    """Run the body once while measuring memory; fills the yielded dict with metrics and details.
+
+    An ONNX Runtime session allocates GPU memory in its own arena, which torch does not see: its
+    GPU figures come from NVML alone (torch's stay empty).
+    """
+    tracked = isinstance(model, torch.nn.Module)
+    gpus = model_gpus(model) if torch.cuda.is_available() or not tracked else []
+    if tracked:
+        for index in gpus:
+            torch.cuda.reset_peak_memory_stats(index)
     out: dict[str, Any] = {}
     with MemorySampler(probe if gpus else None) as sampler:
         yield out
     metrics: dict[str, Any] = {"rss_bytes": sampler.rss_peak or None}
     details: dict[str, Any] = {}
-    if gpus:
+    if gpus and tracked:
         allocated = {i: int(torch.cuda.max_memory_allocated(i)) for i in gpus}
         reserved = {i: int(torch.cuda.max_memory_reserved(i)) for i in gpus}
         nvml = {i: sampler.gpu_peaks[i] for i in gpus if i in sampler.gpu_peaks}
@@ -298,6 +334,13 @@ def memory_pass(model: Any, probe: GpuMemoryProbe | None) -> Iterator[dict[str, 
         details["memory_per_gpu"] = {f"cuda:{i}": {"torch_allocated": allocated[i], "torch_reserved": reserved[i],
                                                     "nvml_used": nvml.get(i)} for i in gpus}
         details["peak_source"] = probe.source if nvml and probe is not None else "torch_reserved (no NVML: CUDA context not included)"
+    elif gpus:
+        nvml = {i: sampler.gpu_peaks[i] for i in gpus if i in sampler.gpu_peaks}
+        metrics.update(torch_allocated_bytes=None, torch_reserved_bytes=None, nvml_used_bytes=max(nvml.values()) if nvml else None)
+        metrics["peak_memory_bytes"] = metrics["nvml_used_bytes"]
+        details["memory_per_gpu"] = {f"cuda:{i}": {"nvml_used": nvml.get(i)} for i in gpus}
+        details["peak_source"] = (probe.source if nvml and probe is not None else
+                                  "none: NVML could not see this process, and torch does not see ONNX Runtime's memory")
     else:
         metrics.update(torch_allocated_bytes=None, torch_reserved_bytes=None, nvml_used_bytes=None, peak_memory_bytes=peak_rss())
         details["peak_source"] = "peak RSS of the worker process since it started (loading included)"

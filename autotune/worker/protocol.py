@@ -24,8 +24,9 @@ STATUSES = ("ok", "oom", "crash", "timeout", "unsupported", "error", "skipped")
 
 #: Test-only faults the child can inject: an out-of-memory error from the second batch size on,
 #: a segfault in the second batch size, a hang at start-up (ignoring SIGTERM, with a grandchild
-#: process), an ImportError while loading, and noise added to the weights after loading.
-FAULTS = ("oom", "crash", "hang", "import", "corrupt")
+#: process), an ImportError while loading, noise added to the weights after loading, and an ONNX
+#: export that fails (ONNX Runtime candidates).
+FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class WorkerRequest:
     timeout_s: float = 900.0
     seed: int = 0
     fault: str | None = None
+    model_revision: str | None = None
+    onnx_cache: str | None = None
 
     def __post_init__(self) -> None:
         sizes = tuple(int(b) for b in self.batch_sizes)

@@ -1,0 +1,535 @@
+"""The candidate space of one model in one environment, and what was left out of it and why.
+
+The space is the product of the worker's options (dtype × attention (× pinned SDPA kernel) ×
+quantization × placement × static cache) minus what :func:`autotune.candidate.rejection`
+refuses, minus what a memory forecast says cannot fit the workload's limit. Both kinds of
+rejection are kept, grouped by reason, so that ``autotune status`` can say why an option was
+never tried. Batch sizes are a ladder of powers of two that one worker measures per candidate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from autotune.candidate import (
+    ATTENTIONS, DTYPE_SHORT, DTYPES, ORT_DTYPES, PLACEMENTS, PROVIDER_PLACEMENT, PROVIDER_SHORT, QUANTS, SDPA_KERNELS, Candidate,
+    normalize_dtype, rejection,
+)
+from autotune.environment import Environment
+from autotune.errors import InputError
+from autotune.units import format_gib
+from autotune.worker_env import WorkerEnvironment
+from autotune.workload import Workload
+
+#: The axes the sampler sees, one categorical parameter each. The SDPA kernel is folded into
+#: ``attn`` (``sdpa[flash]``); 4-bit options are their own axes and read ``False``/``"same"``
+#: on other candidates, so every candidate has a value on every axis.
+AXES = ("dtype", "attn", "quant", "double_quant", "compute_dtype", "placement", "static_cache", "runtime")
+SAME = "same"
+#: The :class:`Candidate` fields the space varies; a rejection's ``pattern`` is written in them.
+FIELDS = ("dtype", "attn", "sdpa_kernel", "quant", "double_quant", "compute_dtype", "placement", "static_cache")
+#: The fields a rejection of ONNX Runtime candidates is written in (their PyTorch options are defaults).
+ORT_FIELDS = ("runtime", "provider", "io_binding", "placement")
+#: The ``runtime`` axis: ``pytorch``, or ``onnxruntime:<provider>`` with ``+io-binding`` when bound.
+PYTORCH = "pytorch"
+
+#: A forecast: ``(config, candidate, workload, batch_size) -> bytes``.
+Forecast = Callable[[dict[str, Any], Candidate, Workload, int], int]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Candidates left out of the space for one reason.
+
+    ``kind`` is ``rule`` (a validity rule), ``memory`` (the forecast) or ``placement`` (the
+    workload or machine rules a placement out). ``pattern`` holds the :class:`Candidate` field
+    values (of :data:`FIELDS`) all of them share; ``candidate`` is one of them.
+    """
+
+    reason: str
+    kind: str
+    label: str
+    count: int
+    candidate: Candidate | None
+    pattern: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "reason": self.reason, "kind": self.kind, "count": self.count,
+                "candidate": self.candidate.to_dict() if self.candidate else None, "pattern": self.pattern}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A known-good starting point: its name and the candidate it loads."""
+
+    name: str
+    candidate: Candidate
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The valid candidates in a fixed order, their batch ladders, baselines and rejections."""
+
+    candidates: tuple[Candidate, ...]
+    ladders: dict[str, tuple[int, ...]]
+    baselines: tuple[Baseline, ...]
+    rejected: tuple[Rejection, ...]
+    choices: dict[str, tuple[Any, ...]]
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __contains__(self, candidate: object) -> bool:
+        return isinstance(candidate, Candidate) and candidate.key() in self.ladders
+
+    def ladder(self, candidate: Candidate) -> tuple[int, ...]:
+        return self.ladders[candidate.key()]
+
+    @property
+    def rejected_count(self) -> int:
+        return sum(r.count for r in self.rejected)
+
+    def describe(self) -> str:
+        reasons = len(self.rejected)
+        return (f"{len(self.candidates)} candidates, {self.rejected_count} rejected ({reasons} reason{'s' * (reasons != 1)}), "
+                f"{len(self.baselines)} baseline{'s' * (len(self.baselines) != 1)}")
+
+
+# -- parameters the sampler sees --------------------------------------------------------------
+
+def params_of(candidate: Candidate) -> dict[str, Any]:
+    """The sampler's view of ``candidate``: one value per axis of :data:`AXES`."""
+    return {
+        "dtype": candidate.dtype,
+        "attn": candidate.attn + (f"[{candidate.sdpa_kernel}]" if candidate.sdpa_kernel else ""),
+        "quant": candidate.quant,
+        "double_quant": candidate.double_quant,
+        "compute_dtype": candidate.compute_dtype or SAME,
+        "placement": candidate.placement,
+        "static_cache": candidate.static_cache,
+        "runtime": runtime_param(candidate),
+    }
+
+
+def runtime_param(candidate: Candidate) -> str:
+    """``pytorch``, or ``onnxruntime:<provider>`` (``+io-binding`` when bound)."""
+    if not candidate.is_onnxruntime:
+        return PYTORCH
+    return f"onnxruntime:{candidate.provider}" + ("+io-binding" if candidate.io_binding else "")
+
+
+def candidate_from(params: Mapping[str, Any]) -> Candidate:
+    """The canonical candidate a point of the sampler's space stands for.
+
+    Values that do not apply (double quantization or a compute dtype without 4-bit, a compute
+    dtype equal to the dtype; for ONNX Runtime every PyTorch loading option) are dropped, so
+    several points may stand for one candidate.
+    """
+    runtime = str(params.get("runtime", PYTORCH))
+    if runtime != PYTORCH:
+        provider, _, binding = runtime.partition(":")[2].partition("+")
+        return Candidate(dtype=params["dtype"], placement=params["placement"], runtime="onnxruntime", provider=provider,
+                         io_binding=binding == "io-binding")
+    attn, _, kernel = str(params["attn"]).partition("[")
+    quant = params["quant"]
+    four_bit = str(quant).startswith("bnb-4bit")
+    compute = params.get("compute_dtype", SAME)
+    compute = None if compute in (SAME, None) or not four_bit or compute == params["dtype"] else compute
+    return Candidate(
+        dtype=params["dtype"], attn=attn, sdpa_kernel=kernel.rstrip("]") or None, quant=quant,
+        double_quant=bool(params.get("double_quant")) and four_bit, compute_dtype=compute,
+        placement=params["placement"], static_cache=bool(params.get("static_cache")),
+    )
+
+
+# -- restricting the space ----------------------------------------------------------------------
+
+def parse_restriction(text: str | None) -> dict[str, tuple[Any, ...]]:
+    """Parse ``"dtype=fp32,bf16 attn=sdpa,eager quant=none"`` (spaces or ``;`` between axes).
+
+    Each named axis keeps only the values listed; axes not named keep all of theirs. Used to
+    keep a study small (CI, benchmarks, or to pin what you already know).
+    """
+    if not text or not text.strip():
+        return {}
+    allowed: dict[str, tuple[Any, ...]] = {}
+    for part in text.replace(";", " ").split():
+        name, sep, values = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in AXES:
+            raise InputError(f"cannot read space restriction {part!r}: write AXIS=V1,V2 with AXIS one of {', '.join(AXES)}")
+        raw = [v for v in values.split(",") if v]
+        if not raw:
+            raise InputError(f"space restriction {part!r} lists no value")
+        allowed[name] = tuple(_restriction_value(name, v) for v in raw)
+    return allowed
+
+
+def _restriction_value(axis: str, value: str) -> Any:
+    if axis in ("double_quant", "static_cache"):
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise InputError(f"space restriction {axis}={value}: write true or false")
+    if axis == "dtype" or (axis == "compute_dtype" and value != SAME):
+        return normalize_dtype(value)
+    if axis == "quant":
+        aliases = {"int8": "bnb-8bit", "8bit": "bnb-8bit", "nf4": "bnb-4bit-nf4", "fp4": "bnb-4bit-fp4"}
+        value = aliases.get(value, value)
+        if value not in QUANTS:
+            raise InputError(f"space restriction quant={value}: choose among {', '.join(QUANTS)} (or int8, nf4, fp4)")
+    if axis == "placement" and value not in PLACEMENTS:
+        raise InputError(f"space restriction placement={value}: choose among {', '.join(PLACEMENTS)}")
+    if axis == "runtime":
+        value = {"ort": "onnxruntime", "torch": PYTORCH}.get(value, value)
+        if value.split(":")[0] not in (PYTORCH, "onnxruntime"):
+            raise InputError(f"space restriction runtime={value}: choose pytorch or onnxruntime (or onnxruntime:PROVIDER)")
+    return value
+
+
+def _allowed(axis: str, value: Any, allowed: tuple[Any, ...]) -> bool:
+    """Whether ``value`` passes a restriction; ``runtime=onnxruntime`` allows every provider, with
+    and without IO binding (``onnxruntime:PROVIDER`` is that provider without, ``+io-binding`` with)."""
+    if axis == "runtime":
+        return value in allowed or ("onnxruntime" in allowed and str(value).startswith("onnxruntime:"))
+    return value in allowed
+
+
+# -- building the space ---------------------------------------------------------------------
+
+def checkpoint_dtype(config: dict[str, Any]) -> str:
+    """The dtype the checkpoint was saved in (what Transformers 5 loads by default)."""
+    for source in (config, config.get("text_config") or {}):
+        for name in ("dtype", "torch_dtype"):
+            value = source.get(name) if isinstance(source, dict) else None
+            if value:
+                try:
+                    return normalize_dtype(str(value).replace("torch.", ""))
+                except InputError:
+                    continue
+    return "float32"
+
+
+def allowed_placements(workload: Workload, environment: Environment) -> tuple[list[str], list[tuple[str, str]]]:
+    """Placements to try, and those left out with the reason."""
+    gpus = len(environment.gpus)
+    if workload.device == "cpu":
+        wanted = ["cpu"]
+    elif workload.device == "cuda" or gpus:
+        wanted = ["cuda", "multi-gpu"]
+    else:
+        wanted = ["cpu"]
+    keep, out = [], []
+    for placement in PLACEMENTS:
+        if placement not in wanted:
+            if placement == "cpu":
+                why = "the workload runs on GPUs when there are any (--device auto or cuda); register it with --device cpu to tune for the CPU"
+            else:
+                why = "the workload is pinned to the CPU (--device cpu)" if workload.device == "cpu" else "no NVIDIA GPU is visible here (autotune gpus shows what NVML sees)"
+            out.append((placement, why))
+        elif placement == "cuda" and not gpus:
+            out.append((placement, "no NVIDIA GPU is visible here (autotune gpus shows what NVML sees)"))
+        elif placement == "multi-gpu" and gpus < 2:
+            out.append((placement, f"needs two or more GPUs, this machine has {gpus}"))
+        else:
+            keep.append(placement)
+    return keep, out
+
+
+def batch_ladder(workload: Workload) -> tuple[int, ...]:
+    """Batch sizes one worker measures for a candidate.
+
+    Throughput: powers of two up to ``max_batch``. Latency and memory: batch 1 only — a larger
+    batch never lowers the time of one request or the peak memory, so measuring it would only
+    cost time.
+    """
+    if workload.objective != "throughput":
+        return (1,)
+    sizes, size = [], 1
+    while size <= workload.max_batch:
+        sizes.append(size)
+        size *= 2
+    return tuple(sizes)
+
+
+def memory_limit(workload: Workload, environment: Environment, placement: str) -> int | None:
+    """The bytes a candidate of ``placement`` may use: the workload's limit on its devices.
+
+    On the CPU the limit (a fraction: of the machine's memory) bounds the worker's peak RSS; on
+    one GPU it is the first GPU's share; over several GPUs the sum of their shares, compared with
+    the forecast of the whole model. ``None``: no limit.
+    """
+    limit = workload.max_memory
+    if placement == "cpu":
+        if limit is None:
+            return None
+        if limit.fraction is not None:
+            total = _host_memory()
+            return int(total * limit.fraction) if total else None
+        return limit.bytes
+    gpus = environment.gpus if placement == "multi-gpu" else environment.gpus[:1]
+    if not gpus:
+        return None
+    return sum(limit.for_device(g.total_memory) if limit else g.total_memory for g in gpus)
+
+
+def _host_memory() -> int | None:
+    import os
+
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_forecast() -> tuple[Forecast, str]:
+    """The calibrated forecast of :mod:`autotune.advisor.forecast` when installed, else the first one."""
+    from autotune.search import _memory
+
+    try:
+        from autotune.advisor import forecast as advisor_forecast  # type: ignore[attr-defined]
+    except ImportError:
+        return _memory.forecast_bytes, "first forecast (weights + KV cache + activations + 10%)"
+    function = getattr(advisor_forecast, "forecast", None)
+    if function is None:
+        return _memory.forecast_bytes, "first forecast (weights + KV cache + activations + 10%)"
+
+    unreadable: set[str] = set()  # configs the calibrated forecast cannot read: don't retry per candidate
+
+    def calibrated(config: dict[str, Any], candidate: Candidate, workload: Workload, batch_size: int) -> int:
+        key = json.dumps(config, sort_keys=True, default=str)
+        if key not in unreadable:
+            try:
+                return _as_bytes(function(config, candidate, workload, batch_size))
+            except Exception:  # a forecast that cannot size this model must not stop the search
+                unreadable.add(key)
+        return _memory.forecast_bytes(config, candidate, workload, batch_size)
+
+    return calibrated, "autotune.advisor.forecast"
+
+
+def _as_bytes(value: Any) -> int:
+    if isinstance(value, (int, float)):
+        return int(value)
+    for name in ("total_bytes", "peak_bytes", "bytes", "total"):
+        if isinstance(getattr(value, name, None), (int, float)):
+            return int(getattr(value, name))
+    if isinstance(value, dict):
+        for name in ("total_bytes", "peak_bytes", "bytes", "total"):
+            if isinstance(value.get(name), (int, float)):
+                return int(value[name])
+    raise TypeError(f"cannot read bytes from a forecast of type {type(value).__name__}")
+
+
+def enumerate_candidates(placements: Iterable[str], attentions: Iterable[str], workload: Workload) -> list[Candidate]:
+    """Every combination of options that means something (a compute dtype only with 4-bit, and so on)."""
+    attn_options: list[tuple[str, str | None]] = []
+    for attn in attentions:
+        attn_options.append((attn, None))
+        if attn == "sdpa":
+            attn_options += [("sdpa", k) for k in SDPA_KERNELS]
+    quant_options: list[tuple[str, bool, str | None]] = [("none", False, None), ("bnb-8bit", False, None)]
+    for quant in ("bnb-4bit-nf4", "bnb-4bit-fp4"):
+        for double in (False, True):
+            quant_options += [(quant, double, compute) for compute in (None, *DTYPES)]
+    statics = (False, True) if workload.generates else (False,)
+    out: dict[str, Candidate] = {}
+    for placement, (attn, kernel), dtype, (quant, double, compute), static in itertools.product(
+        placements, attn_options, DTYPES, quant_options, statics
+    ):
+        if compute == dtype:
+            continue
+        candidate = Candidate(dtype=dtype, attn=attn, sdpa_kernel=kernel, quant=quant, double_quant=double,
+                              compute_dtype=compute, placement=placement, static_cache=static)
+        out.setdefault(candidate.key(), candidate)
+    return list(out.values())
+
+
+def onnxruntime_candidates(placements: Iterable[str], worker_envs: list[WorkerEnvironment]) -> list[Candidate]:
+    """ONNX Runtime candidates for the providers the worker environments offer, on the allowed placements:
+    float32 and float16 exports, IO binding on and off (the rules then refuse what cannot run)."""
+    providers = sorted({p for e in worker_envs for p in e.runtimes.get("onnxruntime") or () if p in PROVIDER_PLACEMENT},
+                       key=list(PROVIDER_PLACEMENT).index)
+    out = []
+    for placement in placements:
+        for provider in providers:
+            if PROVIDER_PLACEMENT[provider] != placement:
+                continue
+            for dtype in ORT_DTYPES:
+                for binding in (False, True):
+                    out.append(Candidate(dtype=dtype, placement=placement, runtime="onnxruntime", provider=provider, io_binding=binding))
+    return out
+
+
+def build_space(
+    config: dict[str, Any],
+    capabilities: dict[str, Any],
+    workload: Workload,
+    environment: Environment,
+    *,
+    restrict: Mapping[str, Iterable[Any]] | None = None,
+    forecast: Forecast | None = None,
+    worker_envs: list[WorkerEnvironment] | None = None,
+) -> SearchSpace:
+    """The search space of a model (its ``config`` and ``capabilities``) for ``workload`` here.
+
+    ``worker_envs`` are the registered worker environments: ONNX Runtime candidates join the
+    space for the providers they offer (no memory forecast: they are measured). An empty list
+    records why there are none; ``None`` leaves ONNX Runtime out without a word.
+    """
+    if forecast is None:
+        forecast, _ = default_forecast()
+    restrict = {k: tuple(v) for k, v in (restrict or {}).items()}
+    placements, placement_out = allowed_placements(workload, environment)
+    rejected: list[tuple[Candidate | None, str, str, dict[str, Any]]] = [
+        (None, f"placement {p}: {why}", "placement", {"placement": p}) for p, why in placement_out
+    ]
+    supported = list(capabilities.get("attn_implementations") or ["eager", "sdpa"])
+    attentions = [a for a in ATTENTIONS if a in supported or a == "flash_attention_2"]
+    for name in supported:
+        if name not in ATTENTIONS:
+            rejected.append((None, f"{name}: autotune does not measure this attention implementation yet", "rule", {"attn": name}))
+
+    ladder = batch_ladder(workload)
+    valid: list[Candidate] = []
+    ladders: dict[str, tuple[int, ...]] = {}
+    ort = onnxruntime_candidates(placements, worker_envs) if worker_envs is not None else []
+    if worker_envs is not None and not ort and _allowed("runtime", "onnxruntime", restrict.get("runtime", ("onnxruntime",))):
+        reason = rejection(Candidate(dtype="float32", placement="cpu", runtime="onnxruntime", provider="CPUExecutionProvider"),
+                           environment, capabilities, None, worker_envs) or "runtime onnxruntime: no worker environment offers a provider for these placements"
+        rejected.append((None, reason, "rule", {"runtime": "onnxruntime"}))
+    for candidate in [*enumerate_candidates(placements, attentions, workload), *ort]:
+        params = params_of(candidate)
+        if any(not _allowed(axis, params[axis], allowed) for axis, allowed in restrict.items()):
+            continue
+        reason = rejection(candidate, environment, capabilities, workload, worker_envs)
+        if reason is not None:
+            rejected.append((candidate, reason, "rule", {}))
+            continue
+        limit = memory_limit(workload, environment, candidate.placement)
+        if limit is None or candidate.is_onnxruntime:
+            fits = ladder
+        else:
+            fits = tuple(b for b in ladder if forecast(config, candidate, workload, b) <= limit)
+            if not fits or fits[0] != ladder[0]:
+                need = forecast(config, candidate, workload, ladder[0])
+                rejected.append((candidate, f"forecast {format_gib(need)} at batch {ladder[0]} is over the limit {format_gib(limit)}", "memory", {}))
+                continue
+        valid.append(candidate)
+        ladders[candidate.key()] = fits
+
+    choices = {axis: _ordered({params_of(c)[axis] for c in valid}, axis) for axis in AXES}
+    return SearchSpace(
+        candidates=tuple(valid), ladders=ladders, baselines=tuple(_baselines(config, capabilities, placements, ladders)),
+        rejected=tuple(_group(rejected)), choices=choices,
+    )
+
+
+def _ordered(values: set[Any], axis: str) -> tuple[Any, ...]:
+    order: list[Any]
+    if axis == "dtype":
+        order = list(DTYPES)
+    elif axis == "compute_dtype":
+        order = [SAME, *DTYPES]
+    elif axis == "quant":
+        order = list(QUANTS)
+    elif axis == "placement":
+        order = list(PLACEMENTS)
+    elif axis in ("double_quant", "static_cache"):
+        order = [False, True]
+    elif axis == "runtime":
+        order = sorted(values, key=lambda v: (v != PYTORCH, str(v)))
+    else:
+        order = sorted(values, key=str)
+    return tuple(v for v in order if v in values)
+
+
+def _baselines(config: dict[str, Any], capabilities: dict[str, Any], placements: list[str], valid: Mapping[str, Any]) -> list[Baseline]:
+    """Transformers' defaults, then the GPU inference guide's suggestions, where valid here.
+
+    On the CPU the guide's 4-bit and 8-bit suggestions are left to the sampler: bitsandbytes runs
+    there, but a candidate took 5 to 15 times as long to measure as an unquantized one.
+    """
+    if not placements:
+        return []
+    placement = placements[0]
+    supported = capabilities.get("attn_implementations") or ["eager", "sdpa"]
+    default_attn = "sdpa" if "sdpa" in supported else "eager"
+    options: list[tuple[str, list[Candidate]]] = [
+        ("transformers defaults", [Candidate(dtype=checkpoint_dtype(config), attn=default_attn, placement=placement)]),
+        ("bf16 + FlashAttention-2", [Candidate(dtype="bfloat16", attn="flash_attention_2", placement=placement)]),
+        ("bf16 + SDPA flash kernel", [Candidate(dtype="bfloat16", attn="sdpa", sdpa_kernel="flash", placement=placement)]),
+        ("4-bit nf4, bf16 compute", [Candidate(dtype="bfloat16", attn=default_attn, quant="bnb-4bit-nf4", placement=placement),
+                                     Candidate(dtype="float16", attn=default_attn, quant="bnb-4bit-nf4", placement=placement)]),
+        ("8-bit, fp16", [Candidate(dtype="float16", attn=default_attn, quant="bnb-8bit", placement=placement)]),
+        ("ONNX Runtime", [Candidate(dtype="float16", placement=placement, runtime="onnxruntime", provider="CUDAExecutionProvider", io_binding=True),
+                          Candidate(dtype="float32", placement=placement, runtime="onnxruntime", provider="CPUExecutionProvider")]),
+    ]
+    if placement == "cpu":
+        options = [(name, tries) for name, tries in options if not any(c.quant != "none" for c in tries)]
+    out: list[Baseline] = []
+    seen: set[str] = set()
+    for name, tries in options:
+        for candidate in tries:
+            if candidate.key() in valid and candidate.key() not in seen:
+                if candidate.is_4bit and candidate.dtype == "float16":
+                    name = "4-bit nf4, fp16 compute"
+                out.append(Baseline(name, candidate))
+                seen.add(candidate.key())
+                break
+    return out
+
+
+def _group(entries: list[tuple[Candidate | None, str, str, dict[str, Any]]]) -> list[Rejection]:
+    """One :class:`Rejection` per distinct reason, labelled by what its candidates share."""
+    groups: dict[tuple[str, str], list[tuple[Candidate | None, dict[str, Any]]]] = {}
+    for candidate, reason, kind, pattern in entries:
+        groups.setdefault((reason, kind), []).append((candidate, pattern))
+    out = []
+    for (reason, kind), members in groups.items():
+        candidates = [c for c, _ in members if c is not None]
+        if not candidates:
+            pattern = members[0][1]
+            out.append(Rejection(reason, kind, " ".join(str(v) for v in pattern.values()), 1, None, pattern))
+            continue
+        values = [c.to_dict() for c in candidates]
+        names = ORT_FIELDS if all(c.is_onnxruntime for c in candidates) else FIELDS
+        shared = {name: values[0][name] for name in names if all(v[name] == values[0][name] for v in values)}
+        label = candidates[0].label() if len(candidates) == 1 else f"{_pattern_label(shared)} ({len(candidates)} candidates)"
+        out.append(Rejection(reason, kind, label, len(candidates), candidates[0], shared))
+    return out
+
+
+def _pattern_label(shared: dict[str, Any]) -> str:
+    if shared.get("runtime") == "onnxruntime":
+        provider = shared.get("provider")
+        parts = [f"onnxruntime[{PROVIDER_SHORT.get(provider, provider) if provider else '*'}]"]
+        if shared.get("io_binding"):
+            parts.append("io-binding")
+        if "placement" in shared:
+            parts.append(shared["placement"])
+        return " ".join(parts)
+    parts = []
+    if "dtype" in shared:
+        parts.append(DTYPE_SHORT[shared["dtype"]])
+    if "attn" in shared:
+        kernel = shared.get("sdpa_kernel")
+        parts.append(shared["attn"] + (f"[{kernel}]" if kernel else "" if "sdpa_kernel" in shared else "[*]" if shared["attn"] == "sdpa" else ""))
+    if "quant" in shared:
+        quant = {"none": "unquantized", "bnb-8bit": "int8", "bnb-4bit-nf4": "nf4", "bnb-4bit-fp4": "fp4"}[shared["quant"]]
+        if shared.get("double_quant") and shared["quant"].startswith("bnb-4bit"):
+            quant += "+dq"
+        parts.append(quant)
+    if shared.get("compute_dtype") is not None:
+        parts.append(f"compute {DTYPE_SHORT[shared['compute_dtype']]}")
+    if "placement" in shared:
+        parts.append(shared["placement"])
+    if shared.get("static_cache"):
+        parts.append("static")
+    return " ".join(parts) or "any"

@@ -1,0 +1,246 @@
+"""The search: its space and rejections, baselines first, constraints, stopping, resuming."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from search_fakes import CPU_WORKLOAD, LLAMA_CAPS, TINY_LLAMA, FakeMeasure, add_model, cpu_env, gpu_env
+
+from autotune.candidate import Candidate
+from autotune.errors import InputError
+from autotune.search import _memory
+from autotune.search.results import INTERRUPTED, candidate_results, progress
+from autotune.search.space import (
+    AXES, batch_ladder, build_space, candidate_from, params_of, parse_restriction,
+)
+from autotune.search.study import SearchSettings, StudySearch, recover_interrupted
+from autotune.store import Store
+from autotune.workload import MemoryLimit, Workload
+
+LLAMA_8B = {**TINY_LLAMA, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "vocab_size": 128256, "dtype": "bfloat16", "hidden_act": "silu"}
+
+
+def search(store: Store, measure: FakeMeasure, settings: SearchSettings | None = None, model=None, env=None) -> StudySearch:
+    model = model or add_model(store)
+    env = env or cpu_env()
+    return StudySearch(store, model, env, store.record_environment(env), settings or SearchSettings(seed=3), measure=measure)
+
+
+def run_to_end(s: StudySearch, limit: int = 500) -> list:
+    steps = []
+    for _ in range(limit):
+        step = s.step()
+        steps.append(step)
+        if step.finished:
+            return steps
+    raise AssertionError("the study did not finish")
+
+
+# -- the space ------------------------------------------------------------------------------------
+
+def test_space_keeps_rules_rejections_with_reasons() -> None:
+    space = build_space(TINY_LLAMA, LLAMA_CAPS, CPU_WORKLOAD, cpu_env(), forecast=_memory.forecast_bytes)
+    reasons = {r.reason: r for r in space.rejected}
+    assert any("FlashAttention runs only on NVIDIA GPUs" in r for r in reasons)
+    assert any("SDPA kernel efficient: runs only on CUDA" in r for r in reasons)
+    assert any(r.startswith("placement cuda:") and "pinned to the CPU" in r for r in reasons)
+    assert all(r.label and r.count >= 1 and r.kind in ("rule", "memory", "placement") for r in space.rejected)
+    assert space.rejected_count == sum(r.count for r in space.rejected) > 100
+    # nothing rejected is in the space; every candidate is on the CPU
+    assert all(c.placement == "cpu" and c.attn != "flash_attention_2" for c in space.candidates)
+    assert not any(c.static_cache and c.quant != "none" for c in space.candidates)
+    entry = next(r for r in space.rejected if "SDPA kernel efficient" in r.reason).to_dict()
+    assert entry["candidate"]["sdpa_kernel"] == "efficient"
+    assert entry["pattern"] == {"attn": "sdpa", "sdpa_kernel": "efficient", "placement": "cpu"}
+    assert entry["label"] == "sdpa[efficient] cpu (84 candidates)"
+    # every pattern reads back as a candidate (the advisor explains rejections with them)
+    for r in space.rejected:
+        assert Candidate.from_dict({**(r.candidate.to_dict() if r.candidate else {}), **r.pattern})
+    assert len(space.candidates) == len({c.key() for c in space.candidates})
+
+
+def test_space_axes_round_trip() -> None:
+    space = build_space(TINY_LLAMA, LLAMA_CAPS, CPU_WORKLOAD, cpu_env(), forecast=_memory.forecast_bytes)
+    for candidate in space.candidates:
+        params = params_of(candidate)
+        assert set(params) == set(AXES)
+        assert all(params[a] in space.choices[a] for a in AXES)
+        assert candidate_from(params) == candidate
+    # a point with options that do not apply stands for the plain candidate
+    assert candidate_from({"dtype": "float16", "attn": "sdpa", "quant": "none", "double_quant": True,
+                           "compute_dtype": "bfloat16", "placement": "cpu", "static_cache": False}) == Candidate(dtype="float16", placement="cpu")
+
+
+def test_memory_forecast_rejects_what_cannot_fit_and_shortens_ladders() -> None:
+    workload = Workload(max_memory=MemoryLimit.parse("10GiB"), prompt_tokens=512, new_tokens=128, max_batch=64)
+    space = build_space(LLAMA_8B, LLAMA_CAPS, workload, gpu_env(), forecast=_memory.forecast_bytes)
+    memory = [r for r in space.rejected if r.kind == "memory"]
+    assert memory and all("over the limit 10.00 GiB" in r.reason for r in memory)
+    assert not any(c.quant == "none" for c in space.candidates)  # 16 GB of bf16 weights never fit 10 GiB
+    nf4 = Candidate(dtype="bfloat16", quant="bnb-4bit-nf4")
+    assert nf4 in space and space.ladder(nf4)[0] == 1 and space.ladder(nf4)[-1] < 64
+    names = [b.name for b in space.baselines]
+    assert names == ["4-bit nf4, bf16 compute", "8-bit, fp16"]
+
+
+def test_baselines_on_a_gpu_follow_the_guide() -> None:
+    space = build_space(LLAMA_8B, LLAMA_CAPS, Workload(), gpu_env(**{"flash-attn": "2.8.3"}), forecast=_memory.forecast_bytes)
+    assert [(b.name, b.candidate.label()) for b in space.baselines] == [
+        ("transformers defaults", "bf16 sdpa cuda"),
+        ("bf16 + FlashAttention-2", "bf16 flash_attention_2 cuda"),
+        ("bf16 + SDPA flash kernel", "bf16 sdpa[flash] cuda"),
+        ("4-bit nf4, bf16 compute", "bf16 sdpa nf4 cuda"),
+        ("8-bit, fp16", "fp16 sdpa int8 cuda"),
+    ]
+    two = build_space(LLAMA_8B, LLAMA_CAPS, Workload(), gpu_env(2), forecast=_memory.forecast_bytes)
+    assert {c.placement for c in two.candidates} == {"cuda", "multi-gpu"}
+
+
+def test_batch_ladder_by_objective() -> None:
+    assert batch_ladder(Workload(max_batch=12)) == (1, 2, 4, 8)
+    assert batch_ladder(Workload(objective="latency", max_batch=64)) == (1,)
+    assert batch_ladder(Workload(objective="memory")) == (1,)
+
+
+def test_restriction() -> None:
+    allowed = parse_restriction("dtype=fp32,bf16; attn=sdpa quant=none static_cache=false")
+    assert allowed == {"dtype": ("float32", "bfloat16"), "attn": ("sdpa",), "quant": ("none",), "static_cache": (False,)}
+    space = build_space(TINY_LLAMA, LLAMA_CAPS, CPU_WORKLOAD, cpu_env(), restrict=allowed, forecast=_memory.forecast_bytes)
+    assert sorted(c.label() for c in space.candidates) == ["bf16 sdpa cpu", "fp32 sdpa cpu"]
+    assert [b.name for b in space.baselines] == ["transformers defaults"]
+    with pytest.raises(InputError, match="AXIS=V1,V2"):
+        parse_restriction("colour=red")
+    with pytest.raises(InputError, match="unknown dtype"):
+        parse_restriction("dtype=int3")
+
+
+# -- the study ------------------------------------------------------------------------------------
+
+def test_baselines_first_then_never_the_same_candidate_twice(store: Store) -> None:
+    measure = FakeMeasure()
+    s = search(store, measure, SearchSettings(seed=1, patience=6))
+    steps = run_to_end(s)
+    origins = [origin for _, _, origin in measure.calls]
+    names = [b.name for b in s.space.baselines]
+    assert names == ["transformers defaults", "bf16 + SDPA flash kernel"]  # the quantized suggestions are for GPUs
+    assert origins[:2] == ["baseline"] * 2 and set(origins[2:]) == {"search"}
+    assert [c for c, _, _ in measure.calls[:2]] == [b.candidate for b in s.space.baselines]
+    assert len(measure.keys) == len(set(measure.keys))
+    assert steps[-1].study.state == "finished" and "no improvement in the last 6 trials" in steps[-1].study.stop_reason
+    # the study row names the best trial, which is the best feasible measured value
+    study = store.get_study(s.study.id)
+    best = store.get_trial(study.best_trial_id)
+    feasible = [t.objective_value for t in store.trials(study_id=study.id) if t.feasible]
+    assert best.objective_value == max(feasible)
+    assert study.rejected and all({"label", "reason", "candidate"} <= set(r) for r in study.rejected)
+
+
+def test_oom_and_infeasible_are_data_not_errors(store: Store) -> None:
+    measure = FakeMeasure()
+    s = search(store, measure, SearchSettings(seed=2, patience=30, max_trials=40))
+    run_to_end(s)
+    results = {r.candidate.label(): r for r in candidate_results(store.trials(study_id=s.study.id), s.workload)}
+    defaults = results["fp32 sdpa cpu"]
+    assert defaults.feasible and defaults.best.batch_size == 4  # batch 8 ran out of memory
+    assert [t.status for t in defaults.trials] == ["ok", "ok", "ok", "oom"]
+    fp4 = [r for label, r in results.items() if " fp4" in label]
+    assert fp4 and all(not r.feasible and r.status == "infeasible" and 0 < r.violation < 1 for r in fp4)
+
+
+def test_stops_at_trial_and_time_budgets(store: Store) -> None:
+    s = search(store, FakeMeasure(), SearchSettings(seed=1, max_trials=5))
+    steps = run_to_end(s)
+    assert steps[-1].progress.measured == 5 and steps[-1].study.stop_reason == "trial budget reached: 5 trials"
+    # a finished study stays finished for the same settings, and reopens for a larger budget
+    again = search(store, FakeMeasure(), SearchSettings(seed=1, max_trials=5))
+    assert not again.reopen() and again.step().result is None
+    more = search(store, FakeMeasure(), SearchSettings(seed=1, max_trials=7))
+    assert more.reopen()
+    assert run_to_end(more)[-1].progress.measured == 7
+
+    timed = search(store, FakeMeasure(), SearchSettings(seed=1, budget_minutes=1e-9), model=add_model(store, "org/other"))
+    steps = run_to_end(timed)
+    assert len(steps) == 1 and steps[0].study.stop_reason.startswith("time budget reached")
+
+
+def test_space_exhausted(store: Store) -> None:
+    settings = SearchSettings(seed=1, patience=50, restrict=parse_restriction("dtype=fp32,bf16,fp16 attn=sdpa,eager quant=none static_cache=false"))
+    measure = FakeMeasure()
+    steps = run_to_end(search(store, measure, settings))
+    assert len(measure.calls) == 6 and steps[-1].study.stop_reason == "space exhausted: all 6 candidates measured"
+
+
+def test_resume_after_restart_asks_what_an_uninterrupted_study_would(store: Store, tmp_path) -> None:
+    straight = FakeMeasure()
+    run_to_end(search(store, straight, SearchSettings(seed=11, max_trials=12, patience=50)))
+
+    with Store.open(f"sqlite:///{tmp_path / 'resumed.db'}") as other:
+        first = FakeMeasure()
+        run_to_end(search(other, first, SearchSettings(seed=11, max_trials=7, patience=50)))
+        second = FakeMeasure()
+        resumed = search(other, second, SearchSettings(seed=11, max_trials=12, patience=50))
+        assert resumed.study.sampler_seed == 11 and resumed.reopen()
+        run_to_end(resumed)
+        assert first.keys + second.keys == straight.keys
+        assert not set(first.keys) & set(second.keys)  # nothing measured again
+
+
+def test_interrupted_trials_are_kept_and_measured_again(store: Store) -> None:
+    measure = FakeMeasure()
+    s = search(store, measure, SearchSettings(seed=1, max_trials=3))
+    s.step()
+    # a tuner dies in the middle of the second candidate: its rows stay running
+    second = s.space.baselines[1].candidate
+    rows = [store.start_trial(s.study.id, second, b) for b in (1, 2)]
+    assert s.progress().measured == 1  # running, not measured
+    recovered = recover_interrupted(store, socket.gethostname())
+    assert sorted(t.id for t in recovered) == sorted(r.id for r in rows)
+    for trial in recovered:
+        assert trial.status == "crash" and "died during the trial" in trial.reason and trial.details[INTERRUPTED]
+    run_to_end(s)
+    assert measure.keys.count(second.key()) == 1  # measured (again) once the rows were marked
+    kept = store.trials(study_id=s.study.id)
+    assert {r.id for r in rows} <= {t.id for t in kept}
+    assert progress(kept, s.workload).measured == 3
+
+
+def test_recovery_of_a_shared_store_leaves_other_hosts_alone(store: Store) -> None:
+    s = search(store, FakeMeasure(), SearchSettings(seed=1))
+    store.start_trial(s.study.id, s.space.baselines[0].candidate, 1)
+    if store.sqlite_path is not None:  # a SQLite file is one machine's: every running trial is ours
+        assert len(recover_interrupted(store, "a-container-renamed")) == 1
+        return
+    assert recover_interrupted(store, "some-other-host") == []
+    assert len(recover_interrupted(store, socket.gethostname())) == 1
+
+
+def test_a_broken_measurement_is_recorded_and_the_search_goes_on(store: Store) -> None:
+    measure = FakeMeasure(fail="bf16 sdpa[flash] cpu")
+    s = search(store, measure, SearchSettings(seed=1, max_trials=6))
+    steps = run_to_end(s)
+    broken = [st for st in steps if st.error]
+    assert len(broken) == 1 and "the worker launcher broke" in broken[0].error
+    rows = [t for t in store.trials(study_id=s.study.id) if t.candidate.label() == "bf16 sdpa[flash] cpu"]
+    assert rows and all(t.status == "error" and "measuring failed" in t.reason for t in rows)
+    assert steps[-1].progress.measured == 6
+
+
+def test_latency_objective_measures_batch_one_and_minimises(store: Store) -> None:
+    model = add_model(store, "org/latency", CPU_WORKLOAD.with_changes(objective="latency"))
+    measure = FakeMeasure()
+    s = search(store, measure, SearchSettings(seed=4, max_trials=6), model=model)
+    run_to_end(s)
+    assert {sizes for _, sizes, _ in measure.calls} == {(1,)}
+    state = s.progress()
+    assert state.best.value == min(r.value for r in state.results if r.value is not None)
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(InputError, match="--patience"):
+        SearchSettings(patience=0)
+    with pytest.raises(InputError, match="--trials"):
+        SearchSettings(max_trials=0)
+    with pytest.raises(InputError, match="--budget-minutes"):
+        SearchSettings(budget_minutes=0)
