@@ -49,12 +49,22 @@ LLAMA_8B = dict(
 
 #: Workloads per model: (name, `autotune add` options, what the limit is for).
 WORKLOADS = {
-    "throughput": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "32"],
+    "throughput": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "16"],
     "latency": ["--objective", "latency", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "1"],
-    "limited": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "32",
+    "limited": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "16",
                 "--max-memory", "12GiB"],
-    "two-gpu": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "32",
+    "two-gpu": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "4",
                 "--max-memory", "10GiB"],
+}
+#: What each study may spend, in minutes of measuring, and the space it searches. A GPU lease is
+#: short, so each space keeps the levers that can win there (the user's `--space` option); what
+#: a space leaves out is listed with the results.
+BUDGETS = {"throughput": 3.5, "latency": 1.5, "limited": 1.2, "two-gpu": 1.5}
+SPACES = {
+    "throughput": "dtype=bf16,fp16 attn=sdpa,eager quant=none,bnb-8bit,bnb-4bit-nf4 placement=cuda static_cache=false,true",
+    "latency": "dtype=bf16 attn=sdpa,eager quant=none placement=cuda static_cache=false,true",
+    "limited": "dtype=bf16,fp16 attn=sdpa quant=none,bnb-8bit,bnb-4bit-nf4 placement=cuda static_cache=false,true",
+    "two-gpu": "dtype=bf16 attn=sdpa quant=none,bnb-4bit-nf4 placement=cuda,multi-gpu static_cache=false",
 }
 
 
@@ -133,8 +143,9 @@ new = out.shape[1] - ids.shape[1]
 print(json.dumps({{"batch_size": BATCH_SIZE, "load_seconds": loaded, "new_tokens": int(new), "seconds": seconds,
                   "throughput_tokens_per_s": BATCH_SIZE * new / seconds, "generate_kwargs": GENERATE_KWARGS}}))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800,
-                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    # The loader needs torch and transformers (and bitsandbytes when quantized), never autotune:
+    # run it from the loader's own directory with the caller's environment.
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, cwd=path.parent)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -177,8 +188,8 @@ def summarise(model: str, workload: str, trials_doc: list[dict[str, Any]], rec: 
     ok = [t for t in trials if t["status"] == "ok"]
     candidates = {t["label"] for t in trials}
     gpu_seconds = sum(t["metrics"].get("load_seconds") or 0 for t in ok)
-    lines.append(f"Search: {len(candidates)} candidates, {len(trials)} trials ({len(ok)} ok), tune took "
-                 f"{tune_seconds / 60:.1f} min of wall time on the GPU.")
+    lines.append(f"Search space `{SPACES.get(workload)}`: {len(candidates)} candidates measured, {len(trials)} trials "
+                 f"({len(ok)} ok); `autotune tune` took {tune_seconds / 60:.1f} min of wall time.")
     best = rec.get("recommendation") or {}
     lines.append("")
     lines.append(f"| configuration | batch | {metric} | TTFT ms | peak GiB | token agreement | feasible |")
@@ -225,16 +236,24 @@ def summarise(model: str, workload: str, trials_doc: list[dict[str, Any]], rec: 
     return lines
 
 
+def backup(db: Path, copy: Path) -> None:
+    """Copy the store (every trial) next to the tables, for BENCHMARKS.md and the forecast benchmark."""
+    import sqlite3
+
+    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="where models and the database live")
     parser.add_argument("--out", type=Path, required=True, help="where the tables, trials and logs go")
     parser.add_argument("--models", default="falcon-7b,llama-8b")
     parser.add_argument("--workloads", default="throughput,latency,limited")
-    parser.add_argument("--trials", default="8", help="candidates per study")
-    parser.add_argument("--budget-minutes", default="3")
-    parser.add_argument("--patience", default="4")
-    parser.add_argument("--space", default="dtype=bf16,fp16 attn=sdpa,eager,flash_attention_2 quant=none,bnb-8bit,bnb-4bit-nf4")
+    parser.add_argument("--trials", default="12", help="candidates per study at most")
+    parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every study's minutes (BUDGETS) by this")
+    parser.add_argument("--patience", default="5")
+    parser.add_argument("--max-repeats", default="2", help="timed repeats per batch size at most (a lease is short)")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: check the script itself")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -254,24 +273,23 @@ def main() -> int:
             autotune("add", str(path), *options)
             started = time.perf_counter()
             log(f"{name} / {workload}: tune")
-            space = args.space if not args.smoke else "dtype=fp32,bf16 attn=sdpa,eager quant=none"
-            autotune("tune", str(path), "--trials", args.trials, "--budget-minutes", args.budget_minutes,
-                     "--patience", args.patience, "--space", space)
+            space = SPACES[workload] if not args.smoke else "dtype=fp32,bf16 attn=sdpa,eager quant=none"
+            minutes = BUDGETS[workload] * args.budget_scale
+            autotune("tune", str(path), "--trials", args.trials, "--budget-minutes", f"{minutes:g}",
+                     "--patience", args.patience, "--space", space, "--max-repeats", args.max_repeats)
             tune_seconds = time.perf_counter() - started
             trials = autotune.json("trials", str(path))
             loader_path = args.work / f"loader_{name.replace('-', '_')}_{workload.replace('-', '_')}.py"
-            rec = autotune.json("recommend", str(path), "--write", str(loader_path))
+            rec = autotune.json("recommend", str(path), "--no-code")
+            if rec.get("recommendation"):
+                autotune("recommend", str(path), "--write", str(loader_path))
             relaxed = autotune.json("recommend", str(path), "--min-quality", str(RELAXED_FLOOR), "--no-code")
             (args.out / "recommendations.jsonl").open("a").write(json.dumps({"model": name, "workload": workload, **rec}, default=str) + "\n")
             loader = run_loader(loader_path, 16 if args.smoke else 512, args.smoke) if loader_path.exists() else {"error": "no loader written"}
             report += summarise(name, workload, trials, rec, relaxed, loader, tune_seconds)
             (args.out / "e2e.md").write_text("\n".join(report) + "\n")
+            backup(args.work / "autotune.db", args.out / f"autotune-{'-'.join(args.models.split(','))}.db")
             log(f"{name} / {workload}: done")
-    # The whole store travels back: every trial, for BENCHMARKS.md and the forecast benchmark.
-    import sqlite3
-
-    with sqlite3.connect(args.work / "autotune.db") as source, sqlite3.connect(args.out / f"autotune-{'-'.join(args.models.split(','))}.db") as copy:
-        source.backup(copy)
     print("\n".join(report))
     return 0
 

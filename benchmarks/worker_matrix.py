@@ -177,6 +177,8 @@ def _tier(model: str, c: Candidate) -> tuple[int, int, tuple[int, ...], bool]:
         return 1, 0 if llama else 2, full, True
     if base and c.attn == "eager" and llama:
         return 1, 1, full, True
+    if llama and c.static_cache and c.attn == "sdpa" and c.quant == "none" and c.dtype == "bfloat16" and c.sdpa_kernel is None:
+        return 1, 6, (1, 8, 32), True
     ranks = [
         (c.quant == "bnb-4bit-nf4" and not c.double_quant, short),
         (c.quant == "bnb-8bit", short),
@@ -281,9 +283,12 @@ def plain_pytorch(path: Path, spec: Spec, batch: int, workload: Workload, smoke:
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     gen = {"do_sample": False, "max_new_tokens": workload.new_tokens, "min_new_tokens": workload.new_tokens,
            "pad_token_id": model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0}
+    if c.static_cache:
+        gen["cache_implementation"] = "static"
     times = []
     with torch.no_grad():
-        model.generate(**inputs, **gen)  # warm-up
+        for _ in range(2 if c.static_cache else 1):  # warm-up (the first static call compiles)
+            model.generate(**inputs, **gen)
         for _ in range(5):
             if smoke:
                 started = time.perf_counter()
