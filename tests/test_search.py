@@ -135,6 +135,9 @@ def test_baselines_first_then_never_the_same_candidate_twice(store: Store) -> No
     feasible = [t.objective_value for t in store.trials(study_id=study.id) if t.feasible]
     assert best.objective_value == max(feasible)
     assert study.rejected and all({"label", "reason", "candidate"} <= set(r) for r in study.rejected)
+    # each measured trial keeps the memory forecast beside its measured peak
+    measured = [t for t in store.trials(study_id=study.id) if t.status in ("ok", "oom")]
+    assert measured and all(t.metrics["forecast_bytes"] and t.metrics["forecast_bytes"] > 0 for t in measured)
 
 
 def test_oom_and_infeasible_are_data_not_errors(store: Store) -> None:

@@ -52,7 +52,7 @@ from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.objective import metric_for
 from autotune.search.results import INTERRUPTED, INTERRUPTED_REASON, CandidateResult, Progress, progress
-from autotune.search.space import AXES, Forecast, SearchSpace, build_space, candidate_from, memory_limit, params_of
+from autotune.search.space import AXES, Forecast, SearchSpace, build_space, candidate_from, default_forecast, memory_limit, params_of
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.store.schema import TrialRow, utcnow
 from autotune.units import format_gib
@@ -290,6 +290,18 @@ class StudySearch:
                 return left_keys[candidate.key()]
         return _nearest(first or {}, left, random.Random(seed))
 
+    def _record_forecasts(self, candidate: Candidate, trials: Any) -> None:
+        """Store the memory forecast beside each measured peak, so the two can be compared later."""
+        if candidate.runtime != "pytorch" or not trials:
+            return
+        try:
+            forecast = self._forecast or default_forecast()[0]
+            values = {t.id: int(forecast(self.model.config, candidate, self.workload, t.batch_size))
+                      for t in trials if t.status not in ("unsupported", "skipped")}
+            self.store.set_forecasts(values)
+        except Exception:  # a forecast that cannot size this model must not stop the search
+            return
+
     def _worst(self, state: Progress) -> float:
         values = [r.value for r in state.results if r.value is not None]
         if self.direction == "maximize":
@@ -321,9 +333,10 @@ class StudySearch:
         error = None
         extra = {"worker_options": dict(self.settings.worker_options)} if self.settings.worker_options else {}
         try:
-            measure(self.store, self.model, candidate, list(self.space.ladder(candidate)), environment=self.environment,
-                    environment_id=self.environment_id, study=self.study, origin=origin,
-                    timeout_s=self.settings.timeout_s, on_spawn=self.on_spawn, **extra)
+            measured = measure(self.store, self.model, candidate, list(self.space.ladder(candidate)), environment=self.environment,
+                               environment_id=self.environment_id, study=self.study, origin=origin,
+                               timeout_s=self.settings.timeout_s, on_spawn=self.on_spawn, **extra)
+            self._record_forecasts(candidate, measured)
         except Exception as exc:  # a broken measurement must not end the search: record it, go on
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
             self._fail_running(candidate, error)

@@ -255,6 +255,12 @@ class Store:
             for row in s.scalars(select(TrialRow).where(TrialRow.id.in_(trial_ids))):
                 row.worker_pid = pid
 
+    def set_forecasts(self, forecasts: dict[int, int]) -> None:
+        """Note the memory forecast (bytes) of each trial id given."""
+        with self.session() as s:
+            for row in s.scalars(select(TrialRow).where(TrialRow.id.in_(list(forecasts)))):
+                row.forecast_bytes = forecasts[row.id]
+
     def finish_trial(self, trial_id: int, status: str, *, reason: str | None = None, metrics: dict[str, Any] | None = None,
                      effective: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
                      feasible: bool | None = None, objective_value: float | None = None) -> TrialRecord:
