@@ -201,17 +201,7 @@ def render_loader(spec: LoaderSpec) -> str:
         lines.append("        max_memory=MAX_MEMORY,")
     lines.append("    )")
     lines.append("    model.eval()")
-    if tokenizer:
-        revision = ", revision=REVISION" if spec.revision else ""
-        if spec.generates:
-            lines.append(f'    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision}, padding_side="left")')
-            lines.append("    if tokenizer.pad_token is None and tokenizer.eos_token is not None:")
-            lines.append("        tokenizer.pad_token = tokenizer.eos_token  # batched generation pads on the left")
-        else:
-            lines.append(f"    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision})")
-    else:
-        lines.append("    tokenizer = None  # the model directory has no tokenizer: tokenize with your own")
-    lines.append("    return model, tokenizer")
+    lines += _tokenizer_lines(spec, tokenizer)
     lines += ["", ""]
 
     # generate / forward ---------------------------------------------------------------------
@@ -289,16 +279,7 @@ def render_onnx_loader(spec: LoaderSpec) -> str:
         lines.append(f"        model = {cls}.from_pretrained(MODEL_ID{revision}, export=True, provider=PROVIDER, use_io_binding=USE_IO_BINDING)")
         lines.append("        if export_dir is not None:")
         lines.append("            model.save_pretrained(export_dir)")
-    if tokenizer:
-        if spec.generates:
-            lines.append(f'    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision}, padding_side="left")')
-            lines.append("    if tokenizer.pad_token is None and tokenizer.eos_token is not None:")
-            lines.append("        tokenizer.pad_token = tokenizer.eos_token  # batched generation pads on the left")
-        else:
-            lines.append(f"    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision})")
-    else:
-        lines.append("    tokenizer = None  # the model directory has no tokenizer: tokenize with your own")
-    lines.append("    return model, tokenizer")
+    lines += _tokenizer_lines(spec, tokenizer)
     lines += ["", ""]
     if spec.generates:
         lines.append("def generate(model, **inputs):")
@@ -343,3 +324,17 @@ def _header(spec: LoaderSpec) -> list[str]:
     if c.sdpa_kernel == "flash":
         out.append("# The flash SDPA kernel refuses attention masks: send unpadded batches of equal length.")
     return out
+
+
+def _tokenizer_lines(spec: LoaderSpec, tokenizer: bool) -> list[str]:
+    """The end of ``load_model()``: the tokenizer (left-padded for generation) or None, and the return."""
+    if not tokenizer:
+        return ["    tokenizer = None  # the model directory has no tokenizer: tokenize with your own", "    return model, tokenizer"]
+    revision = ", revision=REVISION" if spec.revision else ""
+    if spec.generates:
+        lines = [f'    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision}, padding_side="left")',
+                 "    if tokenizer.pad_token is None and tokenizer.eos_token is not None:",
+                 "        tokenizer.pad_token = tokenizer.eos_token  # batched generation pads on the left"]
+    else:
+        lines = [f"    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision})"]
+    return [*lines, "    return model, tokenizer"]
