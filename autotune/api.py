@@ -25,7 +25,7 @@ def add_model(store: Store | None, name: str, options: dict[str, Any], *, open_s
     """Resolve ``name``, check it against the installed Transformers, and register its workload.
 
     ``options`` holds the workload fields the user gave (absent ones keep the model's current
-    value, or the default for a new model). Everything is validated before the store is opened
+    value, or the default for a new model; ``max_memory="none"`` clears the limit). Everything is validated before the store is opened
     or written, so bad input leaves the database as it was.
     """
     resolved = registry.resolve(name)
@@ -33,6 +33,8 @@ def add_model(store: Store | None, name: str, options: dict[str, Any], *, open_s
     registry.check_model_type(resolved.config, where)
     task = options.get("task") or registry.infer_task(resolved.config)
     fields = {k: v for k, v in options.items() if v is not None}
+    if str(fields.get("max_memory", "")).strip().lower() == "none":
+        fields["max_memory"] = None  # `--max-memory none` clears the limit
     fields["task"] = task
     defaults: dict[str, Any] = {"prompt_tokens": ENCODER_PROMPT_TOKENS} if task != "text-generation" else {}
     Workload.from_dict({**defaults, **fields})  # validate before the store is touched

@@ -49,8 +49,10 @@ LLAMA_8B = dict(
 
 #: Workloads per model: (name, `autotune add` options, what the limit is for).
 WORKLOADS = {
-    "throughput": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "16"],
-    "latency": ["--objective", "latency", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "1"],
+    "throughput": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "16",
+                   "--max-memory", "none"],
+    "latency": ["--objective", "latency", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "1",
+                "--max-memory", "none"],
     "limited": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "16",
                 "--max-memory", "12GiB"],
     "two-gpu": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "4",

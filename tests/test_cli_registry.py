@@ -40,6 +40,8 @@ def test_add_twice_updates_and_says_so(cli, tiny_models) -> None:  # type: ignor
     model = json.loads(cli("models", "--json").out)[0]
     assert model["workload"]["objective"] == "latency"  # kept: not given again
     assert "already registered; workload unchanged" in cli("add", tiny_models["llama"]).out
+    assert "max_memory 600MB -> -" in cli("add", tiny_models["llama"], "--max-memory", "none").out
+    assert json.loads(cli("models", "--json").out)[0]["workload"]["max_memory"] is None
 
 
 def test_hub_id_resolves_from_hf_cache_offline(cli, hf_cache) -> None:  # type: ignore[no-untyped-def]

@@ -24,7 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--new-tokens", type=_int, help="tokens generated per request (default 128)")
     p.add_argument("--padding-share", type=float, help="mean share of padding in a batch, in [0, 1) (default 0)")
     p.add_argument("--objective", choices=OBJECTIVES, help="what to optimise (default throughput)")
-    p.add_argument("--max-memory", metavar="LIMIT", help="per-GPU memory limit: 20GiB, 600MB, or a fraction of each GPU such as 0.5")
+    p.add_argument("--max-memory", metavar="LIMIT", help="per-GPU memory limit: 20GiB, 600MB, a fraction of each GPU such as 0.5, or none to clear it")
     p.add_argument("--device", choices=DEVICES, help="where to run (default auto: GPUs if any, else the CPU)")
     p.add_argument("--min-quality", type=float, help="minimum greedy-token agreement with the reference, in [0, 1] (default 0.9)")
     p.add_argument("--max-batch", type=_int, help="largest batch size to try (default 64)")
