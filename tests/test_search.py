@@ -85,6 +85,27 @@ def test_memory_forecast_rejects_what_cannot_fit_and_shortens_ladders() -> None:
     assert names == ["4-bit nf4, bf16 compute", "8-bit, fp16"]
 
 
+def test_bitsandbytes_without_effect_is_not_tried_again(store: Store) -> None:
+    """Once a bitsandbytes load converted no layer (Falcon on Transformers 5), no other variant is measured."""
+
+    class NoEffect(FakeMeasure):
+        def __call__(self, store, model, candidate, batch_sizes, **kwargs):  # type: ignore[no-untyped-def]
+            if candidate.quant == "none":
+                return super().__call__(store, model, candidate, batch_sizes, **kwargs)
+            self.calls.append((candidate, tuple(batch_sizes), kwargs.get("origin", "search")))
+            return [store.record_trial(kwargs["study"].id, candidate, b, "unsupported", feasible=False,
+                                       reason=f"{candidate.quant} did not take effect: none of the linear layers was converted",
+                                       effective={"quantized_layers": 0, "linear_layers": 8}) for b in batch_sizes]
+
+    measure = NoEffect()
+    gpu = Workload(prompt_tokens=16, new_tokens=8, max_batch=2)
+    s = search(store, measure, SearchSettings(seed=1, patience=50), model=add_model(store, workload=gpu), env=gpu_env())
+    run_to_end(s)
+    quantized = [c for c, _, _ in measure.calls if c.quant != "none"]
+    assert len(quantized) == 1 and quantized[0].quant == "bnb-4bit-nf4"  # the nf4 baseline found it; nothing after
+    assert any(c.quant != "none" for c in s.space.candidates if c.key() not in {q.key() for q in quantized})
+
+
 def test_baselines_on_a_gpu_follow_the_guide() -> None:
     space = build_space(LLAMA_8B, LLAMA_CAPS, Workload(), gpu_env(**{"flash-attn": "2.8.3"}), forecast=_memory.forecast_bytes)
     assert [(b.name, b.candidate.label()) for b in space.baselines] == [

@@ -145,6 +145,23 @@ def _default_measure() -> Measure:
     return measure_candidate
 
 
+def _bnb_known_ineffective(candidate: Candidate, state: Progress) -> bool:
+    """Whether ``candidate`` is bitsandbytes on a model where bitsandbytes converted no layer at all.
+
+    The worker reports such a load ``unsupported`` (e.g. Falcon's ``FalconLinear`` layers, which
+    Transformers 5 leaves in bf16); every other bitsandbytes variant (8-bit, fp4, double quant,
+    another compute dtype) would load just as unquantized, so measuring it is wasted time. The
+    baseline that found it stays in the trials with its reason.
+    """
+    if candidate.quant == "none":
+        return False
+    return any(
+        result.candidate.quant != "none" and result.status == "unsupported"
+        and any(t.effective.get("quantized_layers") == 0 for t in result.trials)
+        for result in state.results
+    )
+
+
 class StudySearch:
     """Tunes the study of ``model`` in ``environment`` (recorded as ``environment_id``).
 
@@ -245,9 +262,9 @@ class StudySearch:
         space = self.space
         measured = state.measured_keys
         for baseline in space.baselines if self.settings.baselines else ():
-            if baseline.candidate.key() not in measured:
+            if baseline.candidate.key() not in measured and not _bnb_known_ineffective(baseline.candidate, state):
                 return baseline.candidate, "baseline", baseline.name
-        left = [c for c in space.candidates if c.key() not in measured]
+        left = [c for c in space.candidates if c.key() not in measured and not _bnb_known_ineffective(c, state)]
         if not left:
             return None
         searched = sum(1 for r in state.results if r.origin == "search" and not r.running)
