@@ -162,12 +162,7 @@ def render_loader(spec: LoaderSpec) -> str:
     if c.sdpa_kernel is not None and not legacy_kernel:
         imports.append("from torch.nn.attention import SDPBackend, sdpa_kernel")
 
-    lines: list[str] = []
-    lines += _header(spec)
-    lines += ["", "from __future__ import annotations", "", *imports, ""]
-    lines.append(f"MODEL_ID = {spec.model_ref!r}")
-    if spec.revision:
-        lines.append(f"REVISION = {spec.revision!r}")
+    lines = _preamble(spec, imports)
     lines.append(f"BATCH_SIZE = {int(spec.batch_size)!r}")
     lines.append(f"GENERATE_KWARGS = {generate_kwargs(spec)!r}")
     if c.placement == "multi-gpu" and spec.max_memory:
@@ -245,12 +240,7 @@ def render_onnx_loader(spec: LoaderSpec) -> str:
         imports.append("from optimum.exporters.onnx import main_export")
     if tokenizer:
         imports.append("from transformers import AutoTokenizer")
-    lines: list[str] = []
-    lines += _header(spec)
-    lines += ["", "from __future__ import annotations", "", *imports, ""]
-    lines.append(f"MODEL_ID = {spec.model_ref!r}")
-    if spec.revision:
-        lines.append(f"REVISION = {spec.revision!r}")
+    lines = _preamble(spec, imports)
     lines.append(f"EXPORT_DIR = {spec.onnx_export!r}  # the ONNX export autotune measured; exported there again if missing")
     lines.append(f"PROVIDER = {c.provider!r}")
     lines.append(f"USE_IO_BINDING = {bool(c.io_binding)!r}")
@@ -324,6 +314,14 @@ def _header(spec: LoaderSpec) -> list[str]:
     if c.sdpa_kernel == "flash":
         out.append("# The flash SDPA kernel refuses attention masks: send unpadded batches of equal length.")
     return out
+
+
+def _preamble(spec: LoaderSpec, imports: list[str]) -> list[str]:
+    """The start of a loader module: its header comment, imports, and the model's id and revision."""
+    lines = [*_header(spec), "", "from __future__ import annotations", "", *imports, "", f"MODEL_ID = {spec.model_ref!r}"]
+    if spec.revision:
+        lines.append(f"REVISION = {spec.revision!r}")
+    return lines
 
 
 def _tokenizer_lines(spec: LoaderSpec, tokenizer: bool) -> list[str]:
