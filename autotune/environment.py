@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import socket
 from dataclasses import asdict, dataclass, field
@@ -151,10 +152,32 @@ def installed_versions() -> dict[str, str | None]:
     return versions
 
 
+def visible_order(uuids: list[str], visible: str | None) -> list[int]:
+    """NVML indices of the GPUs CUDA will use, in CUDA's order, from ``CUDA_VISIBLE_DEVICES``.
+
+    ``visible`` lists NVML indices or UUIDs (or their prefixes); ``None`` (not set) means every
+    GPU, an empty value none. Like CUDA, the list ends at the first entry that names no GPU.
+    """
+    if visible is None:
+        return list(range(len(uuids)))
+    order: list[int] = []
+    for item in (part.strip() for part in visible.split(",")):
+        if item.isdigit() and int(item) < len(uuids):
+            match: int | None = int(item)
+        else:
+            match = next((n for n, u in enumerate(uuids) if item and (u == item or u.startswith(item))), None)
+        if match is None or match in order:
+            break
+        order.append(match)
+    return order
+
+
 def probe_gpus() -> tuple[list[Gpu], str | None, str | None, str | None]:
     """``(gpus, driver_version, cuda_driver_version, error)`` from NVML.
 
-    With no NVIDIA driver (or no nvidia-ml-py) the list is empty and ``error`` says why.
+    With no NVIDIA driver (or no nvidia-ml-py) the list is empty and ``error`` says why. Only the
+    GPUs ``CUDA_VISIBLE_DEVICES`` leaves visible are listed, in CUDA's order, so that a tuner
+    pinned to one GPU of a machine tunes for that GPU alone (``index`` stays NVML's).
     """
     try:
         import pynvml
@@ -187,7 +210,8 @@ def probe_gpus() -> tuple[list[Gpu], str | None, str | None, str | None]:
                     pci_bus_id=bus,
                 )
             )
-        return gpus, driver, cuda_text, None
+        order = visible_order([g.uuid for g in gpus], os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return [gpus[i] for i in order], driver, cuda_text, None
     except pynvml.NVMLError as exc:
         return [], None, None, f"NVML failed while listing GPUs: {exc}"
     finally:

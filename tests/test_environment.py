@@ -47,6 +47,7 @@ def _fake_nvml(count: int, cc: tuple[int, int] = (9, 0)) -> types.ModuleType:
 
 
 def test_gpus_through_nvml_and_fingerprint(monkeypatch: pytest.MonkeyPatch, cli) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(2))
     one = probe()
     assert [g.uuid for g in one.gpus] == ["GPU-00000000", "GPU-00000001"]
@@ -63,6 +64,23 @@ def test_gpus_through_nvml_and_fingerprint(monkeypatch: pytest.MonkeyPatch, cli)
     monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(2))
     monkeypatch.setattr(environment, "installed_versions", lambda: {**one.versions, "transformers": "9.9.9"})
     assert probe().fingerprint != one.fingerprint  # a library upgraded
+
+
+def test_only_the_gpus_cuda_will_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(4))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    pinned = probe()
+    assert [(g.index, g.uuid) for g in pinned.gpus] == [(2, "GPU-00000002")]  # NVML's index, CUDA's order
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,GPU-00000001")
+    assert [g.index for g in probe().gpus] == [3, 1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert probe().cpu_only
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert len(probe().gpus) == 4 and probe().fingerprint != pinned.fingerprint
+    uuids = [f"GPU-{i:08d}" for i in range(4)]
+    assert environment.visible_order(uuids, "1,7,2") == [1]  # CUDA stops at the first GPU it cannot find
+    assert environment.visible_order(uuids, "-1") == []
+    assert environment.visible_order(uuids, "GPU-00000003") == [3]
 
 
 def test_old_gpu_support_flags(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -227,21 +227,9 @@ class GpuMemoryProbe:
     def bind_visible(self) -> None:
         """Without CUDA in torch (an ONNX Runtime worker): map device ordinals to NVML's through
         CUDA_VISIBLE_DEVICES (indices or UUIDs), all GPUs in order when it is not set."""
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible is None:
-            order = list(range(len(self._uuids)))
-        else:
-            order = []
-            for item in (part.strip() for part in visible.split(",")):
-                if item.isdigit() and int(item) < len(self._uuids):
-                    order.append(int(item))
-                elif item:
-                    match = next((n for n, u in enumerate(self._uuids) if u == item or u.startswith(item)), None)
-                    if match is None:
-                        break  # CUDA stops at the first entry it cannot resolve
-                    order.append(match)
-                else:
-                    break
+        from autotune.environment import visible_order
+
+        order = visible_order(self._uuids, os.environ.get("CUDA_VISIBLE_DEVICES"))
         self._bound = dict(enumerate(order))
 
     def read(self) -> dict[int, int]:
