@@ -110,6 +110,7 @@ def test_baselines_on_a_gpu_follow_the_guide() -> None:
     space = build_space(LLAMA_8B, LLAMA_CAPS, Workload(), gpu_env(**{"flash-attn": "2.8.3"}), forecast=_memory.forecast_bytes)
     assert [(b.name, b.candidate.label()) for b in space.baselines] == [
         ("transformers defaults", "bf16 sdpa cuda"),
+        ("static cache, compiled", "bf16 sdpa cuda static"),
         ("bf16 + FlashAttention-2", "bf16 flash_attention_2 cuda"),
         ("bf16 + SDPA flash kernel", "bf16 sdpa[flash] cuda"),
         ("4-bit nf4, bf16 compute", "bf16 sdpa nf4 cuda"),
@@ -117,12 +118,40 @@ def test_baselines_on_a_gpu_follow_the_guide() -> None:
     ]
     two = build_space(LLAMA_8B, LLAMA_CAPS, Workload(), gpu_env(2), forecast=_memory.forecast_bytes)
     assert {c.placement for c in two.candidates} == {"cuda", "multi-gpu"}
+    assert all(b.candidate.placement == "cuda" for b in two.baselines)
+
+
+def test_a_default_one_gpu_cannot_hold_is_measured_spread_over_two() -> None:
+    limited = Workload(max_memory=MemoryLimit.parse("10GiB"), prompt_tokens=512, new_tokens=128, max_batch=4)
+    space = build_space(LLAMA_8B, LLAMA_CAPS, limited, gpu_env(2), forecast=_memory.forecast_bytes)
+    names = [(b.name, b.candidate.label()) for b in space.baselines]
+    assert names[0] == ("transformers defaults", "bf16 sdpa multi-gpu")  # 16 GB of bf16 does not fit one 10 GiB share
+    assert ("4-bit nf4, bf16 compute", "bf16 sdpa nf4 cuda") in names  # but 4-bit fits one GPU
 
 
 def test_batch_ladder_by_objective() -> None:
     assert batch_ladder(Workload(max_batch=12)) == (1, 2, 4, 8)
     assert batch_ladder(Workload(objective="latency", max_batch=64)) == (1,)
     assert batch_ladder(Workload(objective="memory")) == (1,)
+
+
+def test_batch_restriction_picks_the_measured_sizes() -> None:
+    assert parse_restriction("batch=16,1,4") == {"batch": (16, 1, 4)}
+    assert batch_ladder(Workload(max_batch=16), (16, 1, 4)) == (1, 4, 16)
+    assert batch_ladder(Workload(max_batch=16), (1, 12, 32)) == (1, 12)  # any size, up to --max-batch
+    assert batch_ladder(Workload(objective="latency"), (1, 8)) == (1,)
+    restrict = parse_restriction("batch=2,8 quant=none attn=sdpa")
+    space = build_space(TINY_LLAMA, LLAMA_CAPS, Workload(device="cpu", max_batch=8), cpu_env(), restrict=restrict,
+                        forecast=_memory.forecast_bytes)
+    assert space.candidates and all(space.ladder(c) == (2, 8) for c in space.candidates)
+    assert restrict["batch"] == (2, 8)  # the caller's restriction is left as it was
+    with pytest.raises(InputError, match="leaves no batch size to measure: the latency objective measures batch 1"):
+        batch_ladder(Workload(objective="latency"), (4,))
+    with pytest.raises(InputError, match="up to 8 \\(--max-batch\\)"):
+        batch_ladder(Workload(max_batch=8), (16,))
+    for bad in ("batch=0", "batch=two", "batch=-4"):
+        with pytest.raises(InputError, match="whole numbers above zero"):
+            parse_restriction(bad)
 
 
 def test_restriction() -> None:

@@ -16,7 +16,7 @@ from autotune.cli._output import print_json, print_table
 
 SPACE_ENV = "AUTOTUNE_SPACE"
 SPACE_HELP = ("keep only some values of some axes, e.g. 'dtype=fp32,bf16 attn=sdpa,eager quant=none' "
-              "(axes: dtype, attn, quant, double_quant, compute_dtype, placement, static_cache, runtime=pytorch,onnxruntime[:PROVIDER]; "
+              "(axes: dtype, attn, quant, double_quant, compute_dtype, placement, static_cache, runtime=pytorch,onnxruntime[:PROVIDER], and batch=1,4,16 for the batch sizes measured; "
               "default: $AUTOTUNE_SPACE, else all)")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from autotune.candidate import (
@@ -29,6 +29,8 @@ from autotune.workload import Workload
 #: ``attn`` (``sdpa[flash]``); 4-bit options are their own axes and read ``False``/``"same"``
 #: on other candidates, so every candidate has a value on every axis.
 AXES = ("dtype", "attn", "quant", "double_quant", "compute_dtype", "placement", "static_cache", "runtime")
+#: What ``--space`` may restrict: the sampler's axes, and the batch sizes each worker measures.
+RESTRICTABLE = (*AXES, "batch")
 SAME = "same"
 #: The :class:`Candidate` fields the space varies; a rejection's ``pattern`` is written in them.
 FIELDS = ("dtype", "attn", "sdpa_kernel", "quant", "double_quant", "compute_dtype", "placement", "static_cache")
@@ -152,7 +154,10 @@ def parse_restriction(text: str | None) -> dict[str, tuple[Any, ...]]:
     """Parse ``"dtype=fp32,bf16 attn=sdpa,eager quant=none"`` (spaces or ``;`` between axes).
 
     Each named axis keeps only the values listed; axes not named keep all of theirs. Used to
-    keep a study small (CI, benchmarks, or to pin what you already know).
+    keep a study small (CI, benchmarks, or to pin what you already know). ``batch=1,4,16``
+    measures only those batch sizes of the ladder (any whole numbers up to the workload's max
+    batch): loading is paid once per candidate, but each batch size costs its own timed runs,
+    and with a static cache its own compile.
     """
     if not text or not text.strip():
         return {}
@@ -160,8 +165,8 @@ def parse_restriction(text: str | None) -> dict[str, tuple[Any, ...]]:
     for part in text.replace(";", " ").split():
         name, sep, values = part.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in AXES:
-            raise InputError(f"cannot read space restriction {part!r}: write AXIS=V1,V2 with AXIS one of {', '.join(AXES)}")
+        if not sep or name not in RESTRICTABLE:
+            raise InputError(f"cannot read space restriction {part!r}: write AXIS=V1,V2 with AXIS one of {', '.join(RESTRICTABLE)}")
         raw = [v for v in values.split(",") if v]
         if not raw:
             raise InputError(f"space restriction {part!r} lists no value")
@@ -170,6 +175,14 @@ def parse_restriction(text: str | None) -> dict[str, tuple[Any, ...]]:
 
 
 def _restriction_value(axis: str, value: str) -> Any:
+    if axis == "batch":
+        try:
+            size = int(value)
+        except ValueError:
+            size = 0
+        if size <= 0:
+            raise InputError(f"space restriction batch={value}: write whole numbers above zero, such as batch=1,4,16")
+        return size
     if axis in ("double_quant", "static_cache"):
         lowered = value.lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -242,19 +255,28 @@ def allowed_placements(workload: Workload, environment: Environment) -> tuple[li
     return keep, out
 
 
-def batch_ladder(workload: Workload) -> tuple[int, ...]:
+def batch_ladder(workload: Workload, only: Iterable[int] | None = None) -> tuple[int, ...]:
     """Batch sizes one worker measures for a candidate.
 
-    Throughput: powers of two up to ``max_batch``. Latency and memory: batch 1 only — a larger
-    batch never lowers the time of one request or the peak memory, so measuring it would only
-    cost time.
+    Throughput: powers of two up to ``max_batch``, or the sizes ``only`` names (a ``batch=``
+    restriction) up to it. Latency and memory: batch 1 only — a larger batch never lowers the
+    time of one request or the peak memory, so measuring it would only cost time.
     """
     if workload.objective != "throughput":
-        return (1,)
-    sizes, size = [], 1
-    while size <= workload.max_batch:
-        sizes.append(size)
-        size *= 2
+        sizes: list[int] = [1]
+    elif only is None:
+        sizes, size = [], 1
+        while size <= workload.max_batch:
+            sizes.append(size)
+            size *= 2
+    else:
+        sizes = [b for b in sorted(set(only)) if b <= workload.max_batch]
+    if only is not None:
+        sizes = [b for b in sizes if b in set(only)]
+        if not sizes:
+            allowed = "batch 1" if workload.objective != "throughput" else f"batch sizes up to {workload.max_batch} (--max-batch)"
+            raise InputError(f"space restriction batch={','.join(map(str, sorted(set(only))))} leaves no batch size to measure: "
+                             f"the {workload.objective} objective measures {allowed}")
     return tuple(sizes)
 
 
@@ -396,7 +418,7 @@ def build_space(
         if name not in ATTENTIONS:
             rejected.append((None, f"{name}: autotune does not measure this attention implementation yet", "rule", {"attn": name}))
 
-    ladder = batch_ladder(workload)
+    ladder = batch_ladder(workload, restrict.pop("batch", None))
     valid: list[Candidate] = []
     ladders: dict[str, tuple[int, ...]] = {}
     ort = onnxruntime_candidates(placements, worker_envs) if worker_envs is not None else []
@@ -451,7 +473,8 @@ def _ordered(values: set[Any], axis: str) -> tuple[Any, ...]:
 
 
 def _baselines(config: dict[str, Any], capabilities: dict[str, Any], placements: list[str], valid: Mapping[str, Any]) -> list[Baseline]:
-    """Transformers' defaults, then the GPU inference guide's suggestions, where valid here.
+    """Transformers' defaults, a compiled static cache, then the GPU inference guide's
+    suggestions, where valid here: on the first placement, else on the next one.
 
     On the CPU the guide's 4-bit and 8-bit suggestions are left to the sampler: bitsandbytes runs
     there, but a candidate took 5 to 15 times as long to measure as an unquantized one.
@@ -463,6 +486,9 @@ def _baselines(config: dict[str, Any], capabilities: dict[str, Any], placements:
     default_attn = "sdpa" if "sdpa" in supported else "eager"
     options: list[tuple[str, list[Candidate]]] = [
         ("transformers defaults", [Candidate(dtype=checkpoint_dtype(config), attn=default_attn, placement=placement)]),
+        # At small batches a GPU spends most of generate waiting on Python; a compiled static
+        # cache removes that wait, so on a GPU it is measured right after the defaults.
+        ("static cache, compiled", [Candidate(dtype=checkpoint_dtype(config), attn=default_attn, static_cache=True, placement=placement)]),
         ("bf16 + FlashAttention-2", [Candidate(dtype="bfloat16", attn="flash_attention_2", placement=placement)]),
         ("bf16 + SDPA flash kernel", [Candidate(dtype="bfloat16", attn="sdpa", sdpa_kernel="flash", placement=placement)]),
         ("4-bit nf4, bf16 compute", [Candidate(dtype="bfloat16", attn=default_attn, quant="bnb-4bit-nf4", placement=placement),
@@ -476,6 +502,9 @@ def _baselines(config: dict[str, Any], capabilities: dict[str, Any], placements:
     out: list[Baseline] = []
     seen: set[str] = set()
     for name, tries in options:
+        # Where the first placement cannot hold a baseline (a memory limit one GPU's share is
+        # too small for), the same load spread over several GPUs stands in for it.
+        tries = [c if p == placement or c.is_onnxruntime else replace(c, placement=p) for p in placements for c in tries]
         for candidate in tries:
             if candidate.key() in valid and candidate.key() not in seen:
                 if candidate.is_4bit and candidate.dtype == "float16":
