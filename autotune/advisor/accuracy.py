@@ -3,6 +3,8 @@ fits, read from the store.
 
 Forecasts are computed on the fly from each model's stored config, so they always reflect the
 current memory model (the ``forecast_bytes`` column holds what the search predicted at the time).
+Each is made for the trial's own conditions: the Transformers version its environment recorded,
+and, for a ``multi-gpu`` trial, the per-GPU ``max_memory`` its workload's limit set.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autotune.advisor.forecast import Calibration, CalibrationPoint, Forecast, calibrate, device_kind, forecast
+from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.store import ModelRecord, Store, TrialRecord
 
@@ -34,26 +37,32 @@ def measured_points(store: Store, *, environment_id: int | None = None, fingerpr
     """
     models = {m.id: m for m in store.models()}
     points: list[MeasuredPoint] = []
-    environments: dict[int, tuple[str, list[str]]] = {}
+    environments: dict[int, tuple[str, Environment]] = {}
     for study in store.studies():
         if environment_id is not None and study.environment_id != environment_id:
             continue
         if study.environment_id not in environments:
-            env = store.environment(study.environment_id)
-            environments[study.environment_id] = (store.environment_fingerprint(study.environment_id), [g.name for g in env.gpus])
-        env_fingerprint, gpu_names = environments[study.environment_id]
+            environments[study.environment_id] = (store.environment_fingerprint(study.environment_id),
+                                                  store.environment(study.environment_id))
+        env_fingerprint, env = environments[study.environment_id]
         if fingerprint is not None and env_fingerprint != fingerprint:
             continue
         model = models.get(study.model_id)
         if model is None:
             continue
+        gpu_names = [g.name for g in env.gpus]
         devices = max(len(gpu_names), 2)
+        cap = study.workload.max_memory
+        max_memory = cap.for_device(min(g.total_memory for g in env.gpus)) if cap and env.gpus else None
+        version = (env.versions or {}).get("transformers")
         for trial in store.trials(study_id=study.id, status="ok"):
             measured = trial.metrics.get("peak_memory_bytes")
             if not measured:
                 continue
             try:
-                predicted = forecast(model.config, trial.candidate, study.workload, trial.batch_size, devices=devices)
+                predicted = forecast(model.config, trial.candidate, study.workload, trial.batch_size, devices=devices,
+                                     max_memory_bytes=max_memory if trial.candidate.placement == "multi-gpu" else None,
+                                     transformers_version=version)
             except InputError:
                 continue
             kind = device_kind(trial.candidate, gpu_names)
