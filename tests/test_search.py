@@ -12,7 +12,7 @@ from autotune.errors import InputError
 from autotune.search import _memory
 from autotune.search.results import INTERRUPTED, candidate_results, progress
 from autotune.search.space import (
-    AXES, batch_ladder, build_space, candidate_from, params_of, parse_restriction,
+    AXES, batch_ladder, build_space, candidate_from, memory_limit, params_of, parse_restriction, peak_forecast,
 )
 from autotune.search.study import SearchSettings, StudySearch, recover_interrupted
 from autotune.store import Store
@@ -297,3 +297,25 @@ def test_settings_are_validated() -> None:
         SearchSettings(max_trials=0)
     with pytest.raises(InputError, match="--budget-minutes"):
         SearchSettings(budget_minutes=0)
+
+
+def test_over_several_gpus_the_fullest_gpu_is_held_against_one_share() -> None:
+    limited = Workload(max_memory=MemoryLimit.parse("10GiB"), prompt_tokens=512, new_tokens=128, max_batch=4)
+    env = gpu_env(2)
+    assert memory_limit(limited, env, "multi-gpu") == memory_limit(limited, env, "cuda") == 10 * 2**30
+    space = build_space(LLAMA_8B, LLAMA_CAPS, limited, env)  # the advisor's forecast: the split as Transformers places it
+    bf16 = Candidate(dtype="bfloat16", placement="multi-gpu")
+    assert bf16 in space
+    fullest = peak_forecast(space_forecast(), LLAMA_8B, bf16, limited, 1, env)
+    assert 8 * 2**30 < fullest < 10 * 2**30  # 16 GB of bf16 weights over two 10 GiB shares
+    fp32 = [r for r in space.rejected if r.candidate is not None and r.candidate.placement == "multi-gpu" and r.candidate.dtype == "float32"]
+    assert fp32 and "on the fullest GPU" in fp32[0].reason and "over the limit 10.00 GiB" in fp32[0].reason
+    # a forecast of the whole model only: an even split
+    whole = peak_forecast(_memory.forecast_bytes, LLAMA_8B, bf16, limited, 1, env)
+    assert whole == -(-_memory.forecast_bytes(LLAMA_8B, bf16, limited, 1) // 2)
+
+
+def space_forecast():  # type: ignore[no-untyped-def]
+    from autotune.search.space import default_forecast
+
+    return default_forecast()[0]

@@ -39,8 +39,10 @@ ORT_FIELDS = ("runtime", "provider", "io_binding", "placement")
 #: The ``runtime`` axis: ``pytorch``, or ``onnxruntime:<provider>`` with ``+io-binding`` when bound.
 PYTORCH = "pytorch"
 
-#: A forecast: ``(config, candidate, workload, batch_size) -> bytes``.
-Forecast = Callable[[dict[str, Any], Candidate, Workload, int], int]
+#: A forecast: ``(config, candidate, workload, batch_size) -> bytes``. One that also takes the
+#: keywords ``devices`` and ``max_memory_bytes`` gives, for a ``multi-gpu`` candidate, the peak of
+#: the fullest GPU (see :func:`peak_forecast`).
+Forecast = Callable[..., int]
 
 
 @dataclass(frozen=True)
@@ -284,8 +286,9 @@ def memory_limit(workload: Workload, environment: Environment, placement: str) -
     """The bytes a candidate of ``placement`` may use: the workload's limit on its devices.
 
     On the CPU the limit (a fraction: of the machine's memory) bounds the worker's peak RSS; on
-    one GPU it is the first GPU's share; over several GPUs the sum of their shares, compared with
-    the forecast of the whole model. ``None``: no limit.
+    GPUs it is one GPU's share (the smallest GPU's, over several), which the fullest GPU's peak
+    must stay under: the trial worker measures that peak, and :func:`peak_forecast` forecasts it.
+    ``None``: no limit.
     """
     limit = workload.max_memory
     if placement == "cpu":
@@ -298,7 +301,29 @@ def memory_limit(workload: Workload, environment: Environment, placement: str) -
     gpus = environment.gpus if placement == "multi-gpu" else environment.gpus[:1]
     if not gpus:
         return None
-    return sum(limit.for_device(g.total_memory) if limit else g.total_memory for g in gpus)
+    return min(limit.for_device(g.total_memory) if limit else g.total_memory for g in gpus)
+
+
+def peak_forecast(forecast: Forecast, config: dict[str, Any], candidate: Candidate, workload: Workload, batch_size: int,
+                  environment: Environment) -> int:
+    """The forecast peak to hold against :func:`memory_limit`: the whole model on one device, the
+    fullest GPU's share of it over several (``device_map="auto"`` under the workload's limit)."""
+    if candidate.placement != "multi-gpu":
+        return int(forecast(config, candidate, workload, batch_size))
+    devices = max(2, len(environment.gpus))
+    share = memory_limit(workload, environment, "multi-gpu") if workload.max_memory else None
+    if "devices" in _keywords(forecast):
+        return int(forecast(config, candidate, workload, batch_size, devices=devices, max_memory_bytes=share))
+    return -(-int(forecast(config, candidate, workload, batch_size)) // devices)  # a forecast of the whole model: an even split
+
+
+def _keywords(function: Callable[..., Any]) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def _host_memory() -> int | None:
@@ -324,14 +349,18 @@ def default_forecast() -> tuple[Forecast, str]:
 
     unreadable: set[str] = set()  # configs the calibrated forecast cannot read: don't retry per candidate
 
-    def calibrated(config: dict[str, Any], candidate: Candidate, workload: Workload, batch_size: int) -> int:
+    def calibrated(config: dict[str, Any], candidate: Candidate, workload: Workload, batch_size: int, *,
+                   devices: int | None = None, max_memory_bytes: int | None = None) -> int:
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in unreadable:
             try:
-                return _as_bytes(function(config, candidate, workload, batch_size))
+                value = function(config, candidate, workload, batch_size, devices=devices, max_memory_bytes=max_memory_bytes)
+                per_device = getattr(value, "per_device_bytes", None)
+                return int(per_device) if devices and devices > 1 and per_device is not None else _as_bytes(value)
             except Exception:  # a forecast that cannot size this model must not stop the search
                 unreadable.add(key)
-        return _memory.forecast_bytes(config, candidate, workload, batch_size)
+        whole = _memory.forecast_bytes(config, candidate, workload, batch_size)
+        return -(-whole // devices) if devices and devices > 1 else whole
 
     return calibrated, "autotune.advisor.forecast"
 
@@ -438,10 +467,12 @@ def build_space(
         if limit is None or candidate.is_onnxruntime:
             fits = ladder
         else:
-            fits = tuple(b for b in ladder if forecast(config, candidate, workload, b) <= limit)
+            fits = tuple(b for b in ladder if peak_forecast(forecast, config, candidate, workload, b, environment) <= limit)
             if not fits or fits[0] != ladder[0]:
-                need = forecast(config, candidate, workload, ladder[0])
-                rejected.append((candidate, f"forecast {format_gib(need)} at batch {ladder[0]} is over the limit {format_gib(limit)}", "memory", {}))
+                need = peak_forecast(forecast, config, candidate, workload, ladder[0], environment)
+                where = " on the fullest GPU" if candidate.placement == "multi-gpu" else ""
+                rejected.append((candidate, f"forecast {format_gib(need)}{where} at batch {ladder[0]} is over the limit {format_gib(limit)}",
+                                 "memory", {}))
                 continue
         valid.append(candidate)
         ladders[candidate.key()] = fits

@@ -52,7 +52,9 @@ from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.objective import metric_for
 from autotune.search.results import INTERRUPTED, INTERRUPTED_REASON, CandidateResult, Progress, progress
-from autotune.search.space import AXES, Forecast, SearchSpace, build_space, candidate_from, default_forecast, memory_limit, params_of
+from autotune.search.space import (
+    AXES, Forecast, SearchSpace, build_space, candidate_from, default_forecast, memory_limit, params_of, peak_forecast,
+)
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.store.schema import TrialRow, utcnow
 from autotune.units import format_gib
@@ -313,7 +315,7 @@ class StudySearch:
             return
         try:
             forecast = self._forecast or default_forecast()[0]
-            values = {t.id: int(forecast(self.model.config, candidate, self.workload, t.batch_size))
+            values = {t.id: peak_forecast(forecast, self.model.config, candidate, self.workload, t.batch_size, self.environment)
                       for t in trials if t.status not in ("unsupported", "skipped")}
             self.store.set_forecasts(values)
         except Exception:  # a forecast that cannot size this model must not stop the search
