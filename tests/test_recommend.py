@@ -38,10 +38,12 @@ def register(store: Store, name: str = "org/llama", **workload: object):  # type
 
 
 def trial(store: Store, study_id: int, candidate: Candidate, batch: int, status: str = "ok", reason: str | None = None,
-          *, tps: float | None = None, p50: float | None = None, peak: float | None = None, agreement: float | None = 1.0) -> None:
+          *, tps: float | None = None, p50: float | None = None, peak: float | None = None, agreement: float | None = 1.0,
+          flatness: float | None = None) -> None:
     metrics = {"throughput_tokens_per_s": tps, "latency_p50_ms": p50, "quality_token_agreement": agreement,
                "peak_memory_bytes": int(peak * GiB) if peak else None, "ttft_ms": 20.0 if status == "ok" else None}
-    store.record_trial(study_id, candidate, batch, status, reason=reason, metrics=metrics if status == "ok" else {})
+    details = {"quality_reference_flatness": flatness} if flatness is not None else {}
+    store.record_trial(study_id, candidate, batch, status, reason=reason, metrics=metrics if status == "ok" else {}, details=details)
 
 
 BF16 = Candidate(dtype="bfloat16", attn="sdpa")
@@ -109,6 +111,20 @@ def test_a_fast_4bit_with_low_agreement_never_wins(store) -> None:  # type: igno
     assert rec.best.candidate == BF16  # type: ignore[union-attr]
     assert by_option(rec)["bnb 4-bit nf4"].kind == "below-quality"  # type: ignore[attr-defined]
     assert recommend(store, model, current=GPU_ENV, min_quality=0.4).best.candidate == NF4  # type: ignore[union-attr]
+
+
+def test_random_weights_are_named_when_the_reference_is_flat(store) -> None:  # type: ignore[no-untyped-def]
+    model = register(store)
+    study = store.study_for(model, store.record_environment(GPU_ENV))
+    trial(store, study.id, BF16, 1, tps=100, p50=200, peak=15, agreement=0.85, flatness=0.997)
+    trial(store, study.id, NF4, 1, tps=90, p50=220, peak=6, agreement=0.01, flatness=0.997)
+    rec = recommend(store, model, current=GPU_ENV, max_memory="none")
+    assert rec.best is None and "token agreement 85.0% below the floor 90%" in rec.message
+    assert any("nearly flat (entropy 99.7%" in n and "random or untrained" in n and "--min-quality" in n for n in rec.notes)
+    trained = register(store, name="org/trained")
+    study = store.study_for(trained, store.record_environment(GPU_ENV))
+    trial(store, study.id, BF16, 1, tps=100, p50=200, peak=15, agreement=0.99, flatness=0.41)
+    assert not any("flat" in n for n in recommend(store, trained, current=GPU_ENV).notes)
 
 
 def test_flags_override_the_stored_constraints(scene) -> None:  # type: ignore[no-untyped-def]

@@ -169,6 +169,7 @@ def test_causal_lm_candidates_are_measured_and_read_back(kind: str, tiny_models:
             assert eff["attn_implementation"] == candidate.attn and eff["dtype"] == candidate.dtype
             assert eff["param_devices"].keys() == {"cpu"}
             assert result.metrics["quality_token_agreement"] is not None and result.metrics["quality_kl"] is not None
+            assert result.details["quality_reference_flatness"] > 0.95  # random weights: a near-flat reference
         assert [r.details["prompt_lengths"] for r in outcome.results] == [[16], [16, 8]]  # left-padded second row
 
     plain = outcomes["fp32 eager cpu"].results[0].effective
@@ -241,6 +242,7 @@ def test_quality_separates_faithful_from_broken(trained_llama: Path, tmp_path: P
     ]))
     assert faithful.status == broken.status == "ok"  # corrupt weights still run: only quality can tell
     assert faithful.metrics["quality_token_agreement"] >= 0.95 and faithful.metrics["quality_kl"] < 0.05
+    assert faithful.details["quality_reference_flatness"] < 0.9  # trained: confident, not flat
     assert broken.metrics["quality_token_agreement"] <= 0.6 and broken.metrics["quality_kl"] > 0.3
     assert broken.details["free_running_agreement"] < faithful.details["free_running_agreement"]
 

@@ -257,6 +257,9 @@ def recommend(
     if limit_note:
         notes.append(limit_note)
 
+    flat = flat_reference_note(trials)
+    if flat:
+        notes.append(flat)
     scored = [(t, _score(workload, t, environment)) for t in trials if t.ok]
     feasible = [(t, s.value) for t, s in scored if s.feasible and s.value is not None]
     rec = replace(rec, limit_bytes=limit_bytes, limit_note=limit_note)
@@ -298,6 +301,22 @@ def packages_for(store: Store, trial: TrialRecord, environment: Environment) -> 
     wanted = ("torch", "transformers", "accelerate") + (("bitsandbytes",) if trial.candidate.quant != "none" else ()) + \
         (("flash-attn",) if trial.candidate.attn == "flash_attention_2" else ())
     return WorkerEnvironment("default", "", versions={k: environment.versions.get(k) for k in wanted}).packages()
+
+
+#: The reference's next-token entropy, as a share of ``log V``, above which the weights look
+#: random or untrained (a trained model, even on the synthetic prompt, stays well below).
+FLAT_REFERENCE = 0.95
+
+
+def flat_reference_note(trials: Iterable[TrialRecord]) -> str | None:
+    """A note when the quality reference's next-token distributions are nearly flat."""
+    values = [t.details.get("quality_reference_flatness") for t in trials if t.ok]
+    values = [v for v in values if isinstance(v, (int, float))]
+    if not values or min(values) < FLAT_REFERENCE:
+        return None
+    return (f"the quality reference's next-token distributions are nearly flat (entropy {min(values):.1%} of the largest "
+            f"possible): the weights look random or untrained, so token agreement reflects near-ties, not quality; "
+            f"if that is expected, set the floor with --min-quality")
 
 
 def nothing_measured(name: str) -> str:

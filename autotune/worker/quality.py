@@ -16,7 +16,7 @@ A candidate is compared on the same input:
   does not derail every later position). ``quality_kl`` is KL(reference || candidate) of the
   first new token's distribution, in nats, averaged over rows. ``details`` also holds the
   free-running agreement (the candidate's own greedy continuation compared position by
-  position) and the first position where it diverges.
+  position), the first position where it diverges, and the reference's :func:`flatness`.
 - feature-extraction: ``quality_token_agreement`` holds the mean cosine similarity of the
   candidate's last hidden states to the reference's (over every token of every row);
   ``quality_kl`` is not defined (None).
@@ -103,6 +103,17 @@ def write_reference(model: Any, request: WorkerRequest) -> dict[str, Any]:
     return info
 
 
+def flatness(logprobs: torch.Tensor) -> float | None:
+    """The entropy of next-token distributions as a share of the largest possible (``log V``),
+    averaged over rows. Near 1: every token about as likely as any other, as from random or
+    untrained weights; then rounding alone reorders near-ties and token agreement says little."""
+    vocab = logprobs.shape[-1]
+    if vocab < 2:
+        return None
+    entropy = -(logprobs.exp() * logprobs).nan_to_num().sum(-1).mean().item()
+    return None if math.isnan(entropy) else min(1.0, max(0.0, entropy / math.log(vocab)))
+
+
 def _kl(reference_logprobs: torch.Tensor, candidate_logprobs: torch.Tensor) -> float | None:
     value = (reference_logprobs.exp() * (reference_logprobs - candidate_logprobs)).sum(-1).mean().item()
     return None if math.isnan(value) or math.isinf(value) else max(0.0, value)
@@ -121,6 +132,7 @@ def compare(model: Any, request: WorkerRequest) -> tuple[dict[str, Any], dict[st
         if first.shape != reference["first_logprobs"].shape:
             return {}, {"quality_error": f"the reference has vocabulary {reference['first_logprobs'].shape[-1]}, the model {first.shape[-1]}"}
         agreement = float((predicted == tokens).float().mean())
+        details["quality_reference_flatness"] = flatness(reference["first_logprobs"])
         free = _greedy(model, ids, tokens.shape[1])
         matches = free == tokens
         diverged = [int((~row).nonzero()[0]) if (~row).any() else None for row in matches]
