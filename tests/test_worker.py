@@ -8,7 +8,10 @@ model's whole candidate set, and the ladders are short (prompt 16, new 8, batch 
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -263,6 +266,34 @@ def test_segfault_keeps_finished_batches(tiny_models: dict[str, Path]) -> None:
     assert outcome.results[0].metrics["throughput_tokens_per_s"] > 0  # written before the crash, kept
     assert "SIGSEGV" in outcome.results[1].reason and "measuring batch size 2" in outcome.results[1].reason
     assert "Segmentation fault" in outcome.results[1].details["output_tail"]
+
+
+def test_a_worker_dies_with_the_process_that_launched_it(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """``kill -9`` of the tuner must not leave its worker holding a GPU: the kernel ends it too."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signals are Linux's")
+    (tmp_path / "request.json").write_text(request(tiny_models["llama"], cpu("fp32", "sdpa"), (1,), fault="hang", timeout_s=120.0).to_json())
+    script = ("import sys\nfrom autotune.worker import WorkerRequest, launch\n"
+              "launch(WorkerRequest.from_json(open(sys.argv[1]).read()), on_spawn=lambda pid: print(pid, flush=True))\n")
+    tuner = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "request.json")], stdout=subprocess.PIPE, text=True)
+    worker = int(tuner.stdout.readline())  # type: ignore[union-attr]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and worker not in group_members(worker):
+            time.sleep(0.1)
+        assert worker in group_members(worker)
+        time.sleep(1.0)  # past the worker's start-up, where it asks to die with its parent
+        tuner.kill()
+        tuner.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and worker in group_members(worker):
+            time.sleep(0.1)
+        assert worker not in group_members(worker)
+    finally:
+        try:
+            os.killpg(worker, signal.SIGKILL)  # the hang fault's own grandchild
+        except ProcessLookupError:
+            pass
 
 
 def test_hang_times_out_and_kills_the_whole_process_group(tiny_models: dict[str, Path]) -> None:

@@ -9,6 +9,7 @@ only a hard crash (a signal) or a hang is left to the launcher to classify.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -246,10 +247,35 @@ def _free_memory(torch: Any) -> None:
         torch.cuda.empty_cache()
 
 
+#: The pid of the process that launched this worker (set by the launcher).
+PARENT_ENV = "AUTOTUNE_WORKER_PARENT"
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when the process that launched it dies.
+
+    The launcher kills the worker's whole group on a timeout, an error or a second Ctrl-C; this
+    covers what it cannot: ``kill -9`` of ``autotune tune`` or of the daemon, which would leave a
+    worker holding a GPU's memory for nobody.
+    """
+    parent = os.environ.get(PARENT_ENV)
+    if not sys.platform.startswith("linux") or not parent or not parent.isdigit():
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the launcher died before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m autotune.worker.child REQUEST.json RESULTS.jsonl", file=sys.stderr)
         return 2
+    die_with_parent()
     with open(argv[0], encoding="utf-8") as fh:
         request = WorkerRequest.from_json(fh.read())
     report = Reporter(argv[1])

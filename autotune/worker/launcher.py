@@ -111,6 +111,7 @@ def child_environment(env: dict[str, str] | None = None, isolated_in: str | None
     else:
         paths = [p for p in child.get("PYTHONPATH", "").split(os.pathsep) if p and p != _PACKAGE_ROOT]
         child["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *paths])
+    child["AUTOTUNE_WORKER_PARENT"] = str(os.getpid())  # the worker dies with us (autotune.worker.child.die_with_parent)
     child.setdefault("PYTHONUNBUFFERED", "1")
     child.setdefault("PYTHONFAULTHANDLER", "1")
     child.setdefault("TOKENIZERS_PARALLELISM", "false")
