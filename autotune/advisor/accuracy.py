@@ -15,6 +15,7 @@ from autotune.advisor.forecast import Calibration, CalibrationPoint, Forecast, c
 from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.store import ModelRecord, Store, TrialRecord
+from autotune.trials import memory_limit_bytes
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,7 @@ def measured_points(store: Store, *, environment_id: int | None = None, fingerpr
             continue
         gpu_names = [g.name for g in env.gpus]
         devices = max(len(gpu_names), 2)
-        cap = study.workload.max_memory
-        max_memory = cap.for_device(min(g.total_memory for g in env.gpus)) if cap and env.gpus else None
+        max_memory = memory_limit_bytes(study.workload, env, "multi-gpu") if env.gpus else None
         version = (env.versions or {}).get("transformers")
         for trial in store.trials(study_id=study.id, status="ok"):
             measured = trial.metrics.get("peak_memory_bytes")

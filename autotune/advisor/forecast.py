@@ -839,9 +839,8 @@ def _installed_transformers() -> tuple[int, int]:
     from importlib import metadata
 
     try:
-        parts = metadata.version("transformers").split(".")
-        return int(parts[0]), int(parts[1])
-    except (metadata.PackageNotFoundError, ValueError, IndexError):
+        return _version_tuple(metadata.version("transformers"))
+    except metadata.PackageNotFoundError:
         return 5, 0
 
 

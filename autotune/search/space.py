@@ -13,6 +13,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 from autotune.candidate import (
@@ -317,13 +318,14 @@ def peak_forecast(forecast: Forecast, config: dict[str, Any], candidate: Candida
     return -(-int(forecast(config, candidate, workload, batch_size)) // devices)  # a forecast of the whole model: an even split
 
 
-def _keywords(function: Callable[..., Any]) -> set[str]:
+@lru_cache(maxsize=16)
+def _keywords(function: Callable[..., Any]) -> frozenset[str]:
     import inspect
 
     try:
-        return set(inspect.signature(function).parameters)
+        return frozenset(inspect.signature(function).parameters)
     except (TypeError, ValueError):
-        return set()
+        return frozenset()
 
 
 def _host_memory() -> int | None:
@@ -467,9 +469,10 @@ def build_space(
         if limit is None or candidate.is_onnxruntime:
             fits = ladder
         else:
-            fits = tuple(b for b in ladder if peak_forecast(forecast, config, candidate, workload, b, environment) <= limit)
+            peaks = [peak_forecast(forecast, config, candidate, workload, b, environment) for b in ladder]
+            fits = tuple(b for b, need in zip(ladder, peaks) if need <= limit)
             if not fits or fits[0] != ladder[0]:
-                need = peak_forecast(forecast, config, candidate, workload, ladder[0], environment)
+                need = peaks[0]
                 where = " on the fullest GPU" if candidate.placement == "multi-gpu" else ""
                 rejected.append((candidate, f"forecast {format_gib(need)}{where} at batch {ladder[0]} is over the limit {format_gib(limit)}",
                                  "memory", {}))

@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Any, TextIO
 
-from autotune.worker.protocol import BatchResult, WorkerRequest
+from autotune.worker.protocol import PARENT_ENV, BatchResult, WorkerRequest
 
 
 class Reporter:
@@ -247,8 +247,6 @@ def _free_memory(torch: Any) -> None:
         torch.cuda.empty_cache()
 
 
-#: The pid of the process that launched this worker (set by the launcher).
-PARENT_ENV = "AUTOTUNE_WORKER_PARENT"
 PR_SET_PDEATHSIG = 1
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autotune.worker.protocol import BatchResult, WorkerOutcome, WorkerRequest
+from autotune.worker.protocol import PARENT_ENV, BatchResult, WorkerOutcome, WorkerRequest
 
 #: Seconds between SIGTERM and SIGKILL when a worker's process group is stopped.
 KILL_GRACE_S = 3.0
@@ -111,7 +111,7 @@ def child_environment(env: dict[str, str] | None = None, isolated_in: str | None
     else:
         paths = [p for p in child.get("PYTHONPATH", "").split(os.pathsep) if p and p != _PACKAGE_ROOT]
         child["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *paths])
-    child["AUTOTUNE_WORKER_PARENT"] = str(os.getpid())  # the worker dies with us (autotune.worker.child.die_with_parent)
+    child[PARENT_ENV] = str(os.getpid())  # the worker dies with us (autotune.worker.child.die_with_parent)
     child.setdefault("PYTHONUNBUFFERED", "1")
     child.setdefault("PYTHONFAULTHANDLER", "1")
     child.setdefault("TOKENIZERS_PARALLELISM", "false")

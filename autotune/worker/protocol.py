@@ -29,6 +29,9 @@ STATUSES = ("ok", "oom", "crash", "timeout", "unsupported", "error", "skipped")
 FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export")
 
 
+#: The launcher's pid, in the worker's environment: the worker dies with it (Linux).
+PARENT_ENV = "AUTOTUNE_WORKER_PARENT"
+
 @dataclass(frozen=True)
 class WorkerRequest:
     """One candidate to load once and measure at each batch size of a rising ladder.
