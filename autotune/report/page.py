@@ -68,7 +68,8 @@ svg .empty { font-size: 13px; fill: var(--muted); }
 svg .callout-text { font-size: 12px; font-weight: 600; fill: var(--ink); paint-order: stroke; stroke: #fff; stroke-width: 4px; }
 table { border-collapse: collapse; width: 100%; font-size: 12.5px; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
-th { color: var(--muted); font-weight: 600; background: var(--soft); }
+th { color: var(--muted); font-weight: 600; background: var(--soft); white-space: nowrap; }
+td.label { white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.best td { background: #eef7f1; }
 td.why { color: var(--bad); }
@@ -512,7 +513,7 @@ def _candidates_table(view: StudyView) -> str:
             outcome = c.status + (f": {c.reason}" if c.reason else "")
         cls = ' class="best"' if view.best is not None and view.best.trial.candidate.key() == c.candidate.key() else ""
         rows.append(
-            f"<tr{cls}><td>{_swatch(c)}</td><td>{escape(c.label)}</td><td>{escape(c.origin)}</td><td>{escape(batches)}</td>"
+            f"<tr{cls}><td>{_swatch(c)}</td><td class=label>{escape(c.label)}</td><td>{escape(c.origin)}</td><td>{escape(batches)}</td>"
             f'<td class="num">{escape(_value(view.metric, best.metrics.get(view.metric)) if best else "-")}</td>'
             f'<td class="num">{escape(format_gib(best.metrics.get("peak_memory_bytes")) if best else "-")}</td>'
             f'<td class="num">{escape(_quality_text(best))}</td>'
@@ -536,7 +537,7 @@ def _apart(view: StudyView) -> str:
             continue
         t = v.trial
         why = v.why or ""
-        rows.append(f"<tr><td class=num>{t.number}</td><td>{escape(t.candidate.label())}</td><td class=num>{t.batch_size}</td>"
+        rows.append(f"<tr><td class=num>{t.number}</td><td class=label>{escape(t.candidate.label())}</td><td class=num>{t.batch_size}</td>"
                     f"<td>{escape(t.status)}</td><td class=why>{escape(why)}</td></tr>")
     if not rows:
         return "<h4>Infeasible and failed trials</h4><p class=meta>None: every trial met the constraints.</p>"
@@ -563,7 +564,7 @@ def _all_trials(view: StudyView) -> str:
         t, m = v.trial, v.trial.metrics
         cls = ' class="best"' if view.best is not None and view.best.trial.id == t.id else ""
         cells = [
-            f"<td class=num>{t.number}</td>", f"<td>{escape(t.origin)}</td>", f"<td>{escape(t.candidate.label())}</td>",
+            f"<td class=num>{t.number}</td>", f"<td>{escape(t.origin)}</td>", f"<td class=label>{escape(t.candidate.label())}</td>",
             f"<td class=num>{t.batch_size}</td>", f"<td>{escape(t.status)}</td>", f"<td>{'yes' if v.feasible else 'no'}</td>",
             _cell(_value(throughput, m.get(throughput))), _cell(_value("latency_p50_ms", m.get("latency_p50_ms"))),
             _cell(f"{m['ttft_ms']:.1f} ms" if m.get("ttft_ms") is not None else "-"),
