@@ -147,6 +147,36 @@ def test_names_and_reasons_from_the_store_are_escaped(store: Store, tmp_path: Pa
     assert len(charts(html)) == 6
 
 
+def test_an_encoder_tuned_for_memory_on_two_gpus(store: Store, tmp_path: Path) -> None:
+    """Sequences per second instead of tokens, the smallest peak wins, and a candidate spread over
+    both GPUs counts both in the GPU-minutes."""
+    from datetime import timedelta
+
+    from search_fakes import gpu_env
+
+    from autotune.workload import Workload
+
+    model = add_model(store, "org/bert", Workload(task="feature-extraction", prompt_tokens=128, objective="memory"),
+                      config={"model_type": "bert", "architectures": ["BertModel"]}, caps={"architecture": "BertModel"})
+    study = store.study_for(model, store.record_environment(gpu_env(2)))
+    one, two = Candidate(dtype="bfloat16", attn="sdpa"), Candidate(dtype="bfloat16", attn="sdpa", placement="multi-gpu")
+    for candidate, batch, peak in ((one, 1, 3.0), (one, 8, 3.5), (two, 1, 1.8)):
+        trial = store.start_trial(study.id, candidate, batch)
+        metrics = {"sequences_per_s": 100.0 * batch, "latency_p50_ms": 10.0, "peak_memory_bytes": int(peak * 2**30),
+                   "forecast_bytes": int(peak * 1.02 * 2**30)}
+        store.finish_trial(trial.id, "ok", metrics=metrics, feasible=True, objective_value=metrics["peak_memory_bytes"])
+    with store.session() as s:  # each candidate measured for one minute
+        from autotune.store.schema import TrialRow
+
+        for row in s.query(TrialRow).all():
+            row.finished_at = row.started_at + timedelta(minutes=1)
+    html = write_report(store, tmp_path / "r.html").read_text()
+    assert "<strong>bf16 sdpa multi-gpu</strong> at batch 1" in html
+    assert "objective memory (peak_memory_bytes)" in html and "sequences/s" in html and "tokens/s" not in html
+    assert "3.0 GPU-minutes of measuring" in html  # 1 minute on one GPU, 1 minute on two
+    assert len(charts(html)) == 6 and "median error 2.0%" in html
+
+
 @pytest.mark.parametrize("name", ["e2e_falcon7b_h200_20261126.db", "e2e_llama8b_20261126.db"])
 def test_the_report_of_a_gpu_study(name: str, tmp_path: Path) -> None:
     """Stores measured on H200s (BENCHMARKS.md), read from a copy."""

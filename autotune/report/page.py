@@ -19,6 +19,8 @@ from autotune.report.svg import INK, MUTED, Axis, Callout, Chart, Line, Mark, Ru
 from autotune.units import format_gib
 
 GiB = 2**30
+#: Memory axes span at least this share of their largest value.
+MEMORY_SPAN = 0.25
 
 _METRIC_NAMES = {
     "throughput_tokens_per_s": ("throughput", "tokens/s"),
@@ -317,7 +319,7 @@ def _gib_tick(v: float) -> str:
 def _axis(metric: str, **kw: Any) -> Axis:
     name, unit = _METRIC_NAMES.get(metric, (metric, ""))
     if metric == "peak_memory_bytes":
-        return Axis(f"{name} ({unit})", fmt=_gib_tick, **kw)
+        return Axis(f"{name} ({unit})", fmt=_gib_tick, min_span=MEMORY_SPAN, **kw)
     return Axis(f"{name} ({unit})" if unit else name, fmt=_num, **kw)
 
 
@@ -372,7 +374,7 @@ def _pareto(view: StudyView) -> tuple[Chart, str]:
     metric = "latency_p50_ms" if view.workload.objective == "latency" else view.throughput_metric
     maximize = metric != "latency_p50_ms"
     name = _METRIC_NAMES[metric][0]
-    chart = Chart(f"{name.capitalize()} against peak memory", _axis("peak_memory_bytes"), _axis(metric, zero=maximize),
+    chart = Chart(f"{name.capitalize()} against peak memory", _axis("peak_memory_bytes"), _axis(metric, zero=True),
                   empty="no trial measured both figures")
     feasible = []
     for c in view.candidates:
@@ -400,7 +402,7 @@ def _pareto(view: StudyView) -> tuple[Chart, str]:
 def _progress_chart(view: StudyView) -> tuple[Chart, str]:
     metric = view.metric
     chart = Chart(f"Best so far against {view.time_unit}", Axis(f"{view.time_unit} of measuring", fmt=_num, zero=True),
-                  _axis(metric, zero=view.direction == "maximize"), empty="nothing measured yet")
+                  _axis(metric, zero=metric != "peak_memory_bytes"), empty="nothing measured yet")
     steps: list[tuple[float, float]] = []
     scale = 1 / GiB if metric == "peak_memory_bytes" else 1
     for p in view.progress:
@@ -450,7 +452,7 @@ def _by_batch(view: StudyView, metric: str) -> tuple[Chart, str]:
 
 
 def _forecast(view: StudyView) -> tuple[Chart, str]:
-    axis = Axis("forecast peak (GiB)", fmt=_gib_tick)
+    axis = Axis("forecast peak (GiB)", fmt=_gib_tick, min_span=MEMORY_SPAN)
     chart = Chart("Memory forecast against the measured peak", axis, Axis("measured peak (GiB)", fmt=_gib_tick), diagonal=True,
                   empty="no forecast stored with these trials")
     errors = []
