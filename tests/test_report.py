@@ -141,8 +141,11 @@ def test_names_and_reasons_from_the_store_are_escaped(store: Store, tmp_path: Pa
     study = store.study_for(model, store.record_environment(cpu_env()))
     store.record_trial(study.id, Candidate(dtype="float32", attn="sdpa", placement="cpu"), 1, "error",
                        reason="<img src=x onerror=alert(2)>")
+    running = store.start_trial(study.id, Candidate(dtype="bfloat16", attn="sdpa", placement="cpu"), 1)
     html = write_report(store, tmp_path / "r.html").read_text()
     assert "<script>" not in html and "<img" not in html
+    # a trial still being measured is listed, but not as failed
+    assert f'<tr id="trial-{running.id}">' in html and "Infeasible and failed trials (1)" in html
     assert "org/&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;img src=x onerror=alert(2)&gt;" in html
     assert len(charts(html)) == 6
 

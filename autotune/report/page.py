@@ -391,7 +391,7 @@ def _pareto(view: StudyView) -> tuple[Chart, str]:
     if view.limit_bytes:
         chart.rules.append(Rule("x", view.limit_bytes / GiB, f"limit {format_gib(view.limit_bytes)}"))
     _callout(view, lambda t: _y("peak_memory_bytes", t), lambda t: _y(metric, t), chart)
-    failed = sum(1 for v in view.trials if not v.measured)
+    failed = sum(1 for v in view.trials if not v.measured and v.trial.status != "running")
     better = "higher" if maximize else "lower"
     caption = (f"Every measured candidate x batch size; {better} and further left is better. "
                f"{len(feasible)} feasible, {len(chart.marks) - len(feasible)} infeasible"
@@ -535,7 +535,7 @@ def _quality_text(trial: Any) -> str:
 def _apart(view: StudyView) -> str:
     rows = []
     for v in view.trials:
-        if v.feasible:
+        if v.feasible or v.trial.status == "running":
             continue
         t = v.trial
         why = v.why or ""
