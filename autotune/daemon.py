@@ -62,6 +62,8 @@ class DaemonOptions:
     settings: SearchSettings = field(default_factory=SearchSettings)
     heartbeat_s: float = HEARTBEAT_S
     stale_after_s: float = STALE_AFTER_S
+    #: Where to write a model's HTML report each time one of its studies finishes (``None``: nowhere).
+    report_dir: str | None = None
 
 
 class Daemon:
@@ -193,6 +195,10 @@ class Daemon:
         finally:
             stop.worker_pid = None
         self._report(model, search, step)
+        if step.finished and self.options.report_dir:
+            from autotune.report import refresh_report
+
+            self.log(refresh_report(store, self.options.report_dir, model.name, current=environment))
         return True
 
     def _search(self, store: Store, model: ModelRecord, environment: Environment, environment_id: int) -> StudySearch:

@@ -36,6 +36,8 @@ def test_wheel_carries_migrations_and_entry_point(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "autotune/migrations/env.py" in names and "autotune/migrations/script.py.mako" in names
     assert any(n.startswith("autotune/migrations/versions/0001") for n in names)
+    packages = sorted(str(p.relative_to(REPO)) for p in (REPO / "autotune").rglob("__init__.py"))
+    assert [p for p in packages if p not in names] == []  # every subpackage ships
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "autotune = autotune.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -16,7 +16,8 @@ from autotune import __version__
 from autotune.errors import AutotuneError
 
 #: The modules that add commands, in the order ``autotune --help`` lists them.
-COMMAND_MODULES = ("autotune.cli.setup", "autotune.cli.measure", "autotune.cli.tune", "autotune.cli.advise", "autotune.cli.envs")
+COMMAND_MODULES = ("autotune.cli.setup", "autotune.cli.measure", "autotune.cli.tune", "autotune.cli.advise", "autotune.cli.report",
+                   "autotune.cli.envs")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -51,6 +51,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                                         "Example: autotune daemon --poll 10")
     p.add_argument("--once", action="store_true", help="exit when no study has work left, instead of waiting for more (cron, CI)")
     p.add_argument("--poll", type=float, default=5.0, metavar="S", help="seconds between looks for new work when idle (default 5)")
+    p.add_argument("--report-dir", metavar="DIR",
+                   help="write a model's HTML report (as autotune report does) into DIR each time one of its studies finishes")
     _search_options(p)
     p.set_defaults(func=cmd_daemon)
 
@@ -360,5 +362,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         from autotune.errors import InputError
 
         raise InputError(f"--poll must be more than 0 seconds, got {args.poll!r}")
-    options = DaemonOptions(poll_s=args.poll, once=args.once, settings=_settings(args))
+    if args.report_dir:
+        from autotune.report import check_report_dir
+
+        check_report_dir(args.report_dir)
+    options = DaemonOptions(poll_s=args.poll, once=args.once, settings=_settings(args), report_dir=args.report_dir)
     return Daemon(args.db, options).run()
