@@ -29,11 +29,12 @@ LADDERS = ("rising", "falling")
 SCREEN_METRICS = {"throughput_tokens_per_s": "maximize", "sequences_per_s": "maximize", "latency_p50_ms": "minimize",
                   "peak_memory_bytes": "minimize"}
 
-#: Test-only faults the child can inject: an out-of-memory error from the second batch size on,
-#: a segfault in the second batch size, a hang at start-up (ignoring SIGTERM, with a grandchild
-#: process), an ImportError while loading, noise added to the weights after loading, and an ONNX
-#: export that fails (ONNX Runtime candidates).
-FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export")
+#: Test-only faults the child can inject: an out-of-memory error at the second batch size it
+#: measures, a segfault there, a hang at start-up (ignoring SIGTERM, with a grandchild process),
+#: an ImportError while loading, noise added to the weights after loading, an ONNX export that
+#: fails (ONNX Runtime candidates), and a small ``torch.compile`` after loading (which exercises
+#: the compile cache on a CPU, where Transformers compiles nothing by itself).
+FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export", "compile")
 
 
 #: The launcher's pid, in the worker's environment: the worker dies with it (Linux).

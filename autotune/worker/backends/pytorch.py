@@ -35,6 +35,11 @@ class PyTorchBackend(Backend):
             from autotune.worker import quality
 
             quality.corrupt(model, self.request.seed)
+        if self.request.fault == "compile":
+            import torch
+
+            compiled = torch.compile(lambda x: torch.sin(x) * 2 + x.cos(), dynamic=False)
+            compiled(torch.ones(7))
 
     @property
     def writes_reference(self) -> bool:
