@@ -185,3 +185,14 @@ def test_screen_is_validated_and_reads_both_directions() -> None:
         Screen("quality_kl")
     with pytest.raises(Exception, match="screening margin"):
         Screen("latency_p50_ms", margin=0)
+
+
+def test_exhaustive_measures_the_whole_space_fully(store: Store) -> None:
+    measure = FakeMeasure(landscape=falcon_speed)
+    throughput = Workload(prompt_tokens=512, new_tokens=128, max_batch=16, min_quality=0.5)
+    s = study(store, throughput, measure, exhaustive=True, restrict=parse_restriction(SPACE + " batch=1,4,16"))
+    steps = run(s)
+    assert steps[-1].study.stop_reason.startswith("space exhausted")
+    assert all(kw["ladder"] == "rising" and kw["screen"] is None for kw in measure.kwargs)
+    rows = store.trials(study_id=s.study.id)
+    assert {t.status for t in rows} <= {"ok", "skipped", "oom", "unsupported"}

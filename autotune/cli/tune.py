@@ -68,6 +68,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
                    help="measure a candidate only while it could beat the best by more than this share (default 0.03)")
     p.add_argument("--explore", action="store_true",
                    help="once nothing left is expected to win, go on with Optuna's TPE until --patience (default: stop)")
+    p.add_argument("--exhaustive", action="store_true",
+                   help="measure every candidate at every batch size, fully: no screens, no early stop but --trials and --budget-minutes")
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -81,6 +83,7 @@ def _settings(args: argparse.Namespace) -> Any:
         patience=args.patience, max_trials=args.trials, budget_minutes=args.budget_minutes,
         seed=getattr(args, "seed", None), restrict=parse_restriction(args.space or os.environ.get(SPACE_ENV)),
         timeout_s=args.timeout, worker_options=options, tolerance=args.tolerance, explore=args.explore,
+        exhaustive=args.exhaustive,
     )
 
 

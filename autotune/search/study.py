@@ -100,6 +100,7 @@ class SearchSettings:
     explore: bool = False
     screen_margin: float = 0.15
     knowledge: bool = True
+    exhaustive: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.patience, int) or self.patience < 1:
@@ -257,6 +258,8 @@ class StudySearch:
             return f"trial budget reached: {state.measured} trials"
         if s.budget_minutes is not None and state.seconds >= s.budget_minutes * 60:
             return f"time budget reached: {state.seconds / 60:.1f} of {s.budget_minutes:g} minutes measuring"
+        if s.exhaustive:
+            return None
         if s.knowledge and not s.explore and self._defaults_done(state) and self._knowledge_pick(state) is None:
             best = f"; the best is {state.best.candidate.label()}" if state.best else ""
             return (f"knowledge exhausted: no unmeasured candidate is expected to beat the best by more than "
@@ -299,6 +302,14 @@ class StudySearch:
         for baseline in self._forced_baselines():
             if baseline.candidate.key() not in measured and not known_failure(baseline.candidate, state):
                 return baseline.candidate, "baseline", baseline.name
+        if self.settings.exhaustive:
+            left = [c for c in space.candidates if c.key() not in measured and not known_failure(c, state)]
+            if not left:
+                return None
+            if not self.settings.knowledge:
+                return left[0], "search", self._baseline_name(left[0])
+            ranked = sorted(left, key=lambda c: -self.knowledge.expect(c).factor)
+            return ranked[0], "prior", self._baseline_name(ranked[0])
         if self.settings.knowledge:
             pick = self._knowledge_pick(state)
             if pick is not None:
@@ -506,9 +517,9 @@ class StudySearch:
         """How the worker measures ``candidate``: its ladder order, the figure to screen against,
         what is left of the time budget, and why the candidate was chosen (kept in its rows)."""
         plan: dict[str, Any] = {}
-        if self.workload.objective == "throughput":
+        if self.workload.objective == "throughput" and not self.settings.exhaustive:
             plan["ladder"] = "falling"
-        if self.metric in SCREEN_METRICS:
+        if self.metric in SCREEN_METRICS and not self.settings.exhaustive:
             beat = state.best.value if state.best is not None else None
             plan["screen"] = Screen(self.metric, beat=beat if beat and beat > 0 else None, margin=self.settings.screen_margin,
                                     contend=self.settings.tolerance)
