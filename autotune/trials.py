@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.objective import score
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
+from autotune.worker.protocol import Screen
 from autotune.worker_env import DEFAULT as DEFAULT_ENV
 from autotune.worker_env import WorkerEnvironment
 from autotune.workload import Workload
@@ -134,6 +136,13 @@ def onnx_cache_dir() -> Path:
     return cache_dir() / "onnx"
 
 
+def compile_cache_dir(environment: Environment) -> Path:
+    """Where torch.compile keeps its caches for ``environment``: one directory per environment
+    fingerprint (a compiled graph is only valid for the GPUs and versions that compiled it),
+    shared by every worker, kept across reboots (see :func:`autotune.worker.child.use_compile_cache`)."""
+    return cache_dir() / "compile" / environment.fingerprint
+
+
 def _request(model: ModelRecord, workload: Workload, candidate: Candidate, batch_sizes: tuple[int, ...], **fields: Any) -> Any:
     from autotune.worker import WorkerRequest
 
@@ -203,6 +212,10 @@ def measure_candidate(
     python: str | None = None,
     worker_options: dict[str, Any] | None = None,
     worker_envs: list[WorkerEnvironment] | None = None,
+    ladder: str = "rising",
+    screen: Screen | None = None,
+    deadline_s: float | None = None,
+    details: dict[str, Any] | None = None,
 ) -> list[TrialRecord]:
     """Measure ``candidate`` of ``model`` at each batch size in one worker; one finished trial per size.
 
@@ -215,6 +228,14 @@ def measure_candidate(
     environment). An ONNX Runtime candidate runs in the first registered worker environment
     (``worker_envs``, default: the store's) that offers its provider, and its trials record that
     environment's name; its quality reference is still made by PyTorch, in ``python``.
+
+    ``ladder`` and ``screen`` go to the worker (see :class:`autotune.worker.protocol.WorkerRequest`):
+    the search measures throughput ladders largest first and screens clear losers.
+    ``deadline_s`` is what is left of the study's time budget: the worker is stopped when it runs
+    out, and its unfinished rows are recorded as stopped at the deadline (``details["deadline"]``,
+    and ``interrupted``, so that a resumed study with a larger budget measures them again).
+    ``details`` is added to every row's details (the search records why it chose the candidate).
+    PyTorch candidates keep torch.compile's caches in :func:`compile_cache_dir`.
     """
     sizes = tuple(int(b) for b in batch_sizes)
     if not sizes or list(sizes) != sorted(set(sizes)) or sizes[0] <= 0:
@@ -231,11 +252,13 @@ def measure_candidate(
     if reason is None and worker_env is not None and not Path(worker_env.python).exists():
         reason = (f"worker environment {worker_env.name}: its interpreter {worker_env.python} is gone "
                   f"(register it again: autotune env add {worker_env.name} PYTHON)")
+    extra = dict(details or {})
     if reason is not None:
         return [store.record_trial(study.id, candidate, b, "unsupported", origin=origin, reason=reason, feasible=False,
-                                   worker_env=env_name, details={"rejected_before_load": True}) for b in sizes]
+                                   worker_env=env_name, details={**extra, "rejected_before_load": True}) for b in sizes]
     candidate_python = worker_env.python if worker_env is not None else python
 
+    began = time.monotonic()
     trials = [store.start_trial(study.id, candidate, b, origin=origin, worker_env=env_name) for b in sizes]
     finished: dict[int, TrialRecord] = {}
     try:
@@ -249,6 +272,10 @@ def measure_candidate(
 
         timeout = timeout_s or default_timeout(sizes)
         candidate_timeout = timeout_s or timeout + (ONNX_EXPORT_TIMEOUT_S if worker_env is not None else 0.0)
+        capped = deadline_s is not None and deadline_s < candidate_timeout
+        if deadline_s is not None:
+            timeout = max(1.0, min(timeout, deadline_s))
+            candidate_timeout = max(1.0, min(candidate_timeout, deadline_s))
         path = reference_path(model, workload, environment, candidate.placement)
         make_reference = not path.exists() and candidate == reference_candidates(model, environment, candidate.placement)[0]
         if make_reference:
@@ -258,8 +285,12 @@ def measure_candidate(
                                          python=python, timeout_s=timeout, on_spawn=spawned)
         from autotune.worker import launch
 
+        if deadline_s is not None and reference.status != "cached":
+            candidate_timeout = max(1.0, candidate_timeout - (time.monotonic() - began))
+        compile_cache = str(compile_cache_dir(environment)) if candidate.runtime == "pytorch" else None
         request = _request(model, workload, candidate, sizes, max_memory_bytes=multi_limit, reference_path=reference.path,
-                           make_reference=make_reference, timeout_s=candidate_timeout, fault=fault, **(worker_options or {}))
+                           make_reference=make_reference, timeout_s=candidate_timeout, fault=fault, ladder=ladder, screen=screen,
+                           compile_cache=compile_cache, **(worker_options or {}))
         outcome = launch(request, python=candidate_python, on_spawn=spawned)
         if make_reference and outcome.reference and outcome.reference.get("status") == "ok":
             _write_label(path, candidate.label())
@@ -271,12 +302,19 @@ def measure_candidate(
             worker["python"] = worker_env.python
         for trial, result in zip(trials, outcome.results):
             verdict = score(workload, result.status, result.metrics, limit)
-            details = {**result.details, "worker": worker, "reference": reference.to_dict(), "memory_limit_bytes": limit}
+            row = {**extra, **result.details, "worker": worker, "reference": reference.to_dict(), "memory_limit_bytes": limit}
+            status, why = result.status, result.reason
+            if capped and outcome.timed_out and status in ("timeout", "skipped"):
+                status, why = "timeout", f"stopped at the study's deadline (its time budget ran out): {result.reason}"
+                row.update(deadline=True, interrupted=True)
             if not verdict.feasible:
-                details["infeasible"] = list(verdict.reasons)
+                row["infeasible"] = list(verdict.reasons)
+            value = verdict.value
+            if status == "screened":
+                value = _screen_value(workload, result.metrics)
             finished[trial.id] = store.finish_trial(
-                trial.id, result.status, reason=result.reason, metrics=result.metrics, effective=result.effective,
-                details=details, feasible=verdict.feasible, objective_value=verdict.value,
+                trial.id, status, reason=why, metrics=result.metrics, effective=result.effective,
+                details=row, feasible=verdict.feasible, objective_value=value,
             )
     finally:
         for trial in trials:
@@ -284,3 +322,11 @@ def measure_candidate(
                 finished[trial.id] = store.finish_trial(trial.id, "error", reason="the measurement was interrupted before this batch size finished",
                                                         feasible=False, details={"interrupted": True})
     return [finished[t.id] for t in trials]
+
+
+def _screen_value(workload: Workload, metrics: dict[str, Any]) -> float | None:
+    """The objective figure of a screened row (one run): kept as its value, never as a measurement."""
+    from autotune.objective import metric_for
+
+    value = metrics.get(metric_for(workload)[0])
+    return float(value) if isinstance(value, (int, float)) else None

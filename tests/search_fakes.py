@@ -15,6 +15,8 @@ from autotune.environment import Environment, Gpu
 from autotune.objective import score
 from autotune.registry import ResolvedModel
 from autotune.store import ModelRecord, Store, TrialRecord
+from autotune.worker.ladder import Ladder
+from autotune.worker.protocol import Screen
 from autotune.workload import Workload
 
 LLAMA_CAPS = {"architecture": "LlamaForCausalLM", "attn_implementations": ["eager", "sdpa", "flash_attention_2", "flex_attention"]}
@@ -56,42 +58,59 @@ class FakeMeasure:
     """Callable like ``measure_candidate``; remembers what it measured.
 
     fp32 runs out of memory from batch 8; fp4 fails the quality floor. ``fail`` raises for
-    candidates whose label contains it.
+    candidates whose label contains it. The batch sizes are visited as the real worker visits
+    them (:class:`autotune.worker.ladder.Ladder`, with the ``ladder`` and ``screen`` asked for),
+    and a size whose figure is far behind the screen's figure to beat ends ``screened``.
     """
 
-    def __init__(self, fail: str | None = None, during: Any = None) -> None:
+    def __init__(self, fail: str | None = None, during: Any = None, landscape: Any = None) -> None:
+        self.speed = landscape or speed
         self.calls: list[tuple[Candidate, tuple[int, ...], str]] = []
+        self.kwargs: list[dict[str, Any]] = []
         self.fail = fail
         self.during = during  # called with the call's index once its rows are running
 
     def __call__(self, store: Store, model: ModelRecord, candidate: Candidate, batch_sizes: Sequence[int], *,
                  environment: Environment, environment_id: int, study: Any, origin: str = "search",
-                 timeout_s: float | None = None, fault: str | None = None, on_spawn: Any = None) -> list[TrialRecord]:
+                 timeout_s: float | None = None, fault: str | None = None, on_spawn: Any = None,
+                 ladder: str = "rising", screen: Screen | None = None, details: dict[str, Any] | None = None,
+                 **kwargs: Any) -> list[TrialRecord]:
         self.calls.append((candidate, tuple(batch_sizes), origin))
-        rows = [store.start_trial(study.id, candidate, b, origin=origin) for b in batch_sizes]
+        self.kwargs.append({"ladder": ladder, "screen": screen, "details": details, **kwargs})
+        rows = {b: store.start_trial(study.id, candidate, b, origin=origin) for b in batch_sizes}
         if self.fail and self.fail in candidate.label():
             raise RuntimeError("the worker launcher broke")
         if on_spawn is not None:
             on_spawn(999999)
         if self.during is not None:
             self.during(len(self.calls) - 1)
-        out, oom = [], False
-        for row in rows:
-            b = row.batch_size
-            if oom:
-                out.append(store.finish_trial(row.id, "skipped", reason="a smaller batch ran out of memory", feasible=False))
-                continue
+        out: dict[int, TrialRecord] = {}
+        steps = Ladder(tuple(batch_sizes), ladder, screen)
+        metric = screen.metric if screen else None
+        while (b := steps.next()) is not None:
+            row = rows[b]
             if b >= 8 and candidate.dtype == "float32":
-                oom = True
-                out.append(store.finish_trial(row.id, "oom", reason="out of memory", feasible=False))
+                out[b] = store.finish_trial(row.id, "oom", reason="out of memory", feasible=False, details=dict(details or {}))
+                steps.record(b, "oom")
                 continue
-            metrics = {"throughput_tokens_per_s": speed(candidate, b), "latency_p50_ms": 1000 / speed(candidate, 1),
+            metrics = {"throughput_tokens_per_s": self.speed(candidate, b), "latency_p50_ms": 1000 / self.speed(candidate, 1),
                        "peak_memory_bytes": 10**6 * b * (4 if candidate.dtype == "float32" else 2),
                        "quality_token_agreement": 0.5 if candidate.quant == "bnb-4bit-fp4" else 1.0}
+            if screen is not None and screen.hopeless(metrics[screen.metric]):
+                value = metrics[screen.metric]
+                out[b] = store.finish_trial(row.id, "screened", metrics={**metrics, "repeats": 1}, feasible=False,
+                                            objective_value=value, reason="screened out after one timed run",
+                                            details=dict(details or {}))
+                steps.record(b, "screened", value)
+                continue
             s = score(study.workload, "ok", metrics, None)
-            out.append(store.finish_trial(row.id, "ok", metrics=metrics, feasible=s.feasible, objective_value=s.value,
-                                          reason="; ".join(s.reasons) or None))
-        return out
+            out[b] = store.finish_trial(row.id, "ok", metrics=metrics, feasible=s.feasible, objective_value=s.value,
+                                        reason="; ".join(s.reasons) or None, details=dict(details or {}))
+            steps.record(b, "ok", metrics.get(metric) if metric else None)
+        for left in steps.leftover():
+            out[left.batch_size] = store.finish_trial(rows[left.batch_size].id, left.status, reason=left.reason, feasible=False,
+                                                      details=dict(details or {}))
+        return [out[b] for b in sorted(out)]
 
     @property
     def keys(self) -> list[str]:

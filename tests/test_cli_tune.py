@@ -42,7 +42,7 @@ def test_tune_runs_the_study_and_prints_the_best(cli, fake: FakeMeasure) -> None
     assert trials.code == 0 and "fp32 sdpa cpu" in trials.out and "oom" in trials.out and "* the best trial" in trials.out
     data = json.loads(cli("trials", "org/tiny", "--json").out)
     assert len(data) == 1 and data[0]["state"] == "finished" and len(data[0]["trials"]) == 16
-    assert {t["origin"] for t in data[0]["trials"]} == {"baseline", "search"}
+    assert {t["origin"] for t in data[0]["trials"]} == {"baseline", "prior"}  # the defaults, then knowledge first
 
     status = json.loads(cli("status", "--json").out)
     (entry,) = status["models"]

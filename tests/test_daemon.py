@@ -129,7 +129,8 @@ def test_first_signal_finishes_the_trial_second_stops_at_once(store_url: str) ->
     assert d.run() == 0
     assert len(once.calls) == 2  # the trial in progress finished; no other started
     with Store.open(store_url) as store:
-        assert store.trials(status="running") == [] and {t.status for t in store.trials()} <= {"ok", "oom"}
+        # finished rows only: measured, out of memory, screened (far behind), or skipped by the ladder
+        assert store.trials(status="running") == [] and {t.status for t in store.trials()} <= {"ok", "oom", "screened", "skipped"}
     assert any("SIGTERM: finishing the current trial" in line for line in lines)
 
     twice = signal_during_second_trial(2)
@@ -236,7 +237,7 @@ def test_daemon_tunes_two_models_while_the_cli_answers(tmp_path, tiny_models) ->
     environ = _environ(tmp_path, "dtype=fp32,bf16 attn=sdpa quant=none static_cache=false")
     db, log = tmp_path / "e2e.db", tmp_path / "daemon.log"
     models = [_register(db, tiny_models[kind]) for kind in ("llama", "gpt2")]
-    daemon = _start(environ, log, "--once")
+    daemon = _start(environ, log, "--once", "--exhaustive")
     try:
         with Store.open(str(db)) as store:
             _wait_for(lambda: store.trials(status="running"), 180, daemon, "a trial to start", log)
@@ -284,7 +285,7 @@ def test_sigterm_then_kill_9_then_restart_lose_nothing(tmp_path, tiny_models) ->
     store = Store.open(str(db))
     try:
         # 1. SIGTERM in the middle of a trial: that trial finishes, no other starts, exit 0
-        daemon = _start(environ, log)
+        daemon = _start(environ, log, "--exhaustive")
         _wait_for(lambda: store.trials(status="running"), 180, daemon, "a trial to start", log)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=300) == 0, log.read_text()
@@ -293,7 +294,7 @@ def test_sigterm_then_kill_9_then_restart_lose_nothing(tmp_path, tiny_models) ->
         assert "SIGTERM: finishing the current trial" in log.read_text()
 
         # 2. kill -9 in the middle of the next trial: its rows stay running, the finished ones stay
-        daemon = _start(environ, log)
+        daemon = _start(environ, log, "--exhaustive")
         running = _wait_for(lambda: [t for t in store.trials(status="running") if t.candidate.key() != first[0].candidate.key()],
                             180, daemon, "the second trial to start", log)
         _wait_for(lambda: store.get_trial(running[0].id).details or _worker_pid(store, running[0].id), 60, daemon,
@@ -305,7 +306,7 @@ def test_sigterm_then_kill_9_then_restart_lose_nothing(tmp_path, tiny_models) ->
 
         # 3. a restart marks them, measures that candidate again, and finishes the study
         time.sleep(0.5)
-        daemon = _start(environ, log, "--once")
+        daemon = _start(environ, log, "--once", "--exhaustive")
         assert daemon.wait(timeout=600) == 0, log.read_text()
         trials = store.trials()
         by_id = {t.id: t for t in trials}

@@ -275,11 +275,61 @@ def recommend(
                                f"({_constraints_text(workload, limit_bytes)}): {reasons}; relax --max-memory or --min-quality, "
                                f"or run `autotune tune {model.name}` to measure more")
     best, best_value = _best(feasible, workload)
+    notes.extend(search_notes(trials, study, best))
     ups = _runners_up(feasible, best, best_value, workload, runners_up)
     verdicts = explain(trials, study, best, workload, environment, model)
     limit_bytes, _ = memory_limit(workload, environment, best.candidate)
     return replace(rec, best=best, best_value=best_value, runners_up=tuple(ups), verdicts=tuple(verdicts), notes=tuple(notes),
                    limit_bytes=limit_bytes, worker_env=best.worker_env, packages=tuple(packages_for(store, best, environment)))
+
+
+def search_notes(trials: list[TrialRecord], study: StudyRecord, best: TrialRecord) -> list[str]:
+    """How the search came to the winner (which prior put it early), how it stopped, and what a
+    compiled winner costs at the first request after a cold start."""
+    notes = []
+    candidates = []
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.candidate.key() not in candidates:
+            candidates.append(t.candidate.key())
+    position = candidates.index(best.candidate.key()) + 1 if best.candidate.key() in candidates else None
+    prior = best.details.get("prior") if isinstance(best.details, dict) else None
+    if position is not None:
+        where = f"measured as candidate {position} of {len(candidates)}"
+        if best.origin == "baseline":
+            notes.append(f"{where}: a baseline")
+        elif prior and prior.get("expectation", {}).get("effects"):
+            effects = "; ".join(f"{_effect_label(e)} x{e['factor']:.2f} ({e['source']}: {e['reason']})"
+                                for e in prior["expectation"]["effects"])
+            label = "earlier studies on this kind of GPU (warm start)" if best.origin == "warm-start" else "what was known before measuring"
+            notes.append(f"{where}, put early by {label}: expected x{prior['expectation']['factor']:.2f} the plain load from "
+                         f"{effects}")
+        else:
+            notes.append(f"{where} ({best.origin})")
+    if study.stop_reason:
+        notes.append(f"the study stopped: {study.stop_reason}")
+    screened = sum(1 for t in trials if t.status == "screened")
+    if screened:
+        notes.append(f"{screened} trial{'s' * (screened != 1)} {'were' if screened != 1 else 'was'} screened out after one timed run "
+                     f"(far behind the best; `autotune trials` marks them)")
+    if best.metrics.get("compile_seconds") and best.candidate.static_cache:
+        same = [t for t in trials if t.candidate.key() == best.candidate.key() and t.batch_size == best.batch_size
+                and t.metrics.get("compile_seconds") is not None]
+        cold = [t for t in same if not (t.details.get("compile_cache") or {}).get("warm")]
+        if cold:
+            first = min(cold, key=lambda t: t.number)
+            notes.append(f"a cold start compiles before the first request: {first.metrics['compile_seconds']:.0f} s measured in "
+                         f"trial {first.number} (torch.compile's caches, kept on disk, make later starts faster)")
+        else:
+            notes.append(f"compiling took {best.metrics['compile_seconds']:.0f} s with a warm compile cache; a cold start takes longer")
+    return notes
+
+
+def _effect_label(effect: dict[str, Any]) -> str:
+    if effect.get("axis") == "static_cache":
+        return "static cache"
+    if effect.get("axis") == "memory":
+        return "forecast"
+    return f"{effect.get('axis')} {effect.get('value')}"
 
 
 def packages_for(store: Store, trial: TrialRecord, environment: Environment) -> list[str]:

@@ -66,6 +66,12 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, metavar="S", help="seconds a worker may take for one candidate (default: the worker's)")
     p.add_argument("--max-repeats", type=_repeats, metavar="N",
                    help="timed repeats per batch size at most (default 10; fewer is faster and noisier, at least 2)")
+    p.add_argument("--tolerance", type=_share, default=0.03, metavar="F",
+                   help="measure a candidate only while it could beat the best by more than this share (default 0.03)")
+    p.add_argument("--explore", action="store_true",
+                   help="once nothing left is expected to win, go on with Optuna's TPE until --patience (default: stop)")
+    p.add_argument("--exhaustive", action="store_true",
+                   help="measure every candidate at every batch size, fully: no screens, no early stop but --trials and --budget-minutes")
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -78,8 +84,19 @@ def _settings(args: argparse.Namespace) -> Any:
     return SearchSettings(
         patience=args.patience, max_trials=args.trials, budget_minutes=args.budget_minutes,
         seed=getattr(args, "seed", None), restrict=parse_restriction(args.space or os.environ.get(SPACE_ENV)),
-        timeout_s=args.timeout, worker_options=options,
+        timeout_s=args.timeout, worker_options=options, tolerance=args.tolerance, explore=args.explore,
+        exhaustive=args.exhaustive,
     )
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"--tolerance must be a share in [0, 1), such as 0.03, got {text!r}")
+    return value
 
 
 def _repeats(text: str) -> int:
@@ -151,7 +168,10 @@ def _run(search: Any, name: str, lock: Any, stop: Any) -> None:
 
     def started(candidate: Any, origin: str, baseline: str | None, ladder: tuple[int, ...]) -> None:
         number = search.progress().measured + 1
-        text = f"trial {number}: {candidate.label()}{f' [{baseline}]' if baseline else ''}, batch {','.join(map(str, ladder))}"
+        why = f" [{baseline}]" if baseline else ""
+        if origin in ("prior", "warm-start"):
+            why += f" ({origin}: expected x{search.knowledge.expect(candidate).factor:.2f} the plain load)"
+        text = f"candidate {number}: {candidate.label()}{why}, batch {','.join(map(str, ladder))}"
         current[0] = f"tune: {name} (study {search.study.id}), {text}"
         lock.beat(current[0])
         _note(f"{text} ...")
@@ -242,6 +262,10 @@ def cmd_trials(args: argparse.Namespace) -> int:
         print_table(["#", "ORIGIN", "CANDIDATE", "BATCH", "STATUS", "FEASIBLE", metric.upper(), "PEAK", "QUALITY", "LOAD_S", "REASON"], rows)
         if study.best_trial_id:
             print("  * the best trial")
+        if any(t.status == "screened" for t in trials):
+            print("  screened: timed once only, already far behind the best; a screen, not a measurement, never recommended")
+        if any(t.origin == "warm-start" for t in trials):
+            print("  warm-start: measured early because earlier studies on this kind of GPU measured what it changes")
     return 0
 
 

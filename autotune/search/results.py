@@ -22,8 +22,9 @@ from autotune.workload import Workload
 #: stopped at once); their candidate is measured again, and the rows stay as a record.
 INTERRUPTED = "interrupted"
 INTERRUPTED_REASON = "the daemon died during the trial; the candidate is measured again"
-#: Statuses of a row that was measured to the end (``skipped``: a batch after an OOM).
-FINISHED = ("ok", "oom", "crash", "timeout", "unsupported", "error", "skipped")
+#: Statuses of a row that was measured to the end (``skipped``: a batch the ladder left out;
+#: ``screened``: timed once, far behind the best — a screen, never a measurement).
+FINISHED = ("ok", "oom", "crash", "timeout", "unsupported", "error", "skipped", "screened")
 
 
 def interrupted(trial: TrialRecord) -> bool:
@@ -37,7 +38,8 @@ class CandidateResult:
     ``value`` is the best objective over its feasible batch sizes (``None``: none was feasible).
     ``violation`` is how far it is from feasible for the sampler: 0 when feasible, else a
     positive number (how far over the memory limit or under the quality floor; 1 for an OOM,
-    crash or any other failure).
+    crash or any other failure). ``screen_value`` is the best figure of its screened rows (one
+    timed run each): what the search may learn from, never what is recommended.
     """
 
     candidate: Candidate
@@ -51,6 +53,7 @@ class CandidateResult:
     running: bool
     started_at: datetime
     finished_at: datetime | None
+    screen_value: float | None = None
 
     @property
     def key(self) -> str:
@@ -104,6 +107,9 @@ def _result(rows: list[TrialRecord], direction: str, workload: Workload, limit: 
         status, reason, violation = "ok", None, 0.0
     elif running and not measured:
         status, reason, violation = "running", None, 0.0
+    elif any(t.status == "screened" for t in measured) and all(t.status in ("screened", "oom", "skipped") for t in measured):
+        first = next(t for t in measured if t.status == "screened")
+        status, reason, violation = "screened", first.reason, 0.0
     else:
         first = measured[0] if measured else rows[0]
         status, reason = first.status, first.reason
@@ -113,10 +119,13 @@ def _result(rows: list[TrialRecord], direction: str, workload: Workload, limit: 
             reason = first.reason or ("; ".join(map(str, why)) if why else "over the memory limit or under the quality floor")
         violation = min((_violation(t, workload, limit) for t in measured), default=1.0)
     finished = [t.finished_at for t in rows if t.finished_at is not None]
+    screens = [t.objective_value for t in rows if t.status == "screened" and t.objective_value is not None]
+    pick = max if direction == "maximize" else min
     return CandidateResult(
         candidate=rows[0].candidate, origin=rows[0].origin, trials=tuple(rows), value=best.objective_value if best else None,
         best=best, violation=violation, status=status, reason=reason, running=running,
         started_at=min(t.started_at for t in rows), finished_at=None if running or not finished else max(finished),
+        screen_value=pick(screens) if screens else None,
     )
 
 
@@ -176,8 +185,33 @@ def progress(trials: list[TrialRecord], workload: Workload, min_improvement: flo
             since += 1
             if result.value is not None and best is not None and _better(result.value, best.value, direction):
                 best = result  # better, but within noise: the best moves, patience keeps counting
-    seconds = sum(r.seconds for r in results)
-    return Progress(tuple(results), best, since, seconds)
+    return Progress(tuple(results), best, since, spent_seconds(trials))
+
+
+def spent_seconds(trials: list[TrialRecord], now: datetime | None = None) -> float:
+    """Seconds of measuring a study has cost: per candidate, the union of its rows' time spans.
+
+    Every row counts, those of measurements cut short too (a candidate stopped at a deadline
+    cost its time), and a running row counts up to ``now`` (default: its start). Candidates are
+    measured one at a time each, so the sum over candidates is device time even when several
+    workers measure side by side.
+    """
+    spans: dict[str, list[tuple[datetime, datetime]]] = {}
+    for trial in trials:
+        end = trial.finished_at or (now if now is not None and trial.status == "running" else trial.started_at)
+        spans.setdefault(trial.candidate.key(), []).append((trial.started_at, max(end, trial.started_at)))
+    total = 0.0
+    for intervals in spans.values():
+        intervals.sort()
+        start, end = intervals[0]
+        for a, b in intervals[1:]:
+            if a > end:
+                total += (end - start).total_seconds()
+                start, end = a, b
+            else:
+                end = max(end, b)
+        total += (end - start).total_seconds()
+    return total
 
 
 def _better(a: float, b: float | None, direction: str) -> bool:

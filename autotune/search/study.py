@@ -51,13 +51,15 @@ from autotune.candidate import Candidate
 from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.objective import metric_for
+from autotune.search.prior import Knowledge, PastResult, Prediction
 from autotune.search.results import INTERRUPTED, INTERRUPTED_REASON, CandidateResult, Progress, progress
 from autotune.search.space import (
-    AXES, Forecast, SearchSpace, build_space, candidate_from, default_forecast, memory_limit, params_of, peak_forecast,
+    AXES, Baseline, Forecast, SearchSpace, build_space, candidate_from, default_forecast, memory_limit, params_of, peak_forecast,
 )
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.store.schema import TrialRow, utcnow
 from autotune.units import format_gib
+from autotune.worker.protocol import SCREEN_METRICS, Screen
 
 #: ``measure(store, model, candidate, batch_sizes, *, environment, environment_id, study, origin,
 #: timeout_s, on_spawn) -> list[TrialRecord]`` — :func:`autotune.trials.measure_candidate`.
@@ -94,6 +96,11 @@ class SearchSettings:
     timeout_s: float | None = None
     baselines: bool = True
     worker_options: dict[str, Any] = field(default_factory=dict)
+    tolerance: float = 0.03
+    explore: bool = False
+    screen_margin: float = 0.15
+    knowledge: bool = True
+    exhaustive: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.patience, int) or self.patience < 1:
@@ -104,6 +111,10 @@ class SearchSettings:
             raise InputError(f"--budget-minutes must be more than 0, got {self.budget_minutes!r}")
         if not 0 <= self.min_improvement < 1:
             raise InputError(f"the minimum improvement must be in [0, 1), got {self.min_improvement!r}")
+        if not 0 <= self.tolerance < 1:
+            raise InputError(f"--tolerance must be in [0, 1), got {self.tolerance!r}")
+        if not 0 < self.screen_margin < 1:
+            raise InputError(f"--screen-margin must be in (0, 1), got {self.screen_margin!r}")
 
 
 @dataclass(frozen=True)
@@ -147,21 +158,34 @@ def _default_measure() -> Measure:
     return measure_candidate
 
 
-def _bnb_known_ineffective(candidate: Candidate, state: Progress) -> bool:
-    """Whether ``candidate`` is bitsandbytes on a model where bitsandbytes converted no layer at all.
+def known_failure(candidate: Candidate, state: Progress) -> str | None:
+    """Why ``candidate`` is known to fail from what this study measured, or ``None``.
 
-    The worker reports such a load ``unsupported`` (e.g. Falcon's ``FalconLinear`` layers, which
-    Transformers 5 leaves in bf16); every other bitsandbytes variant (8-bit, fp4, double quant,
-    another compute dtype) would load just as unquantized, so measuring it is wasted time. The
-    baseline that found it stays in the trials with its reason.
+    - bitsandbytes on a model where a bitsandbytes load converted no layer at all: the worker
+      reported it ``unsupported`` (e.g. Falcon's ``FalconLinear`` layers, which Transformers 5
+      leaves in bf16); every other bitsandbytes variant (8-bit, fp4, double quant, another compute
+      dtype) would load just as unquantized.
+    - a pinned SDPA kernel for which PyTorch found no kernel for this model's attention call (e.g.
+      Falcon-7B's one K/V head for 71 query heads): the call has the same shape in every dtype.
+    The candidate that found it stays in the trials with its reason.
     """
-    if candidate.quant == "none":
-        return False
-    return any(
-        result.candidate.quant != "none" and result.status == "unsupported"
-        and any(t.effective.get("quantized_layers") == 0 for t in result.trials)
-        for result in state.results
-    )
+    for result in state.results:
+        if result.status != "unsupported":
+            continue
+        if candidate.quant != "none" and result.candidate.quant != "none" and any(
+                t.effective.get("quantized_layers") == 0 for t in result.trials):
+            return f"bitsandbytes converted no layer of this model ({result.candidate.label()})"
+        if candidate.sdpa_kernel and candidate.sdpa_kernel == result.candidate.sdpa_kernel \
+                and "found no kernel" in (result.reason or ""):
+            return f"SDPA kernel {candidate.sdpa_kernel}: PyTorch found no kernel for this model's call ({result.candidate.label()})"
+    return None
+
+
+def speed_of(direction: str, value: float | None) -> float | None:
+    """A figure as speed (higher is better): a throughput as it is, a latency or a size inverted."""
+    if value is None or value <= 0:
+        return None
+    return value if direction == "maximize" else 1.0 / value
 
 
 class StudySearch:
@@ -198,6 +222,7 @@ class StudySearch:
         self.workload = self.study.workload
         self.metric, self.direction = metric_for(self.workload)
         self._space: SearchSpace | None = None
+        self._knowledge: Knowledge | None = None
 
     # -- the space --------------------------------------------------------------------------
 
@@ -233,7 +258,13 @@ class StudySearch:
             return f"trial budget reached: {state.measured} trials"
         if s.budget_minutes is not None and state.seconds >= s.budget_minutes * 60:
             return f"time budget reached: {state.seconds / 60:.1f} of {s.budget_minutes:g} minutes measuring"
-        baselines_done = not s.baselines or all(b.candidate.key() in measured for b in space.baselines)
+        if s.exhaustive:
+            return None
+        if s.knowledge and not s.explore and self._defaults_done(state) and self._knowledge_pick(state) is None:
+            best = f"; the best is {state.best.candidate.label()}" if state.best else ""
+            return (f"knowledge exhausted: no unmeasured candidate is expected to beat the best by more than "
+                    f"{s.tolerance:.0%}{best} (--explore measures more)")
+        baselines_done = not s.baselines or all(b.candidate.key() in measured for b in self._forced_baselines())
         if baselines_done and state.since_improvement >= s.patience:
             if state.best is None:
                 return f"no feasible candidate in {state.measured} trials (patience {s.patience})"
@@ -260,13 +291,34 @@ class StudySearch:
     # -- choosing ---------------------------------------------------------------------------
 
     def next_candidate(self, state: Progress) -> tuple[Candidate, str, str | None] | None:
-        """``(candidate, origin, baseline name)`` to measure next, or ``None`` if none is left."""
+        """``(candidate, origin, baseline name)`` to measure next, or ``None`` if none is left.
+
+        The defaults first; then, knowledge first, the candidate expected to do best while one
+        could still beat the best (origin ``prior``, or ``warm-start`` when earlier studies'
+        measurements shaped the expectation); then, only with ``explore``, TPE.
+        """
         space = self.space
         measured = state.measured_keys
-        for baseline in space.baselines if self.settings.baselines else ():
-            if baseline.candidate.key() not in measured and not _bnb_known_ineffective(baseline.candidate, state):
+        for baseline in self._forced_baselines():
+            if baseline.candidate.key() not in measured and not known_failure(baseline.candidate, state):
                 return baseline.candidate, "baseline", baseline.name
-        left = [c for c in space.candidates if c.key() not in measured and not _bnb_known_ineffective(c, state)]
+        if self.settings.exhaustive:
+            left = [c for c in space.candidates if c.key() not in measured and not known_failure(c, state)]
+            if not left:
+                return None
+            if not self.settings.knowledge:
+                return left[0], "search", self._baseline_name(left[0])
+            ranked = sorted(left, key=lambda c: -self.knowledge.expect(c).factor)
+            return ranked[0], "prior", self._baseline_name(ranked[0])
+        if self.settings.knowledge:
+            pick = self._knowledge_pick(state)
+            if pick is not None:
+                candidate, _ = pick
+                origin = "warm-start" if "warm start" in self.knowledge.expect(candidate).sources else "prior"
+                return candidate, origin, self._baseline_name(candidate)
+            if not self.settings.explore:
+                return None
+        left = [c for c in space.candidates if c.key() not in measured and not known_failure(c, state)]
         if not left:
             return None
         searched = sum(1 for r in state.results if r.origin == "search" and not r.running)
@@ -276,6 +328,90 @@ class StudySearch:
             if near:
                 return self._sample(state, near), "search", None
         return self._sample(state, left), "search", None
+
+    def _forced_baselines(self) -> tuple[Baseline, ...]:
+        """The baselines measured whatever the knowledge says: all of them without knowledge, else the defaults."""
+        if not self.settings.baselines:
+            return ()
+        baselines = self.space.baselines
+        return baselines if not self.settings.knowledge else baselines[:1]
+
+    def _defaults_done(self, state: Progress) -> bool:
+        return all(b.candidate.key() in state.measured_keys or known_failure(b.candidate, state) for b in self._forced_baselines())
+
+    def _baseline_name(self, candidate: Candidate) -> str | None:
+        return next((b.name for b in self.space.baselines if b.candidate.key() == candidate.key()), None)
+
+    # -- knowledge ----------------------------------------------------------------------------
+
+    @property
+    def knowledge(self) -> Knowledge:
+        """What is known before measuring (rules, the forecast's facts, earlier studies here)."""
+        if self._knowledge is None:
+            forecast = self._forecast or default_forecast()[0]
+
+            def peak(candidate: Candidate) -> int | None:
+                try:
+                    return peak_forecast(forecast, self.model.config, candidate, self.workload, 1, self.environment)
+                except Exception:  # a forecast that cannot size this model leaves the memory objective unordered
+                    return None
+
+            self._knowledge = Knowledge(self.workload, self.environment, model_type=str(self.model.config.get("model_type", "")),
+                                        sdpa_fallback=sdpa_fallback(self.model.config), past=self._past_results(), forecast=peak)
+        return self._knowledge
+
+    def _past_results(self) -> list[PastResult]:
+        """Measured candidates of this store's other studies on the same kind of device, for the same objective."""
+        kind = _device_kind(self.environment)
+        models = {m.id: m for m in self.store.models()}
+        environments: dict[int, str] = {}
+        out: list[PastResult] = []
+        for study in self.store.studies():
+            if study.id == self.study.id or study.workload.objective != self.workload.objective or \
+                    study.workload.generates != self.workload.generates:
+                continue
+            if study.environment_id not in environments:
+                environments[study.environment_id] = _device_kind(self.store.environment(study.environment_id))
+            if environments[study.environment_id] != kind:
+                continue
+            model = models.get(study.model_id)
+            for candidate, value in _figures(self.store.trials(study_id=study.id), self.metric).items():
+                speed = speed_of(self.direction, value[1])
+                if speed is not None:
+                    out.append(PastResult(study.id, str(model.config.get("model_type", "")) if model else "", value[0], speed))
+        return out
+
+    def measured_speeds(self, state: Progress) -> dict[str, tuple[Candidate, float]]:
+        """Each measured candidate's best figure as speed: fully measured or screened, feasible or not."""
+        rows = [t for r in state.results for t in r.trials]
+        out = {}
+        for key, (candidate, value) in _figures(rows, self.metric).items():
+            speed = speed_of(self.direction, value)
+            if speed is not None:
+                out[key] = (candidate, speed)
+        return out
+
+    def _knowledge_pick(self, state: Progress) -> tuple[Candidate, Prediction] | None:
+        """The unmeasured candidate expected to do best, if one could still beat the best by the tolerance."""
+        measured = state.measured_keys
+        speeds = self.measured_speeds(state)
+        best = speed_of(self.direction, state.best.value) if state.best is not None else None
+        bar = best * (1 + self.settings.tolerance) if best is not None else None
+        ranked: list[tuple[float, float, int, Candidate, Prediction]] = []
+        for order, candidate in enumerate(self.space.candidates):
+            if candidate.key() in measured or known_failure(candidate, state):
+                continue
+            prediction = self.knowledge.predict(candidate, speeds)
+            optimistic = prediction.optimistic()
+            if bar is not None and optimistic is not None and optimistic <= bar:
+                continue
+            expected = prediction.speed if prediction.speed is not None else prediction.expectation.factor
+            # the highest expectation first; on a tie the better known one (fewer, surer departures from the plain load)
+            ranked.append((-round(expected, 9), prediction.sigma, order, candidate, prediction))
+        if not ranked:
+            return None
+        ranked.sort(key=lambda item: item[:3])
+        return ranked[0][3], ranked[0][4]
 
     def _sample(self, state: Progress, left: list[Candidate]) -> Candidate:
         import optuna
@@ -293,9 +429,12 @@ class StudySearch:
             if result.running or result.candidate not in space:
                 continue
             value = result.value if result.value is not None else worst
+            feasible = result.feasible
+            if result.status == "screened" and result.screen_value is not None:
+                value, feasible = result.screen_value, True  # slow, not infeasible: TPE learns its figure
             frozen.append(optuna.trial.create_trial(
                 params=params_of(result.candidate), distributions=distributions, value=value,
-                constraints={"feasible": 0.0 if result.feasible else max(result.violation, 1e-6)},
+                constraints={"feasible": 0.0 if feasible else max(result.violation, 1e-6)},
             ))
         study.add_trials(frozen)
         left_keys = {c.key(): c for c in left}
@@ -350,7 +489,8 @@ class StudySearch:
         if self.on_start is not None:
             self.on_start(candidate, origin, baseline, self.space.ladder(candidate))
         error = None
-        extra = {"worker_options": dict(self.settings.worker_options)} if self.settings.worker_options else {}
+        extra: dict[str, Any] = {"worker_options": dict(self.settings.worker_options)} if self.settings.worker_options else {}
+        extra.update(self._measuring_plan(candidate, origin, before))
         try:
             measured = measure(self.store, self.model, candidate, list(self.space.ladder(candidate)), environment=self.environment,
                                environment_id=self.environment_id, study=self.study, origin=origin,
@@ -372,6 +512,28 @@ class StudySearch:
         if reason is not None:
             self.finish(reason, after)
         return Step(self.study, after, result, baseline, improved, error)
+
+    def _measuring_plan(self, candidate: Candidate, origin: str, state: Progress) -> dict[str, Any]:
+        """How the worker measures ``candidate``: its ladder order, the figure to screen against,
+        what is left of the time budget, and why the candidate was chosen (kept in its rows)."""
+        plan: dict[str, Any] = {}
+        if self.workload.objective == "throughput" and not self.settings.exhaustive:
+            plan["ladder"] = "falling"
+        if self.metric in SCREEN_METRICS and not self.settings.exhaustive:
+            beat = state.best.value if state.best is not None else None
+            plan["screen"] = Screen(self.metric, beat=beat if beat and beat > 0 else None, margin=self.settings.screen_margin,
+                                    contend=self.settings.tolerance)
+        budget = self.settings.budget_minutes
+        if budget is not None:
+            plan["deadline_s"] = max(1.0, budget * 60 - state.seconds)
+        if origin in ("prior", "warm-start", "baseline") and self.settings.knowledge:
+            prediction = self.knowledge.predict(candidate, self.measured_speeds(state))
+            why: dict[str, Any] = {"expectation": prediction.expectation.to_dict(), "rank": state.measured + 1}
+            if prediction.speed is not None and prediction.neighbour is not None:
+                value = prediction.speed if self.direction == "maximize" else 1 / prediction.speed
+                why.update(predicted=value, predicted_from=prediction.neighbour.label(), sigma=round(prediction.sigma, 4))
+            plan["details"] = {"prior": why}
+        return plan
 
     def _mark_interrupted(self, candidate: Candidate, after_number: int) -> None:
         """Mark this step's rows of ``candidate`` as cut short, whatever the worker glue made of them."""
@@ -475,3 +637,35 @@ def _nearest(params: dict[str, Any], left: list[Candidate], rng: random.Random) 
     best = min(distance(c) for c in left)
     return rng.choice([c for c in left if distance(c) == best])
 
+
+def _figures(rows: list[TrialRecord], metric: str) -> dict[str, tuple[Candidate, float]]:
+    """Each candidate's best ``metric`` over its rows that were timed (``ok`` or ``screened``)."""
+    direction = SCREEN_METRICS.get(metric, "maximize")
+    out: dict[str, tuple[Candidate, float]] = {}
+    for trial in rows:
+        if trial.status not in ("ok", "screened") or trial.details.get(INTERRUPTED):
+            continue
+        value = trial.metrics.get(metric)
+        if not isinstance(value, (int, float)) or value <= 0:
+            continue
+        key = trial.candidate.key()
+        if key not in out or (value > out[key][1] if direction == "maximize" else value < out[key][1]):
+            out[key] = (trial.candidate, float(value))
+    return out
+
+
+def _device_kind(environment: Environment) -> str:
+    """What makes measurements comparable across studies: the GPU model(s), or the CPU."""
+    if not environment.gpus:
+        return f"cpu:{environment.hostname}"
+    return " + ".join(sorted(g.name for g in environment.gpus[:1]))
+
+
+def sdpa_fallback(config: dict[str, Any]) -> str | None:
+    """The memory model's reason why this model's SDPA call cannot use a fused kernel (``None``: it can)."""
+    from autotune.advisor.forecast import model_shape
+
+    try:
+        return model_shape(config).sdpa_math_fallback
+    except Exception:  # a config the meta model cannot be built from: nothing known
+        return None

@@ -81,8 +81,10 @@ def _traceback_tail(limit: int = 1500) -> str:
 
 
 def run(request: WorkerRequest, report: Reporter) -> None:
-    """Load (an ONNX Runtime candidate: export first), check, reference/quality, then the batch-size ladder."""
+    """Load through the candidate's backend, check it, reference/quality, then the batch-size ladder."""
     from autotune.worker import measure
+    from autotune.worker.backends import LoadFailed, OptionNotInEffect, for_request
+    from autotune.worker.ladder import Ladder
 
     candidate = request.candidate
     batches = request.expected_batches
@@ -91,26 +93,21 @@ def run(request: WorkerRequest, report: Reporter) -> None:
         for batch in batches:
             report.result(BatchResult(status, reason, batch, extra.get("metrics", {}), extra.get("effective", {}), extra.get("details", {})))
 
-    export_job = None
-    if candidate.runtime == "onnxruntime":
-        from autotune.worker import onnx
-
-        missing = onnx.missing_packages()
-        if missing is not None:
-            finish_all("unsupported", f"runtime onnxruntime: {missing}")
-            return
-        if request.task not in onnx.EXPORT_TASKS:
-            finish_all("unsupported", f"runtime onnxruntime: no ONNX Runtime model class for task {request.task}")
-            return
-        report.phase("exporting")
-        try:
-            # The export (a subprocess) runs while this process imports torch and transformers.
-            export_job = onnx.start_export(request)
-        except OSError as exc:
-            finish_all("error", f"cannot write the ONNX export cache {onnx.cache_root(request)}: {exc.strerror or exc}")
-            return
-    elif candidate.runtime != "pytorch":
+    backend = for_request(request)
+    if backend is None:
         finish_all("unsupported", f"runtime {candidate.runtime}: this worker measures PyTorch and ONNX Runtime candidates only")
+        return
+    refusal = backend.refusal()
+    if refusal is not None:
+        finish_all("unsupported", refusal)
+        return
+    cache = compile_cache_state(request.compile_cache)
+    if backend.preparing:
+        report.phase(backend.preparing)
+    try:
+        backend.prepare()
+    except LoadFailed as exc:
+        finish_all(exc.status, exc.reason, details=exc.details)
         return
 
     probe = measure.GpuMemoryProbe.create() if candidate.on_gpu else None
@@ -118,7 +115,7 @@ def run(request: WorkerRequest, report: Reporter) -> None:
     import torch
     import transformers
 
-    from autotune.worker import loading, quality
+    from autotune.worker import quality
 
     transformers.logging.set_verbosity_error()
     try:
@@ -132,43 +129,31 @@ def run(request: WorkerRequest, report: Reporter) -> None:
         else:
             probe.bind_visible()
 
-    if export_job is None:
-        report.phase("loading")
     effective: dict[str, Any] = {}
     load_metrics: dict[str, Any] = {}
     try:
-        if export_job is not None:
-            try:
-                export = export_job.wait()
-            except onnx.ExportFailed as exc:
-                finish_all(exc.status, exc.reason, details=exc.details)
-                return
-            report.event("exported", **export.describe())
-            report.phase("loading")
-            loaded = onnx.load(request, export)
-            load_metrics = {"load_seconds": loaded.load_seconds}
-            effective = onnx.read_effective(loaded.model, candidate, export)
-            effective["from_pretrained"] = loaded.kwargs
-            report.event("loaded", load_seconds=loaded.load_seconds, effective=effective)
-            onnx.check_effective(candidate, effective)
-        else:
-            loaded = loading.load(request)
-            load_metrics = {"load_seconds": loaded.load_seconds}
-            effective = loading.read_effective(loaded.model, candidate)
-            effective["from_pretrained"] = loaded.kwargs
-            report.event("loaded", load_seconds=loaded.load_seconds, effective=effective)
-            loading.check_effective(candidate, effective, request.max_memory_bytes)
-    except loading.OptionNotInEffect as exc:
+        exported = backend.prepared()
+        if exported is not None:
+            report.event("exported", **exported)
+        report.phase("loading")
+        loaded = backend.load()
+        load_metrics = {"load_seconds": loaded.load_seconds}
+        effective = backend.read_effective(loaded.model)
+        effective["from_pretrained"] = loaded.kwargs
+        report.event("loaded", load_seconds=loaded.load_seconds, effective=effective)
+        backend.check_effective(effective)
+    except OptionNotInEffect as exc:
         finish_all(exc.status, exc.reason, metrics=load_metrics, effective=effective)
         return
+    except LoadFailed as exc:
+        finish_all(exc.status, exc.reason, metrics=load_metrics, details=exc.details)
+        return
     except Exception as exc:
-        classify = onnx.classify_load_error if export_job is not None else loading.classify_load_error
-        status, reason = classify(exc, candidate)
+        status, reason = backend.classify_load_error(exc)
         finish_all(status, reason, metrics=load_metrics, effective=effective, details={"traceback": _traceback_tail()})
         return
     model = loaded.model
-    if request.fault == "corrupt" and export_job is None:
-        quality.corrupt(model, request.seed)
+    backend.after_load(model)
 
     quality_metrics: dict[str, Any] = {}
     quality_details: dict[str, Any] = {}
@@ -179,8 +164,7 @@ def run(request: WorkerRequest, report: Reporter) -> None:
                 info = quality.write_reference(model, request)
                 report.event("reference", status="ok", reason=None, **info)
             except Exception as exc:
-                status = "oom" if loading.is_out_of_memory(exc) else "error"
-                reason = f"writing the quality reference failed: {loading.first_line(exc)}"
+                status, reason = classify_run_error(exc, "writing the quality reference failed")
                 report.event("reference", status=status, reason=reason)
                 if not request.batch_sizes:
                     finish_all(status, reason, metrics=load_metrics, effective=effective, details={"traceback": _traceback_tail()})
@@ -194,49 +178,124 @@ def run(request: WorkerRequest, report: Reporter) -> None:
             try:
                 quality_metrics, quality_details = quality.compare(model, request)
             except Exception as exc:
-                quality_details = {"quality_error": loading.first_line(exc)}
+                quality_details = {"quality_error": _first_line(exc)}
             _free_memory(torch)
 
-        stopped: BatchResult | None = None
-        fault_at = min(1, len(request.batch_sizes) - 1)
-        for position, batch in enumerate(request.batch_sizes):
-            if stopped is not None:
-                if stopped.status == "unsupported":
-                    report.result(BatchResult("unsupported", stopped.reason, batch, load_metrics, stopped.effective, {}))
-                else:
-                    report.result(BatchResult("skipped", f"not measured: batch size {stopped.batch_size} ended the ladder ({stopped.status})",
-                                              batch, {}, effective, {}))
-                continue
+        ladder = Ladder(request.batch_sizes, request.ladder, request.screen)
+        fault_at = _fault_batch(request)
+        while (batch := ladder.next()) is not None:
             report.phase("batch", batch)
-            try:
-                if request.fault == "oom" and position >= fault_at:
-                    raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {batch} GiB (a fault injected by a test)")
-                if request.fault == "crash" and position >= fault_at:
-                    _segfault()
-                measured = measure.measure_batch(model, request, batch, probe)
-                result = BatchResult(
-                    "ok", None, batch,
-                    {**load_metrics, **measured.metrics, **quality_metrics},
-                    {**effective, **measured.effective},
-                    {**measured.details, **quality_details},
-                )
-            except loading.OptionNotInEffect as exc:
-                result = BatchResult(exc.status, exc.reason, batch, load_metrics, {**effective, **exc.effective}, {})
-            except Exception as exc:
-                details = {"traceback": _traceback_tail()}
-                if loading.is_out_of_memory(exc):
-                    result = BatchResult("oom", f"out of memory at batch size {batch}: {loading.first_line(exc)}", batch,
-                                         load_metrics, effective, details)
-                elif "no available kernel" in str(exc).lower():
-                    result = BatchResult("unsupported", f"SDPA kernel {candidate.sdpa_kernel or '(default)'}: PyTorch found no kernel for "
-                                         f"this call ({loading.first_line(exc)})", batch, load_metrics, effective, details)
-                else:
-                    result = BatchResult("error", f"measuring batch size {batch} failed: {loading.first_line(exc)}", batch,
-                                         load_metrics, effective, details)
+            result = _measure_one(request, model, batch, probe, fault_at, load_metrics, effective, quality_metrics, quality_details)
+            if request.compile_cache and result.status in ("ok", "screened"):
+                result.details["compile_cache"] = compile_cache_state(request.compile_cache, before=cache)
             report.result(result)
-            if result.status != "ok":
-                stopped = result
+            metric = request.screen.metric if request.screen else None
+            value = result.metrics.get(metric) if metric else None
+            ladder.record(batch, result.status, value if isinstance(value, (int, float)) else None, result.reason)
+            if result.status not in ("ok", "screened"):
                 _free_memory(torch)
+        for left in ladder.leftover():
+            metrics = load_metrics if left.status == "unsupported" else {}
+            report.result(BatchResult(left.status, left.reason, left.batch_size, metrics, effective, {}))
+
+
+def _fault_batch(request: WorkerRequest) -> int | None:
+    """The batch size a test-only fault fires at: the second one measured (the only one if there is one)."""
+    if request.fault not in ("oom", "crash"):
+        return None
+    order = list(request.batch_sizes) if request.ladder == "rising" else sorted(request.batch_sizes, reverse=True)
+    return order[min(1, len(order) - 1)]
+
+
+def _measure_one(request: WorkerRequest, model: Any, batch: int, probe: Any, fault_at: int | None, load_metrics: dict[str, Any],
+                 effective: dict[str, Any], quality_metrics: dict[str, Any], quality_details: dict[str, Any]) -> BatchResult:
+    """Measure one batch size; every exception becomes a classified result."""
+    import torch
+
+    from autotune.worker import measure
+    from autotune.worker.backends import OptionNotInEffect
+
+    candidate = request.candidate
+    try:
+        if request.fault == "oom" and batch == fault_at:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {batch} GiB (a fault injected by a test)")
+        if request.fault == "crash" and batch == fault_at:
+            _segfault()
+        measured = measure.measure_batch(model, request, batch, probe)
+    except OptionNotInEffect as exc:
+        return BatchResult(exc.status, exc.reason, batch, load_metrics, {**effective, **exc.effective}, {})
+    except Exception as exc:
+        details = {"traceback": _traceback_tail()}
+        if "no available kernel" in str(exc).lower():
+            return BatchResult("unsupported", f"SDPA kernel {candidate.sdpa_kernel or '(default)'}: PyTorch found no kernel for "
+                               f"this call ({_first_line(exc)})", batch, load_metrics, effective, details)
+        status, reason = classify_run_error(exc, f"measuring batch size {batch} failed")
+        if status == "oom":
+            reason = f"out of memory at batch size {batch}: {_first_line(exc)}"
+        return BatchResult(status, reason, batch, load_metrics, effective, details)
+    metrics = {**load_metrics, **measured.metrics, **quality_metrics}
+    details = {**measured.details, **quality_details}
+    if measured.screened is not None:
+        return BatchResult("screened", measured.screened, batch, metrics, {**effective, **measured.effective}, details)
+    return BatchResult("ok", None, batch, metrics, {**effective, **measured.effective}, details)
+
+
+def classify_run_error(exc: BaseException, what: str) -> tuple[str, str]:
+    """``(status, reason)`` of an exception raised while running a loaded model."""
+    from autotune.worker import loading
+
+    if loading.is_out_of_memory(exc):
+        return "oom", f"{what}: out of memory: {_first_line(exc)}"
+    return "error", f"{what}: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    from autotune.worker import loading
+
+    return loading.first_line(exc)
+
+
+# -- torch.compile's caches -------------------------------------------------------------------------
+
+#: The environment variables that put torch.compile's on-disk caches in one directory.
+COMPILE_CACHE_ENV = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
+
+
+def use_compile_cache(directory: str | None) -> None:
+    """Point Inductor's and Triton's caches at ``directory`` (before torch is imported).
+
+    Inductor keeps its FX graph cache and AOT autograd cache under ``TORCHINDUCTOR_CACHE_DIR``
+    and Triton its compiled kernels under ``TRITON_CACHE_DIR``; by default both live in /tmp,
+    which a reboot empties and another user cannot share. A directory the caller chose (per
+    environment fingerprint, under autotune's cache) survives and is shared by every worker.
+    """
+    if not directory:
+        return
+    for variable, sub in COMPILE_CACHE_ENV.items():
+        path = os.path.join(directory, sub)
+        os.makedirs(path, exist_ok=True)
+        os.environ[variable] = path
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+
+
+def compile_cache_state(directory: str | None, before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How many files the compile cache holds; with ``before``, how many this worker added.
+
+    A compile that added nothing was served from the cache (warm); the cost a user pays at the
+    first request after a cold start is the compile time of a worker that found it cold.
+    """
+    files = 0
+    if directory and os.path.isdir(directory):
+        for _, _, names in os.walk(directory):
+            files += len(names)
+    state: dict[str, Any] = {"dir": directory, "files": files}
+    if before is not None:
+        added = files - int(before.get("files", 0))
+        state["files_before"] = before.get("files", 0)
+        state["added"] = added
+        state["warm"] = added == 0 and int(before.get("files", 0)) > 0
+    return state
 
 
 def _free_memory(torch: Any) -> None:
@@ -277,6 +336,7 @@ def main(argv: list[str]) -> int:
     with open(argv[0], encoding="utf-8") as fh:
         request = WorkerRequest.from_json(fh.read())
     report = Reporter(argv[1])
+    use_compile_cache(request.compile_cache)
     report.event("started", pid=os.getpid())
     if request.fault == "hang":
         _hang()

@@ -242,11 +242,14 @@ def classify(request: WorkerRequest, events: list[dict[str, Any]], returncode: i
     base_effective = dict(loaded.get("effective") or {})
     details = {"returncode": returncode, "phase": where, "output_tail": tail[-1500:]}
     results: list[BatchResult] = []
-    culprit: int | None = None
+    # What ended the worker belongs to the batch size it was measuring (a falling ladder measures
+    # the largest first), else to the first one not reported.
+    measuring = phase.get("batch_size") if phase and phase.get("phase") == "batch" else None
+    culprit: int | None = measuring if measuring in request.expected_batches and measuring not in reported else None
     for batch in request.expected_batches:
         if batch in reported:
             results.append(reported[batch])
-        elif culprit is None:
+        elif culprit is None or batch == culprit:
             culprit = batch
             results.append(BatchResult(failure[0], failure[1], batch, dict(base_metrics), base_effective, details))
         else:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import transformers
 
 from autotune.candidate import Candidate
+from autotune.worker.backends._base import Loaded, OptionNotInEffect
 from autotune.worker.protocol import WorkerRequest
 
 #: ``Candidate.sdpa_kernel`` -> the ``torch.nn.attention.SDPBackend`` member it pins.
@@ -26,21 +26,6 @@ _MODEL_CLASSES = {
 }
 
 
-class OptionNotInEffect(Exception):
-    """A requested option did not take effect; ``status`` is how the trial ends."""
-
-    def __init__(self, status: str, reason: str, effective: dict[str, Any] | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.effective = effective or {}
-
-
-@dataclass
-class Loaded:
-    model: Any
-    load_seconds: float
-    kwargs: dict[str, str]
 
 
 def transformers_version() -> tuple[int, int]:

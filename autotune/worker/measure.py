@@ -31,9 +31,13 @@ SAMPLE_INTERVAL_S = 0.005
 
 @dataclass
 class Measured:
+    """What one batch size came to. ``screened`` holds the reason when it was timed once only
+    (see :class:`autotune.worker.protocol.Screen`): its figures are a screen, not a measurement."""
+
     metrics: dict[str, Any]
     effective: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    screened: str | None = None
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -66,19 +70,22 @@ def timed(call: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def repeat(call: Callable[[], Any], request: WorkerRequest) -> tuple[list[float], bool]:
-    """Timed repeats until the spread is small enough or a cap is reached; (seconds, capped)."""
-    times: list[float] = []
+def repeat(call: Callable[[], Any], request: WorkerRequest, first: list[float] | None = None) -> tuple[list[float], bool]:
+    """Timed repeats until the spread is small enough or a cap is reached; (seconds, capped).
+
+    ``first`` holds runs already timed (a screening run); they count as repeats.
+    """
+    times: list[float] = list(first or [])
     started = time.monotonic()
     while True:
-        seconds, _ = timed(call)
-        times.append(seconds)
         if len(times) >= request.max_repeats:
             return times, spread(times) > request.target_spread
         if len(times) >= request.min_repeats and spread(times) <= request.target_spread:
             return times, False
-        if time.monotonic() - started >= request.time_cap_s:
+        if times and time.monotonic() - started >= request.time_cap_s:
             return times, True
+        seconds, _ = timed(call)
+        times.append(seconds)
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -401,8 +408,18 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
                 f"torch.compile on {input_device(model).type} (it compiles only on CUDA/XPU, without CPU offload or bitsandbytes)",
                 effective,
             )
+    screened = screen_memory(request, memory["metrics"])
+    if screened is not None:
+        return _screened_generation(request, batch, generated, [], memory, effective, first_call, lengths, screened)
+    e2e_first: list[float] = []
+    if request.screen is not None and request.screen.beat is not None:
+        seconds, _ = timed(full)
+        e2e_first.append(seconds)
+        screened = screen_timing(request, batch * generated / seconds, seconds * 1e3)
+        if screened is not None:
+            return _screened_generation(request, batch, generated, e2e_first, memory, effective, first_call, lengths, screened)
     ttft, ttft_capped = repeat(first, request)
-    e2e, e2e_capped = repeat(full, request)
+    e2e, e2e_capped = repeat(full, request, e2e_first)
 
     p50 = percentile(e2e, 50)
     ttft50 = percentile(ttft, 50)
@@ -432,6 +449,46 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
     return Measured(metrics, effective, details)
 
 
+# -- screening ------------------------------------------------------------------------------------
+
+def screen_memory(request: WorkerRequest, memory_metrics: dict[str, Any]) -> str | None:
+    """The screening verdict of a memory objective, from the memory pass alone (no timed run)."""
+    screen = request.screen
+    peak = memory_metrics.get("peak_memory_bytes")
+    if screen is None or screen.metric != "peak_memory_bytes" or peak is None or not screen.hopeless(float(peak)):
+        return None
+    return (f"screened out after the memory pass: peak {peak / 2**30:.2f} GiB is {screen.behind(float(peak)):.0%} above the "
+            f"smallest so far ({screen.beat / 2**30:.2f} GiB); not timed")  # type: ignore[operator]
+
+
+def screen_timing(request: WorkerRequest, per_second: float, milliseconds: float) -> str | None:
+    """The screening verdict of one timed run: a reason when it is far behind the figure to beat, else ``None``.
+
+    ``per_second`` is the run's throughput figure (tokens or sequences per second), ``milliseconds``
+    its latency; the screen's metric picks one.
+    """
+    screen = request.screen
+    if screen is None or screen.beat is None or screen.metric == "peak_memory_bytes":
+        return None
+    value = milliseconds if screen.metric == "latency_p50_ms" else per_second
+    if not screen.hopeless(value):
+        return None
+    unit = "ms" if screen.metric == "latency_p50_ms" else "/s"
+    return (f"screened out after one timed run: {value:,.1f} {unit} is {screen.behind(value):.0%} behind the best so far "
+            f"({screen.beat:,.1f} {unit}, margin {screen.margin:.0%}); a screen, not a measurement")
+
+
+def _screened_generation(request: WorkerRequest, batch: int, generated: int, runs: list[float], memory: dict[str, Any],
+                         effective: dict[str, Any], first_call: float, lengths: list[int], reason: str) -> Measured:
+    metrics: dict[str, Any] = {**memory["metrics"], "repeats": len(runs)}
+    if runs:
+        seconds = runs[0]
+        metrics.update(latency_p50_ms=seconds * 1e3, throughput_tokens_per_s=batch * generated / seconds)
+    details = {"e2e_ms": [round(t * 1e3, 3) for t in runs], "first_call_seconds": first_call, "generated_tokens": generated,
+               "prompt_lengths": lengths, "screen": request.screen.to_dict() if request.screen else None, **memory["details"]}
+    return Measured(metrics, effective, details, screened=reason)
+
+
 # -- encoders -------------------------------------------------------------------------------------
 
 def measure_encoder(model: Any, request: WorkerRequest, batch: int, probe: GpuMemoryProbe | None) -> Measured:
@@ -445,7 +502,20 @@ def measure_encoder(model: Any, request: WorkerRequest, batch: int, probe: GpuMe
         first_call, _ = timed(forward)
         for _ in range(request.warmup - 1):
             forward()
-    times, capped = repeat(forward, request)
+    screened = screen_memory(request, memory["metrics"])
+    runs: list[float] = []
+    if screened is None and request.screen is not None and request.screen.beat is not None:
+        seconds, _ = timed(forward)
+        runs.append(seconds)
+        screened = screen_timing(request, batch / seconds, seconds * 1e3)
+    if screened is not None:
+        metrics = {**memory["metrics"], "repeats": len(runs)}
+        if runs:
+            metrics.update(latency_p50_ms=runs[0] * 1e3, sequences_per_s=batch / runs[0])
+        details = {"forward_ms": [round(t * 1e3, 3) for t in runs], "first_call_seconds": first_call, "prompt_lengths": lengths,
+                   "screen": request.screen.to_dict() if request.screen else None, **memory["details"]}
+        return Measured(metrics, {}, details, screened=screened)
+    times, capped = repeat(forward, request, runs)
     p50 = percentile(times, 50)
     metrics = {
         "latency_p50_ms": p50 * 1e3,

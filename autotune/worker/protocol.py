@@ -16,21 +16,80 @@ from autotune.errors import InputError
 from autotune.workload import Workload
 
 #: How one batch size of one candidate ended.
-#: ok: measured; oom: ran out of memory (the ladder stops there); crash: the worker died from a
-#: signal; timeout: the worker ran past its time and was killed; unsupported: the candidate cannot
-#: run here, or an option did not take effect (the reason says which); error: anything else;
-#: skipped: not measured because an earlier batch size ended the ladder.
-STATUSES = ("ok", "oom", "crash", "timeout", "unsupported", "error", "skipped")
+#: ok: measured; oom: ran out of memory (a rising ladder stops there, a falling one goes on to the
+#: next smaller size); crash: the worker died from a signal; timeout: the worker ran past its time
+#: and was killed; unsupported: the candidate cannot run here, or an option did not take effect
+#: (the reason says which); error: anything else; skipped: not measured because the ladder ended
+#: before it; screened: timed once only, because that one run was already far behind the figure to
+#: beat (its figures are a screen, never a measurement: see :class:`Screen`).
+STATUSES = ("ok", "oom", "crash", "timeout", "unsupported", "error", "skipped", "screened")
+#: The orders a worker measures its batch sizes in (see :class:`WorkerRequest`).
+LADDERS = ("rising", "falling")
+#: The objective figures a worker can screen on, and which way is better.
+SCREEN_METRICS = {"throughput_tokens_per_s": "maximize", "sequences_per_s": "maximize", "latency_p50_ms": "minimize",
+                  "peak_memory_bytes": "minimize"}
 
-#: Test-only faults the child can inject: an out-of-memory error from the second batch size on,
-#: a segfault in the second batch size, a hang at start-up (ignoring SIGTERM, with a grandchild
-#: process), an ImportError while loading, noise added to the weights after loading, and an ONNX
-#: export that fails (ONNX Runtime candidates).
-FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export")
+#: Test-only faults the child can inject: an out-of-memory error at the second batch size it
+#: measures, a segfault there, a hang at start-up (ignoring SIGTERM, with a grandchild process),
+#: an ImportError while loading, noise added to the weights after loading, an ONNX export that
+#: fails (ONNX Runtime candidates), and a small ``torch.compile`` after loading (which exercises
+#: the compile cache on a CPU, where Transformers compiles nothing by itself).
+FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export", "compile")
 
 
 #: The launcher's pid, in the worker's environment: the worker dies with it (Linux).
 PARENT_ENV = "AUTOTUNE_WORKER_PARENT"
+
+
+@dataclass(frozen=True)
+class Screen:
+    """The objective figure of a study, and the best value so far: what lets a worker stop early.
+
+    ``metric`` is the figure the study optimises (one of :data:`SCREEN_METRICS`). With ``beat``
+    (the study's best so far), a batch size whose first timed run is more than ``margin`` behind
+    it ends as ``screened``: one run, no repeats — a clear loser costs a warm-up and one call, not
+    a full measurement. A falling ladder also uses the figure to decide whether a smaller batch
+    size is worth measuring: only while the candidate is within ``contend`` of ``beat`` (or ahead
+    of it) — a contender (see :mod:`autotune.worker.ladder`). Screens are never measurements:
+    they are stored with status ``screened`` and are never recommended.
+    """
+
+    metric: str
+    beat: float | None = None
+    margin: float = 0.15
+    contend: float = 0.03
+
+    def __post_init__(self) -> None:
+        if self.metric not in SCREEN_METRICS:
+            raise InputError(f"cannot screen on {self.metric!r}: choose one of {', '.join(SCREEN_METRICS)}")
+        if not 0 < self.margin < 1 or not 0 <= self.contend < 1:
+            raise InputError(f"the screening margin must be in (0, 1) and the contender margin in [0, 1), "
+                             f"got {self.margin!r} and {self.contend!r}")
+        if self.beat is not None and not self.beat > 0:
+            raise InputError(f"the figure to beat must be above zero, got {self.beat!r}")
+
+    @property
+    def direction(self) -> str:
+        return SCREEN_METRICS[self.metric]
+
+    def behind(self, value: float) -> float:
+        """How far ``value`` is behind ``beat``, as a share of it (negative: ahead; 0 without a figure to beat)."""
+        if self.beat is None:
+            return 0.0
+        if self.direction == "maximize":
+            return (self.beat - value) / self.beat
+        return (value - self.beat) / self.beat
+
+    def hopeless(self, value: float) -> bool:
+        """Whether one run at ``value`` is so far behind that measuring it fully cannot change the study's best."""
+        return self.beat is not None and self.behind(value) > self.margin
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.direction == "maximize" else a < b
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class WorkerRequest:
@@ -51,6 +110,17 @@ class WorkerRequest:
     ``min_repeats`` are done and their relative spread is at most ``target_spread``, or
     ``max_repeats`` or ``time_cap_s`` (per timed series) is reached. ``timeout_s`` bounds the
     whole worker: past it the process group is killed.
+
+    The ladder: ``rising`` measures the batch sizes smallest first and stops at the first
+    failure (``autotune measure``); ``falling`` measures the largest first, goes on past an
+    out-of-memory to the next smaller size, and after a measured size goes down only while the
+    candidate is a contender and the smaller size gains (the search, for throughput: the largest
+    batch that fits is nearly always the fastest, and a static cache compiles once per size).
+    ``screen`` carries the study's objective and best value (see :class:`Screen`).
+
+    ``compile_cache`` is the directory torch.compile keeps its caches in (Inductor's FX graph
+    and autograd caches, Triton's kernels): shared by every worker of an environment, it
+    survives the process, so a graph compiled once is loaded, not compiled, the next time.
     """
 
     model_path: str
@@ -72,6 +142,9 @@ class WorkerRequest:
     fault: str | None = None
     model_revision: str | None = None
     onnx_cache: str | None = None
+    ladder: str = "rising"
+    screen: Screen | None = None
+    compile_cache: str | None = None
 
     def __post_init__(self) -> None:
         sizes = tuple(int(b) for b in self.batch_sizes)
@@ -94,6 +167,8 @@ class WorkerRequest:
                              f"got {self.timeout_s}, {self.time_cap_s}, {self.target_spread}")
         if self.max_memory_bytes is not None and self.max_memory_bytes <= 0:
             raise InputError(f"max_memory_bytes must be above zero, got {self.max_memory_bytes}")
+        if self.ladder not in LADDERS:
+            raise InputError(f"unknown ladder {self.ladder!r}: choose one of {', '.join(LADDERS)}")
 
     @property
     def expected_batches(self) -> tuple[int, ...]:
@@ -105,6 +180,7 @@ class WorkerRequest:
         data["candidate"] = self.candidate.to_dict()
         data["workload"] = self.workload.to_dict()
         data["batch_sizes"] = list(self.batch_sizes)
+        data["screen"] = self.screen.to_dict() if self.screen else None
         return data
 
     @classmethod
@@ -113,6 +189,7 @@ class WorkerRequest:
         data["candidate"] = Candidate.from_dict(data["candidate"])
         data["workload"] = Workload.from_dict(data["workload"])
         data["batch_sizes"] = tuple(data.get("batch_sizes") or ())
+        data["screen"] = Screen(**data["screen"]) if data.get("screen") else None
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -1,0 +1,555 @@
+"""Regret of `autotune tune` against an exhaustive grid of the same space, timed on the same GPUs.
+
+For each model (random weights of a real shape, built on the machine) and workload, this runs
+
+- the **grid**: every candidate of the space at every batch size, timed in plain PyTorch (its own
+  process per candidate: load, two warm-up calls, then the median of repeated `generate` calls,
+  synchronised; its own torch.compile cache, so nothing it compiles helps the study);
+- **`autotune tune MODEL --budget-minutes 10`**, run as a user runs it, in a fresh database and a
+  fresh compile cache; and the same again with another seed (a second database, the compile
+  cache the first run left: what a second run on the same machine pays);
+
+then the regret of each recommendation: the share of the grid's best figure it gives up, read
+from the grid's own timing of the recommended candidate (throughput: 1 - rec/best; latency:
+1 - best/rec), the GPU-minutes of each, candidates per GPU-minute, and, for every candidate and
+batch size both measured, autotune's figure against the grid's.
+
+Work is a queue spread over the visible GPUs (one task per GPU at a time; tasks share the host's
+CPUs, which the report says). Results are written as they come to --out:
+`regret.json` (one object per model and workload: model, workload, regret, tune_gpu_minutes,
+grid_gpu_minutes, candidates_per_gpu_minute, recommended, grid_best, and the second run's),
+`grid_<model>.json`, the studies' databases, `regret.md` and `regret.log`.
+
+    python benchmarks/regret_gpu.py --work /tmp/regret --out OUT --models falcon-7b,llama-8b --deadline 1500
+    python benchmarks/regret_gpu.py --tiny --work /tmp/regret-tiny --out /tmp/regret-tiny/out   # CPU, tiny models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.e2e_gpu import FALCON_7B, LLAMA_8B  # noqa: E402
+
+#: The space of every study and of the grid: dtype x attention x static cache x bitsandbytes (the
+#: rules drop what cannot run: bitsandbytes with a compiled static cache, LLM.int8 in bf16).
+SPACE = "dtype=bf16,fp16 attn=sdpa,eager quant=none,bnb-8bit,bnb-4bit-nf4 static_cache=false,true placement=cuda"
+TINY_SPACE = "dtype=fp32,bf16 attn=sdpa,eager quant=none,bnb-8bit static_cache=false placement=cpu"
+PROMPT, NEW = 512, 128
+TINY_PROMPT, TINY_NEW = 32, 8
+#: Batch sizes: the latency workload measures batch 1; the throughput one batch 1 and 16.
+BATCHES = {"latency": (1,), "throughput": (1, 16)}
+TINY_BATCHES = {"latency": (1,), "throughput": (1, 4)}
+GRID_REPEATS = 3
+GRID_WARMUP = 2
+
+
+def log(message: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {message}"
+    print(line, file=sys.stderr, flush=True)
+    if LOG is not None:
+        with LOG.open("a") as fh:
+            fh.write(line + "\n")
+
+
+LOG: Path | None = None
+
+
+# -- the grid: one candidate in plain PyTorch ---------------------------------------------------------
+
+GRID_CODE = r'''
+import json, statistics, sys, time
+spec = json.loads(sys.argv[1])
+import torch, transformers
+transformers.logging.set_verbosity_error()
+kwargs = {"dtype": getattr(torch, spec["dtype"]), "attn_implementation": spec["attn"], "device_map": spec["device"]}
+if spec["quant"] == "bnb-8bit":
+    kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True)
+elif spec["quant"] == "bnb-4bit-nf4":
+    kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                                    bnb_4bit_compute_dtype=getattr(torch, spec["dtype"]))
+out = {"spec": spec, "sizes": {}}
+started = time.perf_counter()
+model = transformers.AutoModelForCausalLM.from_pretrained(spec["path"], **kwargs).eval()
+out["load_seconds"] = time.perf_counter() - started
+if spec["quant"] != "none":
+    layers = [m for m in model.modules() if type(m).__name__ in ("Linear8bitLt", "Linear4bit")]
+    if not layers:
+        out["status"] = "unsupported"
+        out["reason"] = "bitsandbytes converted no layer"
+        print(json.dumps(out)); sys.exit(0)
+cuda = torch.cuda.is_available() and spec["device"] != "cpu"
+def sync():
+    if cuda: torch.cuda.synchronize()
+g = torch.Generator().manual_seed(0)
+for batch in spec["batches"]:
+    ids = torch.randint(100, model.config.vocab_size - 100, (batch, spec["prompt"]), generator=g).to(model.device)
+    gen = {"max_new_tokens": spec["new"], "min_new_tokens": spec["new"], "do_sample": False,
+           "pad_token_id": model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0}
+    if spec["static"]:
+        gen["cache_implementation"] = "static"
+    try:
+        first = None
+        for i in range(spec["warmup"]):
+            sync(); t = time.perf_counter()
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen)
+            sync(); first = first if first is not None else time.perf_counter() - t
+        times = []
+        for _ in range(spec["repeats"]):
+            sync(); t = time.perf_counter()
+            o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen)
+            sync(); times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        new = int(o.shape[1] - ids.shape[1])
+        out["sizes"][str(batch)] = {"status": "ok", "seconds": times, "median_s": med, "first_call_s": first,
+                                    "latency_ms": med * 1e3, "throughput": batch * new / med, "new_tokens": new,
+                                    "compiled": getattr(model, "_compiled_call", None) is not None}
+    except torch.cuda.OutOfMemoryError as exc:
+        out["sizes"][str(batch)] = {"status": "oom", "reason": str(exc).splitlines()[0]}
+        torch.cuda.empty_cache()
+    except Exception as exc:
+        out["sizes"][str(batch)] = {"status": "error", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+out["status"] = "ok"
+out["seconds"] = time.perf_counter() - started
+print(json.dumps(out))
+'''
+
+
+def candidates(space: str, tiny: bool) -> list[dict[str, Any]]:
+    """The grid's candidates: the same rules as the study's space (autotune's own validity rules)."""
+    from autotune.candidate import Candidate, rejection
+    from autotune.environment import probe
+    from autotune.search.space import parse_restriction
+    from autotune.workload import Workload
+
+    allowed = parse_restriction(space)
+    env = probe()
+    workload = Workload(device="cpu" if tiny else "cuda", prompt_tokens=TINY_PROMPT if tiny else PROMPT,
+                        new_tokens=TINY_NEW if tiny else NEW)
+    caps = {"attn_implementations": ["eager", "sdpa"]}
+    out = []
+    placement = allowed["placement"][0]
+    for dtype in allowed["dtype"]:
+        for attn in allowed["attn"]:
+            for quant in allowed["quant"]:
+                for static in allowed["static_cache"]:
+                    c = Candidate(dtype=dtype, attn=attn, quant=quant, static_cache=static, placement=placement)
+                    if rejection(c, env, caps, workload, None) is None:
+                        out.append({"dtype": dtype, "attn": attn, "quant": quant, "static": static, "label": c.label(),
+                                    "key": c.key()})
+    return out
+
+
+def on_gpu(gpu: str, **extra: str) -> dict[str, str]:
+    """This process's environment for a child on ``gpu`` (``cpu``: as it is)."""
+    env = {**os.environ, **extra}
+    if gpu != "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def grid_one(path: Path, spec: dict[str, Any], batches: tuple[int, ...], cache: Path, tiny: bool, timeout: float,
+             gpu: str) -> dict[str, Any]:
+    """Time one candidate at every batch size in a fresh process; never raises."""
+    full = {**spec, "path": str(path), "batches": list(batches), "prompt": TINY_PROMPT if tiny else PROMPT,
+            "new": TINY_NEW if tiny else NEW, "warmup": GRID_WARMUP, "repeats": GRID_REPEATS, "device": "cpu" if tiny else "cuda:0"}
+    env = on_gpu(gpu, TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-c", GRID_CODE, json.dumps(full)], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+        lines = proc.stdout.strip().splitlines()
+        result = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
+            "status": "crash", "reason": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    except subprocess.TimeoutExpired:
+        result = {"status": "timeout", "reason": f"over {timeout:.0f} s"}
+    result["wall_seconds"] = time.perf_counter() - started
+    result["spec"] = spec
+    return result
+
+
+# -- the study, as a user runs it ---------------------------------------------------------------------
+
+def autotune(args: list[str], db: Path, cache: Path, timeout: float, gpu: str = "cpu") -> tuple[int, str, str, float]:
+    env = on_gpu(gpu, AUTOTUNE_DB=str(db), AUTOTUNE_CACHE=str(cache),
+                 PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "autotune", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # finish the trial in hand, then stop
+        try:
+            out, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+    return proc.returncode, out, err, time.perf_counter() - started
+
+
+def tune(model: str, path: Path, workload: str, run: str, seed: int, work: Path, cache: Path, budget: float, tiny: bool,
+         timeout: float, gpu: str) -> dict[str, Any]:
+    db = work / f"study_{model}_{workload}_{run}.db"
+    db.unlink(missing_ok=True)
+    batches = (TINY_BATCHES if tiny else BATCHES)[workload]
+    space = (TINY_SPACE if tiny else SPACE) + f" batch={','.join(map(str, batches))}"
+    add = ["add", str(path), "--objective", workload, "--prompt-tokens", str(TINY_PROMPT if tiny else PROMPT),
+           "--new-tokens", str(TINY_NEW if tiny else NEW), "--max-batch", str(max(batches)), "--max-memory", "none",
+           "--min-quality", "0", "--device", "cpu" if tiny else "cuda"]
+    code, out, err, _ = autotune(add, db, cache, 300, gpu)
+    if code != 0:
+        return {"error": f"autotune add failed: {err.strip()[-300:]}"}
+    command = ["tune", str(path), "--budget-minutes", f"{budget:g}", "--space", space, "--seed", str(seed)]
+    code, out, err, seconds = autotune(command, db, cache, timeout, gpu)
+    trials = json.loads(autotune(["trials", str(path), "--json"], db, cache, 120, gpu)[1] or "[]")
+    code_rec, rec_out, rec_err, _ = autotune(["recommend", str(path), "--json", "--no-code"], db, cache, 120, gpu)
+    try:
+        rec = json.loads(rec_out)
+        rec = rec[0] if isinstance(rec, list) else rec
+    except ValueError:
+        rec = {"message": rec_err.strip()[-300:]}
+    rows = [t for s in trials for t in s["trials"]]
+    spent = measuring_seconds(rows)
+    return {"model": model, "workload": workload, "run": run, "seed": seed, "db": db.name, "exit": code, "wall_seconds": seconds,
+            "measuring_seconds": spent, "stderr_tail": err[-3000:], "trials": rows,
+            "stop_reason": trials[0]["stop_reason"] if trials else None,
+            "recommendation": (rec or {}).get("recommendation"), "recommend_message": (rec or {}).get("message"),
+            "notes": (rec or {}).get("notes")}
+
+
+def measuring_seconds(rows: list[dict[str, Any]]) -> float:
+    """The study's own count of measuring time (autotune.search.results.spent_seconds)."""
+    from datetime import datetime
+
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for t in rows:
+        if not t.get("started_at") or not t.get("finished_at"):
+            continue
+        a = datetime.fromisoformat(str(t["started_at"])).timestamp()
+        b = datetime.fromisoformat(str(t["finished_at"])).timestamp()
+        spans.setdefault(t["label"], []).append((a, b))
+    total = 0.0
+    for intervals in spans.values():
+        intervals.sort()
+        start, end = intervals[0]
+        for a, b in intervals[1:]:
+            if a > end:
+                total += end - start
+                start, end = a, b
+            else:
+                end = max(end, b)
+        total += end - start
+    return total
+
+
+# -- the queue over the GPUs ----------------------------------------------------------------------------
+
+@dataclass
+class Task:
+    name: str
+    kind: str  # grid or tune
+    run: Any
+    estimate_s: float
+    result: Any = None
+    gpu: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Queue:
+    tasks: list[Task]
+    deadline: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: list[Task] = field(default_factory=list)
+
+    def take(self) -> Task | None:
+        with self.lock:
+            left = self.deadline - time.monotonic()
+            for i, task in enumerate(self.tasks):
+                if task.estimate_s <= left:
+                    return self.tasks.pop(i)
+            if self.tasks:
+                log(f"deadline: {len(self.tasks)} task(s) not started ({', '.join(t.name for t in self.tasks)})")
+                self.tasks.clear()
+            return None
+
+
+def worker(queue: Queue, gpu: str, on_done: Any) -> None:
+    while (task := queue.take()) is not None:
+        started = time.perf_counter()
+        log(f"gpu {gpu}: {task.name} ...")
+        try:
+            task.result = task.run(gpu)
+        except Exception as exc:  # a broken task is reported, the others go on
+            task.result = {"error": f"{type(exc).__name__}: {exc}"}
+        task.seconds = time.perf_counter() - started
+        task.gpu = gpu
+        log(f"gpu {gpu}: {task.name} done in {task.seconds:.0f} s")
+        with queue.lock:
+            queue.done.append(task)
+        on_done()
+
+
+# -- the report -------------------------------------------------------------------------------------------
+
+def grid_figures(grid: list[dict[str, Any]], workload: str, batches: tuple[int, ...]) -> dict[tuple[str, int], float]:
+    """(candidate key, batch) -> the grid's figure for the workload (tok/s, or ms for latency)."""
+    out = {}
+    for result in grid:
+        for size, m in (result.get("sizes") or {}).items():
+            if m.get("status") == "ok" and int(size) in batches:
+                out[(result["spec"]["key"], int(size))] = m["latency_ms"] if workload == "latency" else m["throughput"]
+    return out
+
+
+def speed(workload: str, value: float) -> float:
+    return 1.0 / value if workload == "latency" else value
+
+
+def summarise(model: str, workload: str, grid: list[dict[str, Any]], runs: list[dict[str, Any]], grid_seconds: float,
+              tiny: bool) -> dict[str, Any]:
+    from autotune.candidate import Candidate
+
+    batches = (TINY_BATCHES if tiny else BATCHES)[workload]
+    figures = grid_figures(grid, workload, batches)
+    if not figures:
+        return {"model": model, "workload": workload, "error": "the grid measured nothing"}
+    best_key = max(figures, key=lambda k: speed(workload, figures[k]))
+    labels = {r["spec"]["key"]: r["spec"]["label"] for r in grid}
+    entry: dict[str, Any] = {
+        "model": model, "workload": workload,
+        "grid_best": {"label": labels[best_key[0]], "batch_size": best_key[1], "value": figures[best_key]},
+        "grid_gpu_minutes": grid_seconds / 60, "grid_points": len(figures), "grid_candidates": len(grid),
+    }
+    for run in runs:
+        rec = run.get("recommendation") or {}
+        key = Candidate.from_dict(rec["candidate"]).key() if rec.get("candidate") else None
+        value = figures.get((key, rec.get("batch_size"))) if key else None
+        regret = None
+        if value is not None:
+            regret = 1 - speed(workload, value) / speed(workload, figures[best_key])
+        minutes = run.get("measuring_seconds", 0) / 60
+        measured = {t["label"] for t in run.get("trials", []) if t["status"] not in ("skipped",)}
+        agreement = []
+        for t in run.get("trials", []):
+            if t["status"] != "ok":
+                continue
+            mine = t["metrics"].get("latency_p50_ms" if workload == "latency" else "throughput_tokens_per_s")
+            theirs = figures.get((Candidate.from_dict(t["candidate"]).key(), t["batch_size"]))
+            if mine and theirs:
+                agreement.append({"label": t["label"], "batch_size": t["batch_size"], "autotune": mine, "grid": theirs,
+                                  "difference": mine / theirs - 1})
+        prefix = "" if run["run"] == "first" else f"{run['run']}_"
+        entry.update({
+            f"{prefix}regret": regret, f"{prefix}tune_gpu_minutes": minutes, f"{prefix}tune_wall_minutes": run.get("wall_seconds", 0) / 60,
+            f"{prefix}candidates_per_gpu_minute": len(measured) / minutes if minutes else None,
+            f"{prefix}candidates_measured": len(measured),
+            f"{prefix}recommended": {"label": rec.get("label"), "batch_size": rec.get("batch_size"), "autotune_value": rec.get("value"),
+                                     "grid_value": value} if rec else {"message": run.get("recommend_message") or run.get("error")},
+            f"{prefix}stop_reason": run.get("stop_reason"), f"{prefix}seed": run.get("seed"),
+            f"{prefix}agreement": agreement,
+        })
+    if entry.get("tune_gpu_minutes"):
+        entry["grid_over_tune"] = entry["grid_gpu_minutes"] / entry["tune_gpu_minutes"]
+    return entry
+
+
+def table(entries: list[dict[str, Any]], machine: str) -> str:
+    lines = [f"Machine: {machine}", "",
+             "| model | workload | grid best | recommended (seed 1) | regret | tune GPU-min | grid GPU-min | grid/tune | "
+             "candidates/GPU-min | seed 2: recommended, regret, GPU-min |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        if "error" in e:
+            lines.append(f"| {e['model']} | {e['workload']} | {e['error']} |||||||")
+            continue
+        unit = "ms" if e["workload"] == "latency" else "tok/s"
+        g = e["grid_best"]
+        r = e.get("recommended") or {}
+        s = e.get("second_recommended") or {}
+
+        def pct(x: Any) -> str:
+            return "-" if x is None else f"{x:.1%}"
+
+        def num(x: Any, d: int = 1) -> str:
+            return "-" if x is None else f"{x:,.{d}f}"
+
+        lines.append(
+            f"| {e['model']} | {e['workload']} | {g['label']} @{g['batch_size']}: {num(g['value'])} {unit} | "
+            f"{r.get('label', r.get('message', '-'))} @{r.get('batch_size', '-')}: {num(r.get('grid_value'))} {unit} | "
+            f"{pct(e.get('regret'))} | {num(e.get('tune_gpu_minutes'), 2)} | {num(e.get('grid_gpu_minutes'), 2)} | "
+            f"{num(e.get('grid_over_tune'))}x | {num(e.get('candidates_per_gpu_minute'), 2)} | "
+            f"{s.get('label', '-')} @{s.get('batch_size', '-')}, {pct(e.get('second_regret'))}, {num(e.get('second_tune_gpu_minutes'), 2)} |")
+    lines.append("")
+    lines.append("autotune's figure against the grid's, for every candidate and batch both measured (seed 1 run):")
+    lines.append("")
+    lines.append("| model | workload | candidate | batch | autotune | grid | difference |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for e in entries:
+        for a in e.get("agreement", []):
+            lines.append(f"| {e['model']} | {e['workload']} | {a['label']} | {a['batch_size']} | {a['autotune']:,.1f} | "
+                         f"{a['grid']:,.1f} | {a['difference']:+.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- main -----------------------------------------------------------------------------------------------------
+
+def build_models(names: list[str], work: Path, tiny: bool, gpus: list[str]) -> dict[str, Path]:
+    """Build every model in parallel, one per GPU (a fresh process each)."""
+    paths = {name: work / "models" / name for name in names}
+    procs = []
+    for i, name in enumerate(names):
+        if (paths[name] / "config.json").exists():
+            continue
+        code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]); from benchmarks.e2e_gpu import build; "
+                "build(sys.argv[1], Path(sys.argv[2]), sys.argv[4] == '1')")
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if not tiny else dict(os.environ)
+        procs.append((name, subprocess.Popen([sys.executable, "-c", code, name, str(paths[name]), str(REPO), "1" if tiny else "0"],
+                                             env=env)))
+    for name, proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"building {name} failed")
+    return paths
+
+
+def main() -> int:
+    global LOG
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", default="falcon-7b,llama-8b")
+    parser.add_argument("--workloads", default="latency,throughput")
+    parser.add_argument("--budget-minutes", type=float, default=10.0)
+    parser.add_argument("--seeds", default="1,2", help="the first run's seed and the second's (no second run: one seed)")
+    parser.add_argument("--deadline", type=float, default=1500, help="seconds from the start; no task starts that cannot end by then")
+    parser.add_argument("--gpus", help="GPU ids to spread the work over (default: CUDA_VISIBLE_DEVICES, else all NVML sees)")
+    parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a check of the script)")
+    args = parser.parse_args()
+    started = time.monotonic()
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    LOG = args.out / "regret.log"
+    tiny = args.tiny
+    if tiny:
+        gpus = ["cpu"]
+    elif args.gpus:
+        gpus = args.gpus.split(",")
+    else:
+        from autotune.environment import probe_gpus
+
+        found = probe_gpus()[0]
+        gpus = [str(g.index) for g in found] or ["0"]
+    names = [m for m in args.models.split(",") if m]
+    workloads = [w for w in args.workloads.split(",") if w]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    paths = build_models(names, args.work, tiny, gpus)
+    log(f"models built ({time.monotonic() - started:.0f} s); GPUs {gpus}")
+
+    grid_cache = args.work / "grid-compile-cache"
+    tune_cache = args.work / "tune-cache"
+    for cache in (grid_cache, tune_cache):
+        shutil.rmtree(cache, ignore_errors=True)
+    tasks: list[Task] = []
+    timeout = args.budget_minutes * 60 + 240
+    all_batches = sorted({b for w in workloads for b in (TINY_BATCHES if tiny else BATCHES)[w]})
+    grid_estimate = 20.0 if tiny else 45.0
+    tune_estimate = 30.0 if tiny else 120.0
+
+    ineffective: set[str] = set()  # models where bitsandbytes converted no layer
+
+    def grid_task(model: str, spec: dict[str, Any]) -> Task:
+        def run(gpu: str) -> Any:
+            if spec["quant"] != "none" and model in ineffective:
+                # as autotune does: once bitsandbytes converted no layer of a model, its other variants load the same
+                return {"status": "unsupported", "reason": "bitsandbytes converted no layer (seen on another variant)",
+                        "spec": spec, "sizes": {}, "wall_seconds": 0.0}
+            result = grid_one(paths[model], spec, tuple(all_batches), grid_cache, tiny, 900, gpu)
+            if result.get("status") == "unsupported":
+                ineffective.add(model)
+            return result
+        return Task(f"grid {model} {spec['label']}", "grid", run, grid_estimate)
+
+    def tune_task(model: str, workload: str, run_name: str, seed: int) -> Task:
+        def run(gpu: str) -> Any:
+            return tune(model, paths[model], workload, run_name, seed, args.work, tune_cache, args.budget_minutes, tiny, timeout, gpu)
+        return Task(f"tune {model} {workload} ({run_name} run, seed {seed})", "tune", run, tune_estimate)
+
+    # Each model: its two studies first, its grid beside them, then the second runs.
+    space = TINY_SPACE if tiny else SPACE
+    for model in names:
+        for workload in workloads:
+            tasks.append(tune_task(model, workload, "first", seeds[0]))
+        tasks.extend(grid_task(model, spec) for spec in candidates(space, tiny))
+    if len(seeds) > 1:
+        for model in names:
+            for workload in workloads:
+                tasks.append(tune_task(model, workload, "second", seeds[1]))
+    queue = Queue(tasks, started + args.deadline)
+
+    def write() -> None:
+        with queue.lock:
+            done = list(queue.done)
+        # The raw results first (they survive a bug below), then the summary.
+        raw = {"grid": {}, "tune": []}
+        for model in names:
+            raw["grid"][model] = [{**t.result, "gpu": t.gpu, "task_seconds": t.seconds} for t in done
+                                  if t.kind == "grid" and t.name.startswith(f"grid {model} ")]
+        raw["tune"] = [{**(t.result or {}), "gpu": t.gpu, "task_seconds": t.seconds} for t in done if t.kind == "tune"]
+        (args.out / "raw.json").write_text(json.dumps(raw, indent=1, default=str))
+        for db in args.work.glob("study_*.db"):
+            shutil.copy(db, args.out / db.name)
+        try:
+            entries = []
+            for model in names:
+                grid = raw["grid"][model]
+                grid_seconds = sum(g["task_seconds"] for g in grid)
+                for workload in workloads:
+                    runs = [r for r in raw["tune"] if r.get("model") == model and r.get("workload") == workload]
+                    if grid and runs:
+                        entries.append(summarise(model, workload, grid, sorted(runs, key=lambda r: r["run"] != "first"),
+                                                 grid_seconds, tiny))
+            (args.out / "regret.json").write_text(json.dumps(entries, indent=1, default=str))
+            (args.out / "regret.md").write_text(table(entries, describe_machine(tiny)))
+        except Exception as exc:  # the raw results are written; the summary can be made again from them
+            log(f"summary failed: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=worker, args=(queue, gpu, write), daemon=True) for gpu in gpus]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    write()
+    if (args.out / "regret.md").exists():
+        print((args.out / "regret.md").read_text())
+    log(f"done in {(time.monotonic() - started) / 60:.1f} min")
+    return 0
+
+
+def describe_machine(tiny: bool) -> str:
+    if tiny:
+        return "CPU (tiny models, a check of the script)"
+    from autotune.environment import probe
+
+    env = probe()
+    return (f"{env.summary()}; torch {env.versions.get('torch')}, transformers {env.versions.get('transformers')}, "
+            f"bitsandbytes {env.versions.get('bitsandbytes')}; tasks share the host's CPUs")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
