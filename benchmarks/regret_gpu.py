@@ -487,7 +487,9 @@ def main() -> int:
 
     def tune_task(model: str, workload: str, run_name: str, seed: int) -> Task:
         def run(gpu: str) -> Any:
-            return tune(model, paths[model], workload, run_name, seed, args.work, tune_cache, args.budget_minutes, tiny, timeout, gpu)
+            # past the script's deadline the study is stopped gently (Ctrl-C: the trial in hand finishes)
+            left = min(timeout, queue.deadline - time.monotonic() + 30)
+            return tune(model, paths[model], workload, run_name, seed, args.work, tune_cache, args.budget_minutes, tiny, left, gpu)
         return Task(f"tune {model} {workload} ({run_name} run, seed {seed})", "tune", run, tune_estimate)
 
     # Each model: its two studies first, its grid beside them, then the second runs.
