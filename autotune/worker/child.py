@@ -118,7 +118,7 @@ def run(request: WorkerRequest, report: Reporter) -> None:
     import torch
     import transformers
 
-    from autotune.worker import loading, quality
+    from autotune.worker import attention, loading, quality
 
     transformers.logging.set_verbosity_error()
     try:
@@ -152,12 +152,19 @@ def run(request: WorkerRequest, report: Reporter) -> None:
             report.event("loaded", load_seconds=loaded.load_seconds, effective=effective)
             onnx.check_effective(candidate, effective)
         else:
+            loading.check_importable(candidate)
             loaded = loading.load(request)
             load_metrics = {"load_seconds": loaded.load_seconds}
             effective = loading.read_effective(loaded.model, candidate)
             effective["from_pretrained"] = loaded.kwargs
             report.event("loaded", load_seconds=loaded.load_seconds, effective=effective)
             loading.check_effective(candidate, effective, request.max_memory_bytes)
+            if request.fault == "fallback":
+                attention.register_fallback(loaded.model)
+            traced = attention.trace(loaded.model, candidate, request.seed)
+            effective.update(traced)
+            report.event("attention", **traced)
+            attention.check(candidate, effective)
     except loading.OptionNotInEffect as exc:
         finish_all(exc.status, exc.reason, metrics=load_metrics, effective=effective)
         return

@@ -5,6 +5,7 @@ Runs only inside the worker child: imports torch and transformers at module leve
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 import transformers
 
-from autotune.candidate import Candidate
+from autotune.candidate import FLASH_ATTENTIONS, Candidate
 from autotune.worker.protocol import WorkerRequest
 
 #: ``Candidate.sdpa_kernel`` -> the ``torch.nn.attention.SDPBackend`` member it pins.
@@ -103,6 +104,19 @@ def synchronize() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for index in range(torch.cuda.device_count()):
             torch.cuda.synchronize(index)
+
+
+def check_importable(candidate: Candidate) -> None:
+    """Import a FlashAttention candidate's kernels module before loading: raise
+    :class:`OptionNotInEffect` (``unsupported``) with the reason when it does not import."""
+    fa = FLASH_ATTENTIONS.get(candidate.attn)
+    if fa is None:
+        return
+    try:
+        importlib.import_module(fa.module)
+    except Exception as exc:  # a missing package, a missing dependency, a library that fails to initialise
+        raise OptionNotInEffect("unsupported", f"{candidate.attn}: {fa.module} does not import here ({first_line(exc)}); "
+                                               f"{fa.install_hint()}") from None
 
 
 def load(request: WorkerRequest) -> Loaded:
@@ -236,7 +250,11 @@ def check_effective(candidate: Candidate, effective: dict[str, Any], max_memory_
     c = candidate
     attn = effective.get("attn_implementation")
     if attn != c.attn:
-        raise OptionNotInEffect("unsupported", f"attention {c.attn} did not take effect: the loaded model runs {attn}")
+        why = ""
+        if c.attn in FLASH_ATTENTIONS and "/" in str(attn):
+            why = (f", a kernel from the Hugging Face Hub that transformers {transformers.__version__} loads when the package "
+                   f"{FLASH_ATTENTIONS[c.attn].package} is missing and `kernels` is installed")
+        raise OptionNotInEffect("unsupported", f"attention {c.attn} did not take effect: the loaded model runs {attn}{why}")
 
     if c.quant != "none":
         done = effective["quantized_layers"]

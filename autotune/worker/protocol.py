@@ -24,9 +24,10 @@ STATUSES = ("ok", "oom", "crash", "timeout", "unsupported", "error", "skipped")
 
 #: Test-only faults the child can inject: an out-of-memory error from the second batch size on,
 #: a segfault in the second batch size, a hang at start-up (ignoring SIGTERM, with a grandchild
-#: process), an ImportError while loading, noise added to the weights after loading, and an ONNX
-#: export that fails (ONNX Runtime candidates).
-FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export")
+#: process), an ImportError while loading, noise added to the weights after loading, an ONNX
+#: export that fails (ONNX Runtime candidates), and a silent attention fallback (another attention
+#: function registered under the candidate's name after loading, the config unchanged).
+FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export", "fallback")
 
 
 #: The launcher's pid, in the worker's environment: the worker dies with it (Linux).
