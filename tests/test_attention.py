@@ -178,3 +178,24 @@ def test_flash_module_that_does_not_import_is_unsupported(monkeypatch: pytest.Mo
     assert caught.value.reason.startswith("flash_attention_4: flash_attn.cute does not import here (ModuleNotFoundError: ")
     assert caught.value.reason.endswith("; pip install flash-attn-4, which brings nvidia-cutlass-dsl "
                                         "(with a CUDA 13 driver: 'flash-attn-4[cu13]')")
+
+
+def test_errors_while_measuring_are_classified() -> None:
+    import torch
+
+    from autotune.worker.loading import classify_run_error
+
+    static = Candidate(dtype="bfloat16", attn="flash_attention_4", static_cache=True)
+    compile_error = type("BackendCompilerFailed", (RuntimeError,), {"__module__": "torch._dynamo.exc"})("backend='inductor' raised: ...")
+    assert classify_run_error(compile_error, static, 4) == (
+        "unsupported", "torch.compile failed on a static cache with attention flash_attention_4 at batch size 4: "
+                       "BackendCompilerFailed: backend='inductor' raised: ...")
+    namespace: dict[str, Any] = {"__name__": "flash_attn.cute.interface"}
+    exec("def kernel():\n    raise AssertionError('seqlen_q must be at least 1')", namespace)  # noqa: S102 - a function of that module
+    with pytest.raises(AssertionError) as raised:
+        namespace["kernel"]()
+    assert classify_run_error(raised.value, FA4, 16) == (
+        "unsupported", "flash_attention_4: its kernel refused batch size 16: AssertionError: seqlen_q must be at least 1")
+    assert classify_run_error(raised.value, Candidate(attn="sdpa"), 16)[0] == "error"  # not FlashAttention's own kernel
+    assert classify_run_error(torch.cuda.OutOfMemoryError("CUDA out of memory"), FA4, 16)[0] == "oom"
+    assert classify_run_error(ValueError("bad"), FA4, 1) == ("error", "measuring batch size 1 failed: ValueError: bad")

@@ -251,6 +251,18 @@ def test_quality_separates_faithful_from_broken(trained_llama: Path, tmp_path: P
     assert broken.details["free_running_agreement"] < faithful.details["free_running_agreement"]
 
 
+def test_prefill_only_measures_one_series(tiny_models: dict[str, Path]) -> None:
+    """--new-tokens 1: the whole call ends at the first token, so its latency is the time to first token."""
+    prefill = Workload(prompt_tokens=256, new_tokens=1)
+    results = run(request(tiny_models["llama"], cpu("fp32", "sdpa"), (1, 2), workload=prefill))
+    for result in results:
+        assert result.status == "ok", result.reason
+        m, d = result.metrics, result.details
+        assert d["generated_tokens"] == 1 and d["e2e_ms"] == d["ttft_ms_repeats"]
+        assert m["ttft_ms"] == m["latency_p50_ms"] and m["decode_tokens_per_s"] is None
+        assert m["throughput_tokens_per_s"] == pytest.approx(result.batch_size / (m["latency_p50_ms"] / 1e3))
+
+
 # -- faults -------------------------------------------------------------------------------------
 
 def test_injected_oom_stops_the_ladder(tiny_models: dict[str, Path]) -> None:

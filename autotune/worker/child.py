@@ -230,16 +230,8 @@ def run(request: WorkerRequest, report: Reporter) -> None:
             except loading.OptionNotInEffect as exc:
                 result = BatchResult(exc.status, exc.reason, batch, load_metrics, {**effective, **exc.effective}, {})
             except Exception as exc:
-                details = {"traceback": _traceback_tail()}
-                if loading.is_out_of_memory(exc):
-                    result = BatchResult("oom", f"out of memory at batch size {batch}: {loading.first_line(exc)}", batch,
-                                         load_metrics, effective, details)
-                elif "no available kernel" in str(exc).lower():
-                    result = BatchResult("unsupported", f"SDPA kernel {candidate.sdpa_kernel or '(default)'}: PyTorch found no kernel for "
-                                         f"this call ({loading.first_line(exc)})", batch, load_metrics, effective, details)
-                else:
-                    result = BatchResult("error", f"measuring batch size {batch} failed: {loading.first_line(exc)}", batch,
-                                         load_metrics, effective, details)
+                status, reason = loading.classify_run_error(exc, candidate, batch)
+                result = BatchResult(status, reason, batch, load_metrics, effective, {"traceback": _traceback_tail()})
             report.result(result)
             if result.status != "ok":
                 stopped = result

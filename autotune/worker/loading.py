@@ -317,6 +317,36 @@ def first_line(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def classify_run_error(exc: BaseException, candidate: Candidate, batch: int) -> tuple[str, str]:
+    """``(status, reason)`` for an exception raised while measuring ``candidate`` at ``batch``.
+
+    ``unsupported``: what cannot run here — torch.compile failing on a static cache (or on flex
+    attention), a FlashAttention kernel refusing the call (raised from inside its package), no
+    SDPA kernel for a pinned backend. ``oom`` for memory, ``error`` for anything else.
+    """
+    message = first_line(exc)
+    if is_out_of_memory(exc):
+        return "oom", f"out of memory at batch size {batch}: {message}"
+    if "no available kernel" in str(exc).lower():
+        return "unsupported", f"SDPA kernel {candidate.sdpa_kernel or '(default)'}: PyTorch found no kernel for this call ({message})"
+    if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        what = "a static cache" if candidate.static_cache else candidate.attn
+        return "unsupported", f"torch.compile failed on {what} with attention {candidate.attn} at batch size {batch}: {message}"
+    if candidate.attn in FLASH_ATTENTIONS and _raised_in(exc, FLASH_ATTENTIONS[candidate.attn].module):
+        return "unsupported", f"{candidate.attn}: its kernel refused batch size {batch}: {message}"
+    return "error", f"measuring batch size {batch} failed: {message}"
+
+
+def _raised_in(exc: BaseException, package: str) -> bool:
+    """Whether ``exc`` was raised from code of the Python package ``package``."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_globals.get("__name__", "")
+        tb = tb.tb_next
+    return bool(last) and (last == package or str(last).startswith(package + "."))
+
+
 _UNSUPPORTED_HINTS = ("attn", "attention", "quantiz", "bitsandbytes", "not supported", "does not support",
                       "not available", "flash", "sdpa", "requires", "dtype", "compute capability")
 
