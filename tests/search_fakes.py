@@ -59,10 +59,11 @@ class FakeMeasure:
     candidates whose label contains it.
     """
 
-    def __init__(self, fail: str | None = None, during: Any = None) -> None:
+    def __init__(self, fail: str | None = None, during: Any = None, latency: Any = None) -> None:
         self.calls: list[tuple[Candidate, tuple[int, ...], str]] = []
         self.fail = fail
         self.during = during  # called with the call's index once its rows are running
+        self.latency = latency  # (candidate, workload) -> milliseconds of one request, instead of speed()
 
     def __call__(self, store: Store, model: ModelRecord, candidate: Candidate, batch_sizes: Sequence[int], *,
                  environment: Environment, environment_id: int, study: Any, origin: str = "search",
@@ -85,7 +86,8 @@ class FakeMeasure:
                 oom = True
                 out.append(store.finish_trial(row.id, "oom", reason="out of memory", feasible=False))
                 continue
-            metrics = {"throughput_tokens_per_s": speed(candidate, b), "latency_p50_ms": 1000 / speed(candidate, 1),
+            latency = self.latency(candidate, study.workload) if self.latency else 1000 / speed(candidate, 1)
+            metrics = {"throughput_tokens_per_s": speed(candidate, b), "latency_p50_ms": latency,
                        "peak_memory_bytes": 10**6 * b * (4 if candidate.dtype == "float32" else 2),
                        "quality_token_agreement": 0.5 if candidate.quant == "bnb-4bit-fp4" else 1.0}
             s = score(study.workload, "ok", metrics, None)
