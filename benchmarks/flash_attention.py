@@ -258,7 +258,8 @@ def run_studies(args: argparse.Namespace, path: Path, out: Path, left: Any, on_g
     studies = []
     for name, (prompt, new) in (TINY_STUDIES if args.tiny else STUDIES).items():
         if left() < 60:
-            studies.append({"name": name, "prompt_tokens": prompt, "new_tokens": new, "skipped": f"{left():.0f} s left before the deadline"})
+            studies.append({"name": name, "prompt_tokens": prompt, "new_tokens": new,
+                            "skipped": f"{left():.0f} s left before the deadline"})
             continue
         autotune("add", str(path), "--prompt-tokens", str(prompt), "--new-tokens", str(new), "--objective", "latency",
                  "--min-quality", "0", "--max-memory", "none", "--device", "cuda" if on_gpu else "cpu")
@@ -327,14 +328,16 @@ def table(document: dict[str, Any]) -> str:
                 f"{gib(r.get('forecast_bytes'))} | {status} |")
         lines.append("")
     for study in document.get("studies", []):
-        lines += [f"## Study `{study['name']}`: {study['prompt_tokens']:,} prompt + {study['new_tokens']} new tokens, objective latency", ""]
+        lines += [f"## Study `{study['name']}`: {study['prompt_tokens']:,} prompt + {study['new_tokens']} new tokens, "
+                  "objective latency", ""]
         if study.get("skipped"):
             lines += [f"Not run: {study['skipped']}.", ""]
             continue
         rec = study.get("recommendation") or {}
         lines.append(f"`autotune tune --space \"{study['space']}\"` took {study['tune_seconds']:.0f} s; recommends "
                      f"**{rec.get('label', 'nothing')}**" + (f" ({study.get('metric')} {_num(rec.get('value'), 1)})" if rec else "") + ".")
-        lines += ["", "| candidate | status | TTFT ms | latency ms | peak GiB | forecast GiB | attention ran |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| candidate | status | TTFT ms | latency ms | peak GiB | forecast GiB | attention ran |",
+                  "|---|---|---|---|---|---|---|"]
         for t in study.get("trials", []):
             m = t.get("metrics") or {}
             lines.append(f"| {t['label']} | {t['status']}{': ' + t['reason'] if t.get('reason') else ''} | {_num(m.get('ttft_ms'), 1)} | "
@@ -399,7 +402,8 @@ def main() -> int:
     grid = Grid(model, path, environment, gpu_probe, results, args.max_repeats, args.resume)
     grid.document.update(
         machine=environment.summary(), model=("tiny Llama" if args.tiny else "Llama-3-8B shape, 128k context"),
-        versions={k: v for k, v in environment.versions.items() if v}, flash_attn_cute=f"not importable: {problem}" if problem else "importable",
+        versions={k: v for k, v in environment.versions.items() if v},
+        flash_attn_cute=f"not importable: {problem}" if problem else "importable",
         forecast=grid.forecast_source)
     points = TINY_GRID if args.tiny else GRID
     reserve = STUDY_RESERVE_S if "study" in parts else 0

@@ -123,7 +123,8 @@ def test_flash_attention_4_runs_where_it_can() -> None:
                       Candidate(attn="flash_attention_4", dtype="float16", quant="bnb-8bit")):
         assert rejection(candidate, here, FA4_CAPS, Workload(prompt_tokens=32768, new_tokens=1)) is None, candidate.label()
     blackwell = env(h200(cc=(10, 0)), **{"flash-attn-4": "4.0.0b36"})
-    assert rejection(Candidate(attn="flash_attention_4", placement="multi-gpu"), env(h200(0), h200(1), **{"flash-attn-4": "4"}), FA4_CAPS) is None
+    two = env(h200(0), h200(1), **{"flash-attn-4": "4.0.0b36"})
+    assert rejection(Candidate(attn="flash_attention_4", placement="multi-gpu"), two, FA4_CAPS) is None
     assert rejection(Candidate(attn="flash_attention_4"), blackwell, FA4_CAPS) is None
     # the first GPU is the one a cuda placement uses: a second, older one does not matter to it
     mixed = env(h200(0), Gpu(1, "GPU-1", "NVIDIA A100", 80 * 10**9, 79 * 10**9, (8, 0)), **{"flash-attn-4": "4.0.0b36"})

@@ -94,5 +94,6 @@ def test_old_gpu_support_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     gpu = probe().gpus[0]
     supports = gpu.supports({"bitsandbytes": "0.50.2", "flash-attn": "2.8.3"})
     assert supports["bf16"].startswith("no") and supports["flash_attention"].startswith("no")
-    assert supports["flash_attention_4"] == "no: compute capability 7.0; flash-attn-4 runs on compute capability 9.x (Hopper) or 10.x (Blackwell)"
+    assert supports["flash_attention_4"] == ("no: compute capability 7.0; flash-attn-4 runs on compute capability 9.x (Hopper) "
+                                             "or 10.x (Blackwell)")
     assert supports["bitsandbytes"].startswith("4-bit only") and supports["fp8"].startswith("no")

@@ -218,7 +218,7 @@ def test_pinned_kernels(kernel: str, backend: str) -> None:
     assert "from torch.nn.attention import SDPBackend, sdpa_kernel" in source
 
 
-def test_a_flash_attention_winner_names_its_package_and_fails_in_one_line_without_it(tiny_models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_flash_attention_winner_fails_in_one_line_without_its_package(tiny_models, tmp_path) -> None:  # type: ignore[no-untyped-def]
     versions = {**V5, "transformers": "5.17.0", "flash-attn-4": "4.0.0b36", "nvidia-cutlass-dsl": "4.8.1"}
     source = render_loader(spec(str(tiny_models["llama"]), Candidate(dtype="bfloat16", attn="flash_attention_4"), versions=versions))
     header = [line for line in source.splitlines() if line.startswith("#")]

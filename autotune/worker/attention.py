@@ -214,7 +214,8 @@ def trace(model: Any, candidate: Candidate, seed: int = 0) -> dict[str, Any]:
         if is_out_of_memory(exc):
             raise OptionNotInEffect("oom", f"out of memory in a first forward pass of {PROBE_TOKENS} tokens: {first_line(exc)}") from None
         status = "unsupported" if candidate.attn in FLASH_ATTENTIONS else "error"
-        raise OptionNotInEffect(status, f"{candidate.attn}: a first forward pass of {PROBE_TOKENS} tokens failed: {first_line(exc)}") from None
+        reason = f"{candidate.attn}: a first forward pass of {PROBE_TOKENS} tokens failed: {first_line(exc)}"
+        raise OptionNotInEffect(status, reason) from None
     functions, kernels = dict(tracer.functions), dict(tracer.kernels)
     return {"attention_functions": functions, "attention_kernels": kernels, "attention_ran": ran(functions, kernels)}
 
