@@ -161,6 +161,7 @@ def run(request: WorkerRequest, report: Reporter) -> None:
             loading.check_effective(candidate, effective, request.max_memory_bytes)
             if request.fault == "fallback":
                 attention.register_fallback(loaded.model)
+            report.phase("attention")
             traced = attention.trace(loaded.model, candidate, request.seed)
             effective.update(traced)
             report.event("attention", **traced)
