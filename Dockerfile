@@ -6,10 +6,12 @@
 #
 # torch's wheels carry their own CUDA libraries; the base image brings the CUDA user-space the
 # driver pairs with. Set --build-arg FLASH_ATTN=1 to add FlashAttention-2 (it builds against the
-# installed torch, or fetches a matching prebuilt wheel when one exists).
+# installed torch, or fetches a matching prebuilt wheel when one exists), FLASH_ATTN_4=1 to add
+# FlashAttention-4 (wheels; Hopper and Blackwell GPUs).
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ARG FLASH_ATTN=0
+ARG FLASH_ATTN_4=0
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     VIRTUAL_ENV=/opt/autotune \
@@ -30,6 +32,7 @@ COPY migrations ./migrations
 RUN pip install --upgrade pip \
  && pip install ".[postgres]" \
  && if [ "$FLASH_ATTN" = "1" ]; then pip install ninja packaging && pip install flash-attn --no-build-isolation; fi \
+ && if [ "$FLASH_ATTN_4" = "1" ]; then pip install ".[flash-attn-4]"; fi \
  && autotune --version
 
 VOLUME ["/data"]

@@ -25,7 +25,7 @@ DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half
 DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 #: Attention implementations autotune knows how to reason about. What a given model accepts is
 #: read from the installed Transformers at ``autotune add`` time (the model's capabilities).
-ATTENTIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+ATTENTIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
 QUANTS = ("none", "bnb-8bit", "bnb-4bit-nf4", "bnb-4bit-fp4")
 PLACEMENTS = ("cpu", "cuda", "multi-gpu")
@@ -39,9 +39,59 @@ ORT_DTYPES = ("float32", "float16")
 #: What to do when no worker environment offers ONNX Runtime.
 REGISTER_ORT_HINT = "register one: autotune env add ort /path/to/python with optimum-onnx installed"
 
+
+@dataclass(frozen=True)
+class FlashAttention:
+    """What one FlashAttention implementation needs: its distribution, the module Transformers
+    imports its kernels from, the GPU architectures it runs on, and how to install it."""
+
+    attn: str
+    package: str
+    module: str
+    min_cc: tuple[int, int]
+    #: The compute capability majors it runs on; ``None``: every major from ``min_cc`` on.
+    majors: tuple[int, ...] | None
+    gpus: str
+    install: str
+    #: The install command where the NVIDIA driver runs CUDA 13, if it differs.
+    install_cu13: str | None = None
+
+    def runs_on(self, cc: tuple[int, int]) -> bool:
+        return cc >= self.min_cc and (self.majors is None or cc[0] in self.majors)
+
+    def install_hint(self, cuda_driver_version: str | None = None) -> str:
+        if self.install_cu13 and str(cuda_driver_version or "").split(".")[0] == "13":
+            return self.install_cu13
+        return self.install
+
+
+#: The FlashAttention implementations Transformers dispatches to, and what each needs. The
+#: ``flash_attn`` module is shared: FlashAttention-2 is the ``flash-attn`` distribution, and
+#: FlashAttention-4 (the ``flash-attn-4`` distribution) installs ``flash_attn.cute`` alone.
+FLASH_ATTENTIONS = {
+    "flash_attention_2": FlashAttention(
+        "flash_attention_2", "flash-attn", "flash_attn", (8, 0), None, "compute capability 8.0 or newer",
+        "pip install flash-attn --no-build-isolation"),
+    "flash_attention_3": FlashAttention(
+        "flash_attention_3", "flash-attn-3", "flash_attn_interface", (9, 0), None, "compute capability 9.0 or newer",
+        "no wheel on PyPI: build it from the hopper/ directory of github.com/Dao-AILab/flash-attention"),
+    "flash_attention_4": FlashAttention(
+        "flash_attention_4", "flash-attn-4", "flash_attn.cute", (9, 0), (9, 10),
+        "compute capability 9.x (Hopper) or 10.x (Blackwell)",
+        "pip install flash-attn-4, which brings nvidia-cutlass-dsl (with a CUDA 13 driver: 'flash-attn-4[cu13]')",
+        "pip install 'flash-attn-4[cu13]', which brings nvidia-cutlass-dsl with its CUDA 13 libraries"),
+}
 #: The distribution name that provides each FlashAttention implementation.
-FLASH_PACKAGES = {"flash_attention_2": "flash-attn", "flash_attention_3": "flash-attn-3"}
-FLASH_MIN_CC = {"flash_attention_2": (8, 0), "flash_attention_3": (9, 0)}
+FLASH_PACKAGES = {name: fa.package for name, fa in FLASH_ATTENTIONS.items()}
+FLASH_MIN_CC = {name: fa.min_cc for name, fa in FLASH_ATTENTIONS.items()}
+
+
+def flash_kernel_of(module: str) -> str | None:
+    """The FlashAttention implementation whose package holds the Python module ``module``
+    (``flash_attn.cute.interface`` is FlashAttention-4's, ``flash_attn.flash_attn_interface``
+    FlashAttention-2's); ``None`` for any other module, a Hub kernel's included."""
+    owners = [fa for fa in FLASH_ATTENTIONS.values() if module == fa.module or module.startswith(fa.module + ".")]
+    return max(owners, key=lambda fa: len(fa.module)).attn if owners else None
 
 
 def normalize_dtype(name: str) -> str:
@@ -175,17 +225,10 @@ def rejection(
     if supported is not None and c.attn not in supported:
         return f"{c.attn}: {capabilities.get('architecture', 'this model')} does not support it in transformers {environment.version('transformers')} (supported: {', '.join(supported)})"
 
-    if c.attn in FLASH_PACKAGES:
-        package = FLASH_PACKAGES[c.attn]
-        if c.dtype == "float32" and not c.is_4bit or (c.is_4bit and c.effective_compute_dtype == "float32"):
-            return f"{c.attn}: FlashAttention runs only in float16 or bfloat16, not {c.effective_compute_dtype if c.is_4bit else c.dtype}"
-        if not c.on_gpu:
-            return f"{c.attn}: FlashAttention runs only on NVIDIA GPUs, not on the CPU"
-        need = FLASH_MIN_CC[c.attn]
-        if min_cc is not None and min_cc < need:
-            return f"{c.attn}: needs compute capability {need[0]}.{need[1]} or newer, this GPU has {min_cc[0]}.{min_cc[1]}"
-        if not environment.has(package):
-            return f"{c.attn}: package {package} is not installed (pip install {package} --no-build-isolation)"
+    if c.attn in FLASH_ATTENTIONS:
+        reason = flash_rejection(c, environment)
+        if reason is not None:
+            return reason
 
     if c.sdpa_kernel is not None:
         if c.attn != "sdpa":
@@ -219,6 +262,31 @@ def rejection(
     if workload is not None and c.static_cache and not workload.generates:
         return f"static cache: applies only to text generation, not {workload.task}"
     return _workload_rejection(c, workload)
+
+
+def flash_rejection(candidate: Candidate, environment: Environment) -> str | None:
+    """Why a FlashAttention ``candidate`` cannot run here (dtype, device, GPU, package); ``None`` if it may.
+
+    Whether the package also imports (``flash_attn.cute`` needs the CuTe DSL) is for the trial
+    worker to find: nothing here imports it.
+    """
+    c = candidate
+    fa = FLASH_ATTENTIONS[c.attn]
+    if c.dtype == "float32":
+        # Quantized or not, the attention gets its inputs in the load dtype: bitsandbytes casts a
+        # layer's output back to its input's dtype, and Transformers' flash_attention_forward casts
+        # float32 queries to config.dtype (transformers 5.17 and 5.24 source).
+        quantized = f" (a {c.quant} load runs attention in the load dtype, whatever the compute dtype)" if c.quant != "none" else ""
+        return f"{c.attn}: FlashAttention runs only in float16 or bfloat16, not float32{quantized}"
+    if not c.on_gpu:
+        return f"{c.attn}: FlashAttention runs only on NVIDIA GPUs, not on the CPU"
+    gpus = environment.gpus if c.placement == "multi-gpu" else environment.gpus[:1]
+    unable = next((g for g in gpus if not fa.runs_on(g.compute_capability)), None)
+    if unable is not None:
+        return f"{c.attn}: runs on {fa.gpus}, and GPU {unable.index} ({unable.name}) has compute capability {unable.cc}"
+    if not environment.has(fa.package):
+        return f"{c.attn}: package {fa.package} is not installed ({fa.install_hint(environment.cuda_driver_version)})"
+    return None
 
 
 def _workload_rejection(c: Candidate, workload: Workload | None) -> str | None:

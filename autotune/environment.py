@@ -24,6 +24,9 @@ TRACKED_PACKAGES: dict[str, tuple[str, ...]] = {
     "bitsandbytes": ("bitsandbytes",),
     "flash-attn": ("flash-attn", "flash_attn"),
     "flash-attn-3": ("flash-attn-3", "flash_attn_3"),
+    "flash-attn-4": ("flash-attn-4", "flash_attn_4"),
+    # FlashAttention-4's kernels are compiled by the CuTe DSL at run time: its version changes them.
+    "nvidia-cutlass-dsl": ("nvidia-cutlass-dsl",),
     "kernels": ("kernels",),
     "optimum": ("optimum",),
     "optimum-onnx": ("optimum-onnx",),
@@ -47,17 +50,21 @@ class Gpu:
     def cc(self) -> str:
         return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
 
-    def supports(self, versions: dict[str, str | None]) -> dict[str, str]:
-        """What this GPU can run, each as ``yes`` or ``no: why``."""
+    def supports(self, versions: dict[str, str | None], cuda_driver_version: str | None = None) -> dict[str, str]:
+        """What this GPU can run, each as ``yes`` or ``no: why`` (``flash_attention`` is FlashAttention-2)."""
+        from autotune.candidate import FLASH_ATTENTIONS
+
         cc = self.compute_capability
         out: dict[str, str] = {}
         out["bf16"] = "yes" if cc >= (8, 0) else f"no: compute capability {self.cc} < 8.0"
-        if cc < (8, 0):
-            out["flash_attention"] = f"no: compute capability {self.cc} < 8.0"
-        elif not versions.get("flash-attn"):
-            out["flash_attention"] = "hardware yes; package flash-attn not installed"
-        else:
-            out["flash_attention"] = "yes"
+        for key, attn in (("flash_attention", "flash_attention_2"), ("flash_attention_4", "flash_attention_4")):
+            fa = FLASH_ATTENTIONS[attn]
+            if not fa.runs_on(cc):
+                out[key] = f"no: compute capability {self.cc}; {fa.package} runs on {fa.gpus}"
+            elif not versions.get(fa.package):
+                out[key] = f"hardware yes; package {fa.package} not installed ({fa.install_hint(cuda_driver_version)})"
+            else:
+                out[key] = "yes"
         if not versions.get("bitsandbytes"):
             out["bitsandbytes"] = "no: package bitsandbytes not installed"
         elif cc < (7, 5):
@@ -117,7 +124,7 @@ class Environment:
         data["cpu_only"] = self.cpu_only
         for gpu, raw in zip(self.gpus, data["gpus"]):
             raw["compute_capability"] = gpu.cc
-            raw["supports"] = gpu.supports(self.versions)
+            raw["supports"] = gpu.supports(self.versions, self.cuda_driver_version)
         return data
 
     @classmethod

@@ -63,12 +63,13 @@ class FakeMeasure:
     and a size whose figure is far behind the screen's figure to beat ends ``screened``.
     """
 
-    def __init__(self, fail: str | None = None, during: Any = None, landscape: Any = None) -> None:
+    def __init__(self, fail: str | None = None, during: Any = None, landscape: Any = None, latency: Any = None) -> None:
         self.speed = landscape or speed
         self.calls: list[tuple[Candidate, tuple[int, ...], str]] = []
         self.kwargs: list[dict[str, Any]] = []
         self.fail = fail
         self.during = during  # called with the call's index once its rows are running
+        self.latency = latency  # (candidate, workload) -> milliseconds of one request, instead of speed()
 
     def __call__(self, store: Store, model: ModelRecord, candidate: Candidate, batch_sizes: Sequence[int], *,
                  environment: Environment, environment_id: int, study: Any, origin: str = "search",
@@ -93,7 +94,8 @@ class FakeMeasure:
                 out[b] = store.finish_trial(row.id, "oom", reason="out of memory", feasible=False, details=dict(details or {}))
                 steps.record(b, "oom")
                 continue
-            metrics = {"throughput_tokens_per_s": self.speed(candidate, b), "latency_p50_ms": 1000 / self.speed(candidate, 1),
+            latency = self.latency(candidate, study.workload) if self.latency else 1000 / self.speed(candidate, 1)
+            metrics = {"throughput_tokens_per_s": self.speed(candidate, b), "latency_p50_ms": latency,
                        "peak_memory_bytes": 10**6 * b * (4 if candidate.dtype == "float32" else 2),
                        "quality_token_agreement": 0.5 if candidate.quant == "bnb-4bit-fp4" else 1.0}
             if screen is not None and screen.hopeless(metrics[screen.metric]):

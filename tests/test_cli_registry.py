@@ -32,6 +32,23 @@ def test_add_infers_task_for_each_architecture(cli, tiny_models) -> None:  # typ
     assert "flex_attention" not in models["falcon"]["capabilities"]["attn_implementations"]
 
 
+def test_long_prompt_and_prefill_only_workloads(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A model whose context holds 32k tokens takes 32k prompts, and one new token (prefill only)."""
+    import transformers
+
+    from autotune.testing import build_tiny
+
+    long_context = build_tiny("llama", tmp_path / "llama-64k", max_position_embeddings=65536)
+    result = cli("add", long_context, "--prompt-tokens", "32768", "--new-tokens", "1", "--objective", "latency")
+    assert result.code == 0, result.err
+    assert "text-generation, 32768 prompt + 1 new tokens, objective latency" in result.out
+    assert "prompt_tokens 32768 -> 8192" in cli("add", long_context, "--prompt-tokens", "8192", "--new-tokens", "16").out
+    model = json.loads(cli("models", "--json").out)[0]
+    assert (model["workload"]["prompt_tokens"], model["workload"]["new_tokens"]) == (8192, 16)
+    if int(transformers.__version__.split(".")[0]) >= 5:  # Transformers 5 dispatches FlashAttention-4 for Llama
+        assert "flash_attention_4" in model["capabilities"]["attn_implementations"]
+
+
 def test_add_twice_updates_and_says_so(cli, tiny_models) -> None:  # type: ignore[no-untyped-def]
     assert cli("add", tiny_models["llama"], "--max-memory", "0.5", "--objective", "latency").code == 0
     result = cli("add", tiny_models["llama"], "--new-tokens", "64", "--max-memory", "600MB")

@@ -54,8 +54,14 @@ def test_gpus_through_nvml_and_fingerprint(monkeypatch: pytest.MonkeyPatch, cli)
     assert one.driver_version == "580.159.04" and one.cuda_driver_version == "13.0"
     assert one.gpus[0].supports(one.versions)["bf16"] == "yes"
     assert one.gpus[0].supports({**one.versions, "flash-attn": None})["flash_attention"].startswith("hardware yes")
+    assert one.gpus[0].supports({**one.versions, "flash-attn-4": None}, "13.0")["flash_attention_4"] == (
+        "hardware yes; package flash-attn-4 not installed (pip install 'flash-attn-4[cu13]', which brings nvidia-cutlass-dsl "
+        "with its CUDA 13 libraries)")
+    assert one.gpus[0].supports({**one.versions, "flash-attn-4": "4.0.0b36"})["flash_attention_4"] == "yes"
+    assert "flash-attn-4" in one.versions and "nvidia-cutlass-dsl" in one.versions  # in the fingerprint
     text = cli("gpus").out
     assert "NVIDIA H100 80GB HBM3" in text and "9.0" in text and "GPU-00000001" in text
+    assert "FA4" in text.splitlines()[1] and "flash_attention_4: hardware yes; package flash-attn-4 not installed" in text
     again = Environment.from_dict(one.to_dict())
     assert again.fingerprint == one.fingerprint
 
@@ -88,4 +94,6 @@ def test_old_gpu_support_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     gpu = probe().gpus[0]
     supports = gpu.supports({"bitsandbytes": "0.50.2", "flash-attn": "2.8.3"})
     assert supports["bf16"].startswith("no") and supports["flash_attention"].startswith("no")
+    assert supports["flash_attention_4"] == ("no: compute capability 7.0; flash-attn-4 runs on compute capability 9.x (Hopper) "
+                                             "or 10.x (Blackwell)")
     assert supports["bitsandbytes"].startswith("4-bit only") and supports["fp8"].startswith("no")

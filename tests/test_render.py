@@ -216,3 +216,25 @@ def test_pinned_kernels(kernel: str, backend: str) -> None:
     compile(source, "loader.py", "exec")
     assert f"with torch.inference_mode(), sdpa_kernel([SDPBackend.{backend}]):" in source
     assert "from torch.nn.attention import SDPBackend, sdpa_kernel" in source
+
+
+def test_a_flash_attention_winner_fails_in_one_line_without_its_package(tiny_models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    versions = {**V5, "transformers": "5.17.0", "flash-attn-4": "4.0.0b36", "nvidia-cutlass-dsl": "4.8.1"}
+    source = render_loader(spec(str(tiny_models["llama"]), Candidate(dtype="bfloat16", attn="flash_attention_4"), versions=versions))
+    header = [line for line in source.splitlines() if line.startswith("#")]
+    assert any(line.startswith("# Needs:") and "flash-attn-4==4.0.0b36" in line for line in header)
+    assert ("# flash_attention_4 needs the flash-attn-4 package: pip install flash-attn-4==4.0.0b36 (with a CUDA 13 driver: "
+            "pip install 'flash-attn-4[cu13]==4.0.0b36'); it runs on compute capability 9.x (Hopper) or 10.x (Blackwell).") in header
+    assert "attn_implementation='flash_attention_4'" in source
+    (tmp_path / "fa4_loader.py").write_text(source)
+    # flash-attn-4 is not installed here: load_model() stops before loading, with one line naming the package
+    child_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", "import fa4_loader; fa4_loader.load_model()"], capture_output=True, text=True,
+                          cwd=tmp_path, env=child_env, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "ImportError: this loader runs attn_implementation='flash_attention_4', which needs the package flash-attn-4 "
+        "(not installed here): pip install flash-attn-4==4.0.0b36 (with a CUDA 13 driver: pip install 'flash-attn-4[cu13]==4.0.0b36')")
+    fa2 = render_loader(spec("org/model", Candidate(dtype="float16", attn="flash_attention_2", quant="bnb-8bit")))
+    compile(fa2, "loader.py", "exec")
+    assert "importlib.metadata.version('flash-attn')" in fa2 and "pip install flash-attn --no-build-isolation" in fa2

@@ -9,6 +9,7 @@ from search_fakes import CPU_WORKLOAD, LLAMA_CAPS, TINY_LLAMA, FakeMeasure, add_
 
 from autotune.candidate import Candidate
 from autotune.errors import InputError
+from autotune.registry import ResolvedModel
 from autotune.search import _memory
 from autotune.search.results import INTERRUPTED, candidate_results, progress
 from autotune.search.space import (
@@ -322,3 +323,30 @@ def space_forecast():  # type: ignore[no-untyped-def]
     from autotune.search.space import default_forecast
 
     return default_forecast()[0]
+
+
+def test_the_winner_can_change_with_the_prompt_length(store: Store) -> None:
+    """One study per workload: short prompts and long prefill-only ones on the same model and GPU."""
+    def latency(c: Candidate, workload: Workload) -> float:  # a made-up landscape: attention matters with the prompt
+        prefill = {"sdpa": 10.0, "flash_attention_4": 9.2, "eager": 14.0}[c.attn] * workload.prompt_tokens / 1000
+        return prefill + {"sdpa": 12.0, "flash_attention_4": 19.0, "eager": 12.5}[c.attn] * workload.new_tokens
+
+    h200 = gpu_env(memory=141 * 2**30, **{"flash-attn-4": "4.0.0b36"})
+    caps = {**LLAMA_CAPS, "attn_implementations": ["eager", "sdpa", "flash_attention_2", "flash_attention_4", "flex_attention"]}
+    config = {**LLAMA_8B, "max_position_embeddings": 131072}
+    settings = SearchSettings(seed=2, patience=50, restrict=parse_restriction("dtype=bf16 attn=sdpa,eager,flash_attention_4 "
+                                                                                "quant=none static_cache=false placement=cuda"))
+    short = Workload(prompt_tokens=512, new_tokens=128, objective="latency")
+    model = add_model(store, "org/llama-8b", short, config=config, caps=caps)
+    winners, studies = {}, set()
+    for workload in (short, short.with_changes(prompt_tokens=32768, new_tokens=1)):
+        if workload is not short:
+            model, _, _ = store.upsert_model(ResolvedModel(name=model.name, source="local", path=model.path, revision=None,
+                                                           config=config), caps, workload)
+        s = search(store, FakeMeasure(latency=latency), settings, model=model, env=h200)
+        run_to_end(s)
+        winners[workload.prompt_tokens] = s.progress().best.candidate.attn
+        studies.add(s.study.id)
+        if workload.prompt_tokens == 32768:  # eager's score matrices at 32k do not fit an H200: never measured
+            assert any(r.kind == "memory" and r.candidate.attn == "eager" for r in s.space.rejected)
+    assert winners == {512: "sdpa", 32768: "flash_attention_4"} and len(studies) == 2

@@ -170,6 +170,7 @@ def test_causal_lm_candidates_are_measured_and_read_back(kind: str, tiny_models:
             assert_measured(result)
             eff = result.effective
             assert eff["attn_implementation"] == candidate.attn and eff["dtype"] == candidate.dtype
+            assert eff["attention_ran"] == [candidate.attn]  # read back from a traced forward pass
             assert eff["param_devices"].keys() == {"cpu"}
             assert result.metrics["quality_token_agreement"] is not None and result.metrics["quality_kl"] is not None
             assert result.details["quality_reference_flatness"] > 0.95  # random weights: a near-flat reference
@@ -250,6 +251,18 @@ def test_quality_separates_faithful_from_broken(trained_llama: Path, tmp_path: P
     assert broken.details["free_running_agreement"] < faithful.details["free_running_agreement"]
 
 
+def test_prefill_only_measures_one_series(tiny_models: dict[str, Path]) -> None:
+    """--new-tokens 1: the whole call ends at the first token, so its latency is the time to first token."""
+    prefill = Workload(prompt_tokens=256, new_tokens=1)
+    results = run(request(tiny_models["llama"], cpu("fp32", "sdpa"), (1, 2), workload=prefill))
+    for result in results:
+        assert result.status == "ok", result.reason
+        m, d = result.metrics, result.details
+        assert d["generated_tokens"] == 1 and d["e2e_ms"] == d["ttft_ms_repeats"]
+        assert m["ttft_ms"] == m["latency_p50_ms"] and m["decode_tokens_per_s"] is None
+        assert m["throughput_tokens_per_s"] == pytest.approx(result.batch_size / (m["latency_p50_ms"] / 1e3))
+
+
 # -- faults -------------------------------------------------------------------------------------
 
 def test_injected_oom_stops_the_ladder(tiny_models: dict[str, Path]) -> None:
@@ -313,11 +326,17 @@ def test_hang_times_out_and_kills_the_whole_process_group(tiny_models: dict[str,
     assert time.monotonic() - started < 30
 
 
-def test_import_error_and_static_cache_on_cpu_are_unsupported(tiny_models: dict[str, Path]) -> None:
-    failed, static = launch_all([
+def test_import_error_static_cache_on_cpu_and_a_silent_fallback_are_unsupported(tiny_models: dict[str, Path]) -> None:
+    failed, static, fallback = launch_all([
         request(tiny_models["gpt2"], cpu("fp32", "sdpa"), (1, 2), fault="import"),
         request(tiny_models["llama"], cpu("fp32", "sdpa", static_cache=True), (1, 2)),
+        request(tiny_models["llama"], cpu("fp32", "sdpa"), (1, 2), fault="fallback"),
     ])
+    # the config still says sdpa; the traced forward pass shows the eager function ran under that name
+    assert [r.status for r in fallback.results] == ["unsupported", "unsupported"]
+    assert fallback.results[0].reason == "attention sdpa did not take effect: a forward pass ran eager"
+    assert fallback.results[0].effective["attn_implementation"] == "sdpa"
+    assert "latency_p50_ms" not in fallback.results[0].metrics
     assert [r.status for r in failed.results] == ["unsupported", "unsupported"]
     assert "autotune_injected_fault" in failed.results[0].reason and "not importable" in failed.results[0].reason
     # transformers compiles the static-cache forward only on CUDA/XPU: on the CPU the option does not take effect.

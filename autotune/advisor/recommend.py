@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.advisor.render import TOKENIZER_FILES, LoaderSpec
-from autotune.candidate import DTYPE_SHORT, Candidate, rejection
+from autotune.candidate import DTYPE_SHORT, FLASH_ATTENTIONS, Candidate, rejection
 from autotune.environment import Environment
 from autotune.objective import metric_for, score
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
@@ -348,8 +348,9 @@ def packages_for(store: Store, trial: TrialRecord, environment: Environment) -> 
         except Exception:  # noqa: BLE001 - removed since: fall back to what the worker recorded
             ran = {k: v for k, v in (trial.effective.get("versions") or {}).items() if isinstance(v, str)}
             return WorkerEnvironment(trial.worker_env, "", versions=ran).packages()
+    flash = FLASH_ATTENTIONS.get(trial.candidate.attn)
     wanted = ("torch", "transformers", "accelerate") + (("bitsandbytes",) if trial.candidate.quant != "none" else ()) + \
-        (("flash-attn",) if trial.candidate.attn == "flash_attention_2" else ())
+        ((flash.package,) if flash else ())
     return WorkerEnvironment("default", "", versions={k: environment.versions.get(k) for k in wanted}).packages()
 
 
@@ -452,6 +453,7 @@ _WHAT_IFS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("quant", {"quant": "bnb-4bit-nf4", "double_quant": True}),
     ("quant", {"quant": "bnb-8bit"}),
     ("attn", {"attn": "flash_attention_2", "sdpa_kernel": None}),
+    ("attn", {"attn": "flash_attention_4", "sdpa_kernel": None}),
     ("attn", {"attn": "sdpa"}),
     ("attn", {"attn": "eager", "sdpa_kernel": None}),
     ("dtype", {"dtype": "float32"}),

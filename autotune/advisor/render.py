@@ -12,6 +12,9 @@ of the environment that measured the winner:
   (``torch.backends.cuda.sdp_kernel`` before torch 2.3);
 - ``device_map`` (``"cpu"``, ``"cuda:0"``, or ``"auto"`` with ``max_memory`` over several GPUs);
 - ``cache_implementation="static"`` in the generate arguments when a static cache won;
+- for a FlashAttention winner, a check that its package (``flash-attn-4``, ``flash-attn``) is
+  installed before anything loads, which fails with one line naming the package and its install
+  command (Transformers would otherwise fall back to a Hub kernel where ``kernels`` is installed);
 - for an ONNX Runtime winner, ``optimum.onnxruntime``'s ``ORTModelFor<Task>.from_pretrained(...,
   export=..., provider=..., use_io_binding=...)`` in the worker environment's versions (Optimum's
   ONNX path runs on Transformers 4.x): see :func:`render_onnx_loader`.
@@ -29,7 +32,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from autotune import __version__
-from autotune.candidate import Candidate
+from autotune.candidate import FLASH_ATTENTIONS, Candidate
 from autotune.errors import AutotuneError
 
 #: Files whose presence in a model directory means it has a tokenizer.
@@ -130,9 +133,21 @@ def requirements(spec: LoaderSpec) -> list[str]:
     if spec.candidate.quant != "none":
         needed.append("bitsandbytes")
     needed.append("accelerate")  # the loader passes device_map, which needs accelerate (also device_map="cpu", on 4.x and 5.x)
-    if spec.candidate.attn == "flash_attention_2":
-        needed.append("flash-attn")
+    if spec.candidate.attn in FLASH_ATTENTIONS:
+        needed.append(FLASH_ATTENTIONS[spec.candidate.attn].package)
     return [f"{name}=={versions[name]}" if versions.get(name) else name for name in needed]
+
+
+def flash_install(spec: LoaderSpec) -> str | None:
+    """The command that installs a FlashAttention winner's package at the measured version."""
+    fa = FLASH_ATTENTIONS.get(spec.candidate.attn)
+    if fa is None:
+        return None
+    version = spec.versions.get(fa.package)
+    pinned = f"{fa.package}=={version}" if version else fa.package
+    if fa.attn == "flash_attention_4":
+        return f"pip install {pinned} (with a CUDA 13 driver: pip install '{pinned.replace(fa.package, fa.package + '[cu13]', 1)}')"
+    return fa.install.replace(fa.package, pinned, 1) if fa.install.startswith("pip install") else fa.install
 
 
 def render_loader(spec: LoaderSpec) -> str:
@@ -155,7 +170,8 @@ def render_loader(spec: LoaderSpec) -> str:
     quantized = c.quant != "none"
     tokenizer = spec.has_tokenizer
 
-    imports = ["import torch"]
+    flash = FLASH_ATTENTIONS.get(c.attn)
+    imports = (["import importlib.metadata", ""] if flash else []) + ["import torch"]
     names = [auto] + (["AutoTokenizer"] if tokenizer else []) + (["BitsAndBytesConfig"] if quantized else [])
     imports.append(f"from transformers import {', '.join(sorted(names))}")
     legacy_kernel = c.sdpa_kernel is not None and torch_version < (2, 3)
@@ -172,6 +188,13 @@ def render_loader(spec: LoaderSpec) -> str:
     # load_model -----------------------------------------------------------------------------
     lines.append("def load_model():")
     lines.append(f'    """Load the model as it was measured; returns (model, tokenizer){", tokenizer None: the model has none" if not tokenizer else ""}."""')
+    if flash is not None:
+        what = f"this loader runs attn_implementation={c.attn!r}, which needs the package {flash.package} (not installed here): "
+        lines.append("    try:")
+        lines.append(f"        importlib.metadata.version({flash.package!r})")
+        lines.append("    except importlib.metadata.PackageNotFoundError:")
+        lines.append(f"        raise ImportError({what!r}")
+        lines.append(f"                          {flash_install(spec)!r}) from None")
     if quantized:
         lines.append("    quantization_config = BitsAndBytesConfig(")
         if c.quant == "bnb-8bit":
@@ -288,7 +311,8 @@ def _header(spec: LoaderSpec) -> list[str]:
     c = spec.candidate
     written = (spec.written_at or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     when = spec.measured_at.strftime("%Y-%m-%d %H:%M UTC") if spec.measured_at else "unknown"
-    shown = ORT_PACKAGES if c.runtime == "onnxruntime" else ("torch", "transformers", "bitsandbytes", "accelerate", "flash-attn")
+    shown = ORT_PACKAGES if c.runtime == "onnxruntime" else ("torch", "transformers", "bitsandbytes", "accelerate", "flash-attn",
+                                                              "flash-attn-3", "flash-attn-4", "nvidia-cutlass-dsl")
     versions = ", ".join(f"{k} {v}" for k, v in spec.versions.items() if v and k in shown)
     use = "generate(model, **batch)" if spec.generates else "forward(model, **batch)"
     workload = (f"{spec.prompt_tokens} prompt + {spec.new_tokens} new tokens" if spec.generates else f"{spec.prompt_tokens} tokens")
@@ -309,6 +333,9 @@ def _header(spec: LoaderSpec) -> list[str]:
          + (", left-padded" if spec.generates else "")),
         f"#     out = {use}",
     ]
+    if c.attn in FLASH_ATTENTIONS:
+        fa = FLASH_ATTENTIONS[c.attn]
+        out.append(f"# {comment(c.attn)} needs the {fa.package} package: {comment(flash_install(spec))}; it runs on {fa.gpus}.")
     if c.static_cache:
         out.append("# The static cache compiles the model on the first generate call on CUDA (seconds); later calls are fast.")
     if c.sdpa_kernel == "flash":

@@ -25,7 +25,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "Example: autotune measure tiiuae/falcon-7b --dtype bf16 --attn sdpa --batch 1,8,32 --json")
     p.add_argument("model", metavar="MODEL", help="a registered model (see autotune models)")
     p.add_argument("--dtype", help="float32, float16 or bfloat16 (fp32, fp16, bf16); default bfloat16 on GPU, float32 on the CPU")
-    p.add_argument("--attn", default="sdpa", help="attention implementation: eager, sdpa, flash_attention_2, flex_attention, ... (default sdpa)")
+    p.add_argument("--attn", default="sdpa", help="attention implementation: eager, sdpa, flash_attention_4, flash_attention_2, "
+                                                  "flex_attention, ... (default sdpa)")
     p.add_argument("--sdpa-kernel", choices=SDPA_KERNELS, help="pin SDPA to one kernel (with --attn sdpa)")
     p.add_argument("--quant", choices=QUANTS, default="none", help="bitsandbytes quantization (default none)")
     p.add_argument("--double-quant", action="store_true", help="4-bit double quantization")

@@ -73,11 +73,12 @@ def cmd_gpus(args: argparse.Namespace) -> int:
         print(f"driver {env.driver_version}, CUDA {env.cuda_driver_version}")
         rows = []
         for gpu in env.gpus:
-            supports = gpu.supports(env.versions)
+            supports = gpu.supports(env.versions, env.cuda_driver_version)
+            columns = ("bf16", "flash_attention", "flash_attention_4", "bitsandbytes", "fp8")
             rows.append([gpu.index, gpu.name, gpu.uuid, format_gib(gpu.total_memory), format_gib(gpu.free_memory), gpu.cc,
-                         *(supports[k].split(":")[0] for k in ("bf16", "flash_attention", "bitsandbytes", "fp8"))])
-        print_table(["GPU", "NAME", "UUID", "TOTAL", "FREE", "CC", "BF16", "FLASH-ATTN", "BNB", "FP8"], rows)
-        notes = {f"{k}: {v}" for g in env.gpus for k, v in g.supports(env.versions).items() if v != "yes"}
+                         *(supports[k].split(":")[0].split(";")[0] for k in columns)])
+        print_table(["GPU", "NAME", "UUID", "TOTAL", "FREE", "CC", "BF16", "FLASH-ATTN", "FA4", "BNB", "FP8"], rows)
+        notes = {f"{k}: {v}" for g in env.gpus for k, v in g.supports(env.versions, env.cuda_driver_version).items() if v != "yes"}
         for note in sorted(notes):
             print(f"  {note}")
     print("libraries: " + ", ".join(f"{k} {v or '-'}" for k, v in env.versions.items()))

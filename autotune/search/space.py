@@ -444,7 +444,9 @@ def build_space(
         (None, f"placement {p}: {why}", "placement", {"placement": p}) for p, why in placement_out
     ]
     supported = list(capabilities.get("attn_implementations") or ["eager", "sdpa"])
-    attentions = [a for a in ATTENTIONS if a in supported or a == "flash_attention_2"]
+    # FlashAttention-2 (the guide's first lever) and -4 are always offered, so that where they
+    # cannot run the rules say why (the model class, the GPU, the package, the dtype).
+    attentions = [a for a in ATTENTIONS if a in supported or a in ("flash_attention_2", "flash_attention_4")]
     for name in supported:
         if name not in ATTENTIONS:
             rejected.append((None, f"{name}: autotune does not measure this attention implementation yet", "rule", {"attn": name}))
@@ -524,6 +526,7 @@ def _baselines(config: dict[str, Any], capabilities: dict[str, Any], placements:
         # cache removes that wait, so on a GPU it is measured right after the defaults.
         ("static cache, compiled", [Candidate(dtype=checkpoint_dtype(config), attn=default_attn, static_cache=True, placement=placement)]),
         ("bf16 + FlashAttention-2", [Candidate(dtype="bfloat16", attn="flash_attention_2", placement=placement)]),
+        ("bf16 + FlashAttention-4", [Candidate(dtype="bfloat16", attn="flash_attention_4", placement=placement)]),
         ("bf16 + SDPA flash kernel", [Candidate(dtype="bfloat16", attn="sdpa", sdpa_kernel="flash", placement=placement)]),
         ("4-bit nf4, bf16 compute", [Candidate(dtype="bfloat16", attn=default_attn, quant="bnb-4bit-nf4", placement=placement),
                                      Candidate(dtype="float16", attn=default_attn, quant="bnb-4bit-nf4", placement=placement)]),

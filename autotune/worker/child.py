@@ -141,6 +141,11 @@ def run(request: WorkerRequest, report: Reporter) -> None:
         effective = backend.read_effective(loaded.model)
         effective["from_pretrained"] = loaded.kwargs
         report.event("loaded", load_seconds=loaded.load_seconds, effective=effective)
+        if backend.verifies:
+            report.phase(backend.verifies)
+            verified = backend.verify(loaded.model)
+            effective.update(verified)
+            report.event(backend.verifies, **verified)
         backend.check_effective(effective)
     except OptionNotInEffect as exc:
         finish_all(exc.status, exc.reason, metrics=load_metrics, effective=effective)
@@ -164,7 +169,7 @@ def run(request: WorkerRequest, report: Reporter) -> None:
                 info = quality.write_reference(model, request)
                 report.event("reference", status="ok", reason=None, **info)
             except Exception as exc:
-                status, reason = classify_run_error(exc, "writing the quality reference failed")
+                status, reason = _reference_error(exc)
                 report.event("reference", status=status, reason=reason)
                 if not request.batch_sizes:
                     finish_all(status, reason, metrics=load_metrics, effective=effective, details={"traceback": _traceback_tail()})
@@ -225,14 +230,10 @@ def _measure_one(request: WorkerRequest, model: Any, batch: int, probe: Any, fau
     except OptionNotInEffect as exc:
         return BatchResult(exc.status, exc.reason, batch, load_metrics, {**effective, **exc.effective}, {})
     except Exception as exc:
-        details = {"traceback": _traceback_tail()}
-        if "no available kernel" in str(exc).lower():
-            return BatchResult("unsupported", f"SDPA kernel {candidate.sdpa_kernel or '(default)'}: PyTorch found no kernel for "
-                               f"this call ({_first_line(exc)})", batch, load_metrics, effective, details)
-        status, reason = classify_run_error(exc, f"measuring batch size {batch} failed")
-        if status == "oom":
-            reason = f"out of memory at batch size {batch}: {_first_line(exc)}"
-        return BatchResult(status, reason, batch, load_metrics, effective, details)
+        from autotune.worker import loading
+
+        status, reason = loading.classify_run_error(exc, candidate, batch)
+        return BatchResult(status, reason, batch, load_metrics, effective, {"traceback": _traceback_tail()})
     metrics = {**load_metrics, **measured.metrics, **quality_metrics}
     details = {**measured.details, **quality_details}
     if measured.screened is not None:
@@ -240,13 +241,12 @@ def _measure_one(request: WorkerRequest, model: Any, batch: int, probe: Any, fau
     return BatchResult("ok", None, batch, metrics, {**effective, **measured.effective}, details)
 
 
-def classify_run_error(exc: BaseException, what: str) -> tuple[str, str]:
-    """``(status, reason)`` of an exception raised while running a loaded model."""
+def _reference_error(exc: BaseException) -> tuple[str, str]:
+    """``(status, reason)`` of an exception raised while writing the quality reference."""
     from autotune.worker import loading
 
-    if loading.is_out_of_memory(exc):
-        return "oom", f"{what}: out of memory: {_first_line(exc)}"
-    return "error", f"{what}: {_first_line(exc)}"
+    status = "oom" if loading.is_out_of_memory(exc) else "error"
+    return status, f"writing the quality reference failed: {_first_line(exc)}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -188,7 +188,8 @@ def _where(phase: dict[str, Any] | None) -> str:
     if name == "batch":
         return f"measuring batch size {phase.get('batch_size')}"
     return {"loading": "loading the model", "exporting": "exporting the model to ONNX", "reference": "writing the quality reference",
-            "quality": "comparing outputs with the quality reference"}.get(str(name), str(name))
+            "quality": "comparing outputs with the quality reference",
+            "attention": "reading back which attention runs (a traced forward pass)"}.get(str(name), str(name))
 
 
 def classify(request: WorkerRequest, events: list[dict[str, Any]], returncode: int | None, timed_out: bool,

@@ -5,6 +5,7 @@ Runs only inside the worker child: imports torch and transformers at module leve
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections import Counter
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 import transformers
 
-from autotune.candidate import Candidate
+from autotune.candidate import FLASH_ATTENTIONS, Candidate
 from autotune.worker.backends._base import Loaded, OptionNotInEffect
 from autotune.worker.protocol import WorkerRequest
 
@@ -88,6 +89,19 @@ def synchronize() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for index in range(torch.cuda.device_count()):
             torch.cuda.synchronize(index)
+
+
+def check_importable(candidate: Candidate) -> None:
+    """Import a FlashAttention candidate's kernels module before loading: raise
+    :class:`OptionNotInEffect` (``unsupported``) with the reason when it does not import."""
+    fa = FLASH_ATTENTIONS.get(candidate.attn)
+    if fa is None:
+        return
+    try:
+        importlib.import_module(fa.module)
+    except Exception as exc:  # a missing package, a missing dependency, a library that fails to initialise
+        raise OptionNotInEffect("unsupported", f"{candidate.attn}: {fa.module} does not import here ({first_line(exc)}); "
+                                               f"{fa.install_hint()}") from None
 
 
 def load(request: WorkerRequest) -> Loaded:
@@ -221,7 +235,11 @@ def check_effective(candidate: Candidate, effective: dict[str, Any], max_memory_
     c = candidate
     attn = effective.get("attn_implementation")
     if attn != c.attn:
-        raise OptionNotInEffect("unsupported", f"attention {c.attn} did not take effect: the loaded model runs {attn}")
+        why = ""
+        if c.attn in FLASH_ATTENTIONS and "/" in str(attn):
+            why = (f", a kernel from the Hugging Face Hub that transformers {transformers.__version__} loads when the package "
+                   f"{FLASH_ATTENTIONS[c.attn].package} is missing and `kernels` is installed")
+        raise OptionNotInEffect("unsupported", f"attention {c.attn} did not take effect: the loaded model runs {attn}{why}")
 
     if c.quant != "none":
         done = effective["quantized_layers"]
@@ -282,6 +300,36 @@ def first_line(exc: BaseException, limit: int = 400) -> str:
     text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def classify_run_error(exc: BaseException, candidate: Candidate, batch: int) -> tuple[str, str]:
+    """``(status, reason)`` for an exception raised while measuring ``candidate`` at ``batch``.
+
+    ``unsupported``: what cannot run here — torch.compile failing on a static cache (or on flex
+    attention), a FlashAttention kernel refusing the call (raised from inside its package), no
+    SDPA kernel for a pinned backend. ``oom`` for memory, ``error`` for anything else.
+    """
+    message = first_line(exc)
+    if is_out_of_memory(exc):
+        return "oom", f"out of memory at batch size {batch}: {message}"
+    if "no available kernel" in str(exc).lower():
+        return "unsupported", f"SDPA kernel {candidate.sdpa_kernel or '(default)'}: PyTorch found no kernel for this call ({message})"
+    if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        what = "a static cache" if candidate.static_cache else candidate.attn
+        return "unsupported", f"torch.compile failed on {what} with attention {candidate.attn} at batch size {batch}: {message}"
+    if candidate.attn in FLASH_ATTENTIONS and _raised_in(exc, FLASH_ATTENTIONS[candidate.attn].module):
+        return "unsupported", f"{candidate.attn}: its kernel refused batch size {batch}: {message}"
+    return "error", f"measuring batch size {batch} failed: {message}"
+
+
+def _raised_in(exc: BaseException, package: str) -> bool:
+    """Whether ``exc`` was raised from code of the Python package ``package``."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_globals.get("__name__", "")
+        tb = tb.tb_next
+    return bool(last) and (last == package or str(last).startswith(package + "."))
 
 
 _UNSUPPORTED_HINTS = ("attn", "attention", "quantiz", "bitsandbytes", "not supported", "does not support",

@@ -419,7 +419,8 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
         if screened is not None:
             return _screened_generation(request, batch, generated, e2e_first, memory, effective, first_call, lengths, screened)
     ttft, ttft_capped = repeat(first, request)
-    e2e, e2e_capped = repeat(full, request, e2e_first)
+    # With one new token (prefill only) a whole call stops at the first token: one series is both.
+    e2e, e2e_capped = (ttft, ttft_capped) if workload.new_tokens == 1 else repeat(full, request, e2e_first)
 
     p50 = percentile(e2e, 50)
     ttft50 = percentile(ttft, 50)

@@ -32,9 +32,11 @@ SCREEN_METRICS = {"throughput_tokens_per_s": "maximize", "sequences_per_s": "max
 #: Test-only faults the child can inject: an out-of-memory error at the second batch size it
 #: measures, a segfault there, a hang at start-up (ignoring SIGTERM, with a grandchild process),
 #: an ImportError while loading, noise added to the weights after loading, an ONNX export that
-#: fails (ONNX Runtime candidates), and a small ``torch.compile`` after loading (which exercises
-#: the compile cache on a CPU, where Transformers compiles nothing by itself).
-FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export", "compile")
+#: fails (ONNX Runtime candidates), a silent attention fallback (another attention function
+#: registered under the candidate's name after loading, the config unchanged), and a small
+#: ``torch.compile`` after loading (which exercises the compile cache on a CPU, where
+#: Transformers compiles nothing by itself).
+FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export", "fallback", "compile")
 
 
 #: The launcher's pid, in the worker's environment: the worker dies with it (Linux).

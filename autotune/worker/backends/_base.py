@@ -9,9 +9,9 @@ drives every backend the same way, in one process, in this order:
 2. :meth:`Backend.prepare` — start slow work that needs no torch (an ONNX export runs in its
    own process while the worker imports torch); :meth:`Backend.prepared` waits for it;
 3. :meth:`Backend.load` — load the model; returns :class:`Loaded`;
-4. :meth:`Backend.read_effective` and :meth:`Backend.check_effective` — the configuration read
-   back from the loaded model, and :class:`OptionNotInEffect` when a requested option did not
-   take effect;
+4. :meth:`Backend.read_effective`, :meth:`Backend.verify` and :meth:`Backend.check_effective` —
+   the configuration read back from the loaded model (and from one short run of it), and
+   :class:`OptionNotInEffect` when a requested option did not take effect;
 5. on any exception from 2–4, :meth:`Backend.classify_load_error` turns it into a status and a
    one-line reason.
 
@@ -93,6 +93,17 @@ class Backend(ABC):
     @abstractmethod
     def read_effective(self, model: Any) -> dict[str, Any]:
         """The configuration in force, read from the loaded model (not from what was asked)."""
+
+    @property
+    def verifies(self) -> str | None:
+        """The phase name of :meth:`verify` (``None``: this backend has nothing to verify by running)."""
+        return None
+
+    def verify(self, model: Any) -> dict[str, Any]:
+        """Run the loaded model once to read back what only running shows (e.g. which attention
+        kernels were called); what it returns joins the effective configuration before
+        :meth:`check_effective` judges it."""
+        return {}
 
     @abstractmethod
     def check_effective(self, effective: dict[str, Any]) -> None:

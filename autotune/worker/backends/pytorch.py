@@ -13,7 +13,20 @@ class PyTorchBackend(Backend):
     def load(self) -> Loaded:
         from autotune.worker import loading
 
+        loading.check_importable(self.candidate)
         return loading.load(self.request)
+
+    @property
+    def verifies(self) -> str | None:
+        return "attention"
+
+    def verify(self, model: Any) -> dict[str, Any]:
+        """Which attention functions and kernels one short forward pass really called."""
+        from autotune.worker import attention
+
+        if self.request.fault == "fallback":
+            attention.register_fallback(model)
+        return attention.trace(model, self.candidate, self.request.seed)
 
     def read_effective(self, model: Any) -> dict[str, Any]:
         from autotune.worker import loading
@@ -21,9 +34,10 @@ class PyTorchBackend(Backend):
         return loading.read_effective(model, self.candidate)
 
     def check_effective(self, effective: dict[str, Any]) -> None:
-        from autotune.worker import loading
+        from autotune.worker import attention, loading
 
         loading.check_effective(self.candidate, effective, self.request.max_memory_bytes)
+        attention.check(self.candidate, effective)
 
     def classify_load_error(self, exc: BaseException) -> tuple[str, str]:
         from autotune.worker import loading
