@@ -31,12 +31,13 @@ def test_tune_runs_the_study_and_prints_the_best(cli, fake: FakeMeasure) -> None
     result = cli("tune", "org/tiny", "--space", SPACE, "--seed", "5")
     assert result.code == 0, result.err
     assert "space: 4 candidates" in result.err and "transformers defaults" in result.err
-    assert result.err.count("] ") >= 4 and "4/4" in result.err  # one progress line per trial
+    assert result.err.count("] ") >= 4 and "4/4 candidates" in result.err  # one progress line per candidate
     assert "study finished: space exhausted: all 4 candidates measured" in result.err
-    assert result.out.startswith("best after 4 trials: bf16 sdpa cpu at batch 8:")
+    assert result.out.startswith("best after 4 candidates: bf16 sdpa cpu at batch 8:")
     # again: nothing left, nothing measured
     again = cli("tune", "org/tiny", "--space", SPACE)
     assert again.code == 0 and "is finished: space exhausted" in again.err and len(fake.calls) == 4
+    assert "a wider --space" in again.err
 
     trials = cli("trials", "org/tiny")
     assert trials.code == 0 and "fp32 sdpa cpu" in trials.out and "oom" in trials.out and "* the best trial" in trials.out
@@ -46,7 +47,7 @@ def test_tune_runs_the_study_and_prints_the_best(cli, fake: FakeMeasure) -> None
 
     status = json.loads(cli("status", "--json").out)
     (entry,) = status["models"]
-    assert entry["study"]["state"] == "finished" and entry["study"]["trials"] == 4
+    assert entry["study"]["state"] == "finished" and entry["study"]["candidates"] == 4 and entry["study"]["trial_rows"] == 16
     assert entry["study"]["best"]["label"] == "bf16 sdpa cpu" and entry["study"]["best"]["batch_size"] == 8
     assert entry["study"]["rejected"] > 0 and entry["study"]["rejected_reasons"][0]["reason"]
     assert status["daemons"][0]["running"] is False and status["daemons"][0]["activity"] == "tune: stopped"
@@ -58,13 +59,28 @@ def test_tune_respects_budgets_and_unknown_models(cli, fake: FakeMeasure) -> Non
     with Store.open(str(cli.db)) as store:
         add_model(store, "org/tiny")
     result = cli("tune", "org/tiny", "--trials", "2", "--seed", "1")
-    assert result.code == 0 and "trial budget reached: 2 trials" in result.err and len(fake.calls) == 2
+    assert result.code == 0 and "candidate budget reached: 2 candidates measured (--trials 2)" in result.err and len(fake.calls) == 2
     result = cli("tune", "org/nothing")
     assert result.code == 2 and "is not registered" in result.err
     result = cli("tune", "org/tiny", "--patience", "0")
     assert result.code == 2 and "--patience" in result.err
     result = cli("tune", "org/tiny", "--space", "colour=red")
     assert result.code == 2 and "AXIS=V1,V2" in result.err
+
+
+def test_a_larger_trials_continues_a_finished_study(cli, fake: FakeMeasure) -> None:
+    with Store.open(str(cli.db)) as store:
+        add_model(store, "org/tiny")
+    first = cli("tune", "org/tiny", "--patience", "2", "--seed", "4")
+    measured = len(fake.calls)
+    assert first.code == 0 and "study finished: no improvement in the last 2 candidates" in first.err
+    again = cli("tune", "org/tiny", "--patience", "2")
+    assert again.code == 0 and len(fake.calls) == measured
+    assert f"--trials above {measured} or --budget-minutes above" in again.err and "--patience above 2" in again.err
+    more = cli("tune", "org/tiny", "--patience", "2", "--trials", str(measured + 2))
+    assert more.code == 0 and len(fake.calls) == measured + 2, more.err
+    assert f"candidate budget reached: {measured + 2} candidates measured" in more.err
+    assert more.out.startswith(f"best after {measured + 2} candidates:")
 
 
 def test_trials_and_status_with_nothing_yet(cli) -> None:
