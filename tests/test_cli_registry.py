@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,24 @@ def test_real_process_entry_point(tmp_path, hf_cache) -> None:  # type: ignore[n
     result = run_autotune("add", str(tmp_path / "nope"), env=env)
     assert result.code == 2 and result.err.count("\n") == 1 and "Traceback" not in result.err
     assert "tiiuae/falcon-7b" in run_autotune("models", env=env).out
+
+
+@pytest.mark.parametrize("command", ["add", "estimate"])
+def test_an_unreachable_hub_fails_fast_in_one_line(command: str, tmp_path: Path, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    """Not offline, but nothing answers: one line within seconds, not huggingface_hub's half a minute of retries."""
+    from autotune.store import Store
+
+    db = tmp_path / "hub.db"
+    with Store.open(str(db)):
+        pass
+    before = table_dump(db)
+    env = {"AUTOTUNE_DB": str(db), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+           "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+    started = time.monotonic()
+    result = run_autotune(command, "tiiuae/falcon-7b", env=env, timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert "the Hub at http://127.0.0.1:9 cannot be reached (127.0.0.1:9: Connection refused)" in result.err
+    assert "Retrying" not in result.err and "Traceback" not in result.err
+    assert elapsed < 10, elapsed  # process start included; huggingface_hub 2.4.0 alone retried for 26 s (measured here)
+    assert table_dump(db) == before
