@@ -105,7 +105,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     else:
         if trials and trials[0].worker_env != "default":
             print(f"ran in worker environment {trials[0].worker_env}")
-        _print_results(results, study.workload.generates)
+        _print_results(results, study.workload.task)
     return 0 if any(r["status"] == "ok" for r in results) else 1
 
 
@@ -113,15 +113,17 @@ def _num(value: Any, digits: int = 1) -> str | None:
     return None if value is None else f"{value:,.{digits}f}"
 
 
-def _print_results(results: list[dict[str, Any]], generates: bool) -> None:
-    if generates:
+def _print_results(results: list[dict[str, Any]], task: str) -> None:
+    from autotune.objective import QUALITY_MEASURES
+
+    if task == "text-generation":
         headers = ["BATCH", "STATUS", "TOK/S", "DECODE TOK/S", "TTFT MS", "P50 MS", "P90 MS", "SPREAD", "PEAK", "AGREE", "KL"]
         rows = [[r["batch_size"], r["status"], _num(r["throughput_tokens_per_s"]), _num(r["decode_tokens_per_s"]), _num(r["ttft_ms"], 2),
                  _num(r["latency_p50_ms"], 2), _num(r["latency_p90_ms"], 2), _pct(r["latency_spread"]),
                  format_size(r["peak_memory_bytes"]) if r["peak_memory_bytes"] else None, _pct(r["quality_token_agreement"]),
                  _num(r["quality_kl"], 4)] for r in results]
     else:
-        headers = ["BATCH", "STATUS", "SEQ/S", "P50 MS", "P90 MS", "SPREAD", "PEAK", "QUALITY"]
+        headers = ["BATCH", "STATUS", "SEQ/S", "P50 MS", "P90 MS", "SPREAD", "PEAK", QUALITY_MEASURES[task].upper()]
         rows = [[r["batch_size"], r["status"], _num(r["sequences_per_s"]), _num(r["latency_p50_ms"], 2), _num(r["latency_p90_ms"], 2),
                  _pct(r["latency_spread"]), format_size(r["peak_memory_bytes"]) if r["peak_memory_bytes"] else None,
                  _num(r["quality_token_agreement"], 4)] for r in results]

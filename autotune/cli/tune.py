@@ -215,7 +215,7 @@ def _current_study(store: Any, model: Any, fingerprint: str) -> Any:
 def cmd_trials(args: argparse.Namespace) -> int:
     from autotune.cli import open_store
     from autotune.environment import probe
-    from autotune.objective import metric_for
+    from autotune.objective import metric_for, quality_name
 
     with open_store(args) as store:
         model = store.get_model(args.model)
@@ -238,13 +238,14 @@ def cmd_trials(args: argparse.Namespace) -> int:
         return 0
     for study, trials, fingerprint in data:
         metric, _ = metric_for(study.workload)
+        quality = quality_name(study.workload.task).upper()
         print(f"study {study.id} ({study.state}{': ' + study.stop_reason if study.stop_reason else ''}), environment {fingerprint}, "
               f"{study.workload.describe()}")
         rows = [[t.number, t.origin, t.candidate.label(), t.batch_size, t.status, _yes_no(t.feasible),
                  _number(t.objective_value), _gib(t.metrics.get("peak_memory_bytes")), _number(t.metrics.get("quality_token_agreement")),
                  _number(t.metrics.get("load_seconds")), ("* " if t.id == study.best_trial_id else "") + _reason(t)]
                 for t in trials]
-        print_table(["#", "ORIGIN", "CANDIDATE", "BATCH", "STATUS", "FEASIBLE", metric.upper(), "PEAK", "QUALITY", "LOAD_S", "REASON"], rows)
+        print_table(["#", "ORIGIN", "CANDIDATE", "BATCH", "STATUS", "FEASIBLE", metric.upper(), "PEAK", quality, "LOAD_S", "REASON"], rows)
         if study.best_trial_id:
             print("  * the best trial")
     return 0
