@@ -205,6 +205,37 @@ def check_model_type(config: dict[str, Any], where: str) -> None:
         )
 
 
+#: Where a config states the longest sequence its model takes, as Transformers names it per
+#: architecture (Llama, BERT, Falcon...: max_position_embeddings; GPT-2: n_positions, older files
+#: n_ctx; ChatGLM, Qwen 1: seq_length; MPT: max_seq_len).
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_seq_len", "max_sequence_length")
+
+
+def context_length(config: dict[str, Any]) -> tuple[int, str] | None:
+    """``(positions, field)``: the longest sequence the model takes and the config field that says so.
+
+    Read through the installed Transformers' config class, so that an architecture's own names
+    and defaults count (Falcon's config.json may leave out ``max_position_embeddings``; its class
+    says 2048), and from the text model of a multimodal config. ``None`` when no field says.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    sources: list[Any] = []
+    try:
+        built = CONFIG_MAPPING[config["model_type"]].from_dict(dict(config))
+        sources.append(built.get_text_config() if hasattr(built, "get_text_config") else built)
+    except Exception:  # a config the class cannot build: read the file's own fields
+        pass
+    sources += [config.get("text_config") or {}, config]
+    for name in CONTEXT_FIELDS:
+        for source in sources:
+            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                aliases = {} if isinstance(source, dict) else getattr(type(source), "attribute_map", {}) or {}
+                return value, aliases.get(name, name)
+    return None
+
+
 def model_capabilities(config: dict[str, Any], task: str) -> dict[str, Any]:
     """What the installed Transformers supports for this model's class and task.
 
