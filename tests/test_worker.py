@@ -8,6 +8,7 @@ model's whole candidate set, and the ladders are short (prompt 16, new 8, batch 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -311,6 +312,29 @@ def test_hang_times_out_and_kills_the_whole_process_group(tiny_models: dict[str,
     assert len(seen) == 1 and len(seen[0]) >= 2  # the worker and the grandchild it started, both ignoring SIGTERM
     assert group_members(pids[0]) == []  # nothing of it survives
     assert time.monotonic() - started < 30
+
+
+def test_an_unclassified_error_names_the_model_the_candidate_and_what_to_try(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    broken = tmp_path / "broken-llama"
+    shutil.copytree(tiny_models["llama"], broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    # past the tiny GPT-2's 1024 positions: `autotune add` refuses such a workload, a request does not
+    too_long = Workload(prompt_tokens=1100, new_tokens=8)
+    unloadable, measured = launch_all([
+        request(broken, cpu("fp32", "sdpa"), (1, 2)),
+        request(tiny_models["gpt2"], cpu("fp32", "eager"), (1, 2), workload=too_long),
+    ])
+    assert [r.status for r in unloadable.results] == ["error", "error"]
+    reason = unloadable.results[0].reason
+    assert reason.startswith("loading broken-llama as fp32 sdpa cpu failed with an error autotune does not recognise (")
+    assert "autotune trials broken-llama --json" in reason
+    assert "`autotune measure broken-llama --dtype fp32 --placement cpu --attn sdpa --batch 1`" in reason
+    assert [r.status for r in measured.results] == ["error", "skipped"]
+    reason = measured.results[0].reason
+    assert reason.startswith("measuring batch size 1 of gpt2 as fp32 eager cpu failed with an error autotune does not recognise "
+                             "(IndexError: index out of range in self)"), reason
+    assert "`autotune measure gpt2 --dtype fp32 --placement cpu --attn eager --batch 1`" in reason
+    assert measured.results[0].details["traceback"].rstrip().endswith("IndexError: index out of range in self")
 
 
 def test_import_error_and_static_cache_on_cpu_are_unsupported(tiny_models: dict[str, Path]) -> None:

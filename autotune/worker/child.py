@@ -80,6 +80,18 @@ def _traceback_tail(limit: int = 1500) -> str:
     return traceback.format_exc()[-limit:]
 
 
+def unclassified(request: WorkerRequest, doing: str, error: str) -> str:
+    """The reason for an error the worker cannot classify: the model, the candidate, the error, what to try.
+
+    ``doing`` is what failed (``loading``, ``measuring batch size 4 of``), ``error`` the exception's
+    first line with its type.
+    """
+    name = request.model_name
+    return (f"{doing} {name} as {request.candidate.label()} failed with an error autotune does not recognise ({error}); "
+            f"the traceback is kept with the trial (autotune trials {name} --json); try the candidate alone with "
+            f"`autotune measure {name} {request.candidate.measure_args()} --batch 1`, or another dtype or attention")
+
+
 def run(request: WorkerRequest, report: Reporter) -> None:
     """Load (an ONNX Runtime candidate: export first), check, reference/quality, then the batch-size ladder."""
     from autotune.worker import measure
@@ -164,6 +176,8 @@ def run(request: WorkerRequest, report: Reporter) -> None:
     except Exception as exc:
         classify = onnx.classify_load_error if export_job is not None else loading.classify_load_error
         status, reason = classify(exc, candidate)
+        if status == "error":
+            reason = unclassified(request, "loading the ONNX export of" if export_job is not None else "loading", loading.first_line(exc))
         finish_all(status, reason, metrics=load_metrics, effective=effective, details={"traceback": _traceback_tail()})
         return
     model = loaded.model
@@ -180,7 +194,8 @@ def run(request: WorkerRequest, report: Reporter) -> None:
                 report.event("reference", status="ok", reason=None, **info)
             except Exception as exc:
                 status = "oom" if loading.is_out_of_memory(exc) else "error"
-                reason = f"writing the quality reference failed: {loading.first_line(exc)}"
+                reason = (f"writing the quality reference failed: {loading.first_line(exc)}" if status == "oom"
+                          else unclassified(request, "writing the quality reference of", loading.first_line(exc)))
                 report.event("reference", status=status, reason=reason)
                 if not request.batch_sizes:
                     finish_all(status, reason, metrics=load_metrics, effective=effective, details={"traceback": _traceback_tail()})
@@ -231,8 +246,8 @@ def run(request: WorkerRequest, report: Reporter) -> None:
                     result = BatchResult("unsupported", f"SDPA kernel {candidate.sdpa_kernel or '(default)'}: PyTorch found no kernel for "
                                          f"this call ({loading.first_line(exc)})", batch, load_metrics, effective, details)
                 else:
-                    result = BatchResult("error", f"measuring batch size {batch} failed: {loading.first_line(exc)}", batch,
-                                         load_metrics, effective, details)
+                    result = BatchResult("error", unclassified(request, f"measuring batch size {batch} of", loading.first_line(exc)),
+                                         batch, load_metrics, effective, details)
             report.result(result)
             if result.status != "ok":
                 stopped = result
