@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 from conftest import REPO
@@ -116,3 +117,54 @@ def test_tune_refuses_while_another_tuner_holds_the_lock(cli, fake: FakeMeasure)
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_status_check_daemon_is_a_health_check(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    from autotune.search.lock import TunerLock
+    from autotune.store.schema import DaemonRow, utcnow
+
+    def check(*more: str):  # type: ignore[no-untyped-def]
+        result = cli("status", "--check-daemon", *more)
+        assert len((result.out + result.err).strip().splitlines()) == 1, result
+        return result
+
+    with Store.open(str(cli.db)):
+        pass
+    nobody = check()
+    assert nobody.code == 1 and nobody.err.startswith("autotune: no daemon has run on") and not nobody.out
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with Store.open(str(cli.db)) as store:
+            lock = TunerLock(store, "daemon", pid=sleeper.pid)
+            lock.acquire()
+            lock.beat("daemon: idle, 1 models, every study finished")
+        live = check()
+        assert live.code == 0 and live.out.startswith(f"daemon: pid {sleeper.pid} on ") and "idle" in live.out
+        with Store.open(str(cli.db)) as store, store.session() as s:
+            s.execute(update(DaemonRow).values(heartbeat_at=utcnow() - timedelta(seconds=300)))
+        stale = check()
+        assert stale.code == 1 and "is 5 min old (--max-age 120 s)" in stale.err
+        assert check("--max-age", "600").code == 0
+        assert check("--max-age", "0").code == 2
+        with Store.open(str(cli.db)) as store, store.session() as s:
+            s.execute(update(DaemonRow).values(heartbeat_at=utcnow()))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    gone = check()
+    assert gone.code == 1 and f"pid {sleeper.pid} on" in gone.err and "is gone" in gone.err
+    with Store.open(str(cli.db)) as store:
+        own = TunerLock(store, "daemon")
+        own.acquire()
+        own.release("stopped by SIGTERM")
+    stopped = check()
+    assert stopped.code == 1 and "the last one stopped" in stopped.err and "daemon: stopped by SIGTERM" in stopped.err
+    # it starts without torch, transformers, Optuna or NVML, and takes --db after its name like every command
+    code = ("import sys; from autotune.cli import main; "
+            "assert main(['status', '--check-daemon', '--db', sys.argv[1]]) == 1; "
+            "heavy = [m for m in ('torch', 'transformers', 'optuna', 'pynvml') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code, str(cli.db)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr

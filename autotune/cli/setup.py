@@ -39,7 +39,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("remove", help="unregister a model (its trials stay unless --purge)",
                             description="Unregister a model; its studies and trials stay unless --purge. Example: autotune remove tiiuae/falcon-7b --purge")
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help="a registered model (see autotune models)")
     p.add_argument("--purge", action="store_true", help="also delete its studies, trials and recommendations")
     p.set_defaults(func=cmd_remove)
 

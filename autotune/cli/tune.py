@@ -44,6 +44,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                             description="Show each model's study in this environment — state, candidates measured, best so far, "
                                         "candidates rejected — and what the daemon is doing now. Example: autotune status --json")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--check-daemon", action="store_true",
+                   help="only check that a daemon (or tune) of this machine heartbeats: one line, exit 0 if so, else 1 "
+                        "(for health checks; reads the lock row only, no GPU probe)")
+    p.add_argument("--max-age", type=float, metavar="S",
+                   help="with --check-daemon: the oldest heartbeat that counts as live, in seconds (default: when the tuning "
+                        "lock counts a tuner as gone, 120 s; a tuner beats every 5 s)")
     p.set_defaults(func=cmd_status)
 
     p = commands.add_parser("daemon", help="tune every registered model, one candidate at a time, until stopped",
@@ -287,6 +293,8 @@ def _gib(value: int | None) -> str | None:
 # -- status ---------------------------------------------------------------------------------------
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.check_daemon:
+        return _check_daemon(args)
     from autotune.cli import open_store
     from autotune.environment import probe
     from autotune.search.lock import holders
@@ -345,6 +353,40 @@ def cmd_status(args: argparse.Namespace) -> int:
                     print(f"  {r.get('reason')}" + (f"  [{r.get('label')}]" if r.get("candidate") else ""))
     _print_tuners(tuners)
     return 0
+
+
+def _check_daemon(args: argparse.Namespace) -> int:
+    """One line and exit 0 when a tuner of this machine heartbeats within ``--max-age`` seconds; else exit 1."""
+    import socket
+
+    from autotune.cli import open_store
+    from autotune.errors import AutotuneError, InputError
+    from autotune.search.lock import STALE_AFTER_S, format_age, holders
+
+    max_age = STALE_AFTER_S if args.max_age is None else args.max_age
+    if not max_age > 0:
+        raise InputError(f"--max-age must be more than 0 seconds, got {max_age!r}")
+    with open_store(args) as store:
+        rows = holders(store)
+        local = store.sqlite_path is not None
+        location = store.location
+    host = socket.gethostname()
+    # A SQLite file has one lock row whatever the host name (a container gets a new one each start).
+    mine = rows if local else [h for h in rows if h.hostname == host]
+    live = [h for h in mine if h.alive(max_age)]
+    if live:
+        print(f"daemon: {live[0].describe()}: {live[0].activity or 'nothing reported'}")
+        return 0
+    last = max(mine, key=lambda h: h.heartbeat_at, default=None)
+    if last is None:
+        raise AutotuneError(f"no daemon has run on {location}{'' if local else ' from ' + host}; start one with `autotune daemon`")
+    if last.pid == 0:
+        why = f"the last one stopped {format_age(last.heartbeat_age())} ago ({last.activity})"
+    elif last.heartbeat_age() > max_age:
+        why = f"the last heartbeat, of pid {last.pid} on {last.hostname}, is {format_age(last.heartbeat_age())} old (--max-age {max_age:g} s)"
+    else:
+        why = f"pid {last.pid} on {last.hostname} is gone without releasing the lock"
+    raise AutotuneError(f"no live daemon on {location}: {why}; start one with `autotune daemon`")
 
 
 def _print_tuners(tuners: list[Any]) -> None:
