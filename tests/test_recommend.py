@@ -250,7 +250,7 @@ def test_explanation_without_a_winner(store) -> None:  # type: ignore[no-untyped
     assert rec.best is None and "none of the 1 trials of org/broken succeeded (crash)" in rec.message  # type: ignore[operator]
 
 
-def test_nothing_that_fits_exits_1_in_one_line_and_an_encoder_says_cosine_similarity(cli, store_url, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_nothing_that_fits_exits_1_in_one_line_and_an_encoder_says_cosine_similarity(cli, store_url, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("AUTOTUNE_DB", store_url)
     with Store.open(store_url) as store:
         resolved = ResolvedModel(name="org/bert", source="hf-cache", path=None, revision="b" * 40,
@@ -271,4 +271,7 @@ def test_nothing_that_fits_exits_1_in_one_line_and_an_encoder_says_cosine_simila
     assert "quality floor 0.90 cosine similarity" in tight.err
     assert json.loads(cli("recommend", "org/bert", "--max-memory", "1GiB", "--json").out)["recommendation"] is None
     assert cli("recommend", "org/bert", "--max-memory", "1GiB", "--json").code == 1
+    nothing = cli("recommend", "org/bert", "--max-memory", "1GiB", "--write", tmp_path / "bert_loader.py")
+    assert nothing.code == 1 and nothing.err.startswith("autotune: nothing to write for org/bert: no measured trial")
+    assert not (tmp_path / "bert_loader.py").exists()
     assert "COSINE SIMILARITY" in cli("trials", "org/bert", "--all").out

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.cli._output import print_json, print_table
-from autotune.errors import InputError
+from autotune.errors import AutotuneError, InputError
 from autotune.units import format_gib, format_size, parse_size
 from autotune.workload import OBJECTIVES
 
@@ -301,7 +301,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                     explanation=explanation)
             if write is not None:
                 if code is None:
-                    raise InputError(f"nothing to write for {model.name}: {rec.message}")
+                    raise AutotuneError(f"nothing to write for {model.name}: {rec.message}")
                 write.parent.mkdir(parents=True, exist_ok=True)
                 write.write_text(code, encoding="utf-8")
             documents.append((rec, code))
