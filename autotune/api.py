@@ -62,6 +62,7 @@ def check_context(workload: Workload, config: dict[str, Any], architecture: str)
     need = workload.prompt_tokens + (workload.new_tokens if workload.generates else 0)
     if need <= positions:
         return
-    asked = f"{workload.prompt_tokens} prompt + {workload.new_tokens} new tokens" if workload.generates else f"{workload.prompt_tokens} tokens"
+    asked = f"{workload.prompt_tokens} prompt + {workload.new_tokens} new tokens" if workload.generates \
+        else f"{workload.prompt_tokens} tokens"
     raise InputError(f"the workload needs {need} positions ({asked}) but {architecture} has {positions} ({field} in its config); "
                      f"lower --prompt-tokens{' or --new-tokens' if workload.generates else ''} to fit")

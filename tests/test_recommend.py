@@ -250,7 +250,7 @@ def test_explanation_without_a_winner(store) -> None:  # type: ignore[no-untyped
     assert rec.best is None and "none of the 1 trials of org/broken succeeded (crash)" in rec.message  # type: ignore[operator]
 
 
-def test_nothing_that_fits_exits_1_in_one_line_and_an_encoder_says_cosine_similarity(cli, store_url, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_no_fit_exits_1_and_encoders_say_cosine_similarity(cli, store_url, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("AUTOTUNE_DB", store_url)
     with Store.open(store_url) as store:
         resolved = ResolvedModel(name="org/bert", source="hf-cache", path=None, revision="b" * 40,

@@ -205,7 +205,8 @@ def test_oom_and_infeasible_are_data_not_errors(store: Store) -> None:
 def test_stops_at_trial_and_time_budgets(store: Store) -> None:
     s = search(store, FakeMeasure(), SearchSettings(seed=1, max_trials=5))
     steps = run_to_end(s)
-    assert steps[-1].progress.measured == 5 and steps[-1].study.stop_reason == "candidate budget reached: 5 candidates measured (--trials 5)"
+    assert steps[-1].progress.measured == 5
+    assert steps[-1].study.stop_reason == "candidate budget reached: 5 candidates measured (--trials 5)"
     # a finished study stays finished for the same settings, and reopens for a larger budget
     again = search(store, FakeMeasure(), SearchSettings(seed=1, max_trials=5))
     assert not again.reopen() and again.step().result is None

@@ -23,8 +23,8 @@ SPACE_HELP = ("keep only some values of some axes, e.g. 'dtype=fp32,bf16 attn=sd
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("tune", help="tune one model now, in the foreground, and print the best configuration",
                             description="Run the model's study in the foreground: the baselines first, then Optuna's TPE, one "
-                                        "candidate at a time (measured at a ladder of batch sizes, one trial row each), until it stops improving or a "
-                                        "budget is spent. "
+                                        "candidate at a time (measured at a ladder of batch sizes, one trial row each), until it "
+                                        "stops improving or a budget is spent. "
                                         "A study resumes where it stopped. Example: autotune tune tiiuae/falcon-7b --trials 24 --budget-minutes 30")
     p.add_argument("model", metavar="MODEL", help="a registered model (see autotune models)")
     _search_options(p)
@@ -40,7 +40,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="every study of the model (other environments and workloads too)")
     p.set_defaults(func=cmd_trials)
 
-    p = commands.add_parser("status", help="each model's study (state, candidates measured, best so far, rejected) and what the daemon is doing",
+    p = commands.add_parser("status",
+                            help="each model's study (state, candidates measured, best so far, rejected) and what the daemon is doing",
                             description="Show each model's study in this environment — state, candidates measured, best so far, "
                                         "candidates rejected — and what the daemon is doing now. Example: autotune status --json")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -55,7 +56,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("daemon", help="tune every registered model, one candidate at a time, until stopped",
                             description="Run until stopped: pick up models as they are added, tune their studies one candidate at a time "
                                         "(round-robin), keep a heartbeat, start new studies when the environment changes. The first "
-                                        "SIGTERM/SIGINT finishes the current candidate; a second stops at once. One per machine and database. "
+                                        "SIGTERM/SIGINT finishes the current candidate; a second stops at once. One per machine and "
+                                        "database. "
                                         "Example: autotune daemon --poll 10")
     p.add_argument("--once", action="store_true", help="exit when no study has work left, instead of waiting for more (cron, CI)")
     p.add_argument("--poll", type=float, default=5.0, metavar="S", help="seconds between looks for new work when idle (default 5)")
@@ -383,7 +385,8 @@ def _check_daemon(args: argparse.Namespace) -> int:
     if last.pid == 0:
         why = f"the last one stopped {format_age(last.heartbeat_age())} ago ({last.activity})"
     elif last.heartbeat_age() > max_age:
-        why = f"the last heartbeat, of pid {last.pid} on {last.hostname}, is {format_age(last.heartbeat_age())} old (--max-age {max_age:g} s)"
+        age = format_age(last.heartbeat_age())
+        why = f"the last heartbeat, of pid {last.pid} on {last.hostname}, is {age} old (--max-age {max_age:g} s)"
     else:
         why = f"pid {last.pid} on {last.hostname} is gone without releasing the lock"
     raise AutotuneError(f"no live daemon on {location}: {why}; start one with `autotune daemon`")
