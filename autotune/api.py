@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotune import registry
-from autotune.errors import ModelNotFoundError
+from autotune.errors import InputError, ModelNotFoundError
 from autotune.store import ModelRecord, Store
 from autotune.workload import Workload
 
@@ -48,5 +48,21 @@ def add_model(store: Store | None, name: str, options: dict[str, Any], *, open_s
         previous = None
     base = previous.to_dict() if previous is not None and previous.task == task else defaults
     workload = Workload.from_dict({**base, **fields})
+    check_context(workload, resolved.config, capabilities.get("architecture") or resolved.model_type)
     record, created, changes = store.upsert_model(resolved, capabilities, workload)
     return AddResult(record, created, changes)
+
+
+def check_context(workload: Workload, config: dict[str, Any], architecture: str) -> None:
+    """Refuse a workload longer than the model's context (its positions), naming both numbers."""
+    context = registry.context_length(config)
+    if context is None:
+        return
+    positions, field = context
+    need = workload.prompt_tokens + (workload.new_tokens if workload.generates else 0)
+    if need <= positions:
+        return
+    asked = f"{workload.prompt_tokens} prompt + {workload.new_tokens} new tokens" if workload.generates \
+        else f"{workload.prompt_tokens} tokens"
+    raise InputError(f"the workload needs {need} positions ({asked}) but {architecture} has {positions} ({field} in its config); "
+                     f"lower --prompt-tokens{' or --new-tokens' if workload.generates else ''} to fit")

@@ -168,6 +168,25 @@ class Candidate:
     def is_onnxruntime(self) -> bool:
         return self.runtime == "onnxruntime"
 
+    def measure_args(self) -> str:
+        """The ``autotune measure`` options that measure this candidate (batch sizes aside)."""
+        args = [f"--dtype {DTYPE_SHORT[self.dtype]}", f"--placement {self.placement}"]
+        if self.is_onnxruntime:
+            args += ["--runtime onnxruntime"] + ([f"--provider {self.provider}"] if self.provider else [])
+            return " ".join(args + (["--io-binding"] if self.io_binding else []))
+        args.append(f"--attn {self.attn}")
+        if self.sdpa_kernel:
+            args.append(f"--sdpa-kernel {self.sdpa_kernel}")
+        if self.quant != "none":
+            args.append(f"--quant {self.quant}")
+        if self.double_quant:
+            args.append("--double-quant")
+        if self.compute_dtype and self.compute_dtype != self.dtype:
+            args.append(f"--compute-dtype {DTYPE_SHORT[self.compute_dtype]}")
+        if self.static_cache:
+            args.append("--static-cache")
+        return " ".join(args)
+
     def label(self) -> str:
         """Short human text, e.g. ``bf16 sdpa[flash] nf4+dq(bf16) cuda static`` or ``fp32 onnxruntime[CPU] cpu``."""
         if self.is_onnxruntime:

@@ -175,7 +175,7 @@ class Daemon:
         if search.study.state == "pending":
             self.log(f"study {search.study.id} of {model.name} starts ({model.workload.describe()}); space: {search.space.describe()}")
         measured = search.progress().measured
-        label = f"daemon: tuning {model.name} (study {search.study.id}), trial {measured + 1}"
+        label = f"daemon: tuning {model.name} (study {search.study.id}), candidate {measured + 1}"
         lock.beat(label)
 
         def started(candidate: Candidate, origin: str, baseline: str | None, ladder: tuple[int, ...]) -> None:
@@ -206,6 +206,7 @@ class Daemon:
         search = self._searches.get(key)
         if search is None:
             search = StudySearch(store, model, environment, environment_id, self.options.settings, measure=self.measure)
+            search.reopen()  # a finished study goes on if this daemon's settings allow more (a larger --trials, say)
             self._searches[key] = search
         else:
             search.study = store.get_study(search.study.id)
@@ -232,7 +233,7 @@ class Daemon:
 
     def _report(self, model: ModelRecord, search: StudySearch, step: Step) -> None:
         if step.result is not None or step.error is not None:
-            self.log(f"{model.name} trial {step.progress.measured}: {step.describe(search.metric)}")
+            self.log(f"{model.name} candidate {step.progress.measured}: {step.describe(search.metric)}")
         if step.finished:
             best = summary(step.progress.best, search.workload)
             found = f"best {best['label']} at batch {best['batch_size']}: {format_value(best['metric'], best['value'])}" if best else "no feasible candidate"

@@ -20,6 +20,35 @@ OBJECTIVE_METRICS = {
 }
 
 
+#: What the quality figure (stored as ``quality_token_agreement``) measures, by task: greedy-token
+#: agreement with the reference's continuation, the mean cosine similarity of the last hidden
+#: states, or the share of rows whose top class agrees (see :mod:`autotune.worker.quality`).
+QUALITY_MEASURES = {
+    "text-generation": "token agreement",
+    "feature-extraction": "cosine similarity",
+    "text-classification": "top-class agreement",
+}
+
+
+def quality_name(task: str) -> str:
+    """What the quality figure of ``task`` is, in words: ``token agreement``, ``cosine similarity``, ..."""
+    return QUALITY_MEASURES.get(task, "quality")
+
+
+def format_quality(task: str, value: float) -> str:
+    """A quality figure with its name: ``token agreement 97.5%``, ``cosine similarity 0.9993``."""
+    if task == "feature-extraction":
+        return f"{quality_name(task)} {value:.4f}"
+    return f"{quality_name(task)} {value:.1%}"
+
+
+def format_floor(task: str, floor: float) -> str:
+    """The quality floor in the same words: ``90% token agreement``, ``0.90 cosine similarity``."""
+    if task == "feature-extraction":
+        return f"{floor:.2f} {quality_name(task)}"
+    return f"{floor:.0%} {quality_name(task)}"
+
+
 def metric_for(workload: Workload) -> tuple[str, str]:
     """``(metric name, "maximize" | "minimize")`` for the workload's objective."""
     generation, encoder, direction = OBJECTIVE_METRICS[workload.objective]
@@ -49,7 +78,7 @@ def score(workload: Workload, status: str, metrics: dict[str, Any], memory_limit
         reasons.append(f"peak {format_gib(peak)} over the limit {format_gib(memory_limit_bytes)}")
     quality = metrics.get("quality_token_agreement")
     if quality is not None and quality < workload.min_quality:
-        reasons.append(f"token agreement {quality:.1%} below the floor {workload.min_quality:.0%}")
+        reasons.append(f"{format_quality(workload.task, quality)} below the floor {format_floor(workload.task, workload.min_quality)}")
     if value is None:
         reasons.append(f"no {name} measured")
     return Score(not reasons, None if value is None else float(value), tuple(reasons))

@@ -7,8 +7,11 @@ the local directory, the Hugging Face cache, the Hub. Nothing here downloads wei
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +86,19 @@ def _resolve_hub(repo_id: str) -> ResolvedModel:
             "download it once with `hf download` or give a local directory"
         )
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.constants import ENDPOINT
+    from huggingface_hub.utils import logging as hub_logging
 
+    unreachable = hub_unreachable(ENDPOINT)
+    if unreachable is not None:
+        raise ModelNotFoundError(
+            f"cannot resolve {repo_id}: not a local directory, not in the HF cache ({HF_HUB_CACHE}), and the Hub at {ENDPOINT} "
+            f"cannot be reached ({unreachable}); download it once where there is network (`hf download {repo_id} config.json`), "
+            "or give a local directory"
+        )
+    hub_logger = hub_logging.get_logger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings; what failed is said once, below
     try:
         downloaded = hf_hub_download(repo_id, "config.json", etag_timeout=10)
     except Exception as exc:  # network errors, gated or missing repos all end the same way for the user
@@ -91,8 +106,50 @@ def _resolve_hub(repo_id: str) -> ResolvedModel:
         raise ModelNotFoundError(
             f"cannot resolve {repo_id}: not a local directory, not in the HF cache ({HF_HUB_CACHE}), and the Hub said: {reason}"
         ) from None
+    finally:
+        hub_logger.setLevel(level)
     snapshot = Path(downloaded).parent
     return ResolvedModel(name=repo_id, source="hub", path=str(snapshot), revision=snapshot.name, config=read_config(Path(downloaded)))
+
+
+#: Seconds to wait for a TCP connection to the Hub (or its proxy) before calling it unreachable.
+HUB_CONNECT_TIMEOUT_S = 3.0
+
+
+def hub_unreachable(endpoint: str, timeout_s: float = HUB_CONNECT_TIMEOUT_S) -> str | None:
+    """Why the Hub at ``endpoint`` cannot be reached, or ``None`` when a TCP connection to it succeeds.
+
+    One connection attempt to the endpoint (or to the proxy the environment names for it), bounded
+    by ``timeout_s`` including the name lookup. huggingface_hub itself retries a refused
+    connection with backoff before it gives up (26 s and six warnings with huggingface_hub 2.4.0,
+    measured on the development machine).
+    """
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host:
+        return f"{endpoint!r} is not a URL (check HF_ENDPOINT)"
+    proxy = None if proxy_bypass(host) else getproxies().get(parts.scheme)
+    if proxy:
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if via.hostname:
+            host, port = via.hostname, via.port or 80
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+        except OSError as exc:
+            outcome.append(f"{host}:{port}: {exc.strerror or exc}")
+        else:
+            outcome.append(None)
+
+    attempt = threading.Thread(target=connect, name="autotune-hub-probe", daemon=True)
+    attempt.start()
+    attempt.join(timeout_s + 0.5)
+    return outcome[0] if outcome else f"{host}:{port}: no answer within {timeout_s:g} s"
 
 
 def _offline() -> bool:
@@ -146,6 +203,37 @@ def check_model_type(config: dict[str, Any], where: str) -> None:
             f"model_type {config['model_type']!r} in {where} is not known to the installed transformers "
             f"{transformers.__version__} (upgrade transformers, or check the config)"
         )
+
+
+#: Where a config states the longest sequence its model takes, as Transformers names it per
+#: architecture (Llama, BERT, Falcon...: max_position_embeddings; GPT-2: n_positions, older files
+#: n_ctx; ChatGLM, Qwen 1: seq_length; MPT: max_seq_len).
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_seq_len", "max_sequence_length")
+
+
+def context_length(config: dict[str, Any]) -> tuple[int, str] | None:
+    """``(positions, field)``: the longest sequence the model takes and the config field that says so.
+
+    Read through the installed Transformers' config class, so that an architecture's own names
+    and defaults count (Falcon's config.json may leave out ``max_position_embeddings``; its class
+    says 2048), and from the text model of a multimodal config. ``None`` when no field says.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    sources: list[Any] = []
+    try:
+        built = CONFIG_MAPPING[config["model_type"]].from_dict(dict(config))
+        sources.append(built.get_text_config() if hasattr(built, "get_text_config") else built)
+    except Exception:  # a config the class cannot build: read the file's own fields
+        pass
+    sources += [config.get("text_config") or {}, config]
+    for name in CONTEXT_FIELDS:
+        for source in sources:
+            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                aliases = {} if isinstance(source, dict) else getattr(type(source), "attribute_map", {}) or {}
+                return value, aliases.get(name, name)
+    return None
 
 
 def model_capabilities(config: dict[str, Any], task: str) -> dict[str, Any]:

@@ -4,11 +4,12 @@ They are built from configs with ``save_pretrained``, so nothing is downloaded, 
 real models of their shape. :func:`install_in_hf_cache` lays a model out in a Hugging Face cache
 so that a Hub id such as ``tiiuae/falcon-7b`` resolves offline exactly as a user would type it.
 
-Run ``python -m autotune.testing KIND DIR`` to build one from the shell.
+From the shell, ``python -m autotune.testing KIND DIR`` builds one (``--help`` says more).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import shutil
 import sys
@@ -137,11 +138,39 @@ def install_in_hf_cache(model_dir: str | Path, repo_id: str, cache_dir: str | Pa
     return snapshot
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m autotune.testing",
+        description="Build a tiny random-weight model (2 layers, hidden size 64, a vocabulary of 512) and save it "
+                    "with save_pretrained into DIR, to try autotune without downloading anything: "
+                    "python -m autotune.testing llama ./tiny-llama && autotune add ./tiny-llama --device cpu. "
+                    "Random weights time like real ones of the same shape, but their quality figures mean nothing; "
+                    "--trained teaches a causal LM a simple pattern for a few seconds, so that quality figures do.",
+    )
+    parser.add_argument("kind", choices=KINDS, metavar="KIND", help=f"the architecture: {', '.join(KINDS)}")
+    parser.add_argument("dir", metavar="DIR", help="where to save the model (created; must not hold a model already)")
+    parser.add_argument("--trained", action="store_true", help="train it for a few seconds on a pattern (llama, falcon, gpt2 only)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    return parser
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in KINDS:
-        print(f"usage: python -m autotune.testing {{{','.join(KINDS)}}} DIR", file=sys.stderr)
-        return 2
-    print(build_tiny(argv[0], argv[1]))
+    parser = _parser()
+    args = parser.parse_args(argv)
+    target = Path(args.dir)
+    if target.exists() and not target.is_dir():
+        parser.exit(2, f"{parser.prog}: error: {target} is a file; give a directory to save the model in\n")
+    if (target / "config.json").exists():
+        parser.exit(2, f"{parser.prog}: error: {target} already holds a model (config.json); give another directory\n")
+    if args.trained and args.kind not in ("llama", "falcon", "gpt2"):
+        parser.exit(2, f"{parser.prog}: error: --trained builds causal LMs: choose llama, falcon or gpt2, not {args.kind}\n")
+    build = build_trained_tiny if args.trained else build_tiny
+    print(build(args.kind, target, seed=args.seed))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -13,6 +14,12 @@ from autotune.units import format_gib, parse_size
 TASKS = ("text-generation", "feature-extraction", "text-classification")
 OBJECTIVES = ("throughput", "latency", "memory")
 DEVICES = ("auto", "cuda", "cpu")
+
+#: The largest prompt or generation length, and batch size, a workload may ask for: beyond any
+#: model's context (the longest in Transformers are a few million positions) and any batch a
+#: single host serves. ``autotune add`` also holds the token counts against the model's own context.
+MAX_TOKENS = 1 << 24
+MAX_BATCH = 1 << 16
 
 #: Default minimum greedy-token agreement with the reference. A faithful bf16 or fp16 load of a
 #: real model agrees on nearly every token; a broken quantization does not.
@@ -78,12 +85,16 @@ class Workload:
             raise InputError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if self.device not in DEVICES:
             raise InputError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
-        for name in ("prompt_tokens", "new_tokens", "max_batch"):
+        for name, largest in (("prompt_tokens", MAX_TOKENS), ("new_tokens", MAX_TOKENS), ("max_batch", MAX_BATCH)):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise InputError(f"--{name.replace('_', '-')} must be a whole number greater than zero, got {value!r}")
+            if not isinstance(value, int) or not 1 <= value <= largest:
+                raise InputError(f"--{name.replace('_', '-')} must be a whole number from 1 to {largest:,}, got {value!r}")
         if not 0 <= self.padding_share < 1:
             raise InputError(f"--padding-share must be in [0, 1), got {self.padding_share!r}")
+        if self.prompt_tokens * (1 - self.padding_share) < 1:
+            most = 1 - 1 / self.prompt_tokens
+            raise InputError(f"--padding-share {self.padding_share!r} leaves less than one real token in a row of {self.prompt_tokens} "
+                             f"prompt tokens: give a share from 0 to {math.floor(most * 1000) / 1000:g}")
         if not 0 <= self.min_quality <= 1:
             raise InputError(f"--min-quality must be in [0, 1], got {self.min_quality!r}")
 

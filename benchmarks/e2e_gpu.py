@@ -112,7 +112,7 @@ class Autotune:
         self.env = {**os.environ, "AUTOTUNE_DB": str(db), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         self.log_file = log_file
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 3600) -> str:
+    def __call__(self, *args: str, check: bool = True, ok: tuple[int, ...] = (0,), timeout: float = 3600) -> str:
         """Run one command; past ``timeout`` it gets SIGINT (a tuner finishes the trial in hand
         and stops), then a second one a minute later (the worker is killed, the trial marked)."""
         command = [sys.executable, "-m", "autotune", *args]
@@ -131,12 +131,12 @@ class Autotune:
         seconds = time.perf_counter() - started
         with self.log_file.open("a") as fh:
             fh.write(f"$ autotune {shlex.join(args)}   # {seconds:.1f} s, exit {proc.returncode}\n{out}{err}\n")
-        if check and proc.returncode != 0:
+        if check and proc.returncode not in ok:
             raise RuntimeError(f"autotune {' '.join(args)} failed ({proc.returncode}): {err.strip()[-500:]}")
         return out
 
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json"))
+    def json(self, *args: str, ok: tuple[int, ...] = (0,)) -> Any:
+        return json.loads(self(*args, "--json", ok=ok))
 
 
 def run_loader(path: Path, prompt: int, smoke: bool) -> dict[str, Any]:
@@ -314,8 +314,9 @@ def main() -> int:
             trials = autotune.json("trials", str(path))
             loader_path = args.work / f"loader_{name.replace('-', '_')}_{workload.replace('-', '_')}.py"
             loader_path.unlink(missing_ok=True)
-            rec = autotune.json("recommend", str(path), "--no-code")
-            relaxed = autotune.json("recommend", str(path), "--min-quality", str(RELAXED_FLOOR), "--no-code")
+            # recommend exits 1 when nothing fits (its JSON says why)
+            rec = autotune.json("recommend", str(path), "--no-code", ok=(0, 1))
+            relaxed = autotune.json("recommend", str(path), "--min-quality", str(RELAXED_FLOOR), "--no-code", ok=(0, 1))
             if rec.get("recommendation"):
                 autotune("recommend", str(path), "--write", str(loader_path))
                 floor = "the workload's quality floor"

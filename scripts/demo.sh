@@ -19,3 +19,11 @@ autotune trials "$model"
 autotune recommend "$model" --write "$work/tiny_llama_loader.py"
 (cd "$work" && python -c "from tiny_llama_loader import load_model, BATCH_SIZE; model, tokenizer = load_model(); print('loaded', type(model).__name__, 'batch size', BATCH_SIZE)")
 autotune db path
+{ set +x; } 2>/dev/null
+# The demo's command and database are not this shell's: say how to reach them.
+bin=$(dirname "$(command -v autotune)")
+echo
+echo "The demo's autotune and its database, from any shell:"
+echo "  export PATH=$(printf %q "$bin"):\$PATH AUTOTUNE_DB=$(printf %q "$AUTOTUNE_DB") AUTOTUNE_CACHE=$(printf %q "$AUTOTUNE_CACHE")"
+echo "  autotune status"
+echo "  autotune recommend $(printf %q "$model")"

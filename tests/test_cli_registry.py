@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,10 @@ def _bad_inputs(tmp: Path, models: dict[str, Path]) -> list[tuple[list[str], str
     unknown = tmp / "unknown"
     unknown.mkdir()
     (unknown / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    short = tmp / "short-context"
+    short.mkdir()
+    config = json.loads((models["llama"] / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 256}))
     llama = str(models["llama"])
     return [
         (["add", str(tmp / "missing")], "does not exist"),
@@ -97,8 +102,22 @@ def _bad_inputs(tmp: Path, models: dict[str, Path]) -> list[tuple[list[str], str
         (["add", "nobody/no-such-model"], "cannot resolve nobody/no-such-model offline"),
         (["add", llama, "--max-memory", "lots"], "cannot read memory size 'lots'"),
         (["add", llama, "--max-memory", "20Gb"], "bits"),
-        (["add", llama, "--prompt-tokens", "0"], "--prompt-tokens must be a whole number greater than zero"),
-        (["add", llama, "--new-tokens", "-5"], "--new-tokens must be a whole number greater than zero"),
+        (["add", llama, "--prompt-tokens", "0"], "--prompt-tokens must be a whole number from 1 to 16,777,216, got 0"),
+        (["add", llama, "--new-tokens", "-5"], "--new-tokens must be a whole number from 1 to 16,777,216, got -5"),
+        (["add", llama, "--new-tokens", "1000000000000"], "--new-tokens must be a whole number from 1 to 16,777,216, got 1000000000000"),
+        (["add", llama, "--max-batch", "100000"], "--max-batch must be a whole number from 1 to 65,536, got 100000"),
+        (["add", llama, "--padding-share", "0.9999"],
+         "leaves less than one real token in a row of 512 prompt tokens: give a share from 0 to 0.998"),
+        (["add", llama, "--padding-share", "nan"], "--padding-share must be in [0, 1)"),
+        (["add", llama, "--min-quality", "inf"], "--min-quality must be in [0, 1]"),
+        (["add", str(short), "--prompt-tokens", "512", "--new-tokens", "128"],
+         "the workload needs 640 positions (512 prompt + 128 new tokens) but LlamaForCausalLM has 256 "
+         "(max_position_embeddings in its config)"),
+        (["add", str(short)], "needs 640 positions (512 prompt + 128 new tokens) but LlamaForCausalLM has 256"),
+        (["add", llama, "--prompt-tokens", "1000"], "needs 1128 positions (1000 prompt + 128 new tokens) but LlamaForCausalLM has 1024"),
+        (["add", str(models["gpt2"]), "--new-tokens", "600"], "but GPT2LMHeadModel has 1024 (n_positions in its config)"),
+        # the registered encoder, updated past its positions: only the prompt counts
+        (["add", str(models["bert"]), "--prompt-tokens", "1025"], "needs 1025 positions (1025 tokens) but BertModel has 1024"),
         (["add", llama, "--objective", "speed"], "invalid choice: 'speed'"),
         (["add", llama, "--prompt-tokens", "many"], "expected a whole number"),
     ]
@@ -145,3 +164,24 @@ def test_real_process_entry_point(tmp_path, hf_cache) -> None:  # type: ignore[n
     result = run_autotune("add", str(tmp_path / "nope"), env=env)
     assert result.code == 2 and result.err.count("\n") == 1 and "Traceback" not in result.err
     assert "tiiuae/falcon-7b" in run_autotune("models", env=env).out
+
+
+@pytest.mark.parametrize("command", ["add", "estimate"])
+def test_an_unreachable_hub_fails_fast_in_one_line(command: str, tmp_path: Path, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    """Not offline, but nothing answers: one line within seconds, not huggingface_hub's half a minute of retries."""
+    from autotune.store import Store
+
+    db = tmp_path / "hub.db"
+    with Store.open(str(db)):
+        pass
+    before = table_dump(db)
+    env = {"AUTOTUNE_DB": str(db), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+           "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+    started = time.monotonic()
+    result = run_autotune(command, "tiiuae/falcon-7b", env=env, timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert "the Hub at http://127.0.0.1:9 cannot be reached (127.0.0.1:9: Connection refused)" in result.err
+    assert "Retrying" not in result.err and "Traceback" not in result.err
+    assert elapsed < 10, elapsed  # process start included; huggingface_hub 2.4.0 alone retried for 26 s (measured here)
+    assert table_dump(db) == before

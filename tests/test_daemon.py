@@ -58,6 +58,22 @@ def test_once_tunes_every_model_round_robin_to_the_end(store_url: str) -> None:
     assert lines[-2] == "no study has work left; exiting (--once)"
 
 
+def test_once_continues_a_finished_study_for_a_larger_trials(store_url: str) -> None:
+    with Store.open(store_url) as store:
+        add_model(store, "org/a")
+    first = FakeMeasure()
+    assert daemon(store_url, first, settings=SearchSettings(seed=4, patience=2))[0].run() == 0
+    measured = len(first.calls)
+    same = FakeMeasure()
+    assert daemon(store_url, same, settings=SearchSettings(seed=4, patience=2))[0].run() == 0 and not same.calls
+    more = FakeMeasure()
+    assert daemon(store_url, more, settings=SearchSettings(seed=4, patience=2, max_trials=measured + 2))[0].run() == 0
+    assert len(more.calls) == 2
+    with Store.open(store_url) as store:
+        (study,) = store.studies()
+        assert study.state == "finished" and study.stop_reason.startswith(f"candidate budget reached: {measured + 2} candidates")
+
+
 def test_environment_change_starts_new_studies(store_url: str) -> None:
     with Store.open(store_url) as store:
         add_model(store, "org/a")

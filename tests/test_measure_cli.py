@@ -51,13 +51,25 @@ def test_measure_table_rejections_and_bad_input(cli, tiny_models, measured_env) 
     result = cli("measure", model, "--placement", "cuda", "--batch", "1,4")  # rejected before anything loads
     assert result.code == 1
     assert "BATCH" in result.out and "unsupported" in result.out and "no NVIDIA GPU" in result.out
+    before = dump(cli.db)
     bad = cli("measure", model, "--batch", "4,1")
     assert bad.code == 2 and "rising" in bad.err
     assert cli("measure", model, "--batch", "x").code == 2
     assert cli("measure", model, "--dtype", "fp8").code == 2
+    assert cli("measure", model, "--provider", "CPUExecutionProvider").code == 2
+    nonsense = cli("measure", model, "--attn", "nonsense")
+    assert nonsense.code == 2 and len(nonsense.err.splitlines()) == 1 and not nonsense.out
+    assert "--attn 'nonsense': GPT2LMHeadModel offers eager, sdpa" in nonsense.err and "transformers 5." in nonsense.err
+    assert dump(cli.db) == before  # nothing stored: no trial, no study, no environment
     missing = cli("measure", "/no/such/model")
     assert missing.code == 2 and "not registered" in missing.err
     assert "--inject-fault" not in cli("measure", "--help").out
+
+
+def dump(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'autotune_%'")]
+        return [(t, *row) for t in sorted(tables) for row in conn.execute(f"SELECT * FROM {t}")]
 
 
 def test_measure_and_the_worker_launcher_import_no_torch() -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -49,3 +52,30 @@ def test_wheel_carries_migrations_and_entry_point(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "upgraded from schema revision none" in proc.stdout
+
+
+def test_dockerfile_pins_the_tested_versions() -> None:
+    """torch 2.11.0+cu130 and transformers 5.17.0 as on the GPU runs; the rest as requirements/dev.txt pins them."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "torch==2.11.0 --index-url" in dockerfile and "ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130" in dockerfile
+    assert "transformers==5.17.0" in dockerfile and "FLASH_ATTN" not in dockerfile
+    pins = [line.split("#")[0].strip() for line in (REPO / "requirements" / "dev.txt").read_text().splitlines()]
+    shared = [pin for pin in pins if "==" in pin and not pin.startswith(("transformers==", "pytest=="))]
+    assert len(shared) >= 8
+    for pin in shared:
+        assert (pin if "[" not in pin else f'"{pin}"') in dockerfile, pin
+
+
+def test_health_check_and_service_run_real_commands() -> None:
+    from autotune.cli import build_parser
+
+    parser = build_parser()
+    health = re.search(r"^HEALTHCHECK .* CMD (\[.*\])$", (REPO / "Dockerfile").read_text(), re.M)
+    assert health, "no HEALTHCHECK in exec form"
+    argv = json.loads(health.group(1))
+    assert argv[:3] == ["autotune", "status", "--check-daemon"] and parser.parse_args(argv[1:]).check_daemon
+    unit = (REPO / "deploy" / "autotune.service").read_text()
+    start = re.search(r"^ExecStart=(.*)$", unit, re.M)
+    assert start and shlex.split(start.group(1))[0].endswith("/autotune")
+    assert parser.parse_args(shlex.split(start.group(1))[1:]).command == "daemon"
+    assert re.search(r"^KillMode=mixed$", unit, re.M) and re.search(r"^TimeoutStopSec=\d+$", unit, re.M)

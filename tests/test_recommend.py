@@ -164,8 +164,8 @@ def test_nothing_measured(cli, store_url, monkeypatch) -> None:  # type: ignore[
     with Store.open(store_url) as store:
         register(store)
     result = cli("recommend", "org/llama")
-    assert result.code == 0, result.err
-    assert "nothing measured for org/llama yet" in result.out and "autotune tune org/llama" in result.out
+    assert result.code == 1 and "nothing measured for org/llama yet" in result.out and "autotune tune org/llama" in result.out
+    assert result.err.startswith("autotune: no recommendation for org/llama: nothing measured") and result.err.count("\n") == 1
     assert "autotune measure org/llama" in result.out
     doc = json.loads(cli("recommend", "org/llama", "--json").out)
     assert doc["recommendation"] is None and "nothing measured" in doc["message"]
@@ -182,7 +182,7 @@ def test_cli_prints_records_and_writes(cli, store_url, monkeypatch, tmp_path) ->
         trial(store, study.id, EAGER, 16, tps=1400, p50=380, peak=21)
         register(store, "org/other")
     result = cli("recommend")
-    assert result.code == 0, result.err
+    assert result.code == 1 and result.err == "autotune: no recommendation for 1 of 2 models (org/other); the reasons are above\n"
     out = result.out
     assert "org/llama: bf16 sdpa cuda at batch 16" in out and "org/other: no recommendation" in out
     assert "why not the others:" in out and "over the memory limit" in out
@@ -248,3 +248,30 @@ def test_explanation_without_a_winner(store) -> None:  # type: ignore[no-untyped
     trial(store, study.id, BF16, 1, "crash", "segmentation fault")
     rec = recommend(store, crashed, current=GPU_ENV)
     assert rec.best is None and "none of the 1 trials of org/broken succeeded (crash)" in rec.message  # type: ignore[operator]
+
+
+def test_no_fit_exits_1_and_encoders_say_cosine_similarity(cli, store_url, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("AUTOTUNE_DB", store_url)
+    with Store.open(store_url) as store:
+        resolved = ResolvedModel(name="org/bert", source="hf-cache", path=None, revision="b" * 40,
+                                 config={"model_type": "bert", "architectures": ["BertModel"]})
+        model, _, _ = store.upsert_model(resolved, {"architecture": "BertModel", "attn_implementations": ["eager", "sdpa"]},
+                                         Workload(task="feature-extraction", prompt_tokens=128, max_memory=MemoryLimit.parse("20GiB")))
+        study = store.study_for(model, store.record_environment(GPU_ENV))
+        for candidate, cosine, peak in ((BF16, 0.9993, 3), (Candidate(dtype="float32", attn="sdpa"), 1.0, 30)):
+            store.record_trial(study.id, candidate, 8, "ok", metrics={"sequences_per_s": 900.0, "latency_p50_ms": 8.0,
+                                                                      "quality_token_agreement": cosine, "peak_memory_bytes": peak * GiB})
+    result = cli("recommend", "org/bert")
+    assert result.code == 0, result.err
+    assert "cosine similarity 0.9993" in result.out and "quality floor 0.90 cosine similarity" in result.out
+    assert "token agreement" not in result.out
+    tight = cli("recommend", "org/bert", "--max-memory", "1GiB")
+    assert tight.code == 1 and len(tight.err.splitlines()) == 1
+    assert tight.err.startswith("autotune: no recommendation for org/bert: no measured trial of org/bert meets the constraints")
+    assert "quality floor 0.90 cosine similarity" in tight.err
+    assert json.loads(cli("recommend", "org/bert", "--max-memory", "1GiB", "--json").out)["recommendation"] is None
+    assert cli("recommend", "org/bert", "--max-memory", "1GiB", "--json").code == 1
+    nothing = cli("recommend", "org/bert", "--max-memory", "1GiB", "--write", tmp_path / "bert_loader.py")
+    assert nothing.code == 1 and nothing.err.startswith("autotune: nothing to write for org/bert: no measured trial")
+    assert not (tmp_path / "bert_loader.py").exists()
+    assert "COSINE SIMILARITY" in cli("trials", "org/bert", "--all").out

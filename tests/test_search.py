@@ -179,7 +179,7 @@ def test_baselines_first_then_never_the_same_candidate_twice(store: Store) -> No
     assert origins[:2] == ["baseline"] * 2 and set(origins[2:]) == {"search"}
     assert [c for c, _, _ in measure.calls[:2]] == [b.candidate for b in s.space.baselines]
     assert len(measure.keys) == len(set(measure.keys))
-    assert steps[-1].study.state == "finished" and "no improvement in the last 6 trials" in steps[-1].study.stop_reason
+    assert steps[-1].study.state == "finished" and "no improvement in the last 6 candidates" in steps[-1].study.stop_reason
     # the study row names the best trial, which is the best feasible measured value
     study = store.get_study(s.study.id)
     best = store.get_trial(study.best_trial_id)
@@ -208,7 +208,8 @@ def test_oom_and_infeasible_are_data_not_errors(store: Store) -> None:
 def test_stops_at_trial_and_time_budgets(store: Store) -> None:
     s = search(store, FakeMeasure(), SearchSettings(seed=1, max_trials=5, knowledge=False))
     steps = run_to_end(s)
-    assert steps[-1].progress.measured == 5 and steps[-1].study.stop_reason == "trial budget reached: 5 trials"
+    assert steps[-1].progress.measured == 5
+    assert steps[-1].study.stop_reason == "candidate budget reached: 5 candidates measured (--trials 5)"
     # a finished study stays finished for the same settings, and reopens for a larger budget
     again = search(store, FakeMeasure(), SearchSettings(seed=1, max_trials=5, knowledge=False))
     assert not again.reopen() and again.step().result is None
@@ -219,6 +220,33 @@ def test_stops_at_trial_and_time_budgets(store: Store) -> None:
     timed = search(store, FakeMeasure(), SearchSettings(seed=1, budget_minutes=1e-9), model=add_model(store, "org/other"))
     steps = run_to_end(timed)
     assert len(steps) == 1 and steps[0].study.stop_reason.startswith("time budget reached")
+
+
+def test_a_larger_budget_continues_a_study_that_stopped_improving(store: Store) -> None:
+    initial = FakeMeasure()
+    done = run_to_end(search(store, initial, SearchSettings(seed=4, patience=2)))[-1]
+    measured = done.progress.measured
+    assert done.study.stop_reason.startswith("no improvement in the last 2 candidates")
+    # the same settings: it stays finished, and says what would continue it, with the numbers
+    same = search(store, FakeMeasure(), SearchSettings(seed=4, patience=2))
+    assert not same.reopen() and same.step().result is None
+    hint = same.how_to_continue()
+    assert f"--trials above {measured} or --budget-minutes above " in hint and "--patience above 2" in hint
+    # a larger --trials: measured up to it (patience counts again from the reopening)
+    more = FakeMeasure()
+    larger = search(store, more, SearchSettings(seed=4, patience=2, max_trials=measured + 2))
+    assert larger.reopen() and larger.study.state == "running"
+    end = run_to_end(larger)[-1]
+    assert len(more.calls) == 2 and end.progress.measured == measured + 2
+    assert end.study.stop_reason == f"candidate budget reached: {measured + 2} candidates measured (--trials {measured + 2})"
+    assert not set(more.keys) & set(initial.keys)  # nothing measured twice
+    assert "--trials above" in search(store, FakeMeasure(), SearchSettings(seed=4, patience=2, max_trials=measured + 2)).how_to_continue()
+    # a larger --budget-minutes does the same, and a study reopened and cut short goes on the next time
+    timed = FakeMeasure()
+    cut = search(store, timed, SearchSettings(seed=4, patience=2, budget_minutes=60))
+    assert cut.reopen() and cut.step().result is not None
+    resumed = search(store, timed, SearchSettings(seed=4, patience=2, budget_minutes=60))
+    assert resumed.reopen() and resumed.step().result is not None and len(timed.calls) == 2
 
 
 def test_space_exhausted(store: Store) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from autotune.advisor.render import TOKENIZER_FILES, LoaderSpec
 from autotune.candidate import DTYPE_SHORT, FLASH_ATTENTIONS, Candidate, rejection
 from autotune.environment import Environment
-from autotune.objective import metric_for, score
+from autotune.objective import format_floor, format_quality, metric_for, score
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.units import format_gib
 from autotune.workload import MemoryLimit, Workload
@@ -416,7 +416,7 @@ def _count(items: Iterable[str]) -> str:
 
 def _constraints_text(workload: Workload, limit_bytes: int | None) -> str:
     limit = f"memory limit {format_gib(limit_bytes)}" if limit_bytes else "no memory limit"
-    return f"{limit}, quality floor {workload.min_quality:.0%} token agreement"
+    return f"{limit}, quality floor {format_floor(workload.task, workload.min_quality)}"
 
 
 # -- explaining ----------------------------------------------------------------------------------
@@ -632,8 +632,8 @@ def _figure(metric: str, value: float) -> str:
     return f"{fmt.format(value)} {unit}".strip()
 
 
-def describe_metrics(metrics: dict[str, Any]) -> str:
-    """The headline figures of a trial, in words."""
+def describe_metrics(metrics: dict[str, Any], task: str = "text-generation") -> str:
+    """The headline figures of a trial of a ``task`` model, in words."""
     m = metrics
     parts = []
     if m.get("throughput_tokens_per_s") is not None:
@@ -647,7 +647,7 @@ def describe_metrics(metrics: dict[str, Any]) -> str:
     if m.get("peak_memory_bytes") is not None:
         parts.append(f"peak memory {format_gib(m['peak_memory_bytes'])}")
     if m.get("quality_token_agreement") is not None:
-        parts.append(f"token agreement {m['quality_token_agreement']:.1%}")
+        parts.append(format_quality(task, m["quality_token_agreement"]))
     if m.get("load_seconds") is not None:
         parts.append(f"load {m['load_seconds']:.1f} s")
     return ", ".join(parts)
@@ -705,5 +705,5 @@ def loader_spec(rec: Recommendation, *, written_at: datetime | None = None) -> L
         has_tokenizer=has_tokenizer(model), versions=versions, onnx_export=export.get("path"),
         max_memory=max_memory, measured=dict(best.metrics), measured_on=measured_on,
         measured_at=best.finished_at or best.started_at, objective=rec.workload.objective,
-        summary=describe_metrics(best.metrics), written_at=written_at,
+        summary=describe_metrics(best.metrics, rec.workload.task), written_at=written_at,
     )

@@ -20,6 +20,9 @@ COMMAND_MODULES = ("autotune.cli.setup", "autotune.cli.measure", "autotune.cli.t
                    "autotune.cli.envs")
 
 
+DB_HELP = "database: a SQLAlchemy URL or a file path (default: $AUTOTUNE_DB, else a SQLite file in your data directory)"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -28,12 +31,34 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autotune", description="Find the fastest way to load and run a Transformers model on your GPUs, under your memory limit.")
     parser.add_argument("--version", action="version", version=f"autotune {__version__}")
-    parser.add_argument("--db", metavar="URL", help="database: a SQLAlchemy URL or a file path (default: $AUTOTUNE_DB, else a SQLite file in your data directory)")
+    parser.add_argument("--db", metavar="URL", help=DB_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(commands)
+    _accept_db_everywhere(parser)
     return parser
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's commands by name (``db path`` for nested ones), in the order they were added."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[name] = sub
+                found.update({f"{name} {inner}": p for inner, p in subcommands(sub).items()})
+    return found
+
+
+def _accept_db_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let every command take ``--db`` after its name too (``autotune models --db X``).
+
+    The commands' ``--db`` defaults to "not given", so that one given before the command name
+    is kept.
+    """
+    for sub in subcommands(parser).values():
+        sub.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help=DB_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from autotune.cli._output import print_json, print_table
-from autotune.errors import InputError
+from autotune.errors import AutotuneError, InputError
 from autotune.units import format_gib, format_size, parse_size
 from autotune.workload import OBJECTIVES
 
@@ -41,12 +42,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         "recommend", help="the best measured configuration, why the others lost, and the code that loads it",
         description="Pick the best measured trial of a model under its objective, memory limit and quality floor, "
                     "explain why every other option lost, and print the loading code for the library versions where "
-                    "the trials ran. Without MODEL: every registered model. "
+                    "the trials ran. Without MODEL: every registered model. Exits 1 when a model has no recommendation "
+                    "(nothing measured, or nothing that fits), with the reason. "
                     "Example: autotune recommend tiiuae/falcon-7b --max-memory 20GiB --write app/loaders/falcon_7b.py")
     p.add_argument("model", metavar="MODEL", nargs="?", help="a registered model (default: every registered model)")
     p.add_argument("--objective", choices=OBJECTIVES, help="override the workload's objective for this choice")
     p.add_argument("--max-memory", metavar="LIMIT", help="override the per-GPU memory limit for this choice (20GiB, 0.5, or none)")
-    p.add_argument("--min-quality", type=float, metavar="Q", help="override the quality floor (greedy-token agreement in [0, 1])")
+    p.add_argument("--min-quality", type=float, metavar="Q", help="override the quality floor in [0, 1]: greedy-token agreement "
+                                                                  "(text generation), cosine similarity (feature extraction) or "
+                                                                  "top-class agreement (classification)")
     p.add_argument("--write", metavar="PATH", help="write an importable loader module (load_model, generate, BATCH_SIZE, GENERATE_KWARGS) to PATH")
     p.add_argument("--no-code", action="store_true", help="do not print the loading code")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -297,7 +301,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                     explanation=explanation)
             if write is not None:
                 if code is None:
-                    raise InputError(f"nothing to write for {model.name}: {rec.message}")
+                    raise AutotuneError(f"nothing to write for {model.name}: {rec.message}")
                 write.parent.mkdir(parents=True, exist_ok=True)
                 write.write_text(code, encoding="utf-8")
             documents.append((rec, code))
@@ -310,14 +314,26 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             doc["written"] = str(write) if write is not None and code else None
             out.append(doc)
         print_json(out[0] if args.model else out)
+    else:
+        for i, (rec, code) in enumerate(documents):
+            if i:
+                print()
+            _print_recommendation(rec, code, show_code=not args.no_code)
+        if write is not None:
+            print(f"\nwrote {write}: `from {write.stem} import load_model, generate; model, tokenizer = load_model()`")
+    return _no_recommendation([rec for rec, _ in documents if rec.best is None], len(documents))
+
+
+def _no_recommendation(missing: list[Any], asked: int) -> int:
+    """Exit 1, with one line on stderr, when a model asked about has no recommendation."""
+    if not missing:
         return 0
-    for i, (rec, code) in enumerate(documents):
-        if i:
-            print()
-        _print_recommendation(rec, code, show_code=not args.no_code)
-    if write is not None:
-        print(f"\nwrote {write}: `from {write.stem} import load_model, generate; model, tokenizer = load_model()`")
-    return 0
+    if asked == 1:
+        print(f"autotune: no recommendation for {missing[0].model.name}: {missing[0].message}", file=sys.stderr)
+    else:
+        names = ", ".join(rec.model.name for rec in missing)
+        print(f"autotune: no recommendation for {len(missing)} of {asked} models ({names}); the reasons are above", file=sys.stderr)
+    return 1
 
 
 def _check_write_path(text: str) -> Path:
@@ -342,8 +358,10 @@ def _jsonable(data: Any) -> Any:
 
 def _print_recommendation(rec: Any, code: str | None, *, show_code: bool) -> None:
     from autotune.advisor.recommend import describe_metrics
+    from autotune.objective import format_floor
 
     model = rec.model
+    task = rec.workload.task
     if rec.best is None:
         print(f"{model.name}: no recommendation")
         print(f"  {rec.message}")
@@ -357,16 +375,16 @@ def _print_recommendation(rec: Any, code: str | None, *, show_code: bool) -> Non
     when = best.finished_at.strftime("%Y-%m-%d %H:%M UTC") if best.finished_at else "-"
     limit = format_gib(rec.limit_bytes) if rec.limit_bytes else "none"
     print(f"{model.name}: {best.candidate.label()} at batch {best.batch_size}")
-    print(f"  measured: {describe_metrics(best.metrics)}")
+    print(f"  measured: {describe_metrics(best.metrics, task)}")
     print(f"  objective {rec.workload.objective} ({rec.metric}); memory limit {limit}; "
-          f"quality floor {rec.workload.min_quality:.0%} token agreement; {rec.trials_considered} trials in study {rec.study.id}")
+          f"quality floor {format_floor(task, rec.workload.min_quality)}; {rec.trials_considered} trials in study {rec.study.id}")
     print(f"  trials ran on {rec.where()}; this one finished {when}")
     if rec.other_environments:
         print(f"  also measured on: {'; '.join(rec.other_environments)}")
     if rec.runners_up:
         print("runners-up:")
         for up in rec.runners_up:
-            print(f"  {up.trial.candidate.label()} at batch {up.trial.batch_size}: {describe_metrics(up.trial.metrics)} "
+            print(f"  {up.trial.candidate.label()} at batch {up.trial.batch_size}: {describe_metrics(up.trial.metrics, task)} "
                   f"({up.behind_pct:.1f}% behind)")
     _print_verdicts(rec)
     for note in rec.notes:

@@ -16,7 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = sub.add_parser("add", help="register (or re-check) an interpreter and what it offers",
                        description="Register an interpreter; autotune asks it for its library versions, runtimes and providers. "
                                    "Example: autotune env add ort /opt/ort/bin/python")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="a name for it, e.g. ort (trials record it)")
     p.add_argument("python", metavar="PYTHON", help="path of the interpreter, e.g. a virtual environment's bin/python")
     p.set_defaults(func=cmd_env_add)
     p = sub.add_parser("list", help="show the environments, their versions and runtimes",
@@ -26,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_env_list)
     p = sub.add_parser("remove", help="forget an environment (its trials stay)",
                        description="Forget a worker environment; trials that ran there stay. Example: autotune env remove ort")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="a registered worker environment (see autotune env list)")
     p.set_defaults(func=cmd_env_remove)
 
 

@@ -62,6 +62,17 @@ def _batches(text: str | None, max_batch: int) -> list[int]:
     return sizes
 
 
+def _check_attention(name: str, model: Any) -> None:
+    """Refuse an attention implementation the installed Transformers does not offer for the model."""
+    from autotune.errors import InputError
+
+    offered = model.capabilities.get("attn_implementations")
+    if offered and name not in offered:
+        version = model.capabilities.get("transformers")
+        raise InputError(f"--attn {name!r}: {model.capabilities.get('architecture') or model.name} offers {', '.join(offered)} "
+                         f"(transformers {version or '?'}, read when the model was added; `autotune add {model.name}` reads it again)")
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     from autotune.candidate import PROVIDER_PLACEMENT, Candidate
     from autotune.cli import open_store
@@ -73,22 +84,26 @@ def cmd_measure(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         model = store.get_model(args.model)
         environment = probe()
-        environment_id = store.record_environment(environment)
-        study = store.study_for(model, environment_id)
+        workload = model.workload
+        # Everything is checked before the environment or a study is recorded: bad input stores nothing.
         ort = args.runtime == "onnxruntime"
+        if not ort:
+            _check_attention(args.attn, model)
         if (args.provider or args.io_binding) and not ort:
             raise InputError("--provider and --io-binding apply to --runtime onnxruntime only")
         if ort and args.provider and not args.placement and args.provider in PROVIDER_PLACEMENT:
             placement = PROVIDER_PLACEMENT[args.provider]
         else:
-            placement = args.placement or default_placement(environment, study.workload)
+            placement = args.placement or default_placement(environment, workload)
         provider = (args.provider or ("CPUExecutionProvider" if placement == "cpu" else "CUDAExecutionProvider")) if ort else None
         candidate = Candidate(
             dtype=args.dtype or ("float32" if placement == "cpu" else "float16" if ort else "bfloat16"), attn=args.attn,
             sdpa_kernel=args.sdpa_kernel, quant=args.quant, double_quant=args.double_quant, compute_dtype=args.compute_dtype,
             placement=placement, static_cache=args.static_cache, runtime=args.runtime, provider=provider, io_binding=args.io_binding,
         )
-        batches = _batches(args.batch, study.workload.max_batch)
+        batches = _batches(args.batch, workload.max_batch)
+        environment_id = store.record_environment(environment)
+        study = store.study_for(model, environment_id)
         if not args.json:
             print(f"measuring {model.name}: {candidate.label()} at batch {','.join(map(str, batches))} "
                   f"({study.workload.describe()}) on {environment.summary()}", flush=True)
@@ -106,7 +121,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     else:
         if trials and trials[0].worker_env != "default":
             print(f"ran in worker environment {trials[0].worker_env}")
-        _print_results(results, study.workload.generates)
+        _print_results(results, study.workload.task)
     return 0 if any(r["status"] == "ok" for r in results) else 1
 
 
@@ -114,15 +129,17 @@ def _num(value: Any, digits: int = 1) -> str | None:
     return None if value is None else f"{value:,.{digits}f}"
 
 
-def _print_results(results: list[dict[str, Any]], generates: bool) -> None:
-    if generates:
+def _print_results(results: list[dict[str, Any]], task: str) -> None:
+    from autotune.objective import QUALITY_MEASURES
+
+    if task == "text-generation":
         headers = ["BATCH", "STATUS", "TOK/S", "DECODE TOK/S", "TTFT MS", "P50 MS", "P90 MS", "SPREAD", "PEAK", "AGREE", "KL"]
         rows = [[r["batch_size"], r["status"], _num(r["throughput_tokens_per_s"]), _num(r["decode_tokens_per_s"]), _num(r["ttft_ms"], 2),
                  _num(r["latency_p50_ms"], 2), _num(r["latency_p90_ms"], 2), _pct(r["latency_spread"]),
                  format_size(r["peak_memory_bytes"]) if r["peak_memory_bytes"] else None, _pct(r["quality_token_agreement"]),
                  _num(r["quality_kl"], 4)] for r in results]
     else:
-        headers = ["BATCH", "STATUS", "SEQ/S", "P50 MS", "P90 MS", "SPREAD", "PEAK", "QUALITY"]
+        headers = ["BATCH", "STATUS", "SEQ/S", "P50 MS", "P90 MS", "SPREAD", "PEAK", QUALITY_MEASURES[task].upper()]
         rows = [[r["batch_size"], r["status"], _num(r["sequences_per_s"]), _num(r["latency_p50_ms"], 2), _num(r["latency_p90_ms"], 2),
                  _pct(r["latency_spread"]), format_size(r["peak_memory_bytes"]) if r["peak_memory_bytes"] else None,
                  _num(r["quality_token_agreement"], 4)] for r in results]

@@ -26,7 +26,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, help="what to optimise (default throughput)")
     p.add_argument("--max-memory", metavar="LIMIT", help="per-GPU memory limit: 20GiB, 600MB, a fraction of each GPU such as 0.5, or none to clear it")
     p.add_argument("--device", choices=DEVICES, help="where to run (default auto: GPUs if any, else the CPU)")
-    p.add_argument("--min-quality", type=float, help="minimum greedy-token agreement with the reference, in [0, 1] (default 0.9)")
+    p.add_argument("--min-quality", type=float, help="quality floor against the reference, in [0, 1]: greedy-token agreement "
+                                                     "(text generation), cosine similarity of the last hidden states (feature "
+                                                     "extraction) or top-class agreement (classification) (default 0.9)")
     p.add_argument("--max-batch", type=_int, help="largest batch size to try (default 64)")
     p.set_defaults(func=cmd_add)
 
@@ -37,7 +39,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("remove", help="unregister a model (its trials stay unless --purge)",
                             description="Unregister a model; its studies and trials stay unless --purge. Example: autotune remove tiiuae/falcon-7b --purge")
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help="a registered model (see autotune models)")
     p.add_argument("--purge", action="store_true", help="also delete its studies, trials and recommendations")
     p.set_defaults(func=cmd_remove)
 

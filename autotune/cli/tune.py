@@ -23,31 +23,41 @@ SPACE_HELP = ("keep only some values of some axes, e.g. 'dtype=fp32,bf16 attn=sd
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("tune", help="tune one model now, in the foreground, and print the best configuration",
                             description="Run the model's study in the foreground: the baselines first, then Optuna's TPE, one "
-                                        "candidate (a ladder of batch sizes) per trial, until it stops improving or a budget is spent. "
+                                        "candidate at a time (measured at a ladder of batch sizes, one trial row each), until it "
+                                        "stops improving or a budget is spent. "
                                         "A study resumes where it stopped. Example: autotune tune tiiuae/falcon-7b --trials 24 --budget-minutes 30")
     p.add_argument("model", metavar="MODEL", help="a registered model (see autotune models)")
     _search_options(p)
     p.add_argument("--seed", type=int, help="sampler seed of a new study (default: random, stored in the study)")
     p.set_defaults(func=cmd_tune)
 
-    p = commands.add_parser("trials", help="list a model's trials: candidate, batch size, metrics, status and reason",
-                            description="List the trials of a model's study in this environment (--all: every study). "
+    p = commands.add_parser("trials", help="list a model's trials, one row per candidate and batch size: metrics, status and reason",
+                            description="List the trials of a model's study in this environment (--all: every study): one row per "
+                                        "candidate and batch size, so a candidate measured at batch sizes 1, 2 and 4 has three. "
                                         "Example: autotune trials tiiuae/falcon-7b --json")
     p.add_argument("model", metavar="MODEL", help="a registered model")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--all", action="store_true", help="every study of the model (other environments and workloads too)")
     p.set_defaults(func=cmd_trials)
 
-    p = commands.add_parser("status", help="each model's study (state, trials, best so far, rejected) and what the daemon is doing",
-                            description="Show each model's study in this environment — state, trials done, best so far, "
+    p = commands.add_parser("status",
+                            help="each model's study (state, candidates measured, best so far, rejected) and what the daemon is doing",
+                            description="Show each model's study in this environment — state, candidates measured, best so far, "
                                         "candidates rejected — and what the daemon is doing now. Example: autotune status --json")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--check-daemon", action="store_true",
+                   help="only check that a daemon (or tune) of this machine heartbeats: one line, exit 0 if so, else 1 "
+                        "(for health checks; reads the lock row only, no GPU probe)")
+    p.add_argument("--max-age", type=float, metavar="S",
+                   help="with --check-daemon: the oldest heartbeat that counts as live, in seconds (default: when the tuning "
+                        "lock counts a tuner as gone, 120 s; a tuner beats every 5 s)")
     p.set_defaults(func=cmd_status)
 
-    p = commands.add_parser("daemon", help="tune every registered model, one trial at a time, until stopped",
-                            description="Run until stopped: pick up models as they are added, tune their studies one trial at a time "
+    p = commands.add_parser("daemon", help="tune every registered model, one candidate at a time, until stopped",
+                            description="Run until stopped: pick up models as they are added, tune their studies one candidate at a time "
                                         "(round-robin), keep a heartbeat, start new studies when the environment changes. The first "
-                                        "SIGTERM/SIGINT finishes the current trial; a second stops at once. One per machine and database. "
+                                        "SIGTERM/SIGINT finishes the current candidate; a second stops at once. One per machine and "
+                                        "database. "
                                         "Example: autotune daemon --poll 10")
     p.add_argument("--once", action="store_true", help="exit when no study has work left, instead of waiting for more (cron, CI)")
     p.add_argument("--poll", type=float, default=5.0, metavar="S", help="seconds between looks for new work when idle (default 5)")
@@ -58,8 +68,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trials", type=int, metavar="N", help="stop a study after N candidates in all (default: no limit)")
-    p.add_argument("--budget-minutes", type=float, metavar="M", help="stop a study after M minutes of measuring in all (default: no limit)")
+    p.add_argument("--trials", type=int, metavar="N",
+                   help="stop a study after N candidates measured in all, counting earlier runs; a larger N continues a finished study "
+                        "(a candidate is one way of loading, measured at its batch sizes; each batch size is one trial row; "
+                        "default: no limit)")
+    p.add_argument("--budget-minutes", type=float, metavar="M",
+                   help="stop a study after M minutes of measuring in all, counting earlier runs; a larger M continues a finished "
+                        "study (default: no limit)")
     p.add_argument("--patience", type=int, default=8, metavar="N",
                    help="stop after N candidates in a row without a 1%% improvement, once the baselines are measured (default 8)")
     p.add_argument("--space", metavar="SPEC", help=SPACE_HELP)
@@ -132,14 +147,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 _note(f"trial {trial.number} of study {trial.study_id} was left running by a tuner that died; it will be measured again")
             search = StudySearch(store, model, environment, environment_id, settings)
             if not search.reopen():
-                _note(f"study {search.study.id} is finished: {search.study.stop_reason} (a larger --trials, --budget-minutes or --patience continues it)")
+                _note(f"study {search.study.id} is finished: {search.study.stop_reason}; {search.how_to_continue()}")
             else:
                 _run(search, model.name, lock, stop)
         except StopNow as now:
             recover_interrupted(store, lock.hostname)
             lock.release(f"stopped at once by {now}")
             stop.restore()
-            _note(f"stopped at once ({now}); the cut-short trial will be measured again")
+            _note(f"stopped at once ({now}); the cut-short candidate will be measured again")
             return 128 + now.signum
         finally:
             stop.restore()
@@ -157,12 +172,12 @@ def _run(search: Any, name: str, lock: Any, stop: Any) -> None:
     settings = search.settings
     state = search.progress()
     limit = min(len(space), settings.max_trials or len(space))
-    budget = f", at most {settings.max_trials} trials" if settings.max_trials else ""
+    budget = f", at most {settings.max_trials} candidates" if settings.max_trials else ""
     budget += f", at most {settings.budget_minutes:g} minutes" if settings.budget_minutes else ""
-    resumed = f"; resuming after {state.measured} trials" if state.measured else ""
+    resumed = f"; resuming after {state.measured} candidates" if state.measured else ""
     _note(f"tuning {name} (study {search.study.id}, seed {search.study.sampler_seed}): {search.workload.describe()}")
     _note(f"space: {space.describe()}; objective {search.metric} ({search.direction}); "
-          f"stops after {settings.patience} trials without improvement{budget}{resumed}")
+          f"stops after {settings.patience} candidates without improvement{budget}{resumed}")
 
     current = [""]
 
@@ -189,11 +204,11 @@ def _run(search: Any, name: str, lock: Any, stop: Any) -> None:
             done = step.progress.measured
             since = step.progress.since_improvement
             baselines_left = sum(1 for b in space.baselines if b.candidate.key() not in step.progress.measured_keys)
-            # the most trials the study can still take if nothing improves from here
+            # the most candidates the study can still measure if nothing improves from here
             horizon = min(limit, done + max(settings.patience - since, baselines_left, 0 if step.finished else 1))
             width = 20
             filled = min(width, round(width * done / max(horizon, 1)))
-            print(f"[{'#' * filled}{'-' * (width - filled)}] {done}/{horizon}  {step.describe(search.metric)}",
+            print(f"[{'#' * filled}{'-' * (width - filled)}] {done}/{horizon} candidates  {step.describe(search.metric)}",
                   file=sys.stderr, flush=True)
         if step.finished:
             _note(f"study finished: {step.study.stop_reason}")
@@ -209,9 +224,9 @@ def _print_best(search: Any) -> None:
     state = search.progress()
     best = summary(state.best, search.workload)
     if best is None:
-        print(f"no feasible configuration yet after {state.measured} trials (see autotune trials {search.model.name})")
+        print(f"no feasible configuration yet after {state.measured} candidates (see autotune trials {search.model.name})")
         return
-    print(f"best after {state.measured} trials: {best['label']} at batch {best['batch_size']}: "
+    print(f"best after {state.measured} candidates: {best['label']} at batch {best['batch_size']}: "
           f"{format_value(best['metric'], best['value'])} ({best['metric']}, trial {best['trial_number']})")
     print(f"  candidate: {json.dumps(best['candidate'])}")
     print(f"  the loading code: autotune recommend {search.model.name}")
@@ -230,7 +245,7 @@ def _current_study(store: Any, model: Any, fingerprint: str) -> Any:
 def cmd_trials(args: argparse.Namespace) -> int:
     from autotune.cli import open_store
     from autotune.environment import probe
-    from autotune.objective import metric_for
+    from autotune.objective import metric_for, quality_name
 
     with open_store(args) as store:
         model = store.get_model(args.model)
@@ -253,13 +268,14 @@ def cmd_trials(args: argparse.Namespace) -> int:
         return 0
     for study, trials, fingerprint in data:
         metric, _ = metric_for(study.workload)
+        quality = quality_name(study.workload.task).upper()
         print(f"study {study.id} ({study.state}{': ' + study.stop_reason if study.stop_reason else ''}), environment {fingerprint}, "
               f"{study.workload.describe()}")
         rows = [[t.number, t.origin, t.candidate.label(), t.batch_size, t.status, _yes_no(t.feasible),
                  _number(t.objective_value), _gib(t.metrics.get("peak_memory_bytes")), _number(t.metrics.get("quality_token_agreement")),
                  _number(t.metrics.get("load_seconds")), ("* " if t.id == study.best_trial_id else "") + _reason(t)]
                 for t in trials]
-        print_table(["#", "ORIGIN", "CANDIDATE", "BATCH", "STATUS", "FEASIBLE", metric.upper(), "PEAK", "QUALITY", "LOAD_S", "REASON"], rows)
+        print_table(["#", "ORIGIN", "CANDIDATE", "BATCH", "STATUS", "FEASIBLE", metric.upper(), "PEAK", quality, "LOAD_S", "REASON"], rows)
         if study.best_trial_id:
             print("  * the best trial")
         if any(t.status == "screened" for t in trials):
@@ -305,6 +321,8 @@ def _gib(value: int | None) -> str | None:
 # -- status ---------------------------------------------------------------------------------------
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.check_daemon:
+        return _check_daemon(args)
     from autotune.cli import open_store
     from autotune.environment import probe
     from autotune.search.lock import holders
@@ -328,7 +346,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "models": [{
                 "name": model.name, "objective": model.workload.objective,
                 "study": None if study is None else {
-                    "id": study.id, "state": study.state, "stop_reason": study.stop_reason, "trials": state.measured,
+                    "id": study.id, "state": study.state, "stop_reason": study.stop_reason, "candidates": state.measured,
                     "trial_rows": sum(len(r.trials) for r in state.results), "since_improvement": state.since_improvement,
                     "measuring_seconds": round(state.seconds, 1), "best": summary(state.best, study.workload),
                     "rejected": sum(int(r.get("count", 1)) for r in study.rejected), "rejected_reasons": study.rejected,
@@ -355,7 +373,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             rows.append([model.name, study.state, state.measured,
                          f"{format_value(best['metric'], best['value'])} ({best['label']} @{best['batch_size']})" if best else None,
                          rejected, study.stop_reason])
-        print_table(["MODEL", "STATE", "TRIALS", "BEST", "REJECTED", "STOP REASON"], rows)
+        print_table(["MODEL", "STATE", "CANDIDATES", "BEST", "REJECTED", "STOP REASON"], rows)
         for model, study, _ in entries:
             if study is not None and study.rejected:
                 print(f"{model.name}: rejected before measuring")
@@ -363,6 +381,41 @@ def cmd_status(args: argparse.Namespace) -> int:
                     print(f"  {r.get('reason')}" + (f"  [{r.get('label')}]" if r.get("candidate") else ""))
     _print_tuners(tuners)
     return 0
+
+
+def _check_daemon(args: argparse.Namespace) -> int:
+    """One line and exit 0 when a tuner of this machine heartbeats within ``--max-age`` seconds; else exit 1."""
+    import socket
+
+    from autotune.cli import open_store
+    from autotune.errors import AutotuneError, InputError
+    from autotune.search.lock import STALE_AFTER_S, format_age, holders
+
+    max_age = STALE_AFTER_S if args.max_age is None else args.max_age
+    if not max_age > 0:
+        raise InputError(f"--max-age must be more than 0 seconds, got {max_age!r}")
+    with open_store(args) as store:
+        rows = holders(store)
+        local = store.sqlite_path is not None
+        location = store.location
+    host = socket.gethostname()
+    # A SQLite file has one lock row whatever the host name (a container gets a new one each start).
+    mine = rows if local else [h for h in rows if h.hostname == host]
+    live = [h for h in mine if h.alive(max_age)]
+    if live:
+        print(f"daemon: {live[0].describe()}: {live[0].activity or 'nothing reported'}")
+        return 0
+    last = max(mine, key=lambda h: h.heartbeat_at, default=None)
+    if last is None:
+        raise AutotuneError(f"no daemon has run on {location}{'' if local else ' from ' + host}; start one with `autotune daemon`")
+    if last.pid == 0:
+        why = f"the last one stopped {format_age(last.heartbeat_age())} ago ({last.activity})"
+    elif last.heartbeat_age() > max_age:
+        age = format_age(last.heartbeat_age())
+        why = f"the last heartbeat, of pid {last.pid} on {last.hostname}, is {age} old (--max-age {max_age:g} s)"
+    else:
+        why = f"pid {last.pid} on {last.hostname} is gone without releasing the lock"
+    raise AutotuneError(f"no live daemon on {location}: {why}; start one with `autotune daemon`")
 
 
 def _print_tuners(tuners: list[Any]) -> None:

@@ -33,11 +33,13 @@ being an error or a made-up objective value.
 The study stops when it stops improving (``patience`` candidates in a row, after the baselines,
 none better than the best by ``min_improvement``), at a budget (candidates, or minutes of
 measuring — both count the whole study, across restarts), or when the space is exhausted. The
-study row's ``state`` (pending, running, finished) and ``stop_reason`` say where it is.
+study row's ``state`` (pending, running, finished) and ``stop_reason`` say where it is; a larger
+budget or patience later opens a finished study again (:meth:`StudySearch.reopen`).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
 from collections.abc import Callable
@@ -223,6 +225,8 @@ class StudySearch:
         self.metric, self.direction = metric_for(self.workload)
         self._space: SearchSpace | None = None
         self._knowledge: Knowledge | None = None
+        #: Candidates measured when a larger budget reopened the study: patience counts from there.
+        self._patience_from = 0
 
     # -- the space --------------------------------------------------------------------------
 
@@ -247,6 +251,27 @@ class StudySearch:
 
     def stop_reason(self, state: Progress) -> str | None:
         """Why the study should stop now, or ``None`` to go on."""
+        reason = self._limit_reached(state)
+        if reason is not None:
+            return reason
+        s = self.settings
+        if s.exhaustive:
+            return None
+        if s.knowledge and not s.explore and self._defaults_done(state) and self._knowledge_pick(state) is None:
+            best = f"; the best is {state.best.candidate.label()}" if state.best else ""
+            return (f"knowledge exhausted: no unmeasured candidate is expected to beat the best by more than "
+                    f"{s.tolerance:.0%}{best} (--explore measures more)")
+        # Patience counts from the last improvement, or from where a larger budget reopened the study.
+        since = min(state.since_improvement, state.measured - self._patience_from)
+        baselines_done = not s.baselines or all(b.candidate.key() in state.measured_keys for b in self._forced_baselines())
+        if baselines_done and since >= s.patience:
+            if state.best is None:
+                return f"no feasible candidate in {state.measured} candidates measured (patience {s.patience})"
+            return f"no improvement in the last {since} candidates (patience {s.patience})"
+        return None
+
+    def _limit_reached(self, state: Progress) -> str | None:
+        """Why nothing more can be measured under these settings: no candidate left, or a budget spent."""
         space = self.space
         if not space.candidates:
             return "nothing to measure: every candidate was rejected (autotune status shows why)"
@@ -255,20 +280,9 @@ class StudySearch:
             return f"space exhausted: all {len(space)} candidates measured"
         s = self.settings
         if s.max_trials is not None and state.measured >= s.max_trials:
-            return f"trial budget reached: {state.measured} trials"
+            return f"candidate budget reached: {state.measured} candidates measured (--trials {s.max_trials})"
         if s.budget_minutes is not None and state.seconds >= s.budget_minutes * 60:
             return f"time budget reached: {state.seconds / 60:.1f} of {s.budget_minutes:g} minutes measuring"
-        if s.exhaustive:
-            return None
-        if s.knowledge and not s.explore and self._defaults_done(state) and self._knowledge_pick(state) is None:
-            best = f"; the best is {state.best.candidate.label()}" if state.best else ""
-            return (f"knowledge exhausted: no unmeasured candidate is expected to beat the best by more than "
-                    f"{s.tolerance:.0%}{best} (--explore measures more)")
-        baselines_done = not s.baselines or all(b.candidate.key() in measured for b in self._forced_baselines())
-        if baselines_done and state.since_improvement >= s.patience:
-            if state.best is None:
-                return f"no feasible candidate in {state.measured} trials (patience {s.patience})"
-            return f"no improvement in the last {state.since_improvement} trials (patience {s.patience})"
         return None
 
     def finish(self, reason: str, state: Progress | None = None) -> StudyRecord:
@@ -279,14 +293,41 @@ class StudySearch:
         return self.study
 
     def reopen(self) -> bool:
-        """Open a finished study again if these settings let it go on (a larger budget, say)."""
+        """Go on with the study if these settings let it; ``False`` if it stays finished.
+
+        A study goes on when nothing in these settings stops it (a larger ``patience``, say). One
+        that stopped for want of improvement also goes on when these settings give it a candidate
+        or time budget it has not spent (a larger ``--trials`` or ``--budget-minutes``): patience
+        then counts again from here, so the study measures up to that budget, or until
+        ``patience`` candidates in a row after this point bring no improvement.
+        """
         self.study = self.store.get_study(self.study.id)
-        if self.study.state != "finished":
-            return True
-        if self.stop_reason(self.progress()) is not None:
-            return False
-        self.study = self.store.update_study(self.study.id, state="running", stop_reason=None, finished_at=None)
+        state = self.progress()
+        s = self.settings
+        if self.stop_reason(state) is not None and self._limit_reached(state) is None \
+                and (s.max_trials is not None or s.budget_minutes is not None):
+            self._patience_from = state.measured
+        if self.stop_reason(state) is not None:
+            return self.study.state != "finished"
+        if self.study.state == "finished":
+            self.study = self.store.update_study(self.study.id, state="running", stop_reason=None, finished_at=None)
         return True
+
+    def how_to_continue(self) -> str:
+        """What would let the study go on under other settings, in words (to say when it stays finished)."""
+        state = self.progress()
+        reason = self.stop_reason(state) or ""
+        if reason.startswith(("nothing to measure", "space exhausted")):
+            return "every candidate these settings allow is measured; a wider --space (or $AUTOTUNE_SPACE) adds more"
+        trials = f"--trials above {state.measured}"
+        minutes = f"--budget-minutes above {math.ceil(state.seconds / 6) / 10:g}"
+        if reason.startswith("candidate budget"):
+            return f"{trials} continues it (the budget counts the whole study)"
+        if reason.startswith("time budget"):
+            return f"{minutes} continues it (the budget counts the whole study)"
+        if reason.startswith("knowledge exhausted"):
+            return "--explore continues it (Optuna's TPE until --patience), as does a smaller --tolerance or --exhaustive"
+        return f"{trials} or {minutes} continues it (each counts the whole study), as does --patience above {state.since_improvement}"
 
     # -- choosing ---------------------------------------------------------------------------
 

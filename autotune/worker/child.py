@@ -80,6 +80,18 @@ def _traceback_tail(limit: int = 1500) -> str:
     return traceback.format_exc()[-limit:]
 
 
+def unclassified(request: WorkerRequest, doing: str, error: str) -> str:
+    """The reason for an error the worker cannot classify: the model, the candidate, the error, what to try.
+
+    ``doing`` is what failed (``loading``, ``measuring batch size 4 of``), ``error`` the exception's
+    first line with its type.
+    """
+    name = request.model_name
+    return (f"{doing} {name} as {request.candidate.label()} failed with an error autotune does not recognise ({error}); "
+            f"the traceback is kept with the trial (autotune trials {name} --json); try the candidate alone with "
+            f"`autotune measure {name} {request.candidate.measure_args()} --batch 1`, or another dtype or attention")
+
+
 def run(request: WorkerRequest, report: Reporter) -> None:
     """Load through the candidate's backend, check it, reference/quality, then the batch-size ladder."""
     from autotune.worker import measure
@@ -155,6 +167,9 @@ def run(request: WorkerRequest, report: Reporter) -> None:
         return
     except Exception as exc:
         status, reason = backend.classify_load_error(exc)
+        if status == "error":
+            doing = "loading the ONNX export of" if candidate.runtime == "onnxruntime" else "loading"
+            reason = unclassified(request, doing, _first_line(exc))
         finish_all(status, reason, metrics=load_metrics, effective=effective, details={"traceback": _traceback_tail()})
         return
     model = loaded.model
@@ -169,7 +184,7 @@ def run(request: WorkerRequest, report: Reporter) -> None:
                 info = quality.write_reference(model, request)
                 report.event("reference", status="ok", reason=None, **info)
             except Exception as exc:
-                status, reason = _reference_error(exc)
+                status, reason = _reference_error(request, exc)
                 report.event("reference", status=status, reason=reason)
                 if not request.batch_sizes:
                     finish_all(status, reason, metrics=load_metrics, effective=effective, details={"traceback": _traceback_tail()})
@@ -233,6 +248,8 @@ def _measure_one(request: WorkerRequest, model: Any, batch: int, probe: Any, fau
         from autotune.worker import loading
 
         status, reason = loading.classify_run_error(exc, candidate, batch)
+        if status == "error":
+            reason = unclassified(request, f"measuring batch size {batch} of", _first_line(exc))
         return BatchResult(status, reason, batch, load_metrics, effective, {"traceback": _traceback_tail()})
     metrics = {**load_metrics, **measured.metrics, **quality_metrics}
     details = {**measured.details, **quality_details}
@@ -241,12 +258,13 @@ def _measure_one(request: WorkerRequest, model: Any, batch: int, probe: Any, fau
     return BatchResult("ok", None, batch, metrics, {**effective, **measured.effective}, details)
 
 
-def _reference_error(exc: BaseException) -> tuple[str, str]:
+def _reference_error(request: WorkerRequest, exc: BaseException) -> tuple[str, str]:
     """``(status, reason)`` of an exception raised while writing the quality reference."""
     from autotune.worker import loading
 
-    status = "oom" if loading.is_out_of_memory(exc) else "error"
-    return status, f"writing the quality reference failed: {_first_line(exc)}"
+    if loading.is_out_of_memory(exc):
+        return "oom", f"writing the quality reference failed: {_first_line(exc)}"
+    return "error", unclassified(request, "writing the quality reference of", _first_line(exc))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -81,8 +81,9 @@ def launch(request: WorkerRequest, *, python: str | None = None,
                 raise
             finally:
                 # Whatever the child left behind in its group (compile workers, a stray
-                # grandchild) goes with it.
+                # grandchild) goes with it, before the caller starts the next worker.
                 _signal_group(proc.pid, signal.SIGKILL)
+                _wait_group_gone(proc.pid, KILL_GRACE_S)
         wall = time.monotonic() - started
         events = read_events(results_file)
         tail = _tail(log_file)
@@ -125,6 +126,34 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+    """Wait (at most ``timeout_s``) until no live process is left in group ``pgid`` (Linux; elsewhere at once).
+
+    A killed process dies when the kernel next schedules it, which on a busy machine can be a
+    while after ``killpg`` returns; until then it holds its memory, GPU memory included.
+    Zombies, which hold nothing, do not count.
+    """
+    if not os.path.isdir("/proc/self"):
+        return
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> int | None:
