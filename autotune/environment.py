@@ -110,6 +110,20 @@ class Environment:
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    @property
+    def kind_fingerprint(self) -> str:
+        """Like :attr:`fingerprint`, without what tells two machines of one kind apart (GPU UUIDs,
+        free memory): what compiled kernels depend on, so that two identical GPUs share them."""
+        identity = {
+            "gpus": [[g.name, g.total_memory, list(g.compute_capability)] for g in self.gpus],
+            "driver": self.driver_version,
+            "cuda": self.cuda_driver_version,
+            "python": self.python,
+            "versions": dict(sorted(self.versions.items())),
+        }
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
     def summary(self) -> str:
         if not self.gpus:
             return f"CPU only ({self.hostname})"

@@ -137,10 +137,15 @@ def onnx_cache_dir() -> Path:
 
 
 def compile_cache_dir(environment: Environment) -> Path:
-    """Where torch.compile keeps its caches for ``environment``: one directory per environment
-    fingerprint (a compiled graph is only valid for the GPUs and versions that compiled it),
-    shared by every worker, kept across reboots (see :func:`autotune.worker.child.use_compile_cache`)."""
-    return cache_dir() / "compile" / environment.fingerprint
+    """Where torch.compile keeps its caches for ``environment``: one directory per kind of machine
+    (the GPUs' model, memory and compute capability, driver, Python and libraries: what a compiled
+    graph depends on, :attr:`Environment.kind_fingerprint`), shared by every worker and by
+    identical GPUs, kept across reboots (see :func:`autotune.worker.child.use_compile_cache`).
+
+    Keyed by the GPUs' UUIDs instead, the two studies of the regret benchmark on two H200s of one
+    host each compiled the same graphs cold (BENCHMARKS.md §6).
+    """
+    return cache_dir() / "compile" / environment.kind_fingerprint
 
 
 def _request(model: ModelRecord, workload: Workload, candidate: Candidate, batch_sizes: tuple[int, ...], **fields: Any) -> Any:

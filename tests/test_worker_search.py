@@ -57,9 +57,21 @@ def test_compile_cache_lives_under_the_data_dir_per_fingerprint(monkeypatch, tmp
     from autotune.environment import Environment
     from autotune.trials import compile_cache_dir
 
+    from autotune.environment import Gpu
+
     monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path))
     env = Environment(gpus=(), versions={"torch": "2.13.0"})
-    assert compile_cache_dir(env) == tmp_path / "compile" / env.fingerprint
+    assert compile_cache_dir(env) == tmp_path / "compile" / env.kind_fingerprint
+
+    def h200(index: int) -> Gpu:
+        return Gpu(index=0, uuid=f"GPU-{index}", name="NVIDIA H200", total_memory=140 * 2**30, free_memory=2**30,
+                   compute_capability=(9, 0))
+
+    # two identical GPUs (CUDA_VISIBLE_DEVICES=0 and =1): two studies, one compile cache
+    first, second = (Environment(gpus=(h200(i),), versions={"torch": "2.11.0"}) for i in (0, 1))
+    assert first.fingerprint != second.fingerprint and compile_cache_dir(first) == compile_cache_dir(second)
+    other = Environment(gpus=(h200(0),), versions={"torch": "2.12.0"})
+    assert compile_cache_dir(other) != compile_cache_dir(first)
 
 
 def test_a_candidate_still_running_at_the_deadline_is_stopped_and_recorded_as_such(store, tiny_models: dict[str, Path],
