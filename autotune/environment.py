@@ -100,22 +100,18 @@ class Environment:
     @property
     def fingerprint(self) -> str:
         """Changes when a GPU, the driver, the Python or a tracked library changes."""
-        identity = {
-            "gpus": [[g.uuid, g.name, g.total_memory, list(g.compute_capability)] for g in self.gpus],
-            "driver": self.driver_version,
-            "cuda": self.cuda_driver_version,
-            "python": self.python,
-            "versions": dict(sorted(self.versions.items())),
-        }
-        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return self._digest(with_uuids=True)
 
     @property
     def kind_fingerprint(self) -> str:
-        """Like :attr:`fingerprint`, without what tells two machines of one kind apart (GPU UUIDs,
-        free memory): what compiled kernels depend on, so that two identical GPUs share them."""
+        """Like :attr:`fingerprint`, without what tells two machines of one kind apart (the GPUs'
+        UUIDs): what compiled kernels depend on, so that two identical GPUs share them."""
+        return self._digest(with_uuids=False)
+
+    def _digest(self, *, with_uuids: bool) -> str:
         identity = {
-            "gpus": [[g.name, g.total_memory, list(g.compute_capability)] for g in self.gpus],
+            "gpus": [[g.uuid, g.name, g.total_memory, list(g.compute_capability)] if with_uuids
+                     else [g.name, g.total_memory, list(g.compute_capability)] for g in self.gpus],
             "driver": self.driver_version,
             "cuda": self.cuda_driver_version,
             "python": self.python,

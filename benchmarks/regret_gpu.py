@@ -234,28 +234,19 @@ def tune(model: str, path: Path, workload: str, run: str, seed: int, work: Path,
 
 
 def measuring_seconds(rows: list[dict[str, Any]]) -> float:
-    """The study's own count of measuring time (autotune.search.results.spent_seconds)."""
+    """The study's own count of measuring time (:func:`autotune.search.results.spent_seconds`) from ``trials --json`` rows."""
     from datetime import datetime
+    from types import SimpleNamespace
 
-    spans: dict[str, list[tuple[float, float]]] = {}
-    for t in rows:
-        if not t.get("started_at") or not t.get("finished_at"):
-            continue
-        a = datetime.fromisoformat(str(t["started_at"])).timestamp()
-        b = datetime.fromisoformat(str(t["finished_at"])).timestamp()
-        spans.setdefault(t["label"], []).append((a, b))
-    total = 0.0
-    for intervals in spans.values():
-        intervals.sort()
-        start, end = intervals[0]
-        for a, b in intervals[1:]:
-            if a > end:
-                total += end - start
-                start, end = a, b
-            else:
-                end = max(end, b)
-        total += end - start
-    return total
+    from autotune.candidate import Candidate
+    from autotune.search.results import spent_seconds
+
+    def when(text: Any) -> datetime | None:
+        return datetime.fromisoformat(str(text).rstrip("Z")) if text else None
+
+    trials = [SimpleNamespace(candidate=Candidate.from_dict(t["candidate"]), status=t["status"], started_at=when(t["started_at"]),
+                              finished_at=when(t.get("finished_at"))) for t in rows if t.get("started_at")]
+    return spent_seconds(trials)  # type: ignore[arg-type]
 
 
 # -- the queue over the GPUs ----------------------------------------------------------------------------

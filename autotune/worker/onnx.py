@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.candidate import Candidate
+from autotune.worker.backends._base import LoadFailed
 from autotune.worker.protocol import WorkerRequest
 
 #: The optimum export task of each autotune task (decoders export with their KV cache).
@@ -56,14 +57,8 @@ STALE_TMP_S = 24 * 3600
 INSTALL_HINT = 'pip install "optimum-onnx[onnxruntime]" (or [onnxruntime-gpu]) in this environment'
 
 
-class ExportFailed(Exception):
+class ExportFailed(LoadFailed):
     """The export did not produce a usable model; ``status`` is how the trial ends."""
-
-    def __init__(self, status: str, reason: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.details = details or {}
 
 
 def version(dist: str) -> str | None:

@@ -41,10 +41,7 @@ class OnnxRuntimeBackend(Backend):
     def prepared(self) -> dict[str, Any]:
         """Wait for the export; what it made (raises :class:`LoadFailed` when it failed)."""
         assert self._job is not None, "prepare() first"
-        try:
-            self._export = self._job.wait()
-        except onnx.ExportFailed as exc:
-            raise LoadFailed(exc.status, exc.reason, exc.details) from exc
+        self._export = self._job.wait()  # raises onnx.ExportFailed, a LoadFailed
         return self._export.describe()
 
     def load(self) -> Loaded:
