@@ -66,7 +66,8 @@ class FakeMeasure:
 
     def __call__(self, store: Store, model: ModelRecord, candidate: Candidate, batch_sizes: Sequence[int], *,
                  environment: Environment, environment_id: int, study: Any, origin: str = "search",
-                 timeout_s: float | None = None, fault: str | None = None, on_spawn: Any = None) -> list[TrialRecord]:
+                 timeout_s: float | None = None, fault: str | None = None, on_spawn: Any = None,
+                 limits: Any = None) -> list[TrialRecord]:
         self.calls.append((candidate, tuple(batch_sizes), origin))
         rows = [store.start_trial(study.id, candidate, b, origin=origin) for b in batch_sizes]
         if self.fail and self.fail in candidate.label():

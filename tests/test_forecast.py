@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from autotune.advisor import forecast as fc
+from autotune.memory import calibration as cal
+from autotune.memory import forecast as fc
 from autotune.candidate import Candidate
 from autotune.workload import Workload
 
@@ -107,6 +108,23 @@ def test_estimate_of_a_registered_model_uses_its_workload(cli, tiny_models) -> N
         assert "the workload's --max-memory 1GiB" in doc["limit_source"]
 
 
+def test_estimate_of_a_cpu_workload_sizes_cpu_loads_against_this_machines_memory(cli, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    from autotune.memory import host_memory_bytes
+
+    assert cli("add", tiny_models["llama"], "--device", "cpu", "--max-memory", "1GiB").code == 0
+    doc = json.loads(cli("estimate", tiny_models["llama"], "--json").out)
+    assert doc["device"] == "cpu" and all(row["candidate"]["placement"] == "cpu" for row in doc["candidates"])
+    assert doc["limits"] == [{"name": "CPU RAM", "bytes": GiB, "count": 1, "cpu": True}]  # the workload's limit on the host
+    assert "--device cpu" in doc["limit_source"] and "GPU limit" not in json.dumps(doc["limits"])
+    assert cli("add", tiny_models["llama"], "--max-memory", "none").code == 0
+    doc = json.loads(cli("estimate", tiny_models["llama"], "--gpu-memory", "24GiB", "--json").out)
+    assert doc["limits"][0]["name"] == "<=24.00 GiB"  # a GPU size given: GPU rows, whatever the workload
+    doc = json.loads(cli("estimate", tiny_models["llama"], "--json").out)
+    assert doc["limits"] == [{"name": "CPU RAM", "bytes": host_memory_bytes(), "count": 1, "cpu": True}]
+    text = cli("estimate", tiny_models["llama"], "--batch", "1").out
+    assert "MAX BATCH CPU RAM" in text and "bf16 sdpa cpu" in text and "cuda" not in text
+
+
 def test_estimate_bad_input_is_one_line_exit_2(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = write_config(tmp_path / "m", FALCON_7B)
     unknown = write_config(tmp_path / "u", {"model_type": "no-such-architecture"})
@@ -148,7 +166,7 @@ def test_kv_cache_matches_the_cache_generate_leaves(tmp_path, kind, overrides) -
                              return_dict_in_generate=True, cache_implementation="static" if static else None)
         cache = getattr(out, "cache", None) or out.past_key_values
         real = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-        predicted = fc.forecast(config, Candidate(dtype="float32", placement="cpu", static_cache=static),
+        predicted = fc.forecast_parts(config, Candidate(dtype="float32", placement="cpu", static_cache=static),
                                 Workload(prompt_tokens=16, new_tokens=8), 3)
         assert predicted.parts["kv_cache"] == real, (kind, overrides, static)
 
@@ -157,9 +175,9 @@ def test_sliding_window_caps_the_cache() -> None:
     mistral = {"model_type": "mistral", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "sliding_window": 100}
     workload = Workload(prompt_tokens=512, new_tokens=128)
-    capped = fc.forecast(mistral, Candidate(placement="cpu"), workload, 2)
+    capped = fc.forecast_parts(mistral, Candidate(placement="cpu"), workload, 2)
     assert capped.parts["kv_cache"] == 2 * (2 * 2 * 16) * 100 * 2 * 2  # layers x K+V elements x window x batch x bf16
-    full = fc.forecast({**mistral, "sliding_window": None}, Candidate(placement="cpu"), workload, 2)
+    full = fc.forecast_parts({**mistral, "sliding_window": None}, Candidate(placement="cpu"), workload, 2)
     assert full.parts["kv_cache"] == 2 * (2 * 2 * 16) * (512 + 128 - 1) * 2 * 2
 
 
@@ -205,7 +223,7 @@ def test_weights_and_quantization_state_match_a_real_load(tmp_path, kind, candid
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=candidate.double_quant)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization, device_map="cpu")
     weights, state = _loaded_bytes(model)
-    predicted = fc.forecast(config, candidate, Workload(prompt_tokens=16, new_tokens=8), 1)
+    predicted = fc.forecast_parts(config, candidate, Workload(prompt_tokens=16, new_tokens=8), 1)
     assert predicted.parts["quant_state"] == state
     assert abs(predicted.parts["weights"] - weights) <= 0.01 * weights, (predicted.parts["weights"], weights)
 
@@ -216,27 +234,27 @@ def test_eager_attention_grows_with_the_square_of_the_prompt() -> None:
 
     def extra(prompt: int) -> int:
         workload = Workload(prompt_tokens=prompt, new_tokens=8)
-        eager = fc.forecast(llama, Candidate(attn="eager"), workload, 2).parts["activations"]
-        return eager - fc.forecast(llama, Candidate(attn="sdpa"), workload, 2).parts["activations"]
+        eager = fc.forecast_parts(llama, Candidate(attn="eager"), workload, 2).parts["activations"]
+        return eager - fc.forecast_parts(llama, Candidate(attn="sdpa"), workload, 2).parts["activations"]
 
     assert extra(1024) == 2 * 32 * 1024 * 1024 * 10  # B x heads x P^2 x (bf16 scores, fp32 softmax, cast back)
     assert extra(2048) == 4 * extra(1024)
-    math_kernel = fc.forecast(llama, Candidate(sdpa_kernel="math"), Workload(prompt_tokens=1024), 2).parts["activations"]
-    assert math_kernel == fc.forecast(llama, Candidate(attn="eager"), Workload(prompt_tokens=1024), 2).parts["activations"]
+    math_kernel = fc.forecast_parts(llama, Candidate(sdpa_kernel="math"), Workload(prompt_tokens=1024), 2).parts["activations"]
+    assert math_kernel == fc.forecast_parts(llama, Candidate(attn="eager"), Workload(prompt_tokens=1024), 2).parts["activations"]
 
 
 def test_largest_batch_is_the_edge_of_the_limit() -> None:
     workload = Workload(prompt_tokens=512, new_tokens=128)
     for candidate in (Candidate(), Candidate(attn="eager"), Candidate(quant="bnb-4bit-nf4", double_quant=True)):
-        n = fc.largest_batch(LLAMA_70B, candidate, workload, 80 * GiB)
+        n = fc.largest_batch(LLAMA_70B, candidate, workload, [80 * GiB])
         if candidate.quant == "none":
             assert n == 0
             continue
-        assert fc.forecast(LLAMA_70B, candidate, workload, n).total_bytes <= 80 * GiB
-        assert fc.forecast(LLAMA_70B, candidate, workload, n + 1).total_bytes > 80 * GiB
-    spread = fc.forecast(LLAMA_70B, Candidate(placement="multi-gpu"), workload, 1, devices=4)
-    assert spread.devices == 4 and spread.per_device_bytes < spread.total_bytes / 3
-    assert fc.largest_batch(LLAMA_70B, Candidate(placement="multi-gpu"), workload, 80 * GiB, devices=4) > 0
+        assert fc.forecast_parts(LLAMA_70B, candidate, workload, n).total_bytes <= 80 * GiB
+        assert fc.forecast_parts(LLAMA_70B, candidate, workload, n + 1).total_bytes > 80 * GiB
+    spread = fc.forecast_parts(LLAMA_70B, Candidate(placement="multi-gpu"), workload, 1, gpus=4)
+    assert spread.devices == 4 and spread.peak_bytes < spread.total_bytes / 3
+    assert fc.largest_batch(LLAMA_70B, Candidate(placement="multi-gpu"), workload, [80 * GiB] * 4) > 0
 
 
 def test_falcon_multi_query_sdpa_runs_the_math_kernel() -> None:
@@ -251,31 +269,31 @@ def test_falcon_multi_query_sdpa_runs_the_math_kernel() -> None:
         torch.nn.functional.scaled_dot_product_attention(query, kv, kv, is_causal=True)
 
     workload = Workload(prompt_tokens=512, new_tokens=128)
-    sdpa = fc.forecast(FALCON_7B, Candidate(), workload, 16)
-    eager = fc.forecast(FALCON_7B, Candidate(attn="eager"), workload, 16)
+    sdpa = fc.forecast_parts(FALCON_7B, Candidate(), workload, 16)
+    eager = fc.forecast_parts(FALCON_7B, Candidate(attn="eager"), workload, 16)
     assert sdpa.parts["activations"] == eager.parts["activations"]
     assert any("math kernel" in note for note in sdpa.notes)
     # the new decoder (Falcon-40B) broadcasts K/V to every head before SDPA: the fused kernels take it
-    new_decoder = fc.forecast({**FALCON_7B, "new_decoder_architecture": True, "num_kv_heads": 1}, Candidate(), workload, 16)
+    new_decoder = fc.forecast_parts({**FALCON_7B, "new_decoder_architecture": True, "num_kv_heads": 1}, Candidate(), workload, 16)
     assert sdpa.parts["activations"] - new_decoder.parts["activations"] == 16 * 71 * 512 * 512 * 10  # B x heads x P^2
     # measured on an H200 (results/e2e_falcon7b_h200.db): 13.81 GiB at batch 1, 18.04 GiB at batch 16
     for batch, measured in ((1, 13.814), (16, 18.035)):
-        peak = fc.forecast(FALCON_7B, Candidate(), workload, batch, transformers_version="5.17.0").total_bytes
+        peak = fc.forecast_parts(FALCON_7B, Candidate(), workload, batch, transformers_version="5.17.0").total_bytes
         assert abs(peak / GiB - measured) < 0.05 * measured, (batch, peak / GiB)
 
 
 def test_llm_int8_counts_its_outlier_copies_and_their_cached_generations() -> None:
     workload = Workload(prompt_tokens=512, new_tokens=128)
     largest = 14336 * 4096  # the MLP's weights
-    int8 = fc.forecast(LLAMA_8B, Candidate(dtype="float16", quant="bnb-8bit"), workload, 1)
-    fp16 = fc.forecast(LLAMA_8B, Candidate(dtype="float16"), workload, 1)
+    int8 = fc.forecast_parts(LLAMA_8B, Candidate(dtype="float16", quant="bnb-8bit"), workload, 1)
+    fp16 = fc.forecast_parts(LLAMA_8B, Candidate(dtype="float16"), workload, 1)
     assert int8.parts["activations"] - fp16.parts["activations"] == 9 * largest  # int8 copy + two fp32 products
-    on_cpu = fc.forecast(LLAMA_8B, Candidate(dtype="float16", quant="bnb-8bit", placement="cpu"), workload, 1)
+    on_cpu = fc.forecast_parts(LLAMA_8B, Candidate(dtype="float16", quant="bnb-8bit", placement="cpu"), workload, 1)
     generations = sum(1 / k for k in range(1, 33)) - 1  # H(32) - 1: no caching allocator on the CPU
     assert abs(int8.parts["allocator_slack"] - on_cpu.parts["allocator_slack"] - generations * 9 * largest) <= 1
     # measured on an H200 (results/e2e_llama8b_h200.db), all batches from one worker
     for batch, measured in ((1, 11.268), (2, 12.523), (4, 12.973), (8, 12.984), (16, 13.434)):
-        peak = fc.forecast(LLAMA_8B, Candidate(dtype="float16", quant="bnb-8bit"), workload, batch).total_bytes
+        peak = fc.forecast_parts(LLAMA_8B, Candidate(dtype="float16", quant="bnb-8bit"), workload, batch).total_bytes
         assert abs(peak / GiB - measured) < 0.10 * measured, (batch, peak / GiB)
 
 
@@ -325,7 +343,7 @@ def test_multi_gpu_split_is_the_one_transformers_makes(config, quant, devices, l
         warnings.simplefilter("ignore")
         blocks, head = _transformers_split(config, quant, devices, limit)
     shape = fc.model_shape(config, "text-generation")
-    split = fc.device_split(shape, Candidate(quant=quant, placement="multi-gpu"), devices, limit)
+    split = fc.device_split(shape, Candidate(quant=quant, placement="multi-gpu"), devices, [limit] * devices)
     assert [sum(1 for i in units if shape.units[i].block) for units in split] == blocks
     assert next(d for d, units in enumerate(split) if any(shape.units[i].head for i in units)) == head
 
@@ -336,15 +354,15 @@ def test_multi_gpu_peak_is_the_fuller_gpu() -> None:
     workload = Workload(prompt_tokens=512, new_tokens=128)
     candidate = Candidate(quant="bnb-4bit-nf4", double_quant=True, compute_dtype="float16", placement="multi-gpu")
     shape = fc.model_shape(LLAMA_8B, "text-generation")
-    split = fc.device_split(shape, candidate, 2, 10 * GiB, (5, 17))
+    split = fc.device_split(shape, candidate, 2, [10 * GiB] * 2, (5, 17))
     assert [sum(1 for i in units if shape.units[i].block) for units in split] == [4, 28]
-    spread = fc.forecast(LLAMA_8B, candidate, workload, 1, devices=2, max_memory_bytes=10 * GiB, transformers_version="5.17.0")
+    spread = fc.forecast_parts(LLAMA_8B, candidate, workload, 1, max_memory=[10 * GiB] * 2, transformers_version="5.17.0")
     first, second = (sum(parts.values()) for parts in spread.device_parts)
-    assert spread.per_device_bytes == second > first
+    assert spread.peak_bytes == second > first and spread.device_bytes == (first, second)
     assert abs(second / GiB - 4.898) < 0.05 * 4.898
     assert spread.total_bytes == first + second and spread.to_dict()["device_parts"][1]["logits"] > 0
     # Transformers 5.18 on sizes its margin from the largest leaf (the embedding), not the mean one
-    assert [sum(1 for i in units if shape.units[i].block) for units in fc.device_split(shape, candidate, 2, 10 * GiB, (5, 18))] == [14, 18]
+    assert [sum(1 for i in units if shape.units[i].block) for units in fc.device_split(shape, candidate, 2, [10 * GiB] * 2, (5, 18))] == [14, 18]
 
 
 @pytest.mark.parametrize("store", ["e2e_falcon7b_h200.db", "e2e_llama8b_h200.db", "e2e_llama8b_2xh200.db",
@@ -352,13 +370,13 @@ def test_multi_gpu_peak_is_the_fuller_gpu() -> None:
 def test_forecast_meets_its_target_on_the_gpu_trials(store, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
-    from autotune.advisor.accuracy import measured_points
+    from autotune.memory.measured import measured_points
     from autotune.store import Store
 
     copy = shutil.copy(RESULTS / store, tmp_path / store)
     with Store.open(str(copy)) as opened:
         points = [p.point for p in measured_points(opened)]
-    calibration = fc.calibrate(points)
+    calibration = cal.calibrate(points)
     assert calibration.before.worst is not None and calibration.before.worst <= 0.15
     assert calibration.cross_validated.median <= 0.05 and calibration.cross_validated.worst <= 0.15
 
@@ -369,7 +387,7 @@ def test_calibration_recovers_overhead_and_scale_and_reports_its_error() -> None
     forecasts = [2 * GiB, 4 * GiB, 8 * GiB, 12 * GiB, 20 * GiB]
     points = [("cpu", f, int(1.1 * f + 0.3 * GiB)) for f in forecasts]
     points.append(("cpu", 6 * GiB, int(1.1 * 6 * GiB + 0.3 * GiB) * 2))  # an outlier
-    calibration = fc.calibrate(points)
+    calibration = cal.calibrate(points)
     fit = calibration.fits["cpu"]
     assert fit.points == 6 and abs(fit.scale - 1.1) < 0.01 and abs(fit.overhead - 0.3 * GiB) < 0.05 * GiB
     assert calibration.before.median > 0.1 and calibration.after.median < 0.01  # the outlier does not pull the fit
@@ -384,18 +402,18 @@ def test_gpu_calibration_fits_an_overhead_only() -> None:
     # extrapolate their offsets; the GPU fit keeps scale 1 and learns the per-process constant.
     points = [("NVIDIA H200", f, f + GiB // 4) for f in (14 * GiB, 16 * GiB, 18 * GiB)]
     points += [("NVIDIA H200", 11 * GiB, 10 * GiB + GiB // 2), ("NVIDIA H200", 6 * GiB, 6 * GiB + GiB // 2)]
-    fit = fc.calibrate(points).fits["NVIDIA H200"]
+    fit = cal.calibrate(points).fits["NVIDIA H200"]
     assert fit.scale == 1.0 and fit.overhead == GiB // 4
 
 
 def test_calibration_with_few_points() -> None:
-    assert fc.calibrate([]).fits == {} and fc.calibrate([]).before.n == 0
-    one = fc.calibrate([("cpu", 1000, 1500)])
+    assert cal.calibrate([]).fits == {} and cal.calibrate([]).before.n == 0
+    one = cal.calibrate([("cpu", 1000, 1500)])
     assert one.fits["cpu"].scale == 1.0 and one.fits["cpu"].overhead == 500 and one.after.worst == 0
-    close = fc.calibrate([("cpu", 1000, 1500), ("cpu", 1010, 1700)])  # too close to say anything of the scale
+    close = cal.calibrate([("cpu", 1000, 1500), ("cpu", 1010, 1700)])  # too close to say anything of the scale
     assert close.fits["cpu"].scale == 1.0
-    wild = fc.calibrate([("cpu", 1000, 100), ("cpu", 2000, 10_000)])
-    assert fc.SCALE_RANGE[0] <= wild.fits["cpu"].scale <= fc.SCALE_RANGE[1]
+    wild = cal.calibrate([("cpu", 1000, 100), ("cpu", 2000, 10_000)])
+    assert cal.SCALE_RANGE[0] <= wild.fits["cpu"].scale <= cal.SCALE_RANGE[1]
 
 
 def test_estimate_calibrates_from_trials_of_this_environment(cli, tiny_models) -> None:  # type: ignore[no-untyped-def]

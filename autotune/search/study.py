@@ -52,15 +52,14 @@ from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.objective import metric_for
 from autotune.search.results import INTERRUPTED, INTERRUPTED_REASON, CandidateResult, Progress, progress
-from autotune.search.space import (
-    AXES, Forecast, SearchSpace, build_space, candidate_from, default_forecast, memory_limit, params_of, peak_forecast,
-)
+from autotune.memory import DeviceLimits
+from autotune.search.space import AXES, SearchSpace, build_space, candidate_from, forecast_peaks, params_of
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.store.schema import TrialRow, utcnow
 from autotune.units import format_gib
 
 #: ``measure(store, model, candidate, batch_sizes, *, environment, environment_id, study, origin,
-#: timeout_s, on_spawn) -> list[TrialRecord]`` — :func:`autotune.trials.measure_candidate`.
+#: timeout_s, on_spawn, limits) -> list[TrialRecord]`` — :func:`autotune.trials.measure_candidate`.
 Measure = Callable[..., list[TrialRecord]]
 
 ASKS_PER_STEP = 16
@@ -180,7 +179,6 @@ class StudySearch:
         settings: SearchSettings | None = None,
         *,
         measure: Measure | None = None,
-        forecast: Forecast | None = None,
         on_spawn: Callable[[Any], None] | None = None,
     ) -> None:
         self.store = store
@@ -189,7 +187,6 @@ class StudySearch:
         self.environment_id = environment_id
         self.settings = settings or SearchSettings()
         self._measure = measure
-        self._forecast = forecast
         self.on_spawn = on_spawn
         #: Called as ``on_start(candidate, origin, baseline name, batch sizes)`` before a measurement.
         self.on_start: Callable[[Candidate, str, str | None, tuple[int, ...]], None] | None = None
@@ -198,6 +195,7 @@ class StudySearch:
         self.workload = self.study.workload
         self.metric, self.direction = metric_for(self.workload)
         self._space: SearchSpace | None = None
+        self._limits: dict[str, DeviceLimits] = {}
 
     # -- the space --------------------------------------------------------------------------
 
@@ -206,14 +204,19 @@ class StudySearch:
         """The study's space, built once; its rejections are written to the study row."""
         if self._space is None:
             self._space = build_space(self.model.config, self.model.capabilities, self.workload, self.environment,
-                                      restrict=self.settings.restrict, forecast=self._forecast, worker_envs=self.store.worker_envs())
+                                      restrict=self.settings.restrict, worker_envs=self.store.worker_envs(),
+                                      limits={p: self.limit_for(Candidate(placement=p)) for p in ("cpu", "cuda", "multi-gpu")})
             rejected = [r.to_dict() for r in self._space.rejected]
             if rejected != self.study.rejected:
                 self.study = self.store.update_study(self.study.id, rejected=rejected)
         return self._space
 
-    def limit_for(self, candidate: Candidate) -> int | None:
-        return memory_limit(self.workload, self.environment, candidate.placement)
+    def limit_for(self, candidate: Candidate) -> DeviceLimits:
+        """The workload's limit on the devices ``candidate`` runs on, resolved once per placement."""
+        placement = candidate.placement
+        if placement not in self._limits:
+            self._limits[placement] = DeviceLimits.resolve(self.workload.max_memory, self.environment, placement)
+        return self._limits[placement]
 
     def progress(self) -> Progress:
         return progress(self.store.trials(study_id=self.study.id), self.workload, self.settings.min_improvement, self.limit_for)
@@ -314,8 +317,8 @@ class StudySearch:
         if candidate.runtime != "pytorch" or not trials:
             return
         try:
-            forecast = self._forecast or default_forecast()[0]
-            values = {t.id: peak_forecast(forecast, self.model.config, candidate, self.workload, t.batch_size, self.environment)
+            limits = self.limit_for(candidate)
+            values = {t.id: max(forecast_peaks(self.model.config, candidate, self.workload, t.batch_size, limits, self.environment))
                       for t in trials if t.status not in ("unsupported", "skipped")}
             self.store.set_forecasts(values)
         except Exception:  # a forecast that cannot size this model must not stop the search
@@ -354,7 +357,7 @@ class StudySearch:
         try:
             measured = measure(self.store, self.model, candidate, list(self.space.ladder(candidate)), environment=self.environment,
                                environment_id=self.environment_id, study=self.study, origin=origin,
-                               timeout_s=self.settings.timeout_s, on_spawn=self.on_spawn, **extra)
+                               timeout_s=self.settings.timeout_s, on_spawn=self.on_spawn, limits=self.limit_for(candidate), **extra)
             self._record_forecasts(candidate, measured)
         except Exception as exc:  # a broken measurement must not end the search: record it, go on
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")

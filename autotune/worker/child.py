@@ -157,7 +157,7 @@ def run(request: WorkerRequest, report: Reporter) -> None:
             effective = loading.read_effective(loaded.model, candidate)
             effective["from_pretrained"] = loaded.kwargs
             report.event("loaded", load_seconds=loaded.load_seconds, effective=effective)
-            loading.check_effective(candidate, effective, request.max_memory_bytes)
+            loading.check_effective(candidate, effective, request.max_memory)
     except loading.OptionNotInEffect as exc:
         finish_all(exc.status, exc.reason, metrics=load_metrics, effective=effective)
         return

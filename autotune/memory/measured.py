@@ -1,21 +1,25 @@
-"""The forecast against what trials measured: the points :func:`autotune.advisor.forecast.calibrate`
-fits, read from the store.
+"""The forecast against what trials measured, read from the store: the points calibration and the
+safety margin are fitted on.
 
 Forecasts are computed on the fly from each model's stored config, so they always reflect the
 current memory model (the ``forecast_bytes`` column holds what the search predicted at the time).
 Each is made for the trial's own conditions: the Transformers version its environment recorded,
-and, for a ``multi-gpu`` trial, the per-GPU ``max_memory`` its workload's limit set.
+and, for a ``multi-gpu`` trial, the per-GPU ``max_memory`` it ran with. This module reads the
+store (SQLAlchemy); the rest of :mod:`autotune.memory` does not, and the trial worker never
+imports it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autotune.advisor.forecast import Calibration, CalibrationPoint, Forecast, calibrate, device_kind, forecast
 from autotune.environment import Environment
 from autotune.errors import InputError
+from autotune.memory.calibration import Calibration, CalibrationPoint, calibrate, candidate_group, device_kind
+from autotune.memory.forecast import Forecast, forecast_on
+from autotune.memory.limit import DeviceLimits
+from autotune.memory.shape import shape_key
 from autotune.store import ModelRecord, Store, TrialRecord
-from autotune.trials import memory_limit_bytes
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class MeasuredPoint:
 
 def measured_points(store: Store, *, environment_id: int | None = None, fingerprint: str | None = None,
                     limit: int | None = None) -> list[MeasuredPoint]:
-    """Every ``ok`` trial with a measured peak (of one environment, if given), newest last.
+    """Every ``ok`` PyTorch trial with a measured peak (of one environment, if given), oldest first.
 
     Trials whose model can no longer be forecast (a config the installed Transformers refuses)
     are skipped.
@@ -52,23 +56,21 @@ def measured_points(store: Store, *, environment_id: int | None = None, fingerpr
         if model is None:
             continue
         gpu_names = [g.name for g in env.gpus]
-        devices = max(len(gpu_names), 2)
-        max_memory = memory_limit_bytes(study.workload, env, "multi-gpu") if env.gpus else None
         version = (env.versions or {}).get("transformers")
         for trial in store.trials(study_id=study.id, status="ok"):
             measured = trial.metrics.get("peak_memory_bytes")
-            if not measured:
+            if not measured or trial.candidate.runtime != "pytorch":
                 continue
+            candidate = trial.candidate
+            ran = DeviceLimits.from_trial(candidate.placement, trial.details) or \
+                DeviceLimits.resolve(study.workload.max_memory, env, candidate.placement)
             try:
-                predicted = forecast(model.config, trial.candidate, study.workload, trial.batch_size, devices=devices,
-                                     max_memory_bytes=max_memory if trial.candidate.placement == "multi-gpu" else None,
-                                     transformers_version=version)
+                predicted = forecast_on(model.config, candidate, study.workload, trial.batch_size, ran, transformers_version=version)
             except InputError:
                 continue
-            kind = device_kind(trial.candidate, gpu_names)
-            total = predicted.per_device_bytes if trial.candidate.placement == "multi-gpu" else predicted.total_bytes
             points.append(MeasuredPoint(trial, model, study.environment_id, predicted,
-                                        CalibrationPoint(kind, total, int(measured), trial.candidate.label())))
+                                        CalibrationPoint(device_kind(candidate, gpu_names), predicted.peak_bytes, int(measured),
+                                                         candidate.label(), candidate_group(candidate), shape_key(model.config))))
     points.sort(key=lambda p: p.trial.id)
     return points[-limit:] if limit else points
 
