@@ -312,3 +312,15 @@ def test_over_several_gpus_each_gpu_is_held_against_its_own_limit() -> None:
     fp32 = [r for r in space.rejected
             if r.candidate is not None and r.candidate.placement == "multi-gpu" and r.candidate.dtype == "float32"]
     assert fp32 and "on cuda:" in fp32[0].reason and "over the limit 10.00 GiB" in fp32[0].reason
+
+
+def test_admission_holds_the_forecast_raised_by_its_safety_margin() -> None:
+    from autotune.memory import Correction, Margins
+
+    limited = Workload(max_memory=MemoryLimit.parse("20GiB"), prompt_tokens=512, new_tokens=128, max_batch=1)
+    bf16 = Candidate(dtype="bfloat16")
+    assert bf16 in build_space(LLAMA_8B, LLAMA_CAPS, limited, gpu_env())  # about 16 GiB, +10% by default: fits 20 GiB
+    wary = build_space(LLAMA_8B, LLAMA_CAPS, limited, gpu_env(), correction=Correction(margins=Margins(default=0.5)))
+    assert bf16 not in wary
+    memory = [r.reason for r in wary.rejected if r.kind == "memory"]
+    assert memory and all("with its +50% safety margin" in r and "over the limit 20.00 GiB" in r for r in memory)

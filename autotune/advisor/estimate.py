@@ -15,7 +15,7 @@ from typing import Any
 from autotune.candidate import Candidate
 from autotune.environment import Environment
 from autotune.memory import (
-    Calibration, DeviceLimits, Forecast, ModelShape, device_kind, forecast_shape, largest_batch, model_shape, with_calibration,
+    Correction, DeviceLimits, Forecast, Margin, ModelShape, device_kind, forecast_shape, largest_batch, model_shape, with_calibration,
 )
 from autotune.units import format_gib
 from autotune.workload import Workload
@@ -46,6 +46,8 @@ class Row:
     candidate: Candidate
     forecasts: dict[int, Forecast]
     largest_batch: dict[str, int]
+    #: The safety margin admission adds to this candidate's forecast.
+    margin: Margin = Margin(0.0)
 
     @property
     def weights_bytes(self) -> int:
@@ -66,7 +68,7 @@ class Estimate:
     workload: Workload
     limits: tuple[Limit, ...]
     limit_source: str
-    calibration: Calibration | None
+    correction: Correction
     rows: tuple[Row, ...]
     batches: tuple[int, ...]
     cpu: bool = False
@@ -80,11 +82,12 @@ class Estimate:
             "kv_bytes_per_token_bf16": shape.kv_bytes_per_token("bfloat16"), "kv_description": shape.kv_description,
             "workload": self.workload.to_dict(), "device": "cpu" if self.cpu else "cuda",
             "limits": [lim.to_dict() for lim in self.limits], "limit_source": self.limit_source,
-            "calibration": self.calibration.to_dict() if self.calibration else None, "notes": list(self.notes),
+            "calibration": self.correction.calibration.to_dict() if self.correction.calibration.fits else None,
+            "margins": self.correction.margins.to_dict(), "notes": list(self.notes),
             "candidates": [{
                 "label": r.candidate.label(), "candidate": r.candidate.to_dict(), "weights_bytes": r.weights_bytes,
                 "quant_state_bytes": r.quant_state_bytes, "forecasts": [f.to_dict() for f in r.forecasts.values()],
-                "largest_batch": r.largest_batch,
+                "largest_batch": r.largest_batch, "margin": r.margin.to_dict(),
             } for r in self.rows],
         }
 
@@ -153,23 +156,26 @@ def estimate_candidates(task: str, cpu: bool) -> list[Candidate]:
 
 def estimate(name: str, config: dict[str, Any], workload: Workload, batches: tuple[int, ...], *, registered: bool = False,
              environment: Environment | None = None, gpu_memory: list[int] | None = None, gpu_error: str | None = None,
-             calibration: Calibration | None = None) -> Estimate:
+             correction: Correction | None = None) -> Estimate:
     """Forecast each of :func:`estimate_candidates` at ``batches``, and the largest batch each limit holds.
 
-    ``environment`` is this machine (its GPUs, and the CPU's memory); a ``calibration`` of this
-    environment corrects the forecasts of the device kinds it has points for.
+    ``environment`` is this machine (its GPUs, and the CPU's memory). ``correction`` (learned from
+    measured trials; default: none, and the default safety margin) calibrates the forecasts of
+    the device kinds it has points for; the largest batch is the one admission would take: the
+    calibrated forecast plus the candidate's safety margin within the limit.
     """
     shape = model_shape(config, workload.task)
     limits, source, cpu = size_limits(workload, environment, gpu_memory, gpu_error=gpu_error)
-    calibration = calibration if calibration is not None and calibration.fits else None
+    correction = correction or Correction()
+    calibration = correction.calibration if correction.calibration.fits else None
     here = not cpu and not gpu_memory and environment is not None and environment.gpus
     gpu_names = [environment.gpus[0].name] if here else []  # type: ignore[union-attr]
     rows = []
     for candidate in estimate_candidates(workload.task, cpu):
         kind = device_kind(candidate, gpu_names)
 
-        def adjust(peak: int, kind: str = kind) -> int:
-            return calibration.apply(peak, kind) if calibration is not None else peak
+        def adjust(peak: int, kind: str = kind, candidate: Candidate = candidate) -> int:
+            return correction.admitted(peak, candidate, kind)  # type: ignore[union-attr]
 
         forecasts = {b: with_calibration(forecast_shape(shape, candidate, workload, b, task=workload.task), calibration, kind)
                      for b in batches}
@@ -177,10 +183,11 @@ def estimate(name: str, config: dict[str, Any], workload: Workload, batches: tup
         for lim in limits:
             if lim.spread:
                 spread = replace(candidate, placement="multi-gpu")
-                fits[lim.name] = largest_batch(config, spread, workload, list(lim.spread), task=workload.task)
+                fits[lim.name] = largest_batch(config, spread, workload, list(lim.spread), task=workload.task,
+                                               adjust=lambda peak, c=spread, k=kind: correction.admitted(peak, c, k))
             else:
                 fits[lim.name] = largest_batch(config, candidate, workload, [lim.bytes], task=workload.task, adjust=adjust)
-        rows.append(Row(candidate, forecasts, fits))
+        rows.append(Row(candidate, forecasts, fits, correction.margin(candidate, kind)))
     return Estimate(name=name, registered=registered, shape=shape, workload=workload, limits=tuple(limits), limit_source=source,
-                    calibration=calibration, rows=tuple(rows), batches=tuple(batches), cpu=cpu, notes=tuple(shape.notes))
+                    correction=correction, rows=tuple(rows), batches=tuple(batches), cpu=cpu, notes=tuple(shape.notes))
 

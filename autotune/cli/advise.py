@@ -112,16 +112,16 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         changes = {k: v for k, v in (("prompt_tokens", args.prompt_tokens), ("new_tokens", args.new_tokens)) if v}
         workload = workload.with_changes(**changes) if changes else workload
         environment = probe()
-        calibration = None
+        correction = None
         if store is not None:
-            from autotune.memory.measured import calibration_for
+            from autotune.memory.measured import correction_for
 
-            calibration = calibration_for(store, fingerprint=environment.fingerprint)
+            correction = correction_for(store, fingerprint=environment.fingerprint)
     finally:
         if store is not None:
             store.close()
     result = estimate(name, config, workload, batches, registered=registered, environment=environment, gpu_memory=gpu_memory,
-                      gpu_error=environment.nvml_error, calibration=calibration)
+                      gpu_error=environment.nvml_error, correction=correction)
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -139,14 +139,16 @@ def _print_estimate(result: Any) -> None:
         print(f"KV cache: {per_token / 1024:.2f} KiB per token in bf16: {shape.kv_description}")
     print(f"workload: {workload.describe()}" + ("" if result.registered else " (defaults: the model is not registered)"))
     print(f"limits: {result.limit_source}")
-    if result.calibration is not None:
-        print(f"forecast {result.calibration.describe()}")
+    if result.correction.calibration.fits:
+        print(f"forecast {result.correction.calibration.describe()}")
     else:
         print("forecast uncalibrated: no measured trials in this environment yet")
+    margins = sorted({row.margin.describe() for row in result.rows})
+    print(f"safety margin the search adds for admission (MAX BATCH includes it): {'; '.join(margins)}")
     for note in result.notes:
         print(f"note: {note}")
     print()
-    headers = ["CANDIDATE", "WEIGHTS"] + [f"PEAK B={b}" for b in result.batches]
+    headers = ["CANDIDATE", "WEIGHTS"] + [f"PEAK B={b}" for b in result.batches] + ["MARGIN"]
     for lim in result.limits:
         if lim.spread:
             headers.append(f"MAX BATCH {lim.name} (device_map=auto)")
@@ -157,7 +159,7 @@ def _print_estimate(result: Any) -> None:
     table = []
     for row in result.rows:
         line = [row.candidate.label(), format_gib(row.weights_bytes + row.quant_state_bytes)]
-        line += [format_gib(row.forecasts[b].total_bytes) for b in result.batches]
+        line += [format_gib(row.forecasts[b].total_bytes) for b in result.batches] + [f"{row.margin.value:+.0%}"]
         line += [_fit_text(row.largest_batch[lim.name]) for lim in result.limits]
         table.append(line)
     print_table(headers, table)

@@ -8,7 +8,8 @@ One home for memory, below the search and the advisor (both use it; it uses neit
   gives the one figure a limit is held against (the fullest device's peak), :func:`forecast_parts`
   what it is made of (:class:`Forecast`).
 - :mod:`autotune.memory.calibration` — the forecast against measured peaks: a per-device-kind
-  correction and the forecast's own error.
+  correction, the forecast's own error, and the safety margin admission adds, learned from that
+  error per group of candidates (:class:`Correction`).
 - :mod:`autotune.memory.limit` — the workload's limit on each device of a placement
   (:class:`DeviceLimits`), and the one reader of the host's memory.
 - :mod:`autotune.memory.bnb` — which layers bitsandbytes converts, shared with the trial worker.
@@ -21,14 +22,15 @@ Importing this package imports neither torch, Transformers nor SQLAlchemy.
 from __future__ import annotations
 
 from autotune.memory.calibration import (
-    Calibration, CalibrationPoint, ForecastError, calibrate, candidate_group, device_kind, with_calibration,
+    Calibration, CalibrationPoint, Correction, ForecastError, Margin, Margins, calibrate, candidate_group, correction, device_kind,
+    learn_margins, with_calibration,
 )
 from autotune.memory.forecast import PARTS, Forecast, forecast_bytes, forecast_on, forecast_parts, forecast_shape, largest_batch
 from autotune.memory.limit import DeviceLimit, DeviceLimits, host_memory_bytes
 from autotune.memory.shape import ModelShape, model_shape, sdpa_math_fallback, shape_key
 
 __all__ = [
-    "PARTS", "Calibration", "CalibrationPoint", "DeviceLimit", "DeviceLimits", "Forecast", "ForecastError", "ModelShape",
-    "calibrate", "candidate_group", "device_kind", "forecast_bytes", "forecast_on", "forecast_parts", "forecast_shape", "host_memory_bytes",
+    "PARTS", "Calibration", "CalibrationPoint", "Correction", "DeviceLimit", "DeviceLimits", "Forecast", "ForecastError",
+    "Margin", "Margins", "ModelShape", "calibrate", "candidate_group", "correction", "device_kind", "learn_margins", "forecast_bytes", "forecast_on", "forecast_parts", "forecast_shape", "host_memory_bytes",
     "largest_batch", "model_shape", "sdpa_math_fallback", "shape_key", "with_calibration",
 ]

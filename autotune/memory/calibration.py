@@ -7,6 +7,7 @@ Points come from the store through :mod:`autotune.memory.measured`; nothing here
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -189,6 +190,135 @@ def leave_one_out(points: list[CalibrationPoint]) -> list[int]:
         rest = [q for j, q in enumerate(points) if j != i and q.device_kind == p.device_kind]
         out.append((fit_points(rest, scale=fits_scale(p.device_kind)) if rest else Fit()).apply(p.forecast_bytes))
     return out
+
+
+def leave_one_shape_out(points: list[CalibrationPoint]) -> list[int]:
+    """For each point, its forecast calibrated by a fit of the points of its device kind measured
+    on other model shapes (a kind measured on one shape only: on the other points, as
+    :func:`leave_one_out`). The honest figure for a model the store has not seen."""
+    shapes: dict[str, set[str]] = {}
+    for p in points:
+        shapes.setdefault(p.device_kind, set()).add(p.shape)
+    out = []
+    for i, p in enumerate(points):
+        others = len(shapes[p.device_kind]) > 1
+        rest = [q for j, q in enumerate(points) if q.device_kind == p.device_kind and (q.shape != p.shape if others else j != i)]
+        out.append((fit_points(rest, scale=fits_scale(p.device_kind)) if rest else Fit()).apply(p.forecast_bytes))
+    return out
+
+
+# -- the safety margin ---------------------------------------------------------------------------
+
+#: The margin admission adds where no measured trial of the group says better: the worst
+#: under-forecast of the calibrated forecast on shapes it was not fitted on, in
+#: benchmarks/forecast_holdout.py (BENCHMARKS.md §6), rounded up.
+DEFAULT_MARGIN = 0.10
+#: Added to the worst under-forecast a group has seen: the next trial may be a little worse.
+MARGIN_PAD = 0.02
+#: The fewest points a group needs for its own margin; with fewer, a coarser group decides.
+MIN_GROUP_POINTS = 3
+#: The margins a group may learn: never more than this much below the forecast (a group the
+#: forecast over-estimates admits a little more), never above the upper bound.
+MARGIN_RANGE = (-0.10, 0.50)
+
+
+@dataclass(frozen=True)
+class Margin:
+    """A safety margin: the share added to a forecast for admission, and what it was learned from.
+
+    ``group`` is the group of points it comes from (empty: the default, no points).
+    """
+
+    value: float
+    group: tuple[str, ...] = ()
+    points: int = 0
+
+    def describe(self) -> str:
+        if not self.points:
+            return f"{self.value:+.1%} (default: no measured trials like it)"
+        return f"{self.value:+.1%} (learned from {self.points} trials: {' / '.join(self.group)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "group": list(self.group), "points": self.points}
+
+
+def margin_keys(device_kind: str, group: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The groups a point belongs to, finest first: device kind, attention, cache, quantization;
+    then without the quantization, without the cache, the device kind alone, GPU or CPU."""
+    attention, cache, quant = (tuple(group) + ("", "", ""))[:3]
+    family = "cpu" if device_kind == "cpu" else "gpu"
+    return [(device_kind, attention, cache, quant), (device_kind, attention, cache), (device_kind, attention),
+            (device_kind,), (family,)]
+
+
+@dataclass(frozen=True)
+class Margins:
+    """Safety margins learned per group of measured trials (see :func:`learn_margins`)."""
+
+    groups: dict[tuple[str, ...], Margin] = field(default_factory=dict)
+    default: float = DEFAULT_MARGIN
+
+    def for_candidate(self, candidate: Candidate, device_kind: str) -> Margin:
+        """The margin of the finest group of ``candidate`` on ``device_kind`` that has enough points."""
+        for key in margin_keys(device_kind, candidate_group(candidate)):
+            if key in self.groups:
+                return self.groups[key]
+        return Margin(self.default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"default": self.default, "groups": [m.to_dict() for m in self.groups.values()]}
+
+
+def learn_margins(points: list[CalibrationPoint], predicted: list[int], *, default: float = DEFAULT_MARGIN) -> Margins:
+    """Margins from each group's worst under-forecast: ``max(measured / predicted - 1) + MARGIN_PAD``.
+
+    ``predicted`` are the points' forecasts as admission would see them (calibrated on other
+    points, see :func:`leave_one_shape_out`). A margin covers every point of its group; a group
+    the forecast over-estimates gets a negative one (down to ``MARGIN_RANGE[0]``), so that an
+    over-forecast does not keep the winner out.
+    """
+    ratios: dict[tuple[str, ...], list[float]] = {}
+    for p, figure in zip(points, predicted):
+        if figure > 0 and p.measured_bytes > 0:
+            for key in margin_keys(p.device_kind, p.group):
+                ratios.setdefault(key, []).append(p.measured_bytes / figure - 1)
+    groups = {}
+    for key, values in ratios.items():
+        if len(values) >= MIN_GROUP_POINTS:
+            value = min(max(max(values) + MARGIN_PAD, MARGIN_RANGE[0]), MARGIN_RANGE[1])
+            groups[key] = Margin(round(value, 4), key, len(values))
+    return Margins(groups, default)
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What admission does with a raw forecast: calibrate it, then add the group's safety margin.
+
+    Without measured trials: no calibration, and the default margin.
+    """
+
+    calibration: Calibration = field(default_factory=Calibration)
+    margins: Margins = field(default_factory=Margins)
+
+    def figure(self, raw_bytes: int, device_kind: str) -> int:
+        """The calibrated forecast."""
+        return self.calibration.apply(raw_bytes, device_kind)
+
+    def margin(self, candidate: Candidate, device_kind: str) -> Margin:
+        return self.margins.for_candidate(candidate, device_kind)
+
+    def admitted(self, raw_bytes: int, candidate: Candidate, device_kind: str) -> int:
+        """The figure admission holds against a limit: the calibrated forecast plus the margin."""
+        return int(math.ceil(self.figure(raw_bytes, device_kind) * (1 + self.margin(candidate, device_kind).value)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"calibration": self.calibration.to_dict(), "margins": self.margins.to_dict()}
+
+
+def correction(points: Iterable[CalibrationPoint]) -> Correction:
+    """The calibration of ``points`` and the margins their out-of-shape errors call for."""
+    pts = [p for p in points if p.measured_bytes and p.measured_bytes > 0 and p.forecast_bytes > 0]
+    return Correction(calibrate(pts), learn_margins(pts, leave_one_shape_out(pts)))
 
 
 def with_calibration(forecast_value: Forecast, calibration: Calibration | None, device_kind: str) -> Forecast:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -49,22 +49,49 @@ from autotune.memory.shape import DTYPE_BYTES, ModelShape, Unit, model_shape, ve
 from autotune.workload import Workload
 
 #: The parts of a forecast, in the order they are shown.
-PARTS = ("weights", "quant_state", "kv_cache", "activations", "logits", "loading", "runtime_context", "allocator_slack")
+PARTS = ("weights", "quant_state", "kv_cache", "activations", "logits", "cuda_graphs", "loading", "runtime_context",
+         "allocator_slack")
 
-#: What a CUDA context with torch's kernels loaded costs on each GPU (NVML, H100: about 0.5 GiB).
-CUDA_CONTEXT_BYTES = 512 * 2**20
+#: What a process holds on each GPU beyond torch's caching allocator: the CUDA context, kernels
+#: and library handles (NVML minus torch's reserved memory: about 0.5 GiB on an H100 with torch
+#: 2.9; 662-724 MiB on an H200 with torch 2.11 and Transformers 5.17, on five model shapes).
+CUDA_CONTEXT_BYTES = 680 * 2**20
 #: Resident memory of a worker process that has imported torch and Transformers and built a model.
 CPU_BASELINE_BYTES = 430 * 10**6
 #: What importing bitsandbytes adds to it on the CPU (its CPU kernels and their dependencies).
 BNB_CPU_IMPORT_BYTES = 120 * 10**6
+#: The cuBLAS workspace torch allocates on each GPU (on an H200 with torch 2.11, the 33 MiB every
+#: allocated peak held above the weights and the per-sequence terms, at every batch size).
+CUBLAS_WORKSPACE_BYTES = 32 * 2**20
 #: Caching-allocator rounding and fragmentation, as a share of what is allocated while running
 #: (KV cache, activations, logits) and of the weights.
 SLACK_RUNNING = 0.15
 SLACK_STATIC = 0.05
-SLACK_WEIGHTS = 0.01
+#: (Weights: an H200 reserved 0.2-0.8% above the allocated weights after loading, five shapes.)
+SLACK_WEIGHTS = 0.005
+#: Blocks of materialised attention scores the caching allocator keeps beyond those in use, as a
+#: share of the scores (on an H200: 0.3-0.6 of them for eager attention, prompts of 512 to 8k).
+SCORE_SLACK = 0.4
+#: A compiled static cache's CUDA graph pool, as a multiple of the decode step's intermediates,
+#: and the fixed cost of compiling (on an H200 with torch 2.11: a Llama-3.2-1B shape's pool at
+#: batch 32 held 1.4x its step's repeated K/V and logits; compiling added 32 MiB allocated and
+#: 60 MiB outside torch's allocator).
+GRAPH_POOL_FACTOR = 1.5
+COMPILED_BYTES = 96 * 2**20
+#: A dynamic cache on a GPU: what the caching allocator keeps of the K/V blocks each decode step
+#: outgrows, per 2 MiB size class a layer's K crosses beyond the first, as a share of the final
+#: cache. On an H200 (torch 2.11, 512 prompt tokens): in fresh processes a 24-layer model with 32
+#: K/V heads kept 0.55-1.5x its cache beyond what was allocated at batch 8-48 (K growing 32-192
+#: KiB a step), about 0.14 per class crossed; in the trial worker, after batch 1 and 8, it kept
+#: 2.1x at batch 32, about 0.29 per class. 0.2 lies between. The least certain term of the
+#: forecast: it depends on which batch sizes the same process ran before.
+CACHE_GROWTH = 0.2
+ALLOCATOR_CLASS = 2 * 2**20
 #: Bytes per attention score where scores are materialised: the scores in the compute dtype, the
 #: softmax in fp32, and the cast back (``3 x dtype + 4``: 10 B in bf16, measured ~10 on an H100;
-#: SDPA's math kernel on Falcon-7B's shapes measured 10.0-10.2 on an H200).
+#: SDPA's math kernel on Falcon-7B's shapes measured 10.0-10.2 on an H200; eager attention's
+#: allocated peak on an H200 grew by 10.0-10.6 B per score on three shapes, with a dynamic cache
+#: and with a static one, whose scores span the whole cache).
 SCORE_EXTRA_BYTES = 4
 #: LLM.int8's outlier path per element of the weight columns it dequantizes: the int8 copy of the
 #: columns, then ``copy * row scale`` and ``* 1/127`` in fp32 (1 + 4 + 4; on an H200, Llama-8B's
@@ -94,6 +121,8 @@ class Forecast:
     kv_bytes_per_token: int = 0
     notes: tuple[str, ...] = ()
     device_parts: tuple[dict[str, int], ...] = ()
+    #: The KV cache ``generate`` leaves (``P+N-1`` tokens), whatever part of it the peak holds.
+    cache_bytes: int = 0
 
     @property
     def device_bytes(self) -> tuple[int, ...]:
@@ -114,7 +143,7 @@ class Forecast:
         out: dict[str, Any] = {
             "total_bytes": self.total_bytes, "peak_bytes": self.peak_bytes, "devices": self.devices,
             "batch_size": self.batch_size, "parts": dict(self.parts), "parameters": self.parameters,
-            "kv_bytes_per_token": self.kv_bytes_per_token, "notes": list(self.notes),
+            "kv_bytes_per_token": self.kv_bytes_per_token, "cache_bytes": self.cache_bytes, "notes": list(self.notes),
         }
         if self.device_parts:
             out["device_parts"] = [dict(parts) for parts in self.device_parts]
@@ -131,6 +160,7 @@ def forecast_parts(
     gpus: int | None = None,
     max_memory: Sequence[int | None] | None = None,
     transformers_version: str | None = None,
+    before: Sequence[int] = (),
 ) -> Forecast:
     """The predicted peak memory of ``candidate`` running ``workload`` at ``batch_size``, in parts.
 
@@ -139,15 +169,17 @@ def forecast_parts(
     else 2) under ``max_memory``, each GPU's cap in bytes as ``device_map="auto"`` gets it (None,
     or a None entry: no cap). ``transformers_version`` is the version the candidate runs with
     (default: the installed one): it decides how ``device_map="auto"`` balances the GPUs and
-    whether every logit is computed. Raises :class:`InputError` for a config the installed
-    Transformers cannot build, or a runtime other than PyTorch.
+    whether every logit is computed. ``before`` are the batch sizes the same worker measured
+    before this one (its ladder): on a GPU the caching allocator keeps their static caches'
+    blocks. Raises :class:`InputError` for a config the installed Transformers cannot build, or a
+    runtime other than PyTorch.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     task = task or workload.task
     shape = model_shape(config, task)
     return forecast_shape(shape, candidate, workload, batch_size, task=task, gpus=gpus, max_memory=max_memory,
-                          transformers_version=transformers_version)
+                          transformers_version=transformers_version, before=before)
 
 
 def forecast_bytes(
@@ -160,15 +192,17 @@ def forecast_bytes(
     gpus: int | None = None,
     max_memory: Sequence[int | None] | None = None,
     transformers_version: str | None = None,
+    before: Sequence[int] = (),
 ) -> int:
-    """The forecast peak of the fullest device, in bytes: the one figure a limit is held against."""
+    """The forecast peak of the fullest device, in bytes: the one figure a limit is held against
+    (arguments as :func:`forecast_parts`)."""
     return forecast_parts(config, candidate, workload, batch_size, task=task, gpus=gpus, max_memory=max_memory,
-                          transformers_version=transformers_version).peak_bytes
+                          transformers_version=transformers_version, before=before).peak_bytes
 
 
 def forecast_shape(
     shape: ModelShape, candidate: Candidate, workload: Workload, batch_size: int, *, task: str, gpus: int | None = None,
-    max_memory: Sequence[int | None] | None = None, transformers_version: str | None = None,
+    max_memory: Sequence[int | None] | None = None, transformers_version: str | None = None, before: Sequence[int] = (),
 ) -> Forecast:
     """:func:`forecast_parts` for a :class:`ModelShape` already read (no torch needed)."""
     c = candidate
@@ -177,6 +211,12 @@ def forecast_shape(
     version = version_tuple(transformers_version) if transformers_version else installed_transformers()
     notes = list(shape.notes) if c.quant != "none" else [n for n in shape.notes if "bitsandbytes" not in n]
     running = _running(shape, c, workload, batch_size, task, version, notes)
+    if c.on_gpu and c.static_cache and task == "text-generation":
+        # each earlier batch size's static cache (a new one per size) and CUDA graph pool stay
+        # cached: blocks of other sizes the caching allocator does not hand to this one (on an
+        # H200, batch 32 after 1 and 8 peaked 0.36 GiB above batch 32 in a fresh process)
+        earlier = [_running(shape, c, workload, b, task, version, []) for b in sorted(set(before)) if 0 < b < batch_size]
+        running = replace(running, retained=sum(r.kv + r.graphs - COMPILED_BYTES for r in earlier))
 
     n_devices = (gpus or (len(max_memory) if max_memory else 2)) if c.placement == "multi-gpu" else 1
     device_parts: tuple[dict[str, int], ...] = ()
@@ -191,19 +231,19 @@ def forecast_shape(
     return Forecast(
         total_bytes=sum(parts.values()), parts=parts, batch_size=batch_size, devices=n_devices, parameters=shape.parameters,
         kv_bytes_per_token=shape.kv_bytes_per_token(c.dtype) if task == "text-generation" else 0, notes=tuple(notes),
-        device_parts=device_parts,
+        device_parts=device_parts, cache_bytes=running.cache,
     )
 
 
 def forecast_on(config: dict[str, Any], candidate: Candidate, workload: Workload, batch_size: int, limits: DeviceLimits, *,
-                transformers_version: str | None = None) -> Forecast:
+                transformers_version: str | None = None, before: Sequence[int] = ()) -> Forecast:
     """:func:`forecast_parts` on the devices ``limits`` names: a ``multi-gpu`` candidate spread over
     those GPUs (at least two) with their limits as ``max_memory``, as the trial worker loads it."""
     if candidate.placement != "multi-gpu":
-        return forecast_parts(config, candidate, workload, batch_size, transformers_version=transformers_version)
+        return forecast_parts(config, candidate, workload, batch_size, transformers_version=transformers_version, before=before)
     caps = limits.caps() + [None] * (2 - len(limits.devices))
     return forecast_parts(config, candidate, workload, batch_size, gpus=len(caps), max_memory=caps,
-                          transformers_version=transformers_version)
+                          transformers_version=transformers_version, before=before)
 
 
 @lru_cache(maxsize=1)
@@ -219,41 +259,84 @@ def installed_transformers() -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class _Running:
-    """What running allocates besides the weights, before it is placed on devices."""
+    """What running allocates besides the weights, at the peak, before it is placed on devices."""
 
+    #: The KV cache held at the peak: the prompt's under a dynamic cache while the prompt is
+    #: processed; the whole static cache, allocated before it; the whole cache when decoding peaks.
     kv: int
-    #: The prefill transient of one layer, the attention scores where they are materialised, and
-    #: the copies of the largest quantized layer a quantized matmul makes.
+    #: The transient of the phase that peaks: one layer's prefill transient (its MLP, or its
+    #: attention where the scores are materialised) and the copies a quantized matmul makes.
     activations: int
+    #: The attention scores (and their softmax) held at the peak, part of ``activations``.
+    scores: int
+    #: The logits held at the peak (the prompt's, before Transformers 4.45; the last position's
+    #: while decoding peaks; an encoder's outputs).
+    logits: int
     #: LLM.int8 on a GPU: the bytes of one generation of its outlier copies that the caching
     #: allocator keeps cached per new running maximum (0 otherwise).
-    int8_outlier_copies: int
-    logits: int
+    int8_outlier_copies: int = 0
+    #: A compiled static cache on a GPU: the CUDA graph pool that keeps the decode step's
+    #: intermediates, and what compiling adds (graph bookkeeping, kernels).
+    graphs: int = 0
+    #: A dynamic cache on a GPU: the blocks the caching allocator keeps while every layer's K and V
+    #: grow by a token a step.
+    cache_growth: int = 0
+    #: Blocks the caching allocator keeps from the batch sizes the same worker ran before.
+    retained: int = 0
+    #: The whole cache ``generate`` leaves.
+    cache: int = 0
+
+
+def _kv_bytes(shape: ModelShape, tokens: int, prompt: int, batch: int, act: int) -> int:
+    """K/V bytes of every layer for ``tokens`` cached tokens (cross-attention caches hold the prompt)."""
+    total = 0
+    for layer in shape.kv_layers:
+        cached = prompt if layer.cross else tokens
+        if layer.window:
+            cached = min(cached, layer.window)
+        total += layer.elements_per_token * cached * batch * act
+    return total
 
 
 def _running(shape: ModelShape, c: Candidate, workload: Workload, b: int, task: str, version: tuple[int, int],
              notes: list[str]) -> _Running:
+    """The peak of running ``generate`` (or an encoder's forward), phase by phase.
+
+    Prefill holds the KV cache of the prompt (a static cache: the whole cache, allocated before)
+    and one layer's transient at a time: its MLP (gated: the gate's activation, the up projection
+    and their product, ``3 x B·P·I``; plain: ``2 x B·P·I``) or its attention where the scores are
+    materialised, plus the hidden-sized tensors around them (``4 x B·P·H``). Decoding holds the
+    whole cache and the last position's logits. The larger phase is the peak. Measured on an
+    H200 (torch 2.11, Transformers 5.17; allocated bytes, three shapes, batch 1-32, 512 prompt
+    tokens and up to 32k): this accounts for every byte of the per-sequence growth to within 1%.
+    """
     act = DTYPE_BYTES[c.dtype]
     prompt, new = workload.prompt_tokens, workload.new_tokens
-    kv = 0
-    if task == "text-generation" and shape.kv_layers:
-        # the last generated token is never fed back, so it is never cached; a static cache is
-        # allocated up front for the same length (max_cache_len = max_length - 1 on Transformers 5)
-        tokens = prompt + max(new, 1) - 1
-        for layer in shape.kv_layers:
-            cached = prompt if layer.cross else tokens
-            if layer.window:
-                cached = min(cached, layer.window)
-            kv += layer.elements_per_token * cached * b * act
+    generating = task == "text-generation" and bool(shape.kv_layers)
+    static = c.static_cache and generating
+    # generate(P prompt, N new) caches P+N-1 tokens (the last one is never fed back); a static
+    # cache is allocated for the same length (max_cache_len = max_length - 1 on Transformers 5)
+    length = prompt + max(new, 1) - 1
+    kv_full = _kv_bytes(shape, length, prompt, b, act) if generating else 0
+    kv_prompt = kv_full if static else (_kv_bytes(shape, prompt, prompt, b, act) if generating else 0)
+    # the keys the prompt's attention spans: a static cache hands attention every slot of the cache
+    span = length if static else prompt
 
-    mlp = (4 if shape.gated_mlp else 2) * shape.mlp_width
-    per_token = (mlp + 4 * shape.hidden_size) * act
-    activations = b * prompt * per_token
+    hidden = 4 * b * prompt * shape.hidden_size * act
+    mlp = (3 if shape.gated_mlp else 2) * b * prompt * shape.mlp_width * act
     fallback = shape.sdpa_math_fallback if c.attn == "sdpa" and c.sdpa_kernel is None else None
     if fallback:
         notes.append(fallback)
+    repeated = b * shape.attention_heads * span * shape.repeated_kv_per_head * act
+    attention = scores = 0
     if c.attn == "eager" or (c.attn == "sdpa" and c.sdpa_kernel == "math") or fallback:
-        activations += b * shape.attention_heads * prompt * prompt * (3 * act + SCORE_EXTRA_BYTES)
+        # the scores in the compute dtype, the softmax in fp32 and the cast back; a static cache's
+        # eager mask spans the whole cache; grouped K/V are repeated to every head
+        scores = b * shape.attention_heads * prompt * span * (3 * act + SCORE_EXTRA_BYTES)
+        attention = scores + repeated + (b * prompt * span * act if static else 0)
+    elif c.attn == "sdpa" and workload.padding_share > 0:
+        attention = repeated  # a padding mask: no flash kernel, grouped K/V repeated for the masked kernel
+    activations = hidden + max(mlp, attention)
 
     largest = max((e for e, _ in shape.quantizable), default=0)
     outlier_copies = 0
@@ -268,14 +351,36 @@ def _running(shape: ModelShape, c: Candidate, workload: Workload, b: int, task: 
             outlier_copies = largest * INT8_OUTLIER_BYTES
 
     if task == "text-generation":
-        logits = b * shape.vocab_size * (act + 2 * 4)
-        if version < (4, 45):
-            logits += b * prompt * shape.vocab_size * act
+        prefill_logits = b * prompt * shape.vocab_size * act if version < (4, 45) else 0
+        last_logits = b * shape.vocab_size * (act + 2 * 4)  # the logits, in fp32, and the processed scores
+        kv, logits = kv_prompt, prefill_logits
+        if kv_full + last_logits > kv_prompt + activations + prefill_logits:
+            kv, activations, scores, logits = kv_full, 0, 0, last_logits
     elif task == "feature-extraction":
-        logits = b * prompt * shape.hidden_size * act
+        kv, logits = 0, b * prompt * shape.hidden_size * act
     else:
-        logits = b * 64 * 4
-    return _Running(kv=kv, activations=activations, int8_outlier_copies=outlier_copies, logits=logits)
+        kv, logits = 0, b * 64 * 4
+
+    graphs = growth = 0
+    if c.on_gpu and static:
+        # torch.compile's "reduce-overhead" records the decode step in a CUDA graph whose private
+        # pool keeps its intermediates: K/V repeated to every head (a static cache's decode mask
+        # is materialised, so SDPA gets no enable_gqa) and the logits
+        step = b * shape.attention_heads * length * shape.repeated_kv_per_head * act if c.attn in ("sdpa", "eager") else 0
+        step += b * shape.vocab_size * (act + 4)
+        graphs = int(GRAPH_POOL_FACTOR * step) + COMPILED_BYTES
+    elif c.on_gpu and generating:
+        # every step concatenates a token to every layer's K and V: a block of the next size for
+        # each; the caching allocator keeps the outgrown ones, more the more 2 MiB size classes
+        # a tensor crosses while decoding (measured on an H200, see CACHE_GROWTH)
+        step_bytes = max((layer.elements_per_token // 2 * b * act for layer in shape.kv_layers if not layer.cross), default=0)
+        classes = max(0.0, (new - 1) * step_bytes / ALLOCATOR_CLASS - 1)
+        # materialised scores leave large blocks cached after the prompt, which the growing K/V
+        # are carved from (on an H200, eager kept 1.0 GiB beyond what was allocated where SDPA
+        # kept 7.9 on the same model and batch)
+        growth = 0 if scores else int(CACHE_GROWTH * classes * kv_full)
+    return _Running(kv=kv, activations=activations, scores=scores, logits=logits, int8_outlier_copies=outlier_copies,
+                    graphs=graphs, cache_growth=growth, cache=kv_full)
 
 
 def _parts(c: Candidate, shape: ModelShape, weights: int, quant_state: int, running: _Running, *, kv_share: float,
@@ -288,15 +393,20 @@ def _parts(c: Candidate, shape: ModelShape, weights: int, quant_state: int, runn
     kv = int(running.kv * kv_share)
     activations = running.activations if runs_layers else 0
     logits = running.logits if head else 0
+    graphs = int(running.graphs * kv_share) if runs_layers else 0
     run = kv + activations + logits
     loading = 0
     if c.on_gpu:
-        context = CUDA_CONTEXT_BYTES * contexts
+        context = (CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES) * contexts
     else:
         context = CPU_BASELINE_BYTES + (BNB_CPU_IMPORT_BYTES if c.quant != "none" else 0)
         checkpoint = shape.parameters * DTYPE_BYTES[shape.checkpoint_dtype]
         loading = max(0, checkpoint - (weights + quant_state + run))
     slack = (SLACK_STATIC if c.static_cache else SLACK_RUNNING) * run + SLACK_WEIGHTS * (weights + quant_state)
+    if c.on_gpu and runs_layers:
+        # the scores' blocks change size between the softmax and the casts around it: the caching
+        # allocator keeps a few more of them than are live at once
+        slack += SCORE_SLACK * running.scores + (running.cache_growth + running.retained) * kv_share
     if running.int8_outlier_copies and runs_layers:
         # the outlier count, so the size of those copies, changes from layer to layer: the caching
         # allocator serves each new largest request from a new block and keeps the older ones cached,
@@ -305,7 +415,8 @@ def _parts(c: Candidate, shape: ModelShape, weights: int, quant_state: int, runn
         slack += (_harmonic(max(blocks, 1)) - 1) * running.int8_outlier_copies
     return {
         "weights": int(weights), "quant_state": int(quant_state), "kv_cache": kv, "activations": int(activations),
-        "logits": int(logits), "loading": int(loading), "runtime_context": int(context), "allocator_slack": int(slack),
+        "logits": int(logits), "cuda_graphs": graphs, "loading": int(loading), "runtime_context": int(context),
+        "allocator_slack": int(slack),
     }
 
 

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 
 from autotune.environment import Environment
 from autotune.errors import InputError
-from autotune.memory.calibration import Calibration, CalibrationPoint, calibrate, candidate_group, device_kind
+from autotune.memory.calibration import (
+    Calibration, CalibrationPoint, Correction, calibrate, candidate_group, correction, device_kind,
+)
 from autotune.memory.forecast import Forecast, forecast_on
 from autotune.memory.limit import DeviceLimits
 from autotune.memory.shape import shape_key
 from autotune.store import ModelRecord, Store, TrialRecord
+from autotune.workload import Workload
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class MeasuredPoint:
     environment_id: int
     forecast: Forecast
     point: CalibrationPoint
+    workload: Workload
 
 
 def measured_points(store: Store, *, environment_id: int | None = None, fingerprint: str | None = None,
@@ -57,7 +61,8 @@ def measured_points(store: Store, *, environment_id: int | None = None, fingerpr
             continue
         gpu_names = [g.name for g in env.gpus]
         version = (env.versions or {}).get("transformers")
-        for trial in store.trials(study_id=study.id, status="ok"):
+        trials = store.trials(study_id=study.id, status="ok")
+        for trial in trials:
             measured = trial.metrics.get("peak_memory_bytes")
             if not measured or trial.candidate.runtime != "pytorch":
                 continue
@@ -65,16 +70,39 @@ def measured_points(store: Store, *, environment_id: int | None = None, fingerpr
             ran = DeviceLimits.from_trial(candidate.placement, trial.details) or \
                 DeviceLimits.resolve(study.workload.max_memory, env, candidate.placement)
             try:
-                predicted = forecast_on(model.config, candidate, study.workload, trial.batch_size, ran, transformers_version=version)
+                predicted = forecast_on(model.config, candidate, study.workload, trial.batch_size, ran, transformers_version=version,
+                                        before=ladder_before(trial, trials))
             except InputError:
                 continue
             points.append(MeasuredPoint(trial, model, study.environment_id, predicted,
                                         CalibrationPoint(device_kind(candidate, gpu_names), predicted.peak_bytes, int(measured),
-                                                         candidate.label(), candidate_group(candidate), shape_key(model.config))))
+                                                         candidate.label(), candidate_group(candidate), shape_key(model.config)),
+                                        study.workload))
     points.sort(key=lambda p: p.trial.id)
     return points[-limit:] if limit else points
+
+
+def ladder_before(trial: TrialRecord, trials: list[TrialRecord]) -> tuple[int, ...]:
+    """The batch sizes the worker that measured ``trial`` measured before it (same candidate, same
+    worker process, smaller batch)."""
+    pid = (trial.details.get("worker") or {}).get("pid") if isinstance(trial.details.get("worker"), dict) else None
+    if pid is None:
+        return ()
+    key = trial.candidate.key()
+    return tuple(sorted(t.batch_size for t in trials if t.candidate.key() == key and t.batch_size < trial.batch_size
+                        and isinstance(t.details.get("worker"), dict) and t.details["worker"].get("pid") == pid))
 
 
 def calibration_for(store: Store, *, environment_id: int | None = None, fingerprint: str | None = None) -> Calibration:
     """The calibration of the forecast from one environment's measured trials."""
     return calibrate(p.point for p in measured_points(store, environment_id=environment_id, fingerprint=fingerprint, limit=500))
+
+
+def correction_for(store: Store, *, fingerprint: str | None = None) -> Correction:
+    """The calibration and the safety margins admission uses, from the measured trials of the store
+    (each device kind calibrated on its own points): the calibration from the environment of
+    ``fingerprint`` when given, the margins from every environment's trials."""
+    points = [p.point for p in measured_points(store, limit=2000)]
+    mine = [p.point for p in measured_points(store, fingerprint=fingerprint, limit=500)] if fingerprint else points
+    learned = correction(points)
+    return Correction(calibrate(mine), learned.margins) if fingerprint else learned

@@ -114,6 +114,11 @@ class ModelShape:
     largest_plain_leaf: int = 0
     #: Why the default SDPA call cannot use a fused kernel for this model (None: it can).
     sdpa_math_fallback: str | None = None
+    #: Dimensions of one attention head, and the K/V elements one layer adds per token and query
+    #: head once K/V are repeated to every query head (``2 x head_dim`` where Transformers'
+    #: ``repeat_kv`` materialises that for grouped-query attention; 0 where nothing is repeated).
+    head_dim: int = 0
+    repeated_kv_per_head: int = 0
 
     @property
     def quantizable_elements(self) -> int:
@@ -285,6 +290,13 @@ def _shape_of(model: Any, cfg: Any, task: str, checkpoint_dtype: str) -> ModelSh
             "unquantized (it replaces plain nn.Linear only): forecast in the load dtype",
         )
     vocab = int(_first_attr(text, "vocab_size", default=0) or 0)
+    head_dim = int(_first_attr(text, "head_dim", "d_kv", default=0) or 0) or (hidden // heads if heads else 0)
+    # Llama-style attention repeats grouped K/V heads to every query head (``repeat_kv``) for eager
+    # attention, and for SDPA wherever a mask is materialised; Falcon's broadcasts instead
+    full = [layer for layer in kv_layers if not layer.cross and not layer.window]
+    kv_heads = full[0].elements_per_token // (2 * head_dim) if full and head_dim else heads
+    falcon = str(getattr(text, "model_type", "")) in _FALCON_TYPES
+    repeated = 2 * head_dim if kv_heads < heads and not falcon and not getattr(text, "kv_lora_rank", None) else 0
     units, leaf_modules, largest_plain_leaf = _placement_units(model, quantized_names, strict, fp16_only)
     return ModelShape(
         model_type=str(cfg.model_type), architecture=type(model).__name__, parameters=parameters,
@@ -295,7 +307,7 @@ def _shape_of(model: Any, cfg: Any, task: str, checkpoint_dtype: str) -> ModelSh
         is_encoder_decoder=bool(getattr(cfg, "is_encoder_decoder", False)),
         unquantized_linear_classes=tuple(sorted(unquantized_classes)), kv_description=kv_text, notes=notes,
         units=units, leaf_modules=leaf_modules, largest_plain_leaf=largest_plain_leaf,
-        sdpa_math_fallback=sdpa_math_fallback(text),
+        sdpa_math_fallback=sdpa_math_fallback(text), head_dim=head_dim, repeated_kv_per_head=repeated,
     )
 
 

@@ -21,7 +21,7 @@ from autotune.candidate import (
 )
 from autotune.environment import Environment
 from autotune.errors import InputError
-from autotune.memory import DeviceLimits, forecast_on
+from autotune.memory import Correction, DeviceLimits, device_kind, forecast_on
 from autotune.units import format_gib
 from autotune.worker_env import WorkerEnvironment
 from autotune.workload import Workload, parse_batch_sizes
@@ -273,24 +273,27 @@ def batch_ladder(workload: Workload, only: Iterable[int] | None = None) -> tuple
 
 
 def forecast_peaks(config: dict[str, Any], candidate: Candidate, workload: Workload, batch_size: int, limits: DeviceLimits,
-                   environment: Environment) -> tuple[int, ...]:
-    """The forecast peak of each device ``limits`` names, for the Transformers version of ``environment``.
+                   environment: Environment, before: Iterable[int] = ()) -> tuple[int, ...]:
+    """The raw forecast peak of each device ``limits`` names, for the Transformers version of
+    ``environment``; ``before`` are the batch sizes the same worker measures first (its ladder).
 
     Raises :class:`~autotune.errors.InputError` where the memory model cannot read the config.
     """
     version = environment.versions.get("transformers")
-    return forecast_on(config, candidate, workload, batch_size, limits, transformers_version=version).device_bytes
+    return forecast_on(config, candidate, workload, batch_size, limits, transformers_version=version,
+                       before=tuple(before)).device_bytes
 
 
-def _over(peaks: tuple[int, ...], limits: DeviceLimits, batch: int) -> str:
-    """Why ``peaks`` at ``batch`` are not admitted: the first device over what it may hold."""
-    for device, peak in zip(limits.devices, peaks):
-        if device.admission_bytes is not None and peak > device.admission_bytes:
+def _over(raw: tuple[int, ...], held: tuple[int, ...], limits: DeviceLimits, batch: int, margin: float) -> str:
+    """Why a forecast at ``batch`` is not admitted: the first device over what it may hold."""
+    for device, peak, need in zip(limits.devices, raw, held):
+        if device.admission_bytes is not None and need > device.admission_bytes:
             where = f" on {device.device}" if len(limits.devices) > 1 else ""
             what = f"the limit {format_gib(device.limit_bytes)}" if device.limit_bytes is not None else \
                 f"the {format_gib(device.total_bytes)} of {device.device}"
-            return f"forecast {format_gib(peak)}{where} at batch {batch} is over {what}"
-    return f"forecast {format_gib(max(peaks))} at batch {batch} is over the limit"
+            return (f"forecast {format_gib(peak)}{where} at batch {batch} ({format_gib(need)} with its {margin:+.0%} safety margin) "
+                    f"is over {what}")
+    return f"forecast {format_gib(max(raw))} at batch {batch} is over the limit"
 
 
 def enumerate_candidates(placements: Iterable[str], attentions: Iterable[str], workload: Workload) -> list[Candidate]:
@@ -342,11 +345,14 @@ def build_space(
     restrict: Mapping[str, Iterable[Any]] | None = None,
     worker_envs: list[WorkerEnvironment] | None = None,
     limits: Mapping[str, DeviceLimits] | None = None,
+    correction: Correction | None = None,
 ) -> SearchSpace:
     """The search space of a model (its ``config`` and ``capabilities``) for ``workload`` here.
 
-    A candidate is admitted at the batch sizes whose forecast peak fits, on each device, the
-    workload's limit there (without a limit, the device's memory): ``limits`` per placement, as
+    A candidate is admitted at the batch sizes whose forecast peak, calibrated and raised by its
+    group's safety margin (``correction``, learned from the store's measured trials; without
+    one, no calibration and the default margin), fits on each device the workload's limit there
+    (without a limit, the device's memory): ``limits`` per placement, as
     :meth:`DeviceLimits.resolve` gives them (resolved here when not given). A config the memory
     model cannot read admits every candidate unforecast: the measurements will tell.
     ``worker_envs`` are the registered worker environments: ONNX Runtime candidates join the
@@ -356,6 +362,8 @@ def build_space(
     restrict = {k: tuple(v) for k, v in (restrict or {}).items()}
     placements, placement_out = allowed_placements(workload, environment)
     limits = {p: (limits or {}).get(p) or DeviceLimits.resolve(workload.max_memory, environment, p) for p in placements}
+    correction = correction or Correction()
+    gpu_names = [g.name for g in environment.gpus]
     forecastable = True
     rejected: list[tuple[Candidate | None, str, str, dict[str, Any]]] = [
         (None, f"placement {p}: {why}", "placement", {"placement": p}) for p, why in placement_out
@@ -385,14 +393,17 @@ def build_space(
         fits = ladder
         if forecastable and not candidate.is_onnxruntime:
             placed = limits[candidate.placement]
+            kind = device_kind(candidate, gpu_names)
             try:
-                peaks = [forecast_peaks(config, candidate, workload, b, placed, environment) for b in ladder]
+                peaks = [forecast_peaks(config, candidate, workload, b, placed, environment, ladder[:i]) for i, b in enumerate(ladder)]
             except InputError:  # the memory model cannot read this config: measure instead
                 forecastable = False
             else:
-                fits = tuple(b for b, need in zip(ladder, peaks) if placed.admits(need))
+                held = [tuple(correction.admitted(p, candidate, kind) for p in raw) for raw in peaks]
+                fits = tuple(b for b, need in zip(ladder, held) if placed.admits(need))
                 if not fits or fits[0] != ladder[0]:
-                    rejected.append((candidate, _over(peaks[0], placed, ladder[0]), "memory", {}))
+                    margin = correction.margin(candidate, kind).value
+                    rejected.append((candidate, _over(peaks[0], held[0], placed, ladder[0], margin), "memory", {}))
                     continue
         valid.append(candidate)
         ladders[candidate.key()] = fits

@@ -52,7 +52,7 @@ from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.objective import metric_for
 from autotune.search.results import INTERRUPTED, INTERRUPTED_REASON, CandidateResult, Progress, progress
-from autotune.memory import DeviceLimits
+from autotune.memory import Correction, DeviceLimits
 from autotune.search.space import AXES, SearchSpace, build_space, candidate_from, forecast_peaks, params_of
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.store.schema import TrialRow, utcnow
@@ -196,6 +196,7 @@ class StudySearch:
         self.metric, self.direction = metric_for(self.workload)
         self._space: SearchSpace | None = None
         self._limits: dict[str, DeviceLimits] = {}
+        self._correction: Correction | None = None
 
     # -- the space --------------------------------------------------------------------------
 
@@ -205,11 +206,25 @@ class StudySearch:
         if self._space is None:
             self._space = build_space(self.model.config, self.model.capabilities, self.workload, self.environment,
                                       restrict=self.settings.restrict, worker_envs=self.store.worker_envs(),
-                                      limits={p: self.limit_for(Candidate(placement=p)) for p in ("cpu", "cuda", "multi-gpu")})
+                                      limits={p: self.limit_for(Candidate(placement=p)) for p in ("cpu", "cuda", "multi-gpu")},
+                                      correction=self.correction)
             rejected = [r.to_dict() for r in self._space.rejected]
             if rejected != self.study.rejected:
                 self.study = self.store.update_study(self.study.id, rejected=rejected)
         return self._space
+
+    @property
+    def correction(self) -> Correction:
+        """The calibration and safety margins admission uses, learned once from the store's
+        measured trials (:func:`autotune.memory.measured.correction_for`)."""
+        if self._correction is None:
+            from autotune.memory.measured import correction_for
+
+            try:
+                self._correction = correction_for(self.store)
+            except Exception:  # noqa: BLE001 - a store the memory model cannot read: the defaults
+                self._correction = Correction()
+        return self._correction
 
     def limit_for(self, candidate: Candidate) -> DeviceLimits:
         """The workload's limit on the devices ``candidate`` runs on, resolved once per placement."""
@@ -318,7 +333,9 @@ class StudySearch:
             return
         try:
             limits = self.limit_for(candidate)
-            values = {t.id: max(forecast_peaks(self.model.config, candidate, self.workload, t.batch_size, limits, self.environment))
+            ladder = sorted(t.batch_size for t in trials)
+            values = {t.id: max(forecast_peaks(self.model.config, candidate, self.workload, t.batch_size, limits, self.environment,
+                                               [b for b in ladder if b < t.batch_size]))
                       for t in trials if t.status not in ("unsupported", "skipped")}
             self.store.set_forecasts(values)
         except Exception:  # a forecast that cannot size this model must not stop the search
