@@ -23,6 +23,7 @@ gives the running ones what is left.
 
     python benchmarks/forecast_gpu_shapes.py --out /tmp/shapes --deadline 230
     python benchmarks/forecast_gpu_shapes.py --out /tmp/shapes-tiny --tiny      # CPU, tiny shapes, a few minutes
+    python benchmarks/forecast_gpu_shapes.py --out /tmp/s --tiny --shapes llama-tiny --only "bf16 sdpa$"   # one of them
 
 The GPU machine needs what autotune's store and the quantized candidates need besides torch and
 Transformers: sqlalchemy, alembic, bitsandbytes (``../shared/gpu/wheels.sh`` fetches them).
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import statistics
 import sys
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                         help=f"comma-separated, of {', '.join(SHAPES)} (default {','.join(DEFAULT_SHAPES)})")
     parser.add_argument("--jobs", type=int, default=4, help="workers at once (default 4; memory is per process)")
+    parser.add_argument("--only", metavar="REGEX", help="only the candidates whose label (e.g. 'bf16 sdpa static') matches")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results",
                         help="the stores the calibration and margins are fitted on (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -142,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     if not on_gpu and not args.tiny:
         print(f"no GPU here ({environment.nvml_error}); run with --tiny to check the script on the CPU")
         return 2
-    names = list(TINY) if args.tiny else [s.strip() for s in args.shapes.split(",") if s.strip()]
-    unknown = [n for n in names if n not in SHAPES and n not in TINY]
+    chosen = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    names = (chosen if all(n in TINY for n in chosen) else list(TINY)) if args.tiny else chosen
+    known = TINY if args.tiny else SHAPES
+    unknown = [n for n in names if n not in known]
     if unknown:
-        print(f"unknown shape {unknown[0]!r}: choose among {', '.join(SHAPES)}")
+        print(f"unknown shape {unknown[0]!r}: choose among {', '.join(known)}")
         return 2
     configs = {n: (TINY if args.tiny else SHAPES)[n] for n in names}
     placement = "cuda" if on_gpu else "cpu"
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 })
             log(f"{name} {label}: " + ", ".join(f"b{t.batch_size} {t.status}" for t in trials))
 
-    jobs = [(name, label, fields) for label, fields in CANDIDATES for name in names]
+    jobs = [(name, label, fields) for label, fields in CANDIDATES for name in names if not args.only or re.search(args.only, label)]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for future in [pool.submit(measure, *job) for job in jobs]:
             future.result()
@@ -248,8 +253,9 @@ def report(rows: list[dict[str, Any]], runs: list[dict[str, Any]], not_run: list
              "| shape | candidate | batch | peak GiB | forecast GiB | error | margin | admitted GiB | covered |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['shape']} | {r['candidate']} | {r['batch_size']} | {r['peak_bytes'] / gib:.2f} | {r['forecast_bytes'] / gib:.2f} | "
-                     f"{r['error']:+.1%} | {r['margin']:+.0%} | {r['admitted_bytes'] / gib:.2f} | {'yes' if r['covered'] else 'NO'} |")
+        lines.append(f"| {r['shape']} | {r['candidate']} | {r['batch_size']} | {r['peak_bytes'] / gib:.2f} | "
+                     f"{r['forecast_bytes'] / gib:.2f} | {r['error']:+.1%} | {r['margin']:+.0%} | {r['admitted_bytes'] / gib:.2f} | "
+                     f"{'yes' if r['covered'] else 'NO'} |")
     failed = [r for r in runs if r["status"] != "ok"]
     lines.append("")
     if rows:

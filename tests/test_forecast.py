@@ -379,7 +379,8 @@ def test_multi_gpu_peak_is_the_fuller_gpu() -> None:
     assert abs(second / GiB - 4.898) < 0.05 * 4.898
     assert spread.total_bytes == first + second and any(shape.units[i].head for i in split[1])  # the head on the second
     # Transformers 5.18 on sizes its margin from the largest leaf (the embedding), not the mean one
-    assert [sum(1 for i in units if shape.units[i].block) for units in fc.device_split(shape, candidate, 2, [10 * GiB] * 2, (5, 18))] == [14, 18]
+    newer = fc.device_split(shape, candidate, 2, [10 * GiB] * 2, (5, 18))
+    assert [sum(1 for i in units if shape.units[i].block) for units in newer] == [14, 18]
 
 
 @pytest.mark.parametrize("store", ["e2e_falcon7b_h200.db", "e2e_llama8b_h200.db", "e2e_llama8b_2xh200.db",
@@ -574,3 +575,42 @@ def test_holdout_fits_on_other_shapes(tmp_path) -> None:  # type: ignore[no-unty
         assert set(r) >= {"shape", "candidate", "batch_size", "peak_bytes", "forecast_bytes", "error", "fitted_on_shape"}
         assert r["error"] == pytest.approx((r["forecast_bytes"] - r["peak_bytes"]) / r["peak_bytes"], abs=1e-4)
     assert sorted(abs(r["error"]) for r in held)[len(held) // 2] <= 0.05  # the median held-out error
+
+
+def test_the_gpu_shapes_script_runs_through_the_worker_on_the_cpu(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """benchmarks/forecast_gpu_shapes.py --tiny: a tiny Llama measured through the trial worker on the
+    CPU, stored with its forecasts, and written as held-out rows (the GPU run is the same code)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("forecast_gpu_shapes", RESULTS.parent / "forecast_gpu_shapes.py")
+    script = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["forecast_gpu_shapes"] = script
+    spec.loader.exec_module(script)  # type: ignore[union-attr]
+    out = tmp_path / "out"
+    assert script.main(["--out", str(out), "--tiny", "--shapes", "llama-tiny", "--only", "bf16 sdpa$", "--jobs", "1"]) == 0
+    rows = json.loads((out / "forecast_holdout_gpu.json").read_text())
+    assert [r["batch_size"] for r in rows] == [1, 2, 4] and not any(r["fitted_on_shape"] for r in rows)
+    assert all(r["peak_bytes"] > 0 and r["forecast_bytes"] > 0 and r["device"] == "cpu" for r in rows)
+    from autotune.store import Store
+
+    with Store.open(str(out / "forecast_gpu_shapes.db")) as store:
+        trials = store.trials()
+    assert len(trials) == 3 and all(t.metrics.get("forecast_bytes") for t in trials)
+    assert "| llama-tiny | bf16 sdpa cpu | 1 |" in (out / "forecast_holdout_gpu.md").read_text()
+    runs = json.loads((out / "forecast_shapes_gpu.json").read_text())
+    assert runs["shapes"]["llama-tiny"]["model_type"] == "llama" and len(runs["runs"]) == 3
+
+
+def test_the_memory_package_and_its_sdpa_rule_need_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, autotune.memory as m, autotune.memory.bnb\n"
+            "why = m.sdpa_math_fallback({'model_type': 'falcon', 'num_attention_heads': 71})\n"
+            "assert why and 'math kernel' in why and m.sdpa_math_fallback({'model_type': 'llama'}) is None\n"
+            "assert m.sdpa_math_fallback({'model_type': 'falcon', 'new_decoder_architecture': True}) is None\n"
+            "heavy = [n for n in ('torch', 'transformers', 'sqlalchemy') if n in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=RESULTS.parents[1])
+    assert proc.returncode == 0, proc.stderr

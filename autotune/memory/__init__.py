@@ -31,6 +31,7 @@ from autotune.memory.shape import ModelShape, model_shape, sdpa_math_fallback, s
 
 __all__ = [
     "PARTS", "Calibration", "CalibrationPoint", "Correction", "DeviceLimit", "DeviceLimits", "Forecast", "ForecastError",
-    "Margin", "Margins", "ModelShape", "calibrate", "candidate_group", "correction", "device_kind", "learn_margins", "forecast_bytes", "forecast_on", "forecast_parts", "forecast_shape", "host_memory_bytes",
-    "largest_batch", "model_shape", "sdpa_math_fallback", "shape_key", "with_calibration",
+    "Margin", "Margins", "ModelShape", "calibrate", "candidate_group", "correction", "device_kind", "forecast_bytes",
+    "forecast_on", "forecast_parts", "forecast_shape", "host_memory_bytes", "learn_margins", "largest_batch", "model_shape",
+    "sdpa_math_fallback", "shape_key", "with_calibration",
 ]
