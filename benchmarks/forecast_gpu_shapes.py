@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from autotune.memory import DeviceLimits, correction, device_kind, forecast_on
     from autotune.memory.measured import measured_points
     from autotune.store import Store
-    from autotune.trials import measure_candidate
+    from autotune.trials import ensure_reference, measure_candidate
 
     environment = probe()
     on_gpu = bool(environment.gpus) and not args.tiny
@@ -173,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             path = build(name, configs[name], out / "models", on_gpu)
             models[name] = add_model(store, str(path), workload).model
             log(f"{name}: built and registered ({path})")
+
+    # the quality references first, one per model, so that workers running at once do not each make it
+    with Store.open(str(db)) as store:
+        for name in names:
+            model = store.get_model(models[name].name)
+            reference = ensure_reference(model, model.workload, environment, placement=placement)
+            log(f"{name}: quality reference {reference.status}" + (f" ({reference.reason})" if reference.reason else ""))
 
     lock = threading.Lock()
     runs: list[dict[str, Any]] = []
