@@ -6,11 +6,14 @@ makes a trial infeasible, whatever its speed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from autotune.units import format_gib
 from autotune.workload import Workload
+
+if TYPE_CHECKING:
+    from autotune.memory.limit import DeviceLimits
 
 #: objective -> (metric for text generation, metric for encoders, direction)
 OBJECTIVE_METRICS = {
@@ -62,20 +65,19 @@ class Score:
     reasons: tuple[str, ...]
 
 
-def score(workload: Workload, status: str, metrics: dict[str, Any], memory_limit_bytes: int | None) -> Score:
+def score(workload: Workload, status: str, metrics: dict[str, Any], limits: DeviceLimits | None,
+          details: Mapping[str, Any] | None = None) -> Score:
     """Feasibility and objective value of one measured result.
 
-    ``memory_limit_bytes`` is the workload's per-GPU limit resolved for the device the trial ran
-    on (``None``: no limit). A result that is not ``ok`` is infeasible with its status as reason.
+    ``limits`` is the workload's limit resolved on the devices the trial ran on (``None``: no
+    limit); each device's measured peak (from ``details``, else the trial's peak) is held
+    against its own. A result that is not ``ok`` is infeasible with its status as reason.
     """
     name, _ = metric_for(workload)
     value = metrics.get(name)
     if status != "ok":
         return Score(False, None, (status,))
-    reasons = []
-    peak = metrics.get("peak_memory_bytes")
-    if memory_limit_bytes is not None and peak is not None and peak > memory_limit_bytes:
-        reasons.append(f"peak {format_gib(peak)} over the limit {format_gib(memory_limit_bytes)}")
+    reasons = limits.reasons(metrics, details) if limits is not None else []
     quality = metrics.get("quality_token_agreement")
     if quality is not None and quality < workload.min_quality:
         reasons.append(f"{format_quality(workload.task, quality)} below the floor {format_floor(workload.task, workload.min_quality)}")

@@ -21,6 +21,7 @@ from typing import Any
 from autotune.candidate import Candidate, choose_worker_env, rejection
 from autotune.environment import Environment
 from autotune.errors import InputError
+from autotune.memory.limit import DeviceLimits
 from autotune.objective import score
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.worker.protocol import Screen
@@ -42,30 +43,6 @@ def default_placement(environment: Environment, workload: Workload) -> str:
 
 def default_timeout(batch_sizes: list[int] | tuple[int, ...]) -> float:
     return BASE_TIMEOUT_S + PER_BATCH_TIMEOUT_S * max(1, len(batch_sizes))
-
-
-def host_memory_bytes() -> int | None:
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def memory_limit_bytes(workload: Workload, environment: Environment, placement: str) -> int | None:
-    """The workload's memory limit in bytes where the candidate runs.
-
-    On GPU it is per GPU (the smallest GPU's, for a fraction); on the CPU the same limit applies
-    to the worker's peak RSS (a fraction is of the machine's memory).
-    """
-    limit = workload.max_memory
-    if limit is None:
-        return None
-    if placement != "cpu" and environment.gpus:
-        return limit.for_device(min(g.total_memory for g in environment.gpus))
-    total = host_memory_bytes()
-    if limit.fraction is not None:
-        return int(total * limit.fraction) if total else None
-    return int(limit.bytes) if limit.bytes else None
 
 
 # -- the quality reference ----------------------------------------------------------------------
@@ -158,7 +135,7 @@ def _request(model: ModelRecord, workload: Workload, candidate: Candidate, batch
 
 
 def ensure_reference(model: ModelRecord, workload: Workload, environment: Environment, *, placement: str = "cpu",
-                     max_memory_bytes: int | None = None, python: str | None = None, timeout_s: float | None = None,
+                     max_memory: dict[int, int] | None = None, python: str | None = None, timeout_s: float | None = None,
                      on_spawn: Callable[[int], None] | None = None) -> Reference:
     """The cached quality reference for ``model``, made now (in a worker) if it is not there yet.
 
@@ -173,7 +150,7 @@ def ensure_reference(model: ModelRecord, workload: Workload, environment: Enviro
     attempts: list[dict[str, Any]] = []
     for candidate in reference_candidates(model, environment, placement):
         request = _request(model, workload, candidate, (), reference_path=str(path), make_reference=True,
-                           max_memory_bytes=max_memory_bytes if candidate.placement == "multi-gpu" else None,
+                           max_memory=max_memory if candidate.placement == "multi-gpu" else None,
                            timeout_s=timeout_s or BASE_TIMEOUT_S)
         outcome = launch(request, python=python, on_spawn=on_spawn)
         result = outcome.results[0]
@@ -221,6 +198,7 @@ def measure_candidate(
     screen: Screen | None = None,
     deadline_s: float | None = None,
     details: dict[str, Any] | None = None,
+    limits: DeviceLimits | None = None,
 ) -> list[TrialRecord]:
     """Measure ``candidate`` of ``model`` at each batch size in one worker; one finished trial per size.
 
@@ -241,6 +219,11 @@ def measure_candidate(
     and ``interrupted``, so that a resumed study with a larger budget measures them again).
     ``details`` is added to every row's details (the search records why it chose the candidate).
     PyTorch candidates keep torch.compile's caches in :func:`compile_cache_dir`.
+
+    ``limits`` is the workload's limit on the candidate's devices (default: resolved here, see
+    :meth:`~autotune.memory.limit.DeviceLimits.resolve`): a ``multi-gpu`` load gets each GPU's
+    own as ``max_memory``, each device's peak is judged against its own, and every trial records
+    them (``details["memory_limits"]``, and the smallest as ``details["memory_limit_bytes"]``).
     """
     sizes = tuple(int(b) for b in batch_sizes)
     if not sizes or list(sizes) != sorted(set(sizes)) or sizes[0] <= 0:
@@ -267,8 +250,8 @@ def measure_candidate(
     trials = [store.start_trial(study.id, candidate, b, origin=origin, worker_env=env_name) for b in sizes]
     finished: dict[int, TrialRecord] = {}
     try:
-        limit = memory_limit_bytes(workload, environment, candidate.placement)
-        multi_limit = limit if candidate.placement == "multi-gpu" else None
+        limits = limits or DeviceLimits.resolve(workload.max_memory, environment, candidate.placement)
+        multi_limit = limits.max_memory()
 
         def spawned(pid: int) -> None:
             store.set_worker_pid([t.id for t in trials], pid)
@@ -286,14 +269,14 @@ def measure_candidate(
         if make_reference:
             reference = Reference(str(path), candidate.label(), "made with this candidate")
         else:
-            reference = ensure_reference(model, workload, environment, placement=candidate.placement, max_memory_bytes=multi_limit,
+            reference = ensure_reference(model, workload, environment, placement=candidate.placement, max_memory=multi_limit,
                                          python=python, timeout_s=timeout, on_spawn=spawned)
         from autotune.worker import launch
 
         if deadline_s is not None and reference.status != "cached":
             candidate_timeout = max(1.0, candidate_timeout - (time.monotonic() - began))
         compile_cache = str(compile_cache_dir(environment)) if candidate.runtime == "pytorch" else None
-        request = _request(model, workload, candidate, sizes, max_memory_bytes=multi_limit, reference_path=reference.path,
+        request = _request(model, workload, candidate, sizes, max_memory=multi_limit, reference_path=reference.path,
                            make_reference=make_reference, timeout_s=candidate_timeout, fault=fault, ladder=ladder, screen=screen,
                            compile_cache=compile_cache, **(worker_options or {}))
         outcome = launch(request, python=candidate_python, on_spawn=spawned)
@@ -306,8 +289,9 @@ def measure_candidate(
         if worker_env is not None:
             worker["python"] = worker_env.python
         for trial, result in zip(trials, outcome.results):
-            verdict = score(workload, result.status, result.metrics, limit)
-            row = {**extra, **result.details, "worker": worker, "reference": reference.to_dict(), "memory_limit_bytes": limit}
+            verdict = score(workload, result.status, result.metrics, limits, result.details)
+            row = {**extra, **result.details, "worker": worker, "reference": reference.to_dict(),
+                   "memory_limit_bytes": limits.limit_bytes, "memory_limits": limits.to_dict()}
             status, why = result.status, result.reason
             if capped and outcome.timed_out and status in ("timeout", "skipped"):
                 status, why = "timeout", f"stopped at the study's deadline (its time budget ran out): {result.reason}"

@@ -26,6 +26,22 @@ MAX_BATCH = 1 << 16
 DEFAULT_MIN_QUALITY = 0.9
 
 
+def parse_batch_sizes(text: str, option: str = "--batch") -> tuple[int, ...]:
+    """Batch sizes as users write them (``1,8,32``), rising and without repeats.
+
+    The one reader of ``measure --batch``, ``estimate --batch`` and ``--space batch=``; ``option``
+    names where the text came from, for the message. Sizes may come in any order.
+    """
+    sizes = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise InputError(f"{option}{'' if option.endswith('=') else ' '}{text}: give batch sizes as whole numbers "
+                             f"of at least 1, separated by commas, e.g. 1,8,32")
+        sizes.append(int(part))
+    return tuple(sorted(set(sizes)))
+
+
 @dataclass(frozen=True)
 class MemoryLimit:
     """A per-GPU memory limit: an absolute size, or a fraction of each GPU's total memory."""

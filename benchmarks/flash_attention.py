@@ -117,12 +117,11 @@ class Grid:
     def __init__(self, model: Any, path: Path, environment: Any, probe: Any, results: Path, max_repeats: int,
                  resume: list[Path]) -> None:
         from autotune.registry import model_capabilities
-        from autotune.search.space import default_forecast
 
         self.model, self.path, self.environment, self.probe = model, path, environment, probe
         self.config = json.loads((path / "config.json").read_text())
         self.capabilities = model_capabilities(self.config, "text-generation")
-        self.forecast, self.forecast_source = default_forecast()
+        self.forecast_source = "autotune.memory.forecast_peaks (the fullest device's peak, uncalibrated)"
         self.results = results
         self.max_repeats = max_repeats
         self.document: dict[str, Any] = json.loads(results.read_text()) if results.exists() else {}
@@ -148,7 +147,8 @@ class Grid:
     def rows(self, attn: str, static: bool, grid: tuple[tuple[int, int, tuple[int, ...]], ...], may_start: Any) -> None:
         """Measure ``attn`` (with or without a static cache) at every point of ``grid`` that
         ``may_start()`` still allows (a row it stops is left for a later run)."""
-        from autotune.search.space import peak_forecast
+        from autotune.memory import DeviceLimits
+        from autotune.search.space import forecast_peaks
         from autotune.workload import Workload
 
         candidate = self.candidate(attn, static)
@@ -167,7 +167,8 @@ class Grid:
             row: dict[str, Any] = {"prompt_tokens": prompt, "new_tokens": new, "batch_size": batch, "attn": attn,
                                    "static_cache": static, "label": candidate.label(), "attention_ran": self.ran}
             try:
-                row["forecast_bytes"] = peak_forecast(self.forecast, self.config, candidate, workload, batch, self.environment)
+                limits = DeviceLimits.resolve(None, self.environment, candidate.placement)
+                row["forecast_bytes"] = max(forecast_peaks(self.config, candidate, workload, batch, limits, self.environment))
             except Exception as exc:  # a forecast that cannot size the row does not stop the measurement
                 row["forecast_bytes"], row["forecast_error"] = None, f"{type(exc).__name__}: {exc}"
             status, reason = setup if setup is not None else self.check(candidate, workload)

@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from autotune.advisor.accuracy import measured_points  # noqa: E402
-from autotune.advisor.forecast import calibrate, forecast_error, leave_one_out  # noqa: E402
+from autotune.memory.calibration import calibrate, forecast_error, leave_one_out  # noqa: E402
+from autotune.memory.measured import measured_points  # noqa: E402
 from autotune.store import Store  # noqa: E402
 from autotune.units import format_gib  # noqa: E402
 

@@ -254,11 +254,13 @@ class Budget:
         self.per_batch.setdefault(spec.model, []).append(wall / len(spec.ladder))
 
 
-def run_spec(spec: Spec, path: Path, workload: Workload, smoke: bool, timeout: float, env: dict[str, str] | None) -> WorkerOutcome:
+def run_spec(spec: Spec, path: Path, workload: Workload, smoke: bool, timeout: float, env: dict[str, str] | None,
+             gpus: int = 2) -> WorkerOutcome:
     static = spec.candidate.static_cache
     request = WorkerRequest(
         model_path=str(path), model_name=spec.model, task="text-generation", candidate=spec.candidate, workload=workload,
-        batch_sizes=spec.ladder, max_memory_bytes=MULTI_GPU_LIMIT if spec.candidate.placement == "multi-gpu" else None,
+        batch_sizes=spec.ladder,
+        max_memory={i: MULTI_GPU_LIMIT for i in range(gpus)} if spec.candidate.placement == "multi-gpu" else None,
         # Candidates checked against plain PyTorch get as many repeats as the plain timing (5).
         warmup=2 if static else 1, min_repeats=5 if spec.compare else 2, max_repeats=6 if spec.compare else 4,
         target_spread=0.10, time_cap_s=10.0 if smoke else (60.0 if spec.compare else 30.0),
@@ -446,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         timeout = max(30.0, min(300.0, left))
         log(f"{spec.model}: {label} at batch {','.join(map(str, spec.ladder))} (tier {spec.tier}, ~{estimate:.0f} s)")
-        outcome = run_spec(spec, models[spec.model], workload, smoke, timeout, worker_env)
+        outcome = run_spec(spec, models[spec.model], workload, smoke, timeout, worker_env, max(len(environment.gpus), 2))
         budget.observe(spec, outcome.wall_seconds)
         outcomes[(spec.model, label)] = outcome
         for result in outcome.results:

@@ -302,7 +302,6 @@ print(json.dumps({{"started": started, "paths": [e.path for e in exports], "cach
 # -- a study that mixes PyTorch and ONNX Runtime -------------------------------------------------
 
 def test_space_offers_onnxruntime_where_an_environment_does() -> None:
-    from autotune.search import _memory
     from autotune.search.space import build_space, candidate_from, params_of, parse_restriction
     from autotune.workload import Workload
 
@@ -310,7 +309,7 @@ def test_space_offers_onnxruntime_where_an_environment_does() -> None:
     caps = {"architecture": "GPT2LMHeadModel", "attn_implementations": ["eager", "sdpa"]}
     cpu = Environment(gpus=(), versions={"torch": "2.13", "transformers": "5.24"})
     restrict = parse_restriction("dtype=fp32,fp16 attn=sdpa quant=none static_cache=false")
-    space = build_space(config, caps, Workload(**SMALL), cpu, restrict=restrict, forecast=_memory.forecast_bytes, worker_envs=[CPU_ORT])
+    space = build_space(config, caps, Workload(**SMALL), cpu, restrict=restrict, worker_envs=[CPU_ORT])
     labels = sorted(c.label() for c in space.candidates)
     assert labels == ["fp16 sdpa cpu", "fp32 onnxruntime[CPU] cpu", "fp32 onnxruntime[CPU] io-binding cpu", "fp32 sdpa cpu"]
     assert space.choices["runtime"][0] == "pytorch" and "onnxruntime:CPUExecutionProvider+io-binding" in space.choices["runtime"]
@@ -321,14 +320,14 @@ def test_space_offers_onnxruntime_where_an_environment_does() -> None:
     assert fp16.count == 2 and fp16.pattern == {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "placement": "cpu"}
     assert fp16.label == "onnxruntime[CPU] cpu (2 candidates)"
     only_ort = build_space(config, caps, Workload(**SMALL), cpu, restrict={**restrict, **parse_restriction("runtime=ort")},
-                           forecast=_memory.forecast_bytes, worker_envs=[CPU_ORT])
+                           worker_envs=[CPU_ORT])
     assert {c.runtime for c in only_ort.candidates} == {"onnxruntime"} and len(only_ort) == 2
     # No environment registered: no ONNX Runtime candidate, and the study says how to get one.
-    bare = build_space(config, caps, Workload(**SMALL), cpu, restrict=restrict, forecast=_memory.forecast_bytes, worker_envs=[])
+    bare = build_space(config, caps, Workload(**SMALL), cpu, restrict=restrict, worker_envs=[])
     assert {c.runtime for c in bare.candidates} == {"pytorch"}
     (note,) = [r for r in bare.rejected if r.pattern == {"runtime": "onnxruntime"}]
     assert "autotune env add ort /path/to/python" in note.reason
-    assert not [r for r in build_space(config, caps, Workload(**SMALL), cpu, restrict=restrict, forecast=_memory.forecast_bytes).rejected
+    assert not [r for r in build_space(config, caps, Workload(**SMALL), cpu, restrict=restrict).rejected
                 if "onnxruntime" in r.reason]
 
 

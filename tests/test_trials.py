@@ -12,8 +12,9 @@ from autotune.candidate import Candidate
 from autotune.environment import Environment, Gpu, probe
 from autotune.store import Store
 from autotune.trials import (
-    default_placement, measure_candidate, memory_limit_bytes, reference_candidates, reference_path,
+    default_placement, measure_candidate, reference_candidates, reference_path,
 )
+from autotune.memory import DeviceLimits
 from autotune.workload import MemoryLimit, Workload
 
 SMALL = {"prompt_tokens": 16, "new_tokens": 8}
@@ -38,10 +39,10 @@ def test_placement_limits_and_reference_candidates() -> None:
     assert default_placement(cpu_only, Workload()) == "cpu"
     assert default_placement(gpu_env(1), Workload()) == "cuda"
     assert default_placement(gpu_env(1), Workload(device="cpu")) == "cpu"
-    limited = Workload(max_memory=MemoryLimit.parse("0.5"))
-    assert memory_limit_bytes(limited, gpu_env(2), "cuda") == 40 * 2**30
-    assert memory_limit_bytes(Workload(max_memory=MemoryLimit.parse("20GiB")), cpu_only, "cpu") == 20 * 2**30
-    assert memory_limit_bytes(Workload(), gpu_env(1), "cuda") is None
+    half = MemoryLimit.parse("0.5")
+    assert DeviceLimits.resolve(half, gpu_env(2), "cuda").limit_bytes == 40 * 2**30
+    assert DeviceLimits.resolve(MemoryLimit.parse("20GiB"), cpu_only, "cpu", host_bytes=64 * 2**30).limit_bytes == 20 * 2**30
+    assert DeviceLimits.resolve(None, gpu_env(1), "cuda").limit_bytes is None
 
     class Model:
         capabilities = {"attn_implementations": ["eager", "sdpa"]}

@@ -98,11 +98,14 @@ def assert_measured(result: BatchResult, *, generates: bool = True) -> None:
 # -- pure parts ---------------------------------------------------------------------------------
 
 def test_request_roundtrips_and_refuses_bad_values() -> None:
-    req = request(Path("/m/llama"), cpu("bf16", "sdpa", static_cache=True), (1, 4, 16), max_memory_bytes=2**30, fault="oom")
+    req = request(Path("/m/llama"), cpu("bf16", "sdpa", static_cache=True), (1, 4, 16), max_memory={0: 2**30, 1: 2**29},
+                  fault="oom")
     again = WorkerRequest.from_json(req.to_json())
     assert again == req and again.candidate.static_cache and again.workload.padding_share == 0.25
+    assert again.max_memory == {0: 2**30, 1: 2**29}  # per GPU, the indices back as numbers
     for bad in [dict(batch_sizes=(4, 1)), dict(batch_sizes=(0,)), dict(batch_sizes=()), dict(fault="nope"),
-                dict(make_reference=True, reference_path=None), dict(min_repeats=5, max_repeats=2)]:
+                dict(make_reference=True, reference_path=None), dict(min_repeats=5, max_repeats=2),
+                dict(max_memory={0: 0}), dict(max_memory={})]:
         with pytest.raises(InputError):
             WorkerRequest(**{**req.__dict__, **bad})
     assert WorkerRequest(**{**req.__dict__, "batch_sizes": (), "make_reference": True, "reference_path": "/r.pt"}).expected_batches == (0,)

@@ -9,7 +9,6 @@ floor may be overridden for the choice without measuring again.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ from typing import Any
 from autotune.advisor.render import TOKENIZER_FILES, LoaderSpec
 from autotune.candidate import DTYPE_SHORT, FLASH_ATTENTIONS, Candidate, rejection
 from autotune.environment import Environment
+from autotune.memory.limit import DeviceLimits
 from autotune.objective import format_floor, format_quality, metric_for, score
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.units import format_gib
@@ -95,6 +95,8 @@ class Recommendation:
     direction: str = "maximize"
     limit_bytes: int | None = None
     limit_note: str | None = None
+    #: The limit on each device the winner ran on (``None`` without a winner).
+    limits: DeviceLimits | None = None
     runners_up: tuple[RunnerUp, ...] = ()
     verdicts: tuple[Verdict, ...] = ()
     notes: tuple[str, ...] = ()
@@ -133,6 +135,7 @@ class Recommendation:
             "versions": dict(self.environment.versions) if self.environment else {},
             "current_environment": self.current_environment,
             "limit_bytes": self.limit_bytes,
+            "limits": self.limits.to_dict() if self.limits is not None else None,
             "limit_note": self.limit_note,
             "min_quality": self.workload.min_quality,
             "trials_considered": self.trials_considered,
@@ -153,25 +156,13 @@ class Recommendation:
 
 # -- choosing ------------------------------------------------------------------------------------
 
-def memory_limit(workload: Workload, environment: Environment | None, candidate: Candidate | None = None) -> tuple[int | None, str | None]:
-    """The workload's limit in bytes on the device a trial ran on, and a note when it does not apply.
-
-    A fraction is of the smallest GPU. On the CPU the limit applies to the process's peak, as the
-    trial worker applies it: an absolute size as given, a fraction of this machine's memory.
-    """
-    limit = workload.max_memory
-    if limit is None:
-        return None, None
+def memory_limits(workload: Workload, environment: Environment | None, candidate: Candidate | None = None) -> DeviceLimits:
+    """The workload's limit on the devices a trial of ``candidate`` ran on (see
+    :meth:`~autotune.memory.limit.DeviceLimits.resolve`); without a candidate, on one GPU of the
+    environment, or the CPU when it has none. A fraction on the CPU is of this machine's memory."""
     gpus = environment.gpus if environment is not None else ()
-    if candidate is not None and not candidate.on_gpu or not gpus:
-        if limit.fraction is not None:
-            try:
-                host = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-            except (ValueError, OSError, AttributeError):
-                return None, f"the limit {limit.text} is a fraction and this machine's memory is unknown: not applied on the CPU"
-            return limit.for_device(host), None
-        return limit.bytes, None
-    return min(limit.for_device(g.total_memory) for g in gpus), None
+    placement = candidate.placement if candidate is not None else ("cuda" if gpus else "cpu")
+    return DeviceLimits.resolve(workload.max_memory, environment, placement)
 
 
 def effective_workload(workload: Workload, *, objective: str | None = None, max_memory: str | None = None,
@@ -253,7 +244,8 @@ def recommend(
     if not here and current is not None:
         notes.append(f"measured on {environment.summary()}, not on this machine's current environment; "
                      f"run `autotune tune {model.name}` here to measure it here")
-    limit_bytes, limit_note = memory_limit(workload, environment)
+    overall = memory_limits(workload, environment)
+    limit_bytes, limit_note = overall.limit_bytes, overall.note
     if limit_note:
         notes.append(limit_note)
 
@@ -278,9 +270,10 @@ def recommend(
     notes.extend(search_notes(trials, study, best))
     ups = _runners_up(feasible, best, best_value, workload, runners_up)
     verdicts = explain(trials, study, best, workload, environment, model)
-    limit_bytes, _ = memory_limit(workload, environment, best.candidate)
+    limits = memory_limits(workload, environment, best.candidate)
     return replace(rec, best=best, best_value=best_value, runners_up=tuple(ups), verdicts=tuple(verdicts), notes=tuple(notes),
-                   limit_bytes=limit_bytes, worker_env=best.worker_env, packages=tuple(packages_for(store, best, environment)))
+                   limit_bytes=limits.limit_bytes, limits=limits, worker_env=best.worker_env,
+                   packages=tuple(packages_for(store, best, environment)))
 
 
 def search_notes(trials: list[TrialRecord], study: StudyRecord, best: TrialRecord) -> list[str]:
@@ -376,8 +369,7 @@ def nothing_measured(name: str) -> str:
 
 
 def _score(workload: Workload, trial: TrialRecord, environment: Environment) -> Any:
-    limit, _ = memory_limit(workload, environment, trial.candidate)
-    return score(workload, trial.status, trial.metrics, limit)
+    return score(workload, trial.status, trial.metrics, memory_limits(workload, environment, trial.candidate), trial.details)
 
 
 def _best(feasible: list[tuple[TrialRecord, float]], workload: Workload) -> tuple[TrialRecord, float]:
@@ -678,6 +670,22 @@ def has_tokenizer(model: ModelRecord) -> bool:
     return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
+def loader_max_memory(trial: TrialRecord, environment: Environment | None) -> dict[int, str] | None:
+    """The ``max_memory`` a loader gives ``device_map="auto"`` to load ``trial``'s winner as it ran:
+    each GPU's limit as the trial recorded it (``{0: "40960MiB", 1: "12288MiB"}``); ``None`` for
+    a candidate on one device or a trial that ran without a limit."""
+    if trial.candidate.placement != "multi-gpu":
+        return None
+    ran = DeviceLimits.from_trial("multi-gpu", trial.details)
+    if ran is not None:
+        caps = ran.max_memory() or {}
+    else:  # recorded before the per-GPU limits: the one limit every GPU was given
+        single = trial.details.get("memory_limit_bytes")
+        gpus = len(environment.gpus) if environment is not None else 0
+        caps = {i: int(single) for i in range(gpus)} if isinstance(single, int) else {}
+    return {i: f"{cap // 2**20}MiB" for i, cap in sorted(caps.items())} or None
+
+
 def loader_spec(rec: Recommendation, *, written_at: datetime | None = None) -> LoaderSpec:
     """The :class:`~autotune.advisor.render.LoaderSpec` of a recommendation that has a winner."""
     if rec.best is None:
@@ -686,9 +694,7 @@ def loader_spec(rec: Recommendation, *, written_at: datetime | None = None) -> L
     model = rec.model
     ref, revision = model_reference(model)
     env = rec.environment
-    max_memory = None
-    if best.candidate.placement == "multi-gpu" and env is not None and env.gpus and rec.workload.max_memory is not None:
-        max_memory = {i: f"{rec.workload.max_memory.for_device(g.total_memory) // 2**20}MiB" for i, g in enumerate(env.gpus)}
+    max_memory = loader_max_memory(best, env)
     measured_on = env.summary() if env is not None else ""
     if env is not None and not best.candidate.on_gpu:
         measured_on = f"the CPU of {env.hostname}" + (f" (GPUs there: {env.summary()})" if env.gpus else "")

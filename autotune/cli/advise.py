@@ -1,7 +1,8 @@
 """Commands that advise: estimate (what fits) and recommend (what wins, why, and its loading code).
 
-``recommend`` reads the store only and never imports torch or Transformers; ``estimate`` builds
-models on the meta device and does.
+Both only parse and print: the figures come from :mod:`autotune.advisor.estimate` and
+:mod:`autotune.advisor.recommend`. ``recommend`` reads the store only and never imports torch or
+Transformers; ``estimate`` builds models on the meta device and does.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,30 +68,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def parse_batches(text: str) -> list[int]:
-    values = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part.isdigit() or int(part) < 1:
-            raise InputError(f"--batch {text!r}: give batch sizes as whole numbers of at least 1, e.g. 1,8,32")
-        values.append(int(part))
-    return sorted(set(values))
-
-
 # -- estimate ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Limit:
-    """A memory limit to size against: a GPU (or several of one kind), or the CPU's RAM."""
-
-    name: str
-    bytes: int
-    count: int = 1
-    cpu: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "bytes": self.bytes, "count": self.count, "cpu": self.cpu}
-
 
 def _find_model(args: argparse.Namespace) -> tuple[str, dict[str, Any], Any, bool, Any]:
     """``(name, config, workload, registered, store-or-None)``; the store is opened only if it exists."""
@@ -122,135 +100,73 @@ def _find_model(args: argparse.Namespace) -> tuple[str, dict[str, Any], Any, boo
     return resolved.name, resolved.config, workload, False, store
 
 
-def _limits(args: argparse.Namespace, workload: Any) -> tuple[list[Limit], str]:
-    from autotune.environment import probe_gpus
-
-    if args.gpu_memory:
-        sizes = [parse_size(s) for s in str(args.gpu_memory).split(",") if s.strip()]
-        if not sizes:
-            raise InputError(f"--gpu-memory {args.gpu_memory!r}: give a size such as 24GiB")
-        return [Limit(f"<={format_gib(s)}", s) for s in sizes], f"a GPU of {', '.join(format_gib(s) for s in sizes)} (--gpu-memory)"
-    gpus, _, _, error = probe_gpus()
-    if gpus:
-        groups: dict[tuple[str, int], int] = {}
-        for gpu in gpus:
-            cap = workload.max_memory.for_device(gpu.total_memory) if workload.max_memory else gpu.total_memory
-            groups[(gpu.name, cap)] = groups.get((gpu.name, cap), 0) + 1
-        source = f"the GPUs here{', capped by the workload limit ' + workload.max_memory.text if workload.max_memory else ''}"
-        return [Limit(name, cap, count) for (name, cap), count in groups.items()], source
-    if workload.max_memory is not None and workload.max_memory.bytes:
-        return [Limit(f"GPU limit {workload.max_memory.text}", workload.max_memory.bytes)], \
-            f"no GPU here ({error}); the workload's --max-memory {workload.max_memory.text}"
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return [Limit("CPU RAM", ram, cpu=True)], \
-        f"no GPU here ({error}) and no --gpu-memory: this machine's RAM, {format_gib(ram)}, for CPU placement (pass --gpu-memory 24GiB to size a GPU)"
-
-
-def estimate_candidates(task: str, cpu: bool) -> list[Any]:
-    """The meaningful subset for memory: bf16 with SDPA and with eager (FlashAttention and flex
-    attention forecast as SDPA: none materialises the scores), fp16 and fp32, bnb 8-bit and 4-bit
-    (with and without double quantization), and a static cache."""
-    from autotune.candidate import Candidate
-
-    placement = "cpu" if cpu else "cuda"
-    rows = [
-        Candidate(dtype="bfloat16", attn="sdpa", placement=placement),
-        Candidate(dtype="bfloat16", attn="eager", placement=placement),
-        Candidate(dtype="float16", attn="sdpa", placement=placement),
-        Candidate(dtype="float32", attn="sdpa", placement=placement),
-        Candidate(dtype="float16", attn="sdpa", quant="bnb-8bit", placement=placement),
-        Candidate(dtype="bfloat16", attn="sdpa", quant="bnb-4bit-nf4", placement=placement),
-        Candidate(dtype="bfloat16", attn="sdpa", quant="bnb-4bit-nf4", double_quant=True, placement=placement),
-    ]
-    if task == "text-generation":
-        rows.append(Candidate(dtype="bfloat16", attn="sdpa", static_cache=True, placement=placement))
-    return rows
-
-
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from autotune.advisor import forecast as fc
+    from autotune.advisor.estimate import estimate
     from autotune.environment import probe
+    from autotune.workload import parse_batch_sizes
 
-    batches = parse_batches(args.batch)
+    batches = parse_batch_sizes(args.batch, "--batch")
+    gpu_memory = None
+    if args.gpu_memory:
+        gpu_memory = [parse_size(s) for s in str(args.gpu_memory).split(",") if s.strip()]
+        if not gpu_memory:
+            raise InputError(f"--gpu-memory {args.gpu_memory!r}: give a size such as 24GiB")
     name, config, workload, registered, store = _find_model(args)
     try:
         changes = {k: v for k, v in (("prompt_tokens", args.prompt_tokens), ("new_tokens", args.new_tokens)) if v}
         workload = workload.with_changes(**changes) if changes else workload
-        limits, limit_source = _limits(args, workload)
-        shape = fc.model_shape(config, workload.task)
-        calibration = None
+        environment = probe()
+        correction = None
         if store is not None:
-            from autotune.advisor.accuracy import calibration_for
+            from autotune.memory.measured import correction_for
 
-            calibration = calibration_for(store, fingerprint=probe().fingerprint)
-            if not calibration.fits:
-                calibration = None
+            correction = correction_for(store, fingerprint=environment.fingerprint)
     finally:
         if store is not None:
             store.close()
-
-    gpu_limits = [lim for lim in limits if not lim.cpu]
-    multi = [lim for lim in gpu_limits if lim.count > 1] if not args.gpu_memory else []
-    cpu = bool(limits) and limits[0].cpu
-    rows = []
-    for candidate in estimate_candidates(workload.task, cpu):
-        kind = fc.device_kind(candidate, [lim.name for lim in gpu_limits[:1]])
-        forecasts = {}
-        for b in batches:
-            raw = fc.forecast_shape(shape, candidate, workload, b, task=workload.task)
-            forecasts[b] = fc.with_calibration(raw, calibration, kind)
-        fits = {}
-        for lim in limits:
-            fits[lim.name] = fc.largest_batch(config, candidate, workload, lim.bytes, task=workload.task,
-                                              calibration=calibration, device_kind=kind)
-        for lim in multi:
-            spread = replace(candidate, placement="multi-gpu")
-            fits[f"{lim.count}x {lim.name}"] = fc.largest_batch(config, spread, workload, lim.bytes, task=workload.task,
-                                                                 devices=lim.count)
-        weights = forecasts[batches[0]].parts
-        rows.append((candidate, weights, forecasts, fits))
-
-    bf16_weights = shape.weight_bytes("bfloat16")[0]
+    result = estimate(name, config, workload, batches, registered=registered, environment=environment, gpu_memory=gpu_memory,
+                      gpu_error=environment.nvml_error, correction=correction)
     if args.json:
-        print_json({
-            "model": name, "registered": registered, "architecture": shape.architecture, "model_type": shape.model_type,
-            "parameters": shape.parameters, "weights_bf16_bytes": bf16_weights,
-            "kv_bytes_per_token_bf16": shape.kv_bytes_per_token("bfloat16"), "kv_description": shape.kv_description,
-            "workload": workload.to_dict(), "limits": [lim.to_dict() for lim in limits], "limit_source": limit_source,
-            "calibration": calibration.to_dict() if calibration else None, "notes": list(shape.notes),
-            "candidates": [{
-                "label": c.label(), "candidate": c.to_dict(), "weights_bytes": w["weights"], "quant_state_bytes": w["quant_state"],
-                "forecasts": [f.to_dict() for f in fs.values()], "largest_batch": fits,
-            } for c, w, fs, fits in rows],
-        })
+        print_json(result.to_dict())
         return 0
+    _print_estimate(result)
+    return 0
 
-    print(f"{name}: {shape.architecture} ({shape.model_type}), {shape.parameters / 1e9:.2f} B parameters, "
+
+def _print_estimate(result: Any) -> None:
+    shape, workload = result.shape, result.workload
+    bf16_weights = shape.weight_bytes("bfloat16")[0]
+    print(f"{result.name}: {shape.architecture} ({shape.model_type}), {shape.parameters / 1e9:.2f} B parameters, "
           f"weights {format_size(bf16_weights)} ({format_gib(bf16_weights)}) in bf16")
     if workload.task == "text-generation":
         per_token = shape.kv_bytes_per_token("bfloat16")
         print(f"KV cache: {per_token / 1024:.2f} KiB per token in bf16: {shape.kv_description}")
-    print(f"workload: {workload.describe()}" + ("" if registered else " (defaults: the model is not registered)"))
-    print(f"limits: {limit_source}")
-    if calibration is not None:
-        print(f"forecast {calibration.describe()}")
+    print(f"workload: {workload.describe()}" + ("" if result.registered else " (defaults: the model is not registered)"))
+    print(f"limits: {result.limit_source}")
+    if result.correction.calibration.fits:
+        print(f"forecast {result.correction.calibration.describe()}")
     else:
         print("forecast uncalibrated: no measured trials in this environment yet")
-    for note in shape.notes:
+    margins = sorted({row.margin.describe() for row in result.rows})
+    print(f"safety margin the search adds for admission (MAX BATCH includes it): {'; '.join(margins)}")
+    for note in result.notes:
         print(f"note: {note}")
     print()
-    fit_headers = [f"MAX BATCH {lim.name}" if lim.name.startswith("<=") else
-                   f"MAX BATCH {lim.name} ({format_gib(lim.bytes)}{' each' if lim.count > 1 else ''})" for lim in limits]
-    fit_headers += [f"MAX BATCH {lim.count}x {lim.name} (device_map=auto)" for lim in multi]
-    headers = ["CANDIDATE", "WEIGHTS"] + [f"PEAK B={b}" for b in batches] + fit_headers
+    headers = ["CANDIDATE", "WEIGHTS"] + [f"PEAK B={b}" for b in result.batches] + ["MARGIN"]
+    for lim in result.limits:
+        if lim.spread:
+            headers.append(f"MAX BATCH {lim.name} (device_map=auto)")
+        elif lim.name.startswith("<="):
+            headers.append(f"MAX BATCH {lim.name}")
+        else:
+            headers.append(f"MAX BATCH {lim.name} ({format_gib(lim.bytes)}{' each' if lim.count > 1 else ''})")
     table = []
-    for candidate, weights, forecasts, fits in rows:
-        row = [candidate.label(), format_gib(weights["weights"] + weights["quant_state"])]
-        row += [format_gib(forecasts[b].total_bytes) for b in batches]
-        row += [_fit_text(n) for n in fits.values()]
-        table.append(row)
+    for row in result.rows:
+        line = [row.candidate.label(), format_gib(row.weights_bytes + row.quant_state_bytes)]
+        line += [format_gib(row.forecasts[b].total_bytes) for b in result.batches] + [f"{row.margin.value:+.0%}"]
+        line += [_fit_text(row.largest_batch[lim.name]) for lim in result.limits]
+        table.append(line)
     print_table(headers, table)
-    return 0
 
 
 def _fit_text(n: int) -> str:
@@ -373,7 +289,7 @@ def _print_recommendation(rec: Any, code: str | None, *, show_code: bool) -> Non
         return
     best = rec.best
     when = best.finished_at.strftime("%Y-%m-%d %H:%M UTC") if best.finished_at else "-"
-    limit = format_gib(rec.limit_bytes) if rec.limit_bytes else "none"
+    limit = rec.limits.describe() if rec.limits is not None else format_gib(rec.limit_bytes) if rec.limit_bytes else "none"
     print(f"{model.name}: {best.candidate.label()} at batch {best.batch_size}")
     print(f"  measured: {describe_metrics(best.metrics, task)}")
     print(f"  objective {rec.workload.objective} ({rec.metric}); memory limit {limit}; "

@@ -40,7 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--provider", metavar="NAME", help="ONNX Runtime execution provider: CPUExecutionProvider, CUDAExecutionProvider "
                                                       "or TensorrtExecutionProvider (default: CPU on the CPU, CUDA on a GPU)")
     p.add_argument("--io-binding", action="store_true", help="ONNX Runtime IO binding (inputs and outputs stay on the device)")
-    p.add_argument("--batch", metavar="SIZES", help="batch sizes, rising, comma-separated (default 1,4,16 up to the workload's max batch)")
+    p.add_argument("--batch", metavar="SIZES", help="batch sizes, comma-separated (default 1,4,16 up to the workload's max batch)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit of the worker (default 300 s + 150 s per batch size, "
                                                                          "+ 1800 s for an ONNX Runtime export)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -49,17 +49,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _batches(text: str | None, max_batch: int) -> list[int]:
-    from autotune.errors import InputError
+    from autotune.workload import parse_batch_sizes
 
     if text is None:
         return [b for b in DEFAULT_LADDER if b <= max_batch] or [1]
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InputError(f"--batch must be whole numbers separated by commas such as 1,4,16, got {text!r}") from None
-    if not sizes or any(b <= 0 for b in sizes) or sizes != sorted(set(sizes)):
-        raise InputError(f"--batch must be rising whole numbers above zero such as 1,4,16, got {text!r}")
-    return sizes
+    return list(parse_batch_sizes(text, "--batch"))
 
 
 def _check_attention(name: str, model: Any) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from autotune.advisor.recommend import Recommendation, loader_spec, memory_limit, recommend
+from autotune.advisor.recommend import Recommendation, loader_spec, memory_limits, recommend
 from autotune.advisor.render import RenderError, render_loader
 from autotune.candidate import Candidate
 from autotune.environment import Environment
@@ -198,7 +198,7 @@ def study_view(store: Store, study: StudyRecord, rec: Recommendation | None = No
         shown = _best([v for v in c.trials if v.measured], metric, direction) if c.best is None else c.best
         points.append(ProgressPoint(spent, c, value, so_far, shown.trial.metrics.get(metric) if shown else None))
 
-    limit, _ = memory_limit(workload, environment)
+    limit = memory_limits(workload, environment).limit_bytes
     return StudyView(
         study=study, environment=environment, fingerprint=store.environment_fingerprint(study.environment_id),
         workload=workload, metric=metric, direction=direction, limit_bytes=limit, trials=tuple(views[t.id] for t in rows),
@@ -219,8 +219,7 @@ def _trial_view(trial: TrialRecord, workload: Workload, environment: Environment
     if not trial.ok:
         why = trial.status + (f": {trial.reason}" if trial.reason else "")
         return TrialView(trial, False, why, cut_short)
-    limit, _ = memory_limit(workload, environment, trial.candidate)
-    verdict = score(workload, trial.status, trial.metrics, limit)
+    verdict = score(workload, trial.status, trial.metrics, memory_limits(workload, environment, trial.candidate), trial.details)
     return TrialView(trial, verdict.feasible, None if verdict.feasible else "; ".join(verdict.reasons), cut_short)
 
 

@@ -1,7 +1,8 @@
 """The search: a model's candidate space, its study, and the lock that lets one tuner run.
 
 - :mod:`autotune.search.space` — the candidate space of a model in an environment, the
-  baselines, and what was rejected before measuring (validity rules, memory forecast), with why.
+  baselines, and what was rejected before measuring (validity rules, the memory forecast of
+  :mod:`autotune.memory` against each device's limit), with why.
 - :mod:`autotune.search.study` — :class:`StudySearch`, one study stepped one candidate at a time
   (baselines, then Optuna's TPE rebuilt from the store), with its stop rules.
 - :mod:`autotune.search.results` — a study's trial rows read as one result per candidate (no

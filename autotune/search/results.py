@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotune.candidate import Candidate
 from autotune.objective import metric_for
 from autotune.store.records import TrialRecord
 from autotune.workload import Workload
+
+if TYPE_CHECKING:
+    from autotune.memory.limit import DeviceLimits
 
 #: ``details["interrupted"]`` marks rows whose measurement was cut short (the daemon died or was
 #: stopped at once); their candidate is measured again, and the rows stay as a record.
@@ -78,12 +81,12 @@ class CandidateResult:
 
 
 def candidate_results(trials: list[TrialRecord], workload: Workload,
-                      limit_for: Callable[[Candidate], int | None] | None = None) -> list[CandidateResult]:
+                      limit_for: Callable[[Candidate], DeviceLimits | None] | None = None) -> list[CandidateResult]:
     """Group a study's rows into one result per measured candidate, in the order measured.
 
     Interrupted rows are left out (their candidate counts as not measured); a candidate measured
-    twice (after an interruption) keeps its complete measurement. ``limit_for`` gives a
-    candidate's memory limit in bytes, to say how far over it an infeasible result was.
+    twice (after an interruption) keeps its complete measurement. ``limit_for`` gives the limits
+    on a candidate's devices, to say how far over them an infeasible result was.
     """
     _, direction = metric_for(workload)
     groups: dict[str, list[TrialRecord]] = {}
@@ -95,7 +98,7 @@ def candidate_results(trials: list[TrialRecord], workload: Workload,
     return sorted(results, key=lambda r: r.number)
 
 
-def _result(rows: list[TrialRecord], direction: str, workload: Workload, limit: int | None) -> CandidateResult:
+def _result(rows: list[TrialRecord], direction: str, workload: Workload, limit: DeviceLimits | None) -> CandidateResult:
     running = any(t.status == "running" for t in rows)
     feasible = [t for t in rows if t.feasible and t.objective_value is not None]
     best = None
@@ -129,18 +132,16 @@ def _result(rows: list[TrialRecord], direction: str, workload: Workload, limit: 
     )
 
 
-def _violation(trial: TrialRecord, workload: Workload, limit: int | None) -> float:
+def _violation(trial: TrialRecord, workload: Workload, limit: DeviceLimits | None) -> float:
     """How far one measured row is from feasible (> 0), for a sampler that ranks infeasible points.
 
     A failed row (OOM, crash, ...) counts 1; an ``ok`` row over the memory limit counts its
-    excess as a share of the limit, one under the quality floor its shortfall (at least 0.01).
+    excess as a share of the limit (on its fullest device), one under the quality floor its
+    shortfall (at least 0.01).
     """
     if trial.status != "ok":
         return 1.0
-    over = 0.0
-    peak = trial.metrics.get("peak_memory_bytes")
-    if limit and peak and peak > limit:
-        over += (peak - limit) / limit
+    over = limit.excess(trial.metrics, trial.details) if limit is not None else 0.0
     quality = trial.metrics.get("quality_token_agreement")
     if quality is not None and quality < workload.min_quality:
         over += workload.min_quality - quality
@@ -166,7 +167,7 @@ class Progress:
 
 
 def progress(trials: list[TrialRecord], workload: Workload, min_improvement: float = 0.01,
-             limit_for: Callable[[Candidate], int | None] | None = None) -> Progress:
+             limit_for: Callable[[Candidate], DeviceLimits | None] | None = None) -> Progress:
     """Replay a study's results in order: the best so far, and trials since it last improved.
 
     A result improves on the best when it is feasible and better by at least ``min_improvement``

@@ -2,7 +2,8 @@
 
 The space is the product of the worker's options (dtype × attention (× pinned SDPA kernel) ×
 quantization × placement × static cache) minus what :func:`autotune.candidate.rejection`
-refuses, minus what a memory forecast says cannot fit the workload's limit. Both kinds of
+refuses, minus what the memory forecast (:mod:`autotune.memory`) says cannot fit, on each device,
+the workload's limit there (:class:`~autotune.memory.limit.DeviceLimits`). Both kinds of
 rejection are kept, grouped by reason, so that ``autotune status`` can say why an option was
 never tried. Batch sizes are a ladder of powers of two that one worker measures per candidate.
 """
@@ -10,10 +11,8 @@ never tried. Batch sizes are a ladder of powers of two that one worker measures 
 from __future__ import annotations
 
 import itertools
-import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import Any
 
 from autotune.candidate import (
@@ -22,9 +21,10 @@ from autotune.candidate import (
 )
 from autotune.environment import Environment
 from autotune.errors import InputError
+from autotune.memory import Correction, DeviceLimits, device_kind, forecast_on
 from autotune.units import format_gib
 from autotune.worker_env import WorkerEnvironment
-from autotune.workload import Workload
+from autotune.workload import Workload, parse_batch_sizes
 
 #: The axes the sampler sees, one categorical parameter each. The SDPA kernel is folded into
 #: ``attn`` (``sdpa[flash]``); 4-bit options are their own axes and read ``False``/``"same"``
@@ -39,12 +39,6 @@ FIELDS = ("dtype", "attn", "sdpa_kernel", "quant", "double_quant", "compute_dtyp
 ORT_FIELDS = ("runtime", "provider", "io_binding", "placement")
 #: The ``runtime`` axis: ``pytorch``, or ``onnxruntime:<provider>`` with ``+io-binding`` when bound.
 PYTORCH = "pytorch"
-
-#: A forecast: ``(config, candidate, workload, batch_size) -> bytes``. One that also takes the
-#: keywords ``devices`` and ``max_memory_bytes`` gives, for a ``multi-gpu`` candidate, the peak of
-#: the fullest GPU (see :func:`peak_forecast`).
-Forecast = Callable[..., int]
-
 
 @dataclass(frozen=True)
 class Rejection:
@@ -173,19 +167,14 @@ def parse_restriction(text: str | None) -> dict[str, tuple[Any, ...]]:
         raw = [v for v in values.split(",") if v]
         if not raw:
             raise InputError(f"space restriction {part!r} lists no value")
+        if name == "batch":
+            allowed[name] = parse_batch_sizes(values, "space restriction batch=")
+            continue
         allowed[name] = tuple(_restriction_value(name, v) for v in raw)
     return allowed
 
 
 def _restriction_value(axis: str, value: str) -> Any:
-    if axis == "batch":
-        try:
-            size = int(value)
-        except ValueError:
-            size = 0
-        if size <= 0:
-            raise InputError(f"space restriction batch={value}: write whole numbers above zero, such as batch=1,4,16")
-        return size
     if axis in ("double_quant", "static_cache"):
         lowered = value.lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -283,101 +272,28 @@ def batch_ladder(workload: Workload, only: Iterable[int] | None = None) -> tuple
     return tuple(sizes)
 
 
-def memory_limit(workload: Workload, environment: Environment, placement: str) -> int | None:
-    """The bytes a candidate of ``placement`` may use: the workload's limit on its devices.
+def forecast_peaks(config: dict[str, Any], candidate: Candidate, workload: Workload, batch_size: int, limits: DeviceLimits,
+                   environment: Environment, before: Iterable[int] = ()) -> tuple[int, ...]:
+    """The raw forecast peak of each device ``limits`` names, for the Transformers version of
+    ``environment``; ``before`` are the batch sizes the same worker measures first (its ladder).
 
-    On the CPU the limit (a fraction: of the machine's memory) bounds the worker's peak RSS; on
-    GPUs it is one GPU's share (the smallest GPU's, over several), which the fullest GPU's peak
-    must stay under: the trial worker measures that peak, and :func:`peak_forecast` forecasts it.
-    ``None``: no limit.
+    Raises :class:`~autotune.errors.InputError` where the memory model cannot read the config.
     """
-    limit = workload.max_memory
-    if placement == "cpu":
-        if limit is None:
-            return None
-        if limit.fraction is not None:
-            total = _host_memory()
-            return int(total * limit.fraction) if total else None
-        return limit.bytes
-    gpus = environment.gpus if placement == "multi-gpu" else environment.gpus[:1]
-    if not gpus:
-        return None
-    return min(limit.for_device(g.total_memory) if limit else g.total_memory for g in gpus)
+    version = environment.versions.get("transformers")
+    return forecast_on(config, candidate, workload, batch_size, limits, transformers_version=version,
+                       before=tuple(before)).device_bytes
 
 
-def peak_forecast(forecast: Forecast, config: dict[str, Any], candidate: Candidate, workload: Workload, batch_size: int,
-                  environment: Environment) -> int:
-    """The forecast peak to hold against :func:`memory_limit`: the whole model on one device, the
-    fullest GPU's share of it over several (``device_map="auto"`` under the workload's limit)."""
-    if candidate.placement != "multi-gpu":
-        return int(forecast(config, candidate, workload, batch_size))
-    devices = max(2, len(environment.gpus))
-    share = memory_limit(workload, environment, "multi-gpu") if workload.max_memory else None
-    if "devices" in _keywords(forecast):
-        return int(forecast(config, candidate, workload, batch_size, devices=devices, max_memory_bytes=share))
-    return -(-int(forecast(config, candidate, workload, batch_size)) // devices)  # a forecast of the whole model: an even split
-
-
-@lru_cache(maxsize=16)
-def _keywords(function: Callable[..., Any]) -> frozenset[str]:
-    import inspect
-
-    try:
-        return frozenset(inspect.signature(function).parameters)
-    except (TypeError, ValueError):
-        return frozenset()
-
-
-def _host_memory() -> int | None:
-    import os
-
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def default_forecast() -> tuple[Forecast, str]:
-    """The calibrated forecast of :mod:`autotune.advisor.forecast` when installed, else the first one."""
-    from autotune.search import _memory
-
-    try:
-        from autotune.advisor import forecast as advisor_forecast  # type: ignore[attr-defined]
-    except ImportError:
-        return _memory.forecast_bytes, "first forecast (weights + KV cache + activations + 10%)"
-    function = getattr(advisor_forecast, "forecast", None)
-    if function is None:
-        return _memory.forecast_bytes, "first forecast (weights + KV cache + activations + 10%)"
-
-    unreadable: set[str] = set()  # configs the calibrated forecast cannot read: don't retry per candidate
-
-    def calibrated(config: dict[str, Any], candidate: Candidate, workload: Workload, batch_size: int, *,
-                   devices: int | None = None, max_memory_bytes: int | None = None) -> int:
-        key = json.dumps(config, sort_keys=True, default=str)
-        if key not in unreadable:
-            try:
-                value = function(config, candidate, workload, batch_size, devices=devices, max_memory_bytes=max_memory_bytes)
-                per_device = getattr(value, "per_device_bytes", None)
-                return int(per_device) if devices and devices > 1 and per_device is not None else _as_bytes(value)
-            except Exception:  # a forecast that cannot size this model must not stop the search
-                unreadable.add(key)
-        whole = _memory.forecast_bytes(config, candidate, workload, batch_size)
-        return -(-whole // devices) if devices and devices > 1 else whole
-
-    return calibrated, "autotune.advisor.forecast"
-
-
-def _as_bytes(value: Any) -> int:
-    if isinstance(value, (int, float)):
-        return int(value)
-    for name in ("total_bytes", "peak_bytes", "bytes", "total"):
-        if isinstance(getattr(value, name, None), (int, float)):
-            return int(getattr(value, name))
-    if isinstance(value, dict):
-        for name in ("total_bytes", "peak_bytes", "bytes", "total"):
-            if isinstance(value.get(name), (int, float)):
-                return int(value[name])
-    raise TypeError(f"cannot read bytes from a forecast of type {type(value).__name__}")
+def _over(raw: tuple[int, ...], held: tuple[int, ...], limits: DeviceLimits, batch: int, margin: float) -> str:
+    """Why a forecast at ``batch`` is not admitted: the first device over what it may hold."""
+    for device, peak, need in zip(limits.devices, raw, held):
+        if device.admission_bytes is not None and need > device.admission_bytes:
+            where = f" on {device.device}" if len(limits.devices) > 1 else ""
+            what = f"the limit {format_gib(device.limit_bytes)}" if device.limit_bytes is not None else \
+                f"the {format_gib(device.total_bytes)} of {device.device}"
+            return (f"forecast {format_gib(peak)}{where} at batch {batch} ({format_gib(need)} with its {margin:+.0%} safety margin) "
+                    f"is over {what}")
+    return f"forecast {format_gib(max(raw))} at batch {batch} is over the limit"
 
 
 def enumerate_candidates(placements: Iterable[str], attentions: Iterable[str], workload: Workload) -> list[Candidate]:
@@ -427,19 +343,28 @@ def build_space(
     environment: Environment,
     *,
     restrict: Mapping[str, Iterable[Any]] | None = None,
-    forecast: Forecast | None = None,
     worker_envs: list[WorkerEnvironment] | None = None,
+    limits: Mapping[str, DeviceLimits] | None = None,
+    correction: Correction | None = None,
 ) -> SearchSpace:
     """The search space of a model (its ``config`` and ``capabilities``) for ``workload`` here.
 
+    A candidate is admitted at the batch sizes whose forecast peak, calibrated and raised by its
+    group's safety margin (``correction``, learned from the store's measured trials; without
+    one, no calibration and the default margin), fits on each device the workload's limit there
+    (without a limit, the device's memory): ``limits`` per placement, as
+    :meth:`DeviceLimits.resolve` gives them (resolved here when not given). A config the memory
+    model cannot read admits every candidate unforecast: the measurements will tell.
     ``worker_envs`` are the registered worker environments: ONNX Runtime candidates join the
     space for the providers they offer (no memory forecast: they are measured). An empty list
     records why there are none; ``None`` leaves ONNX Runtime out without a word.
     """
-    if forecast is None:
-        forecast, _ = default_forecast()
     restrict = {k: tuple(v) for k, v in (restrict or {}).items()}
     placements, placement_out = allowed_placements(workload, environment)
+    limits = {p: (limits or {}).get(p) or DeviceLimits.resolve(workload.max_memory, environment, p) for p in placements}
+    correction = correction or Correction()
+    gpu_names = [g.name for g in environment.gpus]
+    forecastable = True
     rejected: list[tuple[Candidate | None, str, str, dict[str, Any]]] = [
         (None, f"placement {p}: {why}", "placement", {"placement": p}) for p, why in placement_out
     ]
@@ -467,18 +392,21 @@ def build_space(
         if reason is not None:
             rejected.append((candidate, reason, "rule", {}))
             continue
-        limit = memory_limit(workload, environment, candidate.placement)
-        if limit is None or candidate.is_onnxruntime:
-            fits = ladder
-        else:
-            peaks = [peak_forecast(forecast, config, candidate, workload, b, environment) for b in ladder]
-            fits = tuple(b for b, need in zip(ladder, peaks) if need <= limit)
-            if not fits or fits[0] != ladder[0]:
-                need = peaks[0]
-                where = " on the fullest GPU" if candidate.placement == "multi-gpu" else ""
-                rejected.append((candidate, f"forecast {format_gib(need)}{where} at batch {ladder[0]} is over the limit {format_gib(limit)}",
-                                 "memory", {}))
-                continue
+        fits = ladder
+        if forecastable and not candidate.is_onnxruntime:
+            placed = limits[candidate.placement]
+            kind = device_kind(candidate, gpu_names)
+            try:
+                peaks = [forecast_peaks(config, candidate, workload, b, placed, environment, ladder[:i]) for i, b in enumerate(ladder)]
+            except InputError:  # the memory model cannot read this config: measure instead
+                forecastable = False
+            else:
+                held = [tuple(correction.admitted(p, candidate, kind) for p in raw) for raw in peaks]
+                fits = tuple(b for b, need in zip(ladder, held) if placed.admits(need))
+                if not fits or fits[0] != ladder[0]:
+                    margin = correction.margin(candidate, kind).value
+                    rejected.append((candidate, _over(peaks[0], held[0], placed, ladder[0], margin), "memory", {}))
+                    continue
         valid.append(candidate)
         ladders[candidate.key()] = fits
 

@@ -55,16 +55,15 @@ from autotune.errors import InputError
 from autotune.objective import metric_for
 from autotune.search.prior import Knowledge, PastResult, Prediction
 from autotune.search.results import INTERRUPTED, INTERRUPTED_REASON, CandidateResult, Progress, progress
-from autotune.search.space import (
-    AXES, Baseline, Forecast, SearchSpace, build_space, candidate_from, default_forecast, memory_limit, params_of, peak_forecast,
-)
+from autotune.memory import Correction, DeviceLimits
+from autotune.search.space import AXES, Baseline, SearchSpace, build_space, candidate_from, forecast_peaks, params_of
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.store.schema import TrialRow, utcnow
 from autotune.units import format_gib
 from autotune.worker.protocol import SCREEN_METRICS, Screen
 
 #: ``measure(store, model, candidate, batch_sizes, *, environment, environment_id, study, origin,
-#: timeout_s, on_spawn) -> list[TrialRecord]`` — :func:`autotune.trials.measure_candidate`.
+#: timeout_s, on_spawn, limits) -> list[TrialRecord]`` — :func:`autotune.trials.measure_candidate`.
 Measure = Callable[..., list[TrialRecord]]
 
 ASKS_PER_STEP = 16
@@ -206,7 +205,6 @@ class StudySearch:
         settings: SearchSettings | None = None,
         *,
         measure: Measure | None = None,
-        forecast: Forecast | None = None,
         on_spawn: Callable[[Any], None] | None = None,
     ) -> None:
         self.store = store
@@ -215,7 +213,6 @@ class StudySearch:
         self.environment_id = environment_id
         self.settings = settings or SearchSettings()
         self._measure = measure
-        self._forecast = forecast
         self.on_spawn = on_spawn
         #: Called as ``on_start(candidate, origin, baseline name, batch sizes)`` before a measurement.
         self.on_start: Callable[[Candidate, str, str | None, tuple[int, ...]], None] | None = None
@@ -227,6 +224,8 @@ class StudySearch:
         self._knowledge: Knowledge | None = None
         #: Candidates measured when a larger budget reopened the study: patience counts from there.
         self._patience_from = 0
+        self._limits: dict[str, DeviceLimits] = {}
+        self._correction: Correction | None = None
 
     # -- the space --------------------------------------------------------------------------
 
@@ -235,14 +234,33 @@ class StudySearch:
         """The study's space, built once; its rejections are written to the study row."""
         if self._space is None:
             self._space = build_space(self.model.config, self.model.capabilities, self.workload, self.environment,
-                                      restrict=self.settings.restrict, forecast=self._forecast, worker_envs=self.store.worker_envs())
+                                      restrict=self.settings.restrict, worker_envs=self.store.worker_envs(),
+                                      limits={p: self.limit_for(Candidate(placement=p)) for p in ("cpu", "cuda", "multi-gpu")},
+                                      correction=self.correction)
             rejected = [r.to_dict() for r in self._space.rejected]
             if rejected != self.study.rejected:
                 self.study = self.store.update_study(self.study.id, rejected=rejected)
         return self._space
 
-    def limit_for(self, candidate: Candidate) -> int | None:
-        return memory_limit(self.workload, self.environment, candidate.placement)
+    @property
+    def correction(self) -> Correction:
+        """The calibration and safety margins admission uses, learned once from the store's
+        measured trials (:func:`autotune.memory.measured.correction_for`)."""
+        if self._correction is None:
+            from autotune.memory.measured import correction_for
+
+            try:
+                self._correction = correction_for(self.store)
+            except Exception:  # noqa: BLE001 - a store the memory model cannot read: the defaults
+                self._correction = Correction()
+        return self._correction
+
+    def limit_for(self, candidate: Candidate) -> DeviceLimits:
+        """The workload's limit on the devices ``candidate`` runs on, resolved once per placement."""
+        placement = candidate.placement
+        if placement not in self._limits:
+            self._limits[placement] = DeviceLimits.resolve(self.workload.max_memory, self.environment, placement)
+        return self._limits[placement]
 
     def progress(self) -> Progress:
         return progress(self.store.trials(study_id=self.study.id), self.workload, self.settings.min_improvement, self.limit_for)
@@ -389,11 +407,10 @@ class StudySearch:
     def knowledge(self) -> Knowledge:
         """What is known before measuring (rules, the forecast's facts, earlier studies here)."""
         if self._knowledge is None:
-            forecast = self._forecast or default_forecast()[0]
-
             def peak(candidate: Candidate) -> int | None:
                 try:
-                    return peak_forecast(forecast, self.model.config, candidate, self.workload, 1, self.environment)
+                    return max(forecast_peaks(self.model.config, candidate, self.workload, 1, self.limit_for(candidate),
+                                              self.environment))
                 except Exception:  # a forecast that cannot size this model leaves the memory objective unordered
                     return None
 
@@ -494,8 +511,12 @@ class StudySearch:
         if candidate.runtime != "pytorch" or not trials:
             return
         try:
-            forecast = self._forecast or default_forecast()[0]
-            values = {t.id: peak_forecast(forecast, self.model.config, candidate, self.workload, t.batch_size, self.environment)
+            limits = self.limit_for(candidate)
+            ran = [t.batch_size for t in trials if t.status not in ("unsupported", "skipped")]
+            falling = self.workload.objective == "throughput" and not self.settings.exhaustive
+            # the sizes the same worker ran before this one: larger ones on a falling ladder
+            values = {t.id: max(forecast_peaks(self.model.config, candidate, self.workload, t.batch_size, limits, self.environment,
+                                               [b for b in ran if (b > t.batch_size if falling else b < t.batch_size)]))
                       for t in trials if t.status not in ("unsupported", "skipped")}
             self.store.set_forecasts(values)
         except Exception:  # a forecast that cannot size this model must not stop the search
@@ -535,7 +556,7 @@ class StudySearch:
         try:
             measured = measure(self.store, self.model, candidate, list(self.space.ladder(candidate)), environment=self.environment,
                                environment_id=self.environment_id, study=self.study, origin=origin,
-                               timeout_s=self.settings.timeout_s, on_spawn=self.on_spawn, **extra)
+                               timeout_s=self.settings.timeout_s, on_spawn=self.on_spawn, limits=self.limit_for(candidate), **extra)
             self._record_forecasts(candidate, measured)
         except Exception as exc:  # a broken measurement must not end the search: record it, go on
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
@@ -704,9 +725,9 @@ def _device_kind(environment: Environment) -> str:
 
 def sdpa_fallback(config: dict[str, Any]) -> str | None:
     """The memory model's reason why this model's SDPA call cannot use a fused kernel (``None``: it can)."""
-    from autotune.advisor.forecast import model_shape
+    from autotune.memory import sdpa_math_fallback
 
     try:
-        return model_shape(config).sdpa_math_fallback
+        return sdpa_math_fallback(config)
     except Exception:  # a config the meta model cannot be built from: nothing known
         return None

@@ -203,7 +203,11 @@ def run(request: WorkerRequest, report: Reporter) -> None:
 
         ladder = Ladder(request.batch_sizes, request.ladder, request.screen)
         fault_at = _fault_batch(request)
+        first = True
         while (batch := ladder.next()) is not None:
+            if not first:
+                _free_memory(torch)  # what the last size left cached does not count in this one's peak
+            first = False
             report.phase("batch", batch)
             result = _measure_one(request, model, batch, probe, fault_at, load_metrics, effective, quality_metrics, quality_details)
             if request.compile_cache and result.status in ("ok", "screened"):
@@ -212,8 +216,6 @@ def run(request: WorkerRequest, report: Reporter) -> None:
             metric = request.screen.metric if request.screen else None
             value = result.metrics.get(metric) if metric else None
             ladder.record(batch, result.status, value if isinstance(value, (int, float)) else None, result.reason)
-            if result.status not in ("ok", "screened"):
-                _free_memory(torch)
         for left in ladder.leftover():
             metrics = load_metrics if left.status == "unsupported" else {}
             report.result(BatchResult(left.status, left.reason, left.batch_size, metrics, effective, {}))

@@ -14,6 +14,7 @@ import torch
 import transformers
 
 from autotune.candidate import FLASH_ATTENTIONS, Candidate
+from autotune.memory.bnb import linear_classes, should_convert
 from autotune.worker.backends._base import Loaded, OptionNotInEffect
 from autotune.worker.protocol import WorkerRequest
 
@@ -65,8 +66,9 @@ def from_pretrained_kwargs(request: WorkerRequest) -> dict[str, Any]:
         kwargs["device_map"] = "cuda:0"
     else:
         kwargs["device_map"] = "auto"
-        if request.max_memory_bytes:
-            kwargs["max_memory"] = {i: int(request.max_memory_bytes) for i in range(torch.cuda.device_count())}
+        if request.max_memory:
+            count = torch.cuda.device_count()
+            kwargs["max_memory"] = {i: int(cap) for i, cap in request.max_memory.items() if i < count}
     return kwargs
 
 
@@ -139,27 +141,6 @@ def _is_bnb(module: Any) -> bool:
     return type(module).__module__.startswith("bitsandbytes") and type(module).__name__ in ("Linear4bit", "Linear8bitLt")
 
 
-def _linear_classes() -> tuple[type, ...]:
-    classes: list[type] = [torch.nn.Linear]
-    try:
-        from transformers.pytorch_utils import Conv1D
-
-        classes.append(Conv1D)
-    except ImportError:
-        pass
-    return tuple(classes)
-
-
-def _should_convert(name: str, patterns: list[str] | None) -> bool:
-    """Whether the quantizer meant to convert ``name`` (it skips ``modules_to_not_convert``)."""
-    try:
-        from transformers.quantizers.quantizers_utils import should_convert_module
-
-        return bool(should_convert_module(name, patterns))
-    except (ImportError, AttributeError):
-        return not any(name == p or name.endswith("." + p) or name.startswith(p + ".") for p in patterns or ())
-
-
 def _short(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -170,13 +151,14 @@ def read_effective(model: Any, candidate: Candidate) -> dict[str, Any]:
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "sdpa_kernel": candidate.sdpa_kernel,
     }
-    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, _linear_classes())]
+    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, linear_classes())]
     quantized = [(n, m) for n, m in linear if _is_bnb(m)]
     quantizer = getattr(model, "hf_quantizer", None)
     skip = list(getattr(quantizer, "modules_to_not_convert", None) or [])
     plain = [(n, m) for n, m in linear if not _is_bnb(m)]
-    by_design = [n for n, _ in plain if quantizer is not None and not _should_convert(n, skip)]
-    missed = [(n, m) for n, m in plain if quantizer is not None and _should_convert(n, skip)]
+    # the name rule alone: a layer the quantizer meant to convert and left alone is a finding
+    by_design = [n for n, _ in plain if quantizer is not None and not should_convert(n, skip)]
+    missed = [(n, m) for n, m in plain if quantizer is not None and should_convert(n, skip)]
     effective.update({
         "linear_layers": len(linear),
         "quantized_layers": len(quantized),
@@ -230,7 +212,7 @@ def read_effective(model: Any, candidate: Candidate) -> dict[str, Any]:
     return effective
 
 
-def check_effective(candidate: Candidate, effective: dict[str, Any], max_memory_bytes: int | None = None) -> None:
+def check_effective(candidate: Candidate, effective: dict[str, Any], max_memory: dict[int, int] | None = None) -> None:
     """Raise :class:`OptionNotInEffect` if any requested option did not take effect."""
     c = candidate
     attn = effective.get("attn_implementation")
@@ -275,7 +257,8 @@ def check_effective(candidate: Candidate, effective: dict[str, Any], max_memory_
     if c.on_gpu:
         offloaded = sorted(d for d in mapped | devices if d in ("cpu", "disk", "meta"))
         if offloaded:
-            limit = f" under max_memory {max_memory_bytes / 2**30:.2f} GiB per GPU" if max_memory_bytes else ""
+            caps = ", ".join(f"{i}: {cap / 2**30:.2f} GiB" for i, cap in sorted((max_memory or {}).items()))
+            limit = f" under max_memory {{{caps}}}" if caps else ""
             raise OptionNotInEffect("oom", f"the weights do not fit the GPUs{limit}: accelerate offloaded modules to {', '.join(offloaded)}")
         gpus = {d for d in effective.get("param_devices", {}) if d.startswith("cuda")}
         if c.placement == "cuda" and len(gpus) != 1:

@@ -99,8 +99,8 @@ class WorkerRequest:
 
     ``model_path`` is what ``from_pretrained`` gets (a directory or a Hub id); ``model_name`` is
     the registered name, for messages. ``batch_sizes`` rise strictly; the ladder stops at the
-    first out-of-memory. ``max_memory_bytes`` is the per-GPU cap handed to ``device_map="auto"``
-    as ``max_memory`` when the placement is ``multi-gpu``.
+    first out-of-memory. ``max_memory`` maps each GPU's CUDA index to its cap in bytes, handed to
+    ``device_map="auto"`` as ``max_memory`` when the placement is ``multi-gpu``.
 
     Quality: with ``make_reference`` the worker writes the reference outputs of this (highest
     precision) configuration to ``reference_path`` before measuring; otherwise, when
@@ -131,7 +131,7 @@ class WorkerRequest:
     candidate: Candidate
     workload: Workload
     batch_sizes: tuple[int, ...]
-    max_memory_bytes: int | None = None
+    max_memory: dict[int, int] | None = None
     reference_path: str | None = None
     make_reference: bool = False
     warmup: int = 1
@@ -167,8 +167,11 @@ class WorkerRequest:
         if self.timeout_s <= 0 or self.time_cap_s <= 0 or self.target_spread < 0:
             raise InputError(f"timeout_s and time_cap_s must be above zero and target_spread not negative, "
                              f"got {self.timeout_s}, {self.time_cap_s}, {self.target_spread}")
-        if self.max_memory_bytes is not None and self.max_memory_bytes <= 0:
-            raise InputError(f"max_memory_bytes must be above zero, got {self.max_memory_bytes}")
+        if self.max_memory is not None:
+            caps = {int(k): int(v) for k, v in dict(self.max_memory).items()}  # JSON gives the indices as text
+            if not caps or any(k < 0 or v <= 0 for k, v in caps.items()):
+                raise InputError(f"max_memory must map GPU indices to sizes above zero, got {self.max_memory}")
+            object.__setattr__(self, "max_memory", caps)
         if self.ladder not in LADDERS:
             raise InputError(f"unknown ladder {self.ladder!r}: choose one of {', '.join(LADDERS)}")
 

@@ -36,7 +36,7 @@ class PyTorchBackend(Backend):
     def check_effective(self, effective: dict[str, Any]) -> None:
         from autotune.worker import attention, loading
 
-        loading.check_effective(self.candidate, effective, self.request.max_memory_bytes)
+        loading.check_effective(self.candidate, effective, self.request.max_memory)
         attention.check(self.candidate, effective)
 
     def classify_load_error(self, exc: BaseException) -> tuple[str, str]:
