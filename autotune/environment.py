@@ -52,7 +52,7 @@ class Gpu:
 
     def supports(self, versions: dict[str, str | None], cuda_driver_version: str | None = None) -> dict[str, str]:
         """What this GPU can run, each as ``yes`` or ``no: why`` (``flash_attention`` is FlashAttention-2)."""
-        from autotune.candidate import FLASH_ATTENTIONS
+        from autotune.flash import FLASH_ATTENTIONS
 
         cc = self.compute_capability
         out: dict[str, str] = {}

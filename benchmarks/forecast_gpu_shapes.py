@@ -48,7 +48,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from autotune.candidate import Candidate  # noqa: E402
-from autotune.workload import Workload  # noqa: E402
 
 #: Shapes no store in benchmarks/results holds. Llama-3.2-1B and Qwen2-1.5B as published (random weights).
 SHAPES: dict[str, dict[str, Any]] = {

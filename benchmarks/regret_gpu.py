@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -44,7 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.e2e_gpu import FALCON_7B, LLAMA_8B  # noqa: E402
 
 #: The space of every study and of the grid: dtype x attention x static cache x bitsandbytes (the
 #: rules drop what cannot run: bitsandbytes with a compiled static cache, LLM.int8 in bf16).

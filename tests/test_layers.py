@@ -12,12 +12,13 @@ ROOT = Path(__file__).resolve().parents[1] / "autotune"
 #: Each part and the parts it may import (besides the bottom: errors, units, workload, candidate).
 ALLOWED = {
     "memory": {"environment", "registry", "store"},
-    "search": {"memory", "environment", "store", "objective", "worker_env", "trials", "registry"},
+    # the search sends the worker its plain request types (autotune.worker.protocol), nothing more
+    "search": {"memory", "environment", "store", "objective", "worker_env", "trials", "registry", "worker"},
     "advisor": {"memory", "environment", "store", "objective", "worker_env", "registry"},
     "worker": {"memory", "environment"},
     "trials": {"memory", "environment", "store", "objective", "worker_env", "worker"},
 }
-BOTTOM = {"", "errors", "units", "workload", "candidate"}  # "": the package itself (its version)
+BOTTOM = {"", "errors", "units", "workload", "candidate", "flash"}  # "": the package itself (its version)
 
 
 def part(module: str) -> str:
@@ -51,6 +52,11 @@ def test_nothing_imports_upward_and_search_does_not_import_the_advisor() -> None
         if theirs not in ALLOWED[mine]:
             wrong.append(f"{where}: {source} imports {target}")
     assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_the_search_imports_only_the_worker_s_protocol() -> None:
+    used = {target for source, target, _ in edges() if part(source) == "search" and part(target) == "worker"}
+    assert used <= {"autotune.worker.protocol"}
 
 
 def test_the_worker_imports_only_the_conversion_rule_of_the_memory_model() -> None:

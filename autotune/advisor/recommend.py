@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from autotune.advisor.render import TOKENIZER_FILES, LoaderSpec
-from autotune.candidate import DTYPE_SHORT, FLASH_ATTENTIONS, Candidate, rejection
+from autotune.candidate import DTYPE_SHORT, Candidate, rejection
+from autotune.flash import FLASH_ATTENTIONS
 from autotune.environment import Environment
 from autotune.memory.limit import DeviceLimits
 from autotune.objective import format_floor, format_quality, metric_for, score

@@ -32,7 +32,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from autotune import __version__
-from autotune.candidate import FLASH_ATTENTIONS, Candidate
+from autotune.candidate import Candidate
+from autotune.flash import FLASH_ATTENTIONS
 from autotune.errors import AutotuneError
 
 #: Files whose presence in a model directory means it has a tokenizer.

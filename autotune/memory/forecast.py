@@ -45,7 +45,7 @@ from typing import Any
 from autotune.candidate import Candidate
 from autotune.errors import InputError
 from autotune.memory.limit import DeviceLimits
-from autotune.memory.shape import DTYPE_BYTES, ModelShape, Unit, model_shape, version_tuple, weight_bytes
+from autotune.memory.shape import DTYPE_BYTES, ModelShape, model_shape, version_tuple, weight_bytes
 from autotune.workload import Workload
 
 #: The parts of a forecast, in the order they are shown.

@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from autotune.candidate import FLASH_ATTENTIONS, Candidate, flash_kernel_of
+from autotune.candidate import Candidate
+from autotune.flash import FLASH_ATTENTIONS, flash_kernel_of
 from autotune.worker.loading import OptionNotInEffect, first_line, is_out_of_memory
 from autotune.worker.measure import input_device, synthetic_ids
 

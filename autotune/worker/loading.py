@@ -13,7 +13,8 @@ from typing import Any
 import torch
 import transformers
 
-from autotune.candidate import FLASH_ATTENTIONS, Candidate
+from autotune.candidate import Candidate
+from autotune.flash import FLASH_ATTENTIONS
 from autotune.memory.bnb import linear_classes, should_convert
 from autotune.worker.backends._base import Loaded, OptionNotInEffect
 from autotune.worker.protocol import WorkerRequest
