@@ -6,6 +6,7 @@ makes a trial infeasible, whatever its speed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,3 +60,79 @@ def better(workload: Workload, a: float, b: float) -> bool:
     """Whether objective value ``a`` beats ``b``."""
     _, direction = metric_for(workload)
     return a > b if direction == "maximize" else a < b
+
+
+# -- how sure a figure is -------------------------------------------------------------------------
+
+#: z of a two-sided 95% interval.
+Z95 = 1.959964
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% by default); ``(0, 1)`` when ``n`` is 0.
+
+    Quality treats each scored position as one trial. Positions of one text are not independent
+    (an early disagreement shifts the next predictions), so the interval is somewhat narrower
+    than the truth; it still says whether one token could have changed a verdict.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def within_noise(low: float | None, high: float | None, floor: float) -> bool:
+    """Whether the quality floor lies inside a measured interval: the verdict could go either way."""
+    return low is not None and high is not None and low <= floor <= high
+
+
+#: The relative standard error of a median of ``n`` timings whose relative p10-p90 spread is ``s``:
+#: for a normal distribution sigma = (p90 - p10) / 2.563, and the median's standard error is
+#: 1.2533 sigma / sqrt(n), so about 0.489 s / sqrt(n).
+MEDIAN_ERROR_PER_SPREAD = 1.2533 / 2.5631
+
+
+def timing_error(spread: float | None, repeats: int | None) -> float | None:
+    """The relative standard error of a trial's median latency, from its spread and repeats."""
+    if spread is None or not repeats or repeats < 1:
+        return None
+    return MEDIAN_ERROR_PER_SPREAD * max(float(spread), 0.0) / math.sqrt(repeats)
+
+
+@dataclass(frozen=True)
+class Margin:
+    """How far the winner is ahead of the runner-up, against how precisely both were timed.
+
+    ``margin`` is the runner-up's relative distance behind the winner (0.042: 4.2%); ``noise``
+    is two combined standard errors of the two medians (95%); ``clear`` when the margin is
+    larger. Figures are relative to the winner's.
+    """
+
+    margin: float
+    noise: float
+
+    @property
+    def clear(self) -> bool:
+        return self.margin > self.noise
+
+    def describe(self) -> str:
+        verdict = "clear" if self.clear else "uncertain"
+        return f"{verdict}: {self.margin:.1%} ahead of the runner-up, timing noise ±{self.noise:.1%} (95%)"
+
+
+def margin(workload: Workload, winner_value: float, winner_metrics: dict[str, Any], other_value: float,
+           other_metrics: dict[str, Any]) -> Margin | None:
+    """The :class:`Margin` of a winner over another trial, for a timed objective (``None`` for
+    memory, or when either trial lacks its spread and repeats)."""
+    if workload.objective == "memory" or not winner_value:
+        return None
+    errors = [timing_error(m.get("latency_spread"), m.get("repeats")) for m in (winner_metrics, other_metrics)]
+    if any(e is None for e in errors):
+        return None
+    _, direction = metric_for(workload)
+    ahead = (winner_value - other_value) / winner_value if direction == "maximize" else (other_value - winner_value) / winner_value
+    noise = Z95 * math.sqrt(sum(e * e for e in errors))  # type: ignore[operator,misc]
+    return Margin(max(ahead, 0.0), noise)

@@ -15,7 +15,7 @@ from typing import Any
 
 from autotune.candidate import Candidate
 from autotune.objective import metric_for
-from autotune.store.records import TrialRecord
+from autotune.store.records import CONFIRM_ORIGIN, TrialRecord
 from autotune.workload import Workload
 
 #: ``details["interrupted"]`` marks rows whose measurement was cut short (the daemon died or was
@@ -78,14 +78,15 @@ def candidate_results(trials: list[TrialRecord], workload: Workload,
                       limit_for: Callable[[Candidate], int | None] | None = None) -> list[CandidateResult]:
     """Group a study's rows into one result per measured candidate, in the order measured.
 
-    Interrupted rows are left out (their candidate counts as not measured); a candidate measured
-    twice (after an interruption) keeps its complete measurement. ``limit_for`` gives a
+    Interrupted rows are left out (their candidate counts as not measured), and so are the
+    re-measurements of a close finish (origin ``confirm``, which the recommendation weighs); a
+    candidate measured twice (after an interruption) keeps its complete measurement. ``limit_for`` gives a
     candidate's memory limit in bytes, to say how far over it an infeasible result was.
     """
     _, direction = metric_for(workload)
     groups: dict[str, list[TrialRecord]] = {}
     for trial in sorted(trials, key=lambda t: t.number):
-        if interrupted(trial):
+        if interrupted(trial) or trial.origin == CONFIRM_ORIGIN:
             continue
         groups.setdefault(trial.candidate.key(), []).append(trial)
     results = [_result(rows, direction, workload, limit_for(rows[0].candidate) if limit_for else None) for rows in groups.values()]

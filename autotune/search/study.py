@@ -51,6 +51,7 @@ from autotune.candidate import Candidate
 from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.objective import metric_for
+from autotune.search.confirm import confirm_close_pair
 from autotune.search.results import INTERRUPTED, INTERRUPTED_REASON, CandidateResult, Progress, progress
 from autotune.search.space import (
     AXES, Forecast, SearchSpace, build_space, candidate_from, default_forecast, memory_limit, params_of, peak_forecast,
@@ -241,6 +242,9 @@ class StudySearch:
         return None
 
     def finish(self, reason: str, state: Progress | None = None) -> StudyRecord:
+        confirm_close_pair(self.store, self.model, self.environment, self.environment_id, self.study,
+                           measure=self._measure or _default_measure(), limit_for=self.limit_for, timeout_s=self.settings.timeout_s,
+                           on_spawn=self.on_spawn, on_start=self.on_start, worker_options=self.settings.worker_options)
         state = state or self.progress()
         best = state.best.best.id if state.best and state.best.best else None
         self.study = self.store.update_study(self.study.id, state="finished", stop_reason=reason, finished_at=utcnow(),

@@ -154,7 +154,7 @@ def run(request: WorkerRequest, report: Reporter) -> None:
         else:
             loaded = loading.load(request)
             load_metrics = {"load_seconds": loaded.load_seconds}
-            effective = loading.read_effective(loaded.model, candidate)
+            effective = loading.read_effective(loaded.model, candidate, request.gguf_file)
             effective["from_pretrained"] = loaded.kwargs
             report.event("loaded", load_seconds=loaded.load_seconds, effective=effective)
             loading.check_effective(candidate, effective, request.max_memory_bytes)
