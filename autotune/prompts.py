@@ -111,7 +111,7 @@ def load_file(path: str | Path) -> tuple[str, ...]:
     except UnicodeDecodeError as exc:
         raise InputError(f"{where}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     text = text.removeprefix("\ufeff")
-    if text.lstrip().startswith("["):
+    if text.lstrip().startswith(("[", "{")):
         prompts = _from_json(text, where)
     else:
         prompts = []
