@@ -302,7 +302,8 @@ def test_a_loss_measured_with_another_difference_says_which(store) -> None:  # t
     fp16 = by_option(rec)["fp16"]
     assert fp16.kind == "slower" and fp16.reason.startswith("87.7% slower")  # type: ignore[attr-defined]
     assert "also differs from the winner in bnb 8-bit" in fp16.reason  # type: ignore[attr-defined]
-    assert "fp16 alone is not measured yet (autotune measure org/llama --dtype float16 --attn sdpa)" in fp16.reason  # type: ignore[attr-defined]
+    alone = "fp16 alone is not measured yet (autotune measure org/llama --dtype float16 --attn sdpa)"
+    assert alone in fp16.reason  # type: ignore[attr-defined]
     # once plain fp16 is measured, fp16 is judged by it alone
     trial(store, study.id, FP16, 16, tps=1150, p50=420, peak=15)
     fp16 = by_option(recommend(store, model, current=GPU_ENV))["fp16"]
@@ -317,7 +318,8 @@ def test_unsupported_as_measured_is_not_unavailable(store) -> None:  # type: ign
     trial(store, study.id, BF16, 16, tps=1200, p50=400, peak=15)
     trial(store, study.id, NF4, 16, "unsupported", "bnb-4bit-nf4 did not take effect: 4 of the 14 linear layers were left as they were")
     why = by_option(recommend(store, model, current=GPU_ENV))["bnb 4-bit nf4"]
-    assert why.kind == "unsupported" and why.reason.startswith("unsupported as measured (bf16 sdpa nf4+dq cuda)")  # type: ignore[attr-defined]
+    assert why.kind == "unsupported"  # type: ignore[attr-defined]
+    assert why.reason.startswith("unsupported as measured (bf16 sdpa nf4+dq cuda)")  # type: ignore[attr-defined]
 
 
 # -- how sure: the margin against the timing noise, a busy machine, re-measured pairs --------------

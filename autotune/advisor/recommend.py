@@ -753,8 +753,8 @@ def _verdict(axis: str, option: str, group: list[TrialRecord], workload: Workloa
             return Verdict(axis, option, "over-memory", f"over the memory limit: {over[0]} at batch {trial.batch_size} "
                                                          f"({trial.candidate.label()}){also(trial)}", trial.id)
         if below and not over:
-            return Verdict(axis, option, "below-quality", f"quality below the floor: {below[0]} "
-                                                           f"({trial.candidate.label()} at batch {trial.batch_size}){also(trial)}", trial.id)
+            return Verdict(axis, option, "below-quality", f"quality below the floor: {below[0]} ({trial.candidate.label()} "
+                                                           f"at batch {trial.batch_size}){also(trial)}", trial.id)
         return Verdict(axis, option, "infeasible", f"infeasible: {'; '.join(s.reasons)} ({trial.candidate.label()} "
                                                    f"at batch {trial.batch_size}){also(trial)}", trial.id)
     failed = [t for t in group if t.status in FAILED]

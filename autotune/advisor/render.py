@@ -317,7 +317,8 @@ def _header(spec: LoaderSpec) -> list[str]:
     if spec.gguf_file:
         kept = spec.gguf_packed_layers
         how = (f"{kept} layers kept llama.cpp's packed blocks when measured" if kept else
-               f"Transformers dequantizes every weight to {comment(c.dtype)} on load: memory is that of {comment(c.dtype)}, not the file's")
+               f"Transformers dequantizes every weight to {comment(c.dtype)} on load: "
+               f"memory is that of {comment(c.dtype)}, not the file's")
         out.append(f"# Weights: the GGUF file {comment(spec.gguf_file)}; {how}.")
     if c.static_cache:
         out.append("# The static cache compiles the model on the first generate call on CUDA (seconds); later calls are fast.")
