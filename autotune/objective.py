@@ -107,20 +107,29 @@ class Margin:
     """How far the winner is ahead of the runner-up, against how precisely both were timed.
 
     ``margin`` is the runner-up's relative distance behind the winner (0.042: 4.2%); ``noise``
-    is two combined standard errors of the two medians (95%); ``clear`` when the margin is
-    larger. Figures are relative to the winner's.
+    is 1.96 combined standard errors of the two medians (95%). ``rounds`` holds, when the two were
+    measured again interleaved, the winner's lead in each round (negative: it was behind): a
+    machine whose load drifts moves both alike within a round, so the sign of every round says
+    more than the spread of either. ``clear`` when the margin is larger than the noise and the
+    winner led in every round. Figures are relative to the winner's.
     """
 
     margin: float
     noise: float
+    rounds: tuple[float, ...] = ()
 
     @property
     def clear(self) -> bool:
-        return self.margin > self.noise
+        return self.margin > self.noise and all(r > 0 for r in self.rounds)
 
     def describe(self) -> str:
         verdict = "clear" if self.clear else "uncertain"
-        return f"{verdict}: {self.margin:.1%} ahead of the runner-up, timing noise ±{self.noise:.1%} (95%)"
+        text = f"{verdict}: {self.margin:.1%} ahead of the runner-up, timing noise ±{self.noise:.1%} (95%)"
+        if self.rounds:
+            led = sum(1 for r in self.rounds if r > 0)
+            text += (f"; ahead in {led} of {len(self.rounds)} interleaved rounds "
+                     f"({', '.join(f'{r:+.1%}' for r in self.rounds)})")
+        return text
 
 
 def margin(workload: Workload, winner_value: float, winner_metrics: dict[str, Any], other_value: float,

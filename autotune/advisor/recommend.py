@@ -19,7 +19,7 @@ from typing import Any
 
 from autotune import registry
 from autotune.advisor.render import LoaderSpec
-from autotune.candidate import DTYPE_SHORT, DTYPES, QUANTS, SDPA_KERNELS, Candidate, rejection
+from autotune.candidate import ATTENTIONS, DTYPE_SHORT, DTYPES, QUANTS, SDPA_KERNELS, Candidate, rejection
 from autotune.environment import Environment
 from autotune.objective import Margin, margin, metric_for, score
 from autotune.store import CONFIRM_ORIGIN, ModelRecord, Store, StudyRecord, TrialRecord
@@ -293,6 +293,8 @@ def recommend(
     verdicts = explain(chosen, study, best, workload, environment, model)
     limit_bytes, _ = memory_limit(workload, environment, best.candidate)
     sure = margin(workload, best_value, best.metrics, ups[0].value, ups[0].trial.metrics) if ups else None
+    if sure is not None:
+        sure = replace(sure, rounds=interleaved_rounds(trials, best, ups[0].trial, workload))
     busy = [note for note in (busy_note(t) for t in [best, *(u.trial for u in ups[:1])]) if note]
     notes += quality_notes(best, workload)
     return replace(rec, best=best, best_value=best_value, runners_up=tuple(ups), verdicts=tuple(verdicts), notes=tuple(notes),
@@ -404,6 +406,20 @@ def confirmed_trials(trials: list[TrialRecord], workload: Workload) -> tuple[lis
     out = [t for t in trials if (t.candidate.key(), t.batch_size) not in groups or t.id in keep]
     labels = sorted({f"{g[0].candidate.label()} at batch {g[0].batch_size} ({len(g)}x)" for g in groups.values()})
     return out, labels
+
+
+def interleaved_rounds(trials: list[TrialRecord], winner: TrialRecord, other: TrialRecord,
+                       workload: Workload) -> tuple[float, ...]:
+    """The winner's relative lead over ``other`` in each interleaved round of their re-measurements
+    (origin ``confirm``, in the order measured; empty when they were not re-measured together)."""
+    def series(trial: TrialRecord) -> list[float]:
+        return [float(t.objective_value) for t in sorted(trials, key=lambda t: t.number)
+                if t.origin == CONFIRM_ORIGIN and t.ok and t.objective_value is not None
+                and t.candidate.key() == trial.candidate.key() and t.batch_size == trial.batch_size]
+
+    mine, theirs = series(winner), series(other)
+    maximize = metric_for(workload)[1] == "maximize"
+    return tuple(((a - b) / a if maximize else (b - a) / a) for a, b in zip(mine, theirs) if a)
 
 
 def nothing_measured(name: str) -> str:
@@ -587,8 +603,9 @@ class _Variants:
 
     def __init__(self, environment: Environment, model: ModelRecord, workload: Workload, placements: set[str]) -> None:
         self.environment, self.model, self.workload = environment, model, workload
-        attns = list(model.capabilities.get("attn_implementations") or ["eager", "sdpa"])
-        attns += [a for a in ("flash_attention_2",) if a not in attns]
+        supported = model.capabilities.get("attn_implementations") or ["eager", "sdpa"]
+        # what the search enumerates (the others are left out with their reason, in the study's rejections)
+        attns = [a for a in ATTENTIONS if a in supported or a == "flash_attention_2"]
         self.all: list[tuple[Candidate, str | None]] = []
         for placement in sorted(placements or {"cpu"}):
             for dtype, attn, kernel, quant, double, static in product(
