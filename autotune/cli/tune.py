@@ -148,8 +148,8 @@ def _run(search: Any, name: str, lock: Any, stop: Any) -> None:
     current = [""]
 
     def started(candidate: Any, origin: str, baseline: str | None, ladder: tuple[int, ...]) -> None:
-        number = search.progress().measured + 1
-        text = f"trial {number}: {candidate.label()}{f' [{baseline}]' if baseline else ''}, batch {','.join(map(str, ladder))}"
+        what = "close finish" if origin == "confirm" else f"trial {search.progress().measured + 1}"
+        text = f"{what}: {candidate.label()}{f' [{baseline}]' if baseline else ''}, batch {','.join(map(str, ladder))}"
         current[0] = f"tune: {name} (study {search.study.id}), {text}"
         lock.beat(current[0])
         _note(f"{text} ...")
