@@ -288,6 +288,7 @@ def test_smollm2_tuned_on_the_cpu_with_8bit_and_4bit(cli, smollm2: Path, tmp_pat
 
     out = cli("recommend", smollm2, "--no-code").out
     assert "random or untrained" not in out and "seeded token ids" not in out
+    assert "note: quality was measured on text (built-in prompts" in out
     assert "token agreement" in out and "positions)" in out and "perplexity" in out
     why = {v["option"]: v for v in json.loads(cli("recommend", smollm2, "--json").out)["why_not"]}
     for option in ("bnb 4-bit nf4", "bnb 4-bit fp4"):

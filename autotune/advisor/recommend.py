@@ -373,6 +373,9 @@ def quality_notes(trial: TrialRecord, workload: Workload) -> list[str]:
     notes = []
     if quality.get("input") == "random-ids":
         notes.append(f"quality was measured on {quality.get('source') or 'seeded token ids'}, not on text")
+    elif quality.get("input") == "text":
+        extended = ", both halves: it was near the floor" if quality.get("extended") else ""
+        notes.append(f"quality was measured on text ({quality.get('source')}{extended})")
     low, high = trial.metrics.get("quality_agreement_low"), trial.metrics.get("quality_agreement_high")
     agreement = trial.metrics.get("quality_token_agreement")
     if low is not None and high is not None and agreement is not None and low <= workload.min_quality <= high:
