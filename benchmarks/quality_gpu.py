@@ -200,7 +200,7 @@ def _cpu_figures(kind: str) -> dict[str, dict[str, Any]]:
 
 def markdown(document: dict[str, Any], cpu: dict[str, dict[str, Any]]) -> str:
     kind = document["kind"].upper()
-    head = ["load", f"{kind} agreement (95% interval)", "positions", f"{kind} KL", f"{kind} perplexity", "peak", "tok/s", "feasible"]
+    head = ["configuration", f"{kind} agreement (95% interval)", "positions", f"{kind} KL", f"{kind} perplexity", "peak", "tok/s", "feasible"]
     if cpu:
         head += ["CPU agreement", "CPU KL", "CPU perplexity"]
     lines = [f"SmolLM2-135M-Instruct, {document['workload']}; {document['environment']}", "",

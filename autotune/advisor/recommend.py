@@ -295,7 +295,8 @@ def recommend(
     sure = margin(workload, best_value, best.metrics, ups[0].value, ups[0].trial.metrics) if ups else None
     if sure is not None:
         sure = replace(sure, rounds=interleaved_rounds(trials, best, ups[0].trial, workload))
-    busy = [note for note in (busy_note(t) for t in [best, *(u.trial for u in ups[:1])]) if note]
+    timed = workload.objective != "memory"  # a busy machine moves timings, not peaks
+    busy = [note for note in (busy_note(t) for t in [best, *(u.trial for u in ups[:1])]) if note] if timed else []
     notes += quality_notes(best, workload)
     return replace(rec, best=best, best_value=best_value, runners_up=tuple(ups), verdicts=tuple(verdicts), notes=tuple(notes),
                    limit_bytes=limit_bytes, worker_env=best.worker_env, packages=tuple(packages_for(store, best, environment)),
