@@ -372,6 +372,8 @@ def test_a_re_measured_pair_is_judged_by_its_interleaved_medians(store) -> None:
     assert rec.runners_up[0].value == 90 and len(rec.confirmed) == 2  # the less flattering median of two
     assert rec.margin.rounds == pytest.approx((90 / 180, 75 / 170)) and rec.margin.clear  # type: ignore[union-attr]
     assert "ahead in 2 of 2 interleaved rounds (+50.0%, +44.1%)" in rec.margin.describe()  # type: ignore[union-attr]
+    fast = recommend(store, model, current=CPU_ENV, objective="latency")  # the re-measurements read in another objective
+    assert fast.best.candidate == bf16 and fast.margin.rounds == pytest.approx((1.0, 75 / 95))  # type: ignore[union-attr]
     # a third round the other way: the lead is no longer clear, whatever the medians say
     cpu_trial(store, study.id, fp32, 200, origin="confirm")
     cpu_trial(store, study.id, bf16, 175, origin="confirm")

@@ -394,16 +394,16 @@ def confirmed_trials(trials: list[TrialRecord], workload: Workload) -> tuple[lis
     measurement and the others are set aside, so that the pair is compared under the same
     conditions. Returns the trials and the labels of the re-measured candidates.
     """
+    metric, direction = metric_for(workload)  # the objective of this choice, which may not be the study's
     groups: dict[tuple[str, int], list[TrialRecord]] = {}
     for trial in trials:
-        if trial.origin == CONFIRM_ORIGIN and trial.ok and trial.objective_value is not None:
+        if trial.origin == CONFIRM_ORIGIN and trial.ok and trial.metrics.get(metric) is not None:
             groups.setdefault((trial.candidate.key(), trial.batch_size), []).append(trial)
     if not groups:
         return trials, []
-    _, direction = metric_for(workload)
     keep: set[int] = set()
     for group in groups.values():
-        ordered = sorted(group, key=lambda t: t.objective_value)  # type: ignore[arg-type,return-value]
+        ordered = sorted(group, key=lambda t: t.metrics[metric])
         # the median, and of two the less flattering one: a re-measurement is never a second chance
         index = (len(ordered) - 1) // 2 if direction == "maximize" else len(ordered) // 2
         keep.add(ordered[index].id)
@@ -416,13 +416,15 @@ def interleaved_rounds(trials: list[TrialRecord], winner: TrialRecord, other: Tr
                        workload: Workload) -> tuple[float, ...]:
     """The winner's relative lead over ``other`` in each interleaved round of their re-measurements
     (origin ``confirm``, in the order measured; empty when they were not re-measured together)."""
+    metric, direction = metric_for(workload)
+
     def series(trial: TrialRecord) -> list[float]:
-        return [float(t.objective_value) for t in sorted(trials, key=lambda t: t.number)
-                if t.origin == CONFIRM_ORIGIN and t.ok and t.objective_value is not None
+        return [float(t.metrics[metric]) for t in sorted(trials, key=lambda t: t.number)
+                if t.origin == CONFIRM_ORIGIN and t.ok and t.metrics.get(metric) is not None
                 and t.candidate.key() == trial.candidate.key() and t.batch_size == trial.batch_size]
 
     mine, theirs = series(winner), series(other)
-    maximize = metric_for(workload)[1] == "maximize"
+    maximize = direction == "maximize"
     return tuple(((a - b) / a if maximize else (b - a) / a) for a, b in zip(mine, theirs) if a)
 
 
