@@ -145,3 +145,68 @@ def margin(workload: Workload, winner_value: float, winner_metrics: dict[str, An
     ahead = (winner_value - other_value) / winner_value if direction == "maximize" else (other_value - winner_value) / winner_value
     noise = Z95 * math.sqrt(sum(e * e for e in errors))  # type: ignore[operator,misc]
     return Margin(max(ahead, 0.0), noise)
+
+
+# -- a close finish, measured again --------------------------------------------------------------
+
+#: ``origin`` of the trials that re-measure a close best and runner-up, interleaved
+#: (:mod:`autotune.search.confirm`); the others are ``baseline``, ``search`` and ``measure``.
+CONFIRM_ORIGIN = "confirm"
+
+
+def _slot(trial: Any) -> tuple[str, int]:
+    return trial.candidate.key(), trial.batch_size
+
+
+def confirmed_trials(trials: list[Any], workload: Workload) -> tuple[list[Any], list[str]]:
+    """The trials to choose from, where re-measurements replace what they re-measured.
+
+    A candidate at a batch size that was re-measured (origin ``confirm``) is represented by the
+    median of its re-measurements under ``workload``'s objective (of an even number, the less
+    flattering middle one: a re-measurement is never a second chance); its first measurement and
+    the other re-measurements are set aside, so that it is compared as measured beside its rival.
+    Returns the trials and, for each re-measured candidate, ``label at batch N (Kx)``.
+    """
+    metric, direction = metric_for(workload)
+    groups: dict[tuple[str, int], list[Any]] = {}
+    for trial in trials:
+        if trial.origin == CONFIRM_ORIGIN and trial.ok and trial.metrics.get(metric) is not None:
+            groups.setdefault(_slot(trial), []).append(trial)
+    if not groups:
+        return list(trials), []
+    keep: set[int] = set()
+    for group in groups.values():
+        ordered = sorted(group, key=lambda t: t.metrics[metric])
+        keep.add(ordered[(len(ordered) - 1) // 2 if direction == "maximize" else len(ordered) // 2].id)
+    out = [t for t in trials if _slot(t) not in groups or t.id in keep]
+    labels = sorted({f"{g[0].candidate.label()} at batch {g[0].batch_size} ({len(g)}x)" for g in groups.values()})
+    return out, labels
+
+
+def interleaved_pairs(trials: list[Any], first: Any, second: Any) -> list[tuple[Any, Any]]:
+    """The rounds in which ``first`` and ``second`` (their candidates at their batch sizes) were
+    re-measured one right after the other: ``(first's trial, second's trial)``, whatever their status."""
+    slots = (_slot(first), _slot(second))
+    confirms = sorted((t for t in trials if t.origin == CONFIRM_ORIGIN), key=lambda t: t.number)
+    rounds: list[tuple[Any, Any]] = []
+    index = 0
+    while index + 1 < len(confirms):
+        a, b = confirms[index], confirms[index + 1]
+        if {_slot(a), _slot(b)} == set(slots) and _slot(a) != _slot(b):
+            rounds.append((a, b) if _slot(a) == slots[0] else (b, a))
+            index += 2
+        else:
+            index += 1
+    return rounds
+
+
+def interleaved_rounds(trials: list[Any], winner: Any, other: Any, workload: Workload) -> tuple[float, ...]:
+    """The winner's lead over ``other`` in each round they were re-measured together, relative to
+    the winner (negative: it was behind); empty when they never were."""
+    metric, direction = metric_for(workload)
+    leads = []
+    for mine, theirs in interleaved_pairs(trials, winner, other):
+        a, b = mine.metrics.get(metric), theirs.metrics.get(metric)
+        if mine.ok and theirs.ok and a and b is not None:
+            leads.append((a - b) / a if direction == "maximize" else (b - a) / a)
+    return tuple(leads)

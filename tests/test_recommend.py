@@ -346,7 +346,7 @@ def test_margin_against_timing_noise_and_busy_machine(store, store_url, cli, mon
     monkeypatch.setenv("AUTOTUNE_DB", store_url)
     out = cli("recommend", "/m/smol", "--no-code").out
     assert "confidence: uncertain: 7.0% ahead of the runner-up, timing noise ±" in out
-    assert "could trade places: `autotune tune /m/smol` re-measures a close finish interleaved" in out
+    assert "could trade places: `autotune tune /m/smol` measures a close finish again, interleaved" in out
     assert "warning: the machine was busy while fp32 sdpa cpu at batch 1 was timed" in out
     # precise timings make the same lead clear
     cpu_trial(store, study.id, Candidate(dtype="float32", attn="eager", placement="cpu"), 130, spread=0.03, repeats=10)

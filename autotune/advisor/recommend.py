@@ -21,8 +21,8 @@ from autotune import registry
 from autotune.advisor.render import LoaderSpec
 from autotune.candidate import ATTENTIONS, DTYPE_SHORT, DTYPES, QUANTS, SDPA_KERNELS, Candidate, rejection
 from autotune.environment import Environment
-from autotune.objective import Margin, margin, metric_for, score
-from autotune.store import CONFIRM_ORIGIN, ModelRecord, Store, StudyRecord, TrialRecord
+from autotune.objective import Margin, confirmed_trials, interleaved_rounds, margin, metric_for, score
+from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.units import format_gib
 from autotune.workload import MemoryLimit, Workload
 
@@ -384,48 +384,6 @@ def quality_notes(trial: TrialRecord, workload: Workload) -> list[str]:
                      f"{trial.metrics.get('quality_positions') or '?'} positions) is within the noise of the floor "
                      f"{workload.min_quality:.0%}: more text would settle it (--quality-prompts with more prompts)")
     return notes
-
-
-def confirmed_trials(trials: list[TrialRecord], workload: Workload) -> tuple[list[TrialRecord], list[str]]:
-    """The trials to choose from, where re-measurements replace what they re-measured.
-
-    A candidate at a batch size that was re-measured interleaved (origin ``confirm``, see
-    :mod:`autotune.search.confirm`) is represented by the median of its re-measurements: the first
-    measurement and the others are set aside, so that the pair is compared under the same
-    conditions. Returns the trials and the labels of the re-measured candidates.
-    """
-    metric, direction = metric_for(workload)  # the objective of this choice, which may not be the study's
-    groups: dict[tuple[str, int], list[TrialRecord]] = {}
-    for trial in trials:
-        if trial.origin == CONFIRM_ORIGIN and trial.ok and trial.metrics.get(metric) is not None:
-            groups.setdefault((trial.candidate.key(), trial.batch_size), []).append(trial)
-    if not groups:
-        return trials, []
-    keep: set[int] = set()
-    for group in groups.values():
-        ordered = sorted(group, key=lambda t: t.metrics[metric])
-        # the median, and of two the less flattering one: a re-measurement is never a second chance
-        index = (len(ordered) - 1) // 2 if direction == "maximize" else len(ordered) // 2
-        keep.add(ordered[index].id)
-    out = [t for t in trials if (t.candidate.key(), t.batch_size) not in groups or t.id in keep]
-    labels = sorted({f"{g[0].candidate.label()} at batch {g[0].batch_size} ({len(g)}x)" for g in groups.values()})
-    return out, labels
-
-
-def interleaved_rounds(trials: list[TrialRecord], winner: TrialRecord, other: TrialRecord,
-                       workload: Workload) -> tuple[float, ...]:
-    """The winner's relative lead over ``other`` in each interleaved round of their re-measurements
-    (origin ``confirm``, in the order measured; empty when they were not re-measured together)."""
-    metric, direction = metric_for(workload)
-
-    def series(trial: TrialRecord) -> list[float]:
-        return [float(t.metrics[metric]) for t in sorted(trials, key=lambda t: t.number)
-                if t.origin == CONFIRM_ORIGIN and t.ok and t.metrics.get(metric) is not None
-                and t.candidate.key() == trial.candidate.key() and t.batch_size == trial.batch_size]
-
-    mine, theirs = series(winner), series(other)
-    maximize = direction == "maximize"
-    return tuple(((a - b) / a if maximize else (b - a) / a) for a, b in zip(mine, theirs) if a)
 
 
 def nothing_measured(name: str) -> str:

@@ -6,29 +6,38 @@ them (on a busy 2-core machine, fp32 was timed faster than bf16, which is 2x fas
 machine is quiet). Measured in alternation — best, runner-up, best, runner-up — both see the same
 conditions. The re-measurements are ordinary trials (origin ``confirm``) recorded through the
 normal measure function; the search leaves them out of its own bookkeeping
-(:func:`autotune.search.results.candidate_results`), and the recommendation represents each of
-the two by the median of its re-measurements (:func:`autotune.advisor.recommend.confirmed_trials`).
+(:func:`autotune.search.results.candidate_results`), and the choice represents each re-measured
+candidate by the median of its re-measurements (:func:`autotune.objective.confirmed_trials`) and
+asks of a winner that it led in every interleaved round (:class:`autotune.objective.Margin`).
+
+After one pair is re-measured, another may come within the noise of the best (the first pair's
+runner-up fell back, and the third is now second): up to :data:`MAX_PAIRS` pairs are re-measured.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from autotune.candidate import Candidate
 from autotune.environment import Environment
-from autotune.objective import Margin, margin, metric_for
-from autotune.search.results import CandidateResult, candidate_results
-from autotune.store import CONFIRM_ORIGIN, ModelRecord, Store, StudyRecord, TrialRecord
+from autotune.objective import (
+    CONFIRM_ORIGIN, Margin, confirmed_trials, interleaved_pairs, interleaved_rounds, margin, metric_for,
+)
+from autotune.search.results import interrupted
+from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
+from autotune.workload import Workload
 
-#: Re-measurements of each of the two: best, runner-up, best, runner-up.
+#: Interleaved rounds per pair: best, runner-up, best, runner-up.
 ROUNDS = 2
+#: Pairs re-measured at the end of one study, at most (each costs 2 x ROUNDS measurements).
+MAX_PAIRS = 2
 
 
 @dataclass(frozen=True)
 class ClosePair:
-    """The best and the runner-up (their best trials), and how far apart against their noise."""
+    """The best and the runner-up (the trials that represent them), and how far apart against their noise."""
 
     best: TrialRecord
     runner_up: TrialRecord
@@ -37,25 +46,36 @@ class ClosePair:
 
 @dataclass(frozen=True)
 class Confirmation:
-    """What :func:`confirm_close_pair` did: the pair, and the trials it recorded (in the order measured)."""
+    """What :func:`confirm_close_pair` did: the pairs it re-measured, and the trials it recorded (in order)."""
 
-    pair: ClosePair
+    pairs: tuple[ClosePair, ...]
     trials: tuple[TrialRecord, ...]
 
 
-def close_pair(results: list[CandidateResult], workload: Any) -> ClosePair | None:
-    """The best and the runner-up of a study's results when the runner-up is within the timing
-    noise of the best (``None``: fewer than two feasible candidates, a memory objective, or a
-    clear lead)."""
-    feasible = [r for r in results if r.best is not None and r.value is not None and not r.running]
-    if len(feasible) < 2 or workload.objective == "memory":
+def close_pair(trials: list[TrialRecord], workload: Workload) -> ClosePair | None:
+    """The best and the runner-up of a study's trials — re-measured candidates by their
+    re-measurements — when the lead is not clear (``None``: fewer than two feasible candidates, a
+    memory objective, or a clear lead)."""
+    if workload.objective == "memory":
         return None
-    ranked = sorted(feasible, key=lambda r: r.value, reverse=metric_for(workload)[1] == "maximize")  # type: ignore[arg-type,return-value]
-    best, second = ranked[0], ranked[1]
-    found = margin(workload, best.value, best.best.metrics, second.value, second.best.metrics)  # type: ignore[arg-type,union-attr]
-    if found is None or found.clear:
+    chosen, _ = confirmed_trials(trials, workload)
+    best_of: dict[str, TrialRecord] = {}
+    maximize = metric_for(workload)[1] == "maximize"
+    for trial in chosen:
+        if not trial.ok or not trial.feasible or trial.objective_value is None or interrupted(trial):
+            continue
+        known = best_of.get(trial.candidate.key())
+        if known is None or (trial.objective_value > known.objective_value if maximize  # type: ignore[operator]
+                             else trial.objective_value < known.objective_value):  # type: ignore[operator]
+            best_of[trial.candidate.key()] = trial
+    if len(best_of) < 2:
         return None
-    return ClosePair(best.best, second.best, found)  # type: ignore[arg-type]
+    best, second = sorted(best_of.values(), key=lambda t: t.objective_value, reverse=maximize)[:2]  # type: ignore[arg-type,return-value]
+    found = margin(workload, best.objective_value, best.metrics, second.objective_value, second.metrics)  # type: ignore[arg-type]
+    if found is None:
+        return None
+    found = replace(found, rounds=interleaved_rounds(trials, best, second, workload))
+    return None if found.clear else ClosePair(best, second, found)
 
 
 def confirm_close_pair(
@@ -66,38 +86,41 @@ def confirm_close_pair(
     study: StudyRecord,
     *,
     measure: Callable[..., list[TrialRecord]],
-    limit_for: Callable[[Candidate], int | None] | None = None,
     rounds: int = ROUNDS,
+    max_pairs: int = MAX_PAIRS,
     timeout_s: float | None = None,
     on_spawn: Callable[[Any], None] | None = None,
     on_start: Callable[[Candidate, str, str | None, tuple[int, ...]], None] | None = None,
     worker_options: dict[str, Any] | None = None,
 ) -> Confirmation | None:
-    """If the study's best and runner-up are within their timing noise, measure both again,
+    """While the study's best and runner-up are within their timing noise, measure both again,
     interleaved, ``rounds`` times each, through ``measure`` (:func:`autotune.trials.measure_candidate`),
-    at the batch size of each one's best trial; returns what was done (``None``: nothing to do).
+    at the batch size that represents each; at most ``max_pairs`` pairs. Returns what was done
+    (``None``: nothing).
 
-    Idempotent: re-measurements already recorded for this pair count, so a study that is finished
-    again (a resumed one) does not measure them twice. A measurement that fails is recorded as
-    the measure function records it, and the loop goes on.
+    Idempotent: rounds already recorded for a pair count, so a study that is finished again (a
+    resumed one) does not measure them twice, and a pair that stays close after its rounds is left
+    as it is (the recommendation says it is uncertain). A measurement that fails is recorded as the
+    measure function records it, and the loop goes on.
     """
-    trials = store.trials(study_id=study.id)
-    pair = close_pair(candidate_results(trials, study.workload, limit_for), study.workload)
-    if pair is None:
-        return None
-    done = {key: sum(1 for t in trials if t.origin == CONFIRM_ORIGIN and t.candidate.key() == key and t.batch_size == batch)
-            for key, batch in ((pair.best.candidate.key(), pair.best.batch_size),
-                               (pair.runner_up.candidate.key(), pair.runner_up.batch_size))}
+    pairs: list[ClosePair] = []
     recorded: list[TrialRecord] = []
     extra = {"worker_options": dict(worker_options)} if worker_options else {}
-    for round_number in range(rounds):
-        for trial in (pair.best, pair.runner_up):
-            if done[trial.candidate.key()] > round_number:
-                continue
-            if on_start is not None:
-                on_start(trial.candidate, CONFIRM_ORIGIN, f"re-measured, round {round_number + 1} of {rounds}: "
-                         f"{pair.margin.describe()}", (trial.batch_size,))
-            recorded += measure(store, model, trial.candidate, [trial.batch_size], environment=environment,
-                                environment_id=environment_id, study=study, origin=CONFIRM_ORIGIN, timeout_s=timeout_s,
-                                on_spawn=on_spawn, **extra)
-    return Confirmation(pair, tuple(recorded)) if recorded else None
+    for _ in range(max_pairs):
+        trials = store.trials(study_id=study.id)
+        pair = close_pair(trials, study.workload)
+        if pair is None:
+            break
+        done = len(interleaved_pairs(trials, pair.best, pair.runner_up))
+        if done >= rounds:
+            break
+        pairs.append(pair)
+        for round_number in range(done, rounds):
+            for trial in (pair.best, pair.runner_up):
+                if on_start is not None:
+                    on_start(trial.candidate, CONFIRM_ORIGIN, f"re-measured, round {round_number + 1} of {rounds}: "
+                             f"{pair.margin.describe()}", (trial.batch_size,))
+                recorded += measure(store, model, trial.candidate, [trial.batch_size], environment=environment,
+                                    environment_id=environment_id, study=study, origin=CONFIRM_ORIGIN, timeout_s=timeout_s,
+                                    on_spawn=on_spawn, **extra)
+    return Confirmation(tuple(pairs), tuple(recorded)) if recorded else None

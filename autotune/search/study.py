@@ -243,7 +243,7 @@ class StudySearch:
 
     def finish(self, reason: str, state: Progress | None = None) -> StudyRecord:
         confirm_close_pair(self.store, self.model, self.environment, self.environment_id, self.study,
-                           measure=self._measure or _default_measure(), limit_for=self.limit_for, timeout_s=self.settings.timeout_s,
+                           measure=self._measure or _default_measure(), timeout_s=self.settings.timeout_s,
                            on_spawn=self.on_spawn, on_start=self.on_start, worker_options=self.settings.worker_options)
         state = state or self.progress()
         best = state.best.best.id if state.best and state.best.best else None

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from autotune.candidate import Candidate
+from autotune.objective import CONFIRM_ORIGIN  # noqa: F401 - re-exported: the trial origin of a re-measurement
 from autotune.workload import Workload
 
 
@@ -60,11 +61,6 @@ METRICS = (
     "forecast_bytes", "quality_token_agreement", "quality_kl", "quality_positions", "quality_agreement_low",
     "quality_agreement_high", "quality_perplexity_change",
 )
-
-
-#: ``origin`` of the trials that re-measure a close best and runner-up, interleaved
-#: (:mod:`autotune.search.confirm`); the others are ``baseline``, ``search`` and ``measure``.
-CONFIRM_ORIGIN = "confirm"
 
 
 @dataclass(frozen=True)
