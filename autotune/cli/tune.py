@@ -181,6 +181,7 @@ def _run(search: Any, name: str, lock: Any, stop: Any) -> None:
 
 
 def _print_best(search: Any) -> None:
+    from autotune.objective import CONFIRM_ORIGIN
     from autotune.search.results import summary
     from autotune.search.study import format_value
 
@@ -192,6 +193,8 @@ def _print_best(search: Any) -> None:
     print(f"best after {state.measured} trials: {best['label']} at batch {best['batch_size']}: "
           f"{format_value(best['metric'], best['value'])} ({best['metric']}, trial {best['trial_number']})")
     print(f"  candidate: {json.dumps(best['candidate'])}")
+    if any(t.origin == CONFIRM_ORIGIN for t in search.store.trials(study_id=search.study.id)):
+        print("  a close finish was measured again, interleaved: the recommendation rests on those re-measurements")
     print(f"  the loading code: autotune recommend {search.model.name}")
 
 
