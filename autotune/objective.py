@@ -1,7 +1,11 @@
-"""What "best" means for a workload: the figure each objective optimises, and what is feasible.
+"""What "best" means for a workload: the figure each objective optimises, what is feasible, and how
+sure a measured figure is.
 
 Constraints are not penalties: a measured peak over the memory limit or a quality below the floor
-makes a trial infeasible, whatever its speed.
+makes a trial infeasible, whatever its speed. A quality figure carries its Wilson interval (is the
+floor within its noise?), a timing its spread over its repeats (is a lead larger than the noise of
+both medians?), and a close finish measured again in alternation is read from those
+re-measurements. Pure Python: the search, the advisor and the worker all use it.
 """
 
 from __future__ import annotations
