@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from autotune import prompts as quality_text
 from autotune import registry
 from autotune.errors import InputError, ModelNotFoundError
 from autotune.store import ModelRecord, Store
@@ -25,31 +26,49 @@ def add_model(store: Store | None, name: str, options: dict[str, Any], *, open_s
     """Resolve ``name``, check it against the installed Transformers, and register its workload.
 
     ``options`` holds the workload fields the user gave (absent ones keep the model's current
-    value, or the default for a new model; ``max_memory="none"`` clears the limit). Everything is validated before the store is opened
-    or written, so bad input leaves the database as it was.
+    value, or the default for a new model; ``max_memory="none"`` clears the limit). ``quality_prompts``
+    names a file of the user's quality prompts (``"builtin"``: back to the built-in ones).
+    Everything is validated before the store is opened or written, so bad input leaves the
+    database as it was.
     """
     resolved = registry.resolve(name)
-    where = f"{resolved.path}/config.json" if resolved.path else name
+    where = (f"{resolved.path}/{resolved.gguf_file}" if resolved.gguf_file else f"{resolved.path}/config.json") if resolved.path else name
     registry.check_model_type(resolved.config, where)
     task = options.get("task") or registry.infer_task(resolved.config)
-    fields = {k: v for k, v in options.items() if v is not None}
+    fields = {k: v for k, v in options.items() if v is not None and k != "quality_prompts"}
+    prompts_file = options.get("quality_prompts")
+    new_prompts: tuple[str, ...] | None = None
+    if prompts_file is not None and str(prompts_file) != quality_text.BUILTIN:
+        new_prompts = quality_text.load_file(prompts_file)
+        if not registry.has_tokenizer(resolved.path, resolved.gguf_file):
+            raise InputError(f"--quality-prompts: {resolved.name} has no tokenizer among its files, so its quality is "
+                             f"measured on seeded token ids; add the tokenizer's files to the model directory first")
     if str(fields.get("max_memory", "")).strip().lower() == "none":
         fields["max_memory"] = None  # `--max-memory none` clears the limit
     fields["task"] = task
     defaults: dict[str, Any] = {"prompt_tokens": ENCODER_PROMPT_TOKENS} if task != "text-generation" else {}
     Workload.from_dict({**defaults, **fields})  # validate before the store is touched
     capabilities = registry.model_capabilities(resolved.config, task)
+    if resolved.gguf_file:
+        capabilities["gguf_file"] = resolved.gguf_file
 
     if store is None:
         store = open_store()
     try:
-        previous: Workload | None = store.get_model(resolved.name).workload
+        known = store.get_model(resolved.name)
+        previous: Workload | None = known.workload
+        old_prompts = known.quality_prompts
     except ModelNotFoundError:
-        previous = None
+        previous, old_prompts = None, None
+    prompts = new_prompts if prompts_file is not None else old_prompts
     base = previous.to_dict() if previous is not None and previous.task == task else defaults
-    workload = Workload.from_dict({**base, **fields})
+    workload = quality_text.keyed(Workload.from_dict({**base, **fields}), prompts)
     check_context(workload, resolved.config, capabilities.get("architecture") or resolved.model_type)
-    record, created, changes = store.upsert_model(resolved, capabilities, workload)
+    record, created, changes = store.upsert_model(resolved, capabilities, workload, prompts)
+    if "extra" in changes:  # the prompts' digest: say what changed in words
+        changes = {k: v for k, v in changes.items() if k != "extra"}
+        if prompts != old_prompts:
+            changes["quality_prompts"] = (quality_text.describe(old_prompts), quality_text.describe(prompts))
     return AddResult(record, created, changes)
 
 

@@ -175,6 +175,9 @@ def rejection(
         return "placement cuda: no NVIDIA GPU is visible here (autotune gpus shows what NVML sees)"
     if c.placement == "multi-gpu" and len(gpus) < 2:
         return f"placement multi-gpu: needs two or more GPUs, this machine has {len(gpus)}"
+    gguf = capabilities.get("gguf_file")
+    if gguf and c.is_onnxruntime:
+        return f"runtime onnxruntime: the model is the GGUF file {gguf}, which Optimum's ONNX export does not read"
     if c.is_onnxruntime:
         return onnxruntime_rejection(c, worker_envs) or _workload_rejection(c, workload)
     if c.provider is not None or c.io_binding:
@@ -209,6 +212,9 @@ def rejection(
             return "SDPA kernel flash: refuses attention masks, and this workload pads its batches (pin efficient or cudnn, or leave the kernel to PyTorch)"
 
     if c.quant != "none":
+        if gguf:
+            return (f"{c.quant}: the model is the GGUF file {gguf}, and Transformers refuses a quantization_config with "
+                    f"gguf_file (it dequantizes the file on load); to try bitsandbytes, save the loaded model as safetensors")
         if not environment.has("bitsandbytes"):
             return f"{c.quant}: package bitsandbytes is not installed (pip install bitsandbytes)"
         if c.quant == "bnb-8bit":

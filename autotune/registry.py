@@ -1,7 +1,9 @@
 """Resolving a model's config and reading what its class supports.
 
-A model is named by a local directory or a Hub id. Its ``config.json`` is found in that order:
-the local directory, the Hugging Face cache, the Hub. Nothing here downloads weights.
+A model is named by a local directory, a Hub id, or a llama.cpp GGUF file. Its ``config.json``
+is found in that order: the local directory, the Hugging Face cache, the Hub. A GGUF file (or a
+directory holding exactly one GGUF file and no ``config.json``) carries its config in its own
+metadata, which Transformers reads (with the ``gguf`` package). Nothing here downloads weights.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from autotune.errors import InputError, ModelNotFoundError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
+#: Files whose presence in a model directory means it has a tokenizer (a GGUF file carries its own).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
 #: Attention implementations and the class flag that says a model supports them.
 _ATTENTION_FLAGS = {
     "sdpa": ("_supports_sdpa",),
@@ -36,9 +42,11 @@ class ResolvedModel:
 
     name: str
     source: str  # "local", "hf-cache" or "hub"
-    path: str | None  # the directory holding config.json (a cache snapshot for hf-cache/hub)
+    path: str | None  # the directory holding config.json (a cache snapshot for hf-cache/hub) or the GGUF file
     revision: str | None
     config: dict[str, Any]
+    #: The GGUF file's name inside ``path`` (``from_pretrained(path, gguf_file=...)``), for a llama.cpp file.
+    gguf_file: str | None = None
 
     @property
     def model_type(self) -> str:
@@ -65,11 +73,80 @@ def _resolve_local(name: str) -> ResolvedModel:
     if not path.exists():
         raise ModelNotFoundError(f"model directory {name} does not exist")
     if not path.is_dir():
-        raise InputError(f"model path {name} is a file; give the directory that holds config.json")
+        if path.suffix.lower() == GGUF_SUFFIX:
+            return _resolve_gguf(path)
+        raise InputError(f"model path {name} is a file; give the directory that holds config.json, or a .gguf file")
     config_file = path / "config.json"
     if not config_file.is_file():
+        gguf = gguf_in(path)
+        if gguf is not None:
+            return _resolve_gguf(gguf)
+        files = sorted(path.glob(f"*{GGUF_SUFFIX}"))
+        if files:
+            raise InputError(f"model directory {name} holds {len(files)} GGUF files ({', '.join(f.name for f in files[:4])}"
+                             f"{', ...' if len(files) > 4 else ''}) and no config.json: name one, e.g. autotune add {files[0]}")
         raise InputError(f"model directory {name} has no config.json (save the model with save_pretrained, or give its Hub id)")
     return ResolvedModel(name=str(path.resolve()), source="local", path=str(path.resolve()), revision=None, config=read_config(config_file))
+
+
+def has_tokenizer(path: str | None, gguf_file: str | None = None) -> bool:
+    """Whether a model's files on this machine include a tokenizer (a GGUF file always does)."""
+    if gguf_file:
+        return True
+    if not path:
+        return False
+    directory = Path(path)
+    return any((directory / name).is_file() for name in TOKENIZER_FILES)
+
+
+# -- llama.cpp's GGUF files -----------------------------------------------------------------------
+
+GGUF_SUFFIX = ".gguf"
+
+
+def gguf_in(directory: Path) -> Path | None:
+    """The one GGUF file of a directory without ``config.json`` (``None``: none, or several)."""
+    if not directory.is_dir() or (directory / "config.json").is_file():
+        return None
+    files = sorted(directory.glob(f"*{GGUF_SUFFIX}"))
+    return files[0] if len(files) == 1 else None
+
+
+def _resolve_gguf(file: Path) -> ResolvedModel:
+    """A GGUF file: registered under its absolute path, loaded as ``from_pretrained(its directory, gguf_file=its name)``."""
+    file = file.resolve()
+    config = read_gguf_config(file)
+    return ResolvedModel(name=str(file), source="local", path=str(file.parent), revision=None, config=config, gguf_file=file.name)
+
+
+def read_gguf_config(file: Path) -> dict[str, Any]:
+    """The Transformers config that a GGUF file's metadata describes (Transformers reads it)."""
+    with open(file, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise InputError(f"{file} is not a GGUF file (it does not start with the GGUF magic bytes); give a llama.cpp .gguf file")
+    import transformers
+    from transformers.utils import is_gguf_available
+
+    if not is_gguf_available():
+        raise InputError(f"reading {file.name} needs the package gguf, which is not installed here (pip install gguf)")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
+    except Exception as exc:  # unsupported architecture, truncated file: Transformers says which
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise InputError(f"transformers {transformers.__version__} cannot read the GGUF file {file}: {reason}") from None
+    data = config.to_dict()
+    data.pop("quantization_config", None)
+    data.pop("_name_or_path", None)
+    if not data.get("architectures"):
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(data.get("model_type", ""))
+        if isinstance(causal, str):
+            data["architectures"] = [causal]
+    if not data.get("model_type"):
+        raise InputError(f"the GGUF file {file} describes no model type Transformers knows")
+    return data
 
 
 def _resolve_hub(repo_id: str) -> ResolvedModel:

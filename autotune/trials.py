@@ -87,7 +87,7 @@ def _content_stamp(path: str | None) -> list[Any]:
 def reference_path(model: ModelRecord, workload: Workload, environment: Environment, placement: str) -> Path:
     """Where the reference of ``model`` for ``workload`` on this environment and device kind is cached."""
     identity = {
-        "format": 1, "model": model.name, "revision": model.revision, "files": _content_stamp(model.path),
+        "format": 2, "model": model.name, "revision": model.revision, "files": _content_stamp(model.path),
         "workload": workload.key(), "environment": environment.fingerprint, "device": "cpu" if placement == "cpu" else "gpu",
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
@@ -131,7 +131,8 @@ def _request(model: ModelRecord, workload: Workload, candidate: Candidate, batch
     if candidate.runtime == "onnxruntime":
         fields.setdefault("onnx_cache", str(onnx_cache_dir()))
     return WorkerRequest(model_path=model.load_path, model_name=model.name, task=workload.task, candidate=candidate,
-                         workload=workload, batch_sizes=batch_sizes, model_revision=model.revision, **fields)
+                         workload=workload, batch_sizes=batch_sizes, model_revision=model.revision, gguf_file=model.gguf_file,
+                         quality_prompts=model.quality_prompts, **fields)
 
 
 def ensure_reference(model: ModelRecord, workload: Workload, environment: Environment, *, placement: str = "cpu",

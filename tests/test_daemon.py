@@ -283,7 +283,8 @@ def test_daemon_tunes_two_models_while_the_cli_answers(tmp_path, tiny_models) ->
         assert sorted(s.model_id for s in studies) == sorted(m.id for m in models)
         for study in studies:
             assert study.state == "finished" and study.stop_reason == "space exhausted: all 2 candidates measured"
-            trials = store.trials(study_id=study.id)
+            # (two tiny models time within each other's noise on a busy machine: the pair may be re-measured)
+            trials = [t for t in store.trials(study_id=study.id) if t.origin != "confirm"]
             assert len(trials) == 4 and {t.candidate.label() for t in trials} == {"fp32 sdpa cpu", "bf16 sdpa cpu"}
             assert all(t.status == "ok" and t.metrics["throughput_tokens_per_s"] for t in trials), [t.reason for t in trials]
             assert study.best_trial_id in {t.id for t in trials} and trials[0].origin == "baseline"

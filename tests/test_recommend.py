@@ -275,3 +275,135 @@ def test_no_fit_exits_1_and_encoders_say_cosine_similarity(cli, store_url, monke
     assert nothing.code == 1 and nothing.err.startswith("autotune: nothing to write for org/bert: no measured trial")
     assert not (tmp_path / "bert_loader.py").exists()
     assert "COSINE SIMILARITY" in cli("trials", "org/bert", "--all").out
+
+
+# -- explanations that compare like with like (issue 13's two misleading examples) -----------------
+
+CPU_ENV = Environment(gpus=(), versions={"torch": "2.13.0+cpu", "transformers": "5.24.0", "bitsandbytes": "0.50.2",
+                                         "accelerate": "1.15.0"}, hostname="ci")
+CPU_CAPS = {"architecture": "LlamaForCausalLM", "attn_implementations": ["eager", "sdpa"], "transformers": "5.24.0"}
+
+
+def cpu_trial(store: Store, study_id: int, candidate: Candidate, tps: float, *, spread: float = 0.02, repeats: int = 5,
+              details: dict | None = None, origin: str = "search", agreement: float = 1.0) -> None:
+    metrics = {"throughput_tokens_per_s": tps, "latency_p50_ms": 1000 / tps, "latency_spread": spread, "repeats": repeats,
+               "quality_token_agreement": agreement, "peak_memory_bytes": GiB}
+    store.record_trial(study_id, candidate, 1, "ok", metrics=metrics, details=details or {}, origin=origin,
+                       feasible=agreement >= 0.9, objective_value=tps)
+
+
+def test_bnb_never_measured_is_not_measured_yet_not_unavailable(store) -> None:  # type: ignore[no-untyped-def]
+    """After a CPU study that measured no bitsandbytes, its static-cache variants' rejection was
+    reported as the whole option ("bnb 8-bit: not available here: bnb-8bit with a static cache")."""
+    from autotune.search.space import build_space
+
+    resolved = ResolvedModel(name="/m/smol", source="local", path=None, revision=None,
+                             config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    model, _, _ = store.upsert_model(resolved, CPU_CAPS, Workload(device="cpu", max_batch=1))
+    study = store.study_for(model, store.record_environment(CPU_ENV))
+    space = build_space(model.config, CPU_CAPS, model.workload, CPU_ENV)
+    assert any("bnb-8bit with a static cache" in r.reason for r in space.rejected)  # the rejection that misled
+    store.update_study(study.id, rejected=[r.to_dict() for r in space.rejected])
+    cpu_trial(store, study.id, Candidate(dtype="float32", attn="sdpa", placement="cpu"), 40)
+    cpu_trial(store, study.id, Candidate(dtype="bfloat16", attn="sdpa", placement="cpu"), 80)
+    rec = recommend(store, model, current=CPU_ENV)
+    why = by_option(rec)
+    assert rec.best.candidate.dtype == "bfloat16"  # type: ignore[union-attr]
+    for option, flag in (("bnb 8-bit", "--quant bnb-8bit"), ("bnb 4-bit nf4", "--quant bnb-4bit-nf4")):
+        assert why[option].kind == "not-measured", why[option]  # type: ignore[attr-defined]
+        assert "static cache" not in why[option].reason and flag in why[option].reason  # type: ignore[attr-defined]
+    assert "--dtype float16" in why["bnb 8-bit"].reason  # type: ignore[attr-defined]  # int8 loads in fp16
+    # every variant of these is refused on the CPU: "not available", with the rule's reason
+    assert why["static cache (torch.compile)"].kind == "unavailable"  # type: ignore[attr-defined]
+    assert "only on CUDA" in why["static cache (torch.compile)"].reason  # type: ignore[attr-defined]
+    assert why["flash_attention_2"].kind == "unavailable"  # type: ignore[attr-defined]
+
+
+def test_a_loss_measured_with_another_difference_says_which(store) -> None:  # type: ignore[no-untyped-def]
+    """On a GPU, "fp16 87.7% slower (its best: fp16 sdpa int8)" blamed fp16 for what int8 cost."""
+    model = register(store)
+    study = store.study_for(model, store.record_environment(GPU_ENV))
+    trial(store, study.id, BF16, 16, tps=1200, p50=400, peak=15)
+    trial(store, study.id, INT8, 16, tps=148, p50=3000, peak=9, agreement=0.95)
+    rec = recommend(store, model, current=GPU_ENV)
+    fp16 = by_option(rec)["fp16"]
+    assert fp16.kind == "slower" and fp16.reason.startswith("87.7% slower")  # type: ignore[attr-defined]
+    assert "also differs from the winner in bnb 8-bit" in fp16.reason  # type: ignore[attr-defined]
+    alone = "fp16 alone is not measured yet (autotune measure org/llama --dtype float16 --attn sdpa)"
+    assert alone in fp16.reason  # type: ignore[attr-defined]
+    # once plain fp16 is measured, fp16 is judged by it alone
+    trial(store, study.id, FP16, 16, tps=1150, p50=420, peak=15)
+    fp16 = by_option(recommend(store, model, current=GPU_ENV))["fp16"]
+    assert fp16.reason.startswith("4.2% slower") and "also differs" not in fp16.reason  # type: ignore[attr-defined]
+    # an 8-bit load is fp16 by necessity: said, as the other difference of its measurement
+    assert "also differs from the winner in fp16" in by_option(rec)["bnb 8-bit"].reason  # type: ignore[attr-defined]
+
+
+def test_unsupported_as_measured_is_not_unavailable(store) -> None:  # type: ignore[no-untyped-def]
+    model = register(store)
+    study = store.study_for(model, store.record_environment(GPU_ENV))
+    trial(store, study.id, BF16, 16, tps=1200, p50=400, peak=15)
+    trial(store, study.id, NF4, 16, "unsupported", "bnb-4bit-nf4 did not take effect: 4 of the 14 linear layers were left as they were")
+    why = by_option(recommend(store, model, current=GPU_ENV))["bnb 4-bit nf4"]
+    assert why.kind == "unsupported"  # type: ignore[attr-defined]
+    assert why.reason.startswith("unsupported as measured (bf16 sdpa nf4+dq cuda)")  # type: ignore[attr-defined]
+
+
+# -- how sure: the margin against the timing noise, a busy machine, re-measured pairs --------------
+
+def test_margin_against_timing_noise_and_busy_machine(store, store_url, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    model, _, _ = store.upsert_model(ResolvedModel(name="/m/smol", source="local", path=None, revision=None,
+                                                   config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]}),
+                                     CPU_CAPS, Workload(device="cpu", max_batch=1))
+    study = store.study_for(model, store.record_environment(CPU_ENV))
+    busy = {"machine": {"cpus": 2, "other_cpu_share": 0.62, "load_1m": 6.1}}
+    cpu_trial(store, study.id, Candidate(dtype="float32", attn="sdpa", placement="cpu"), 100, spread=0.45, repeats=10, details=busy)
+    cpu_trial(store, study.id, Candidate(dtype="bfloat16", attn="sdpa", placement="cpu"), 93, spread=0.40, repeats=10)
+    rec = recommend(store, model, current=CPU_ENV)
+    # median errors: 0.489 x 0.45 / sqrt(10) and 0.489 x 0.40 / sqrt(10); 1.96 x their root sum of squares
+    assert rec.margin is not None and rec.margin.margin == pytest.approx(0.07)
+    assert rec.margin.noise == pytest.approx(1.96 * 0.489 * (0.45**2 + 0.40**2) ** 0.5 / 10**0.5, rel=1e-3)
+    assert not rec.margin.clear and rec.margin.describe().startswith("uncertain: 7.0% ahead")
+    assert len(rec.busy) == 1 and "other processes took 62% of the 2 CPUs, load 6.1" in rec.busy[0]
+    assert "fp32 sdpa cpu at batch 1" in rec.busy[0]
+    lean = recommend(store, model, current=CPU_ENV, objective="memory")
+    assert lean.busy == () and lean.margin is None  # a busy machine moves timings, not peaks
+    doc = rec.to_dict()
+    assert doc["confidence"]["clear"] is False and doc["busy"] == list(rec.busy)
+    monkeypatch.setenv("AUTOTUNE_DB", store_url)
+    out = cli("recommend", "/m/smol", "--no-code").out
+    assert "confidence: uncertain: 7.0% ahead of the runner-up, timing noise ±" in out
+    assert "could trade places: `autotune tune /m/smol` measures a close finish again, interleaved" in out
+    assert "warning: the machine was busy while fp32 sdpa cpu at batch 1 was timed" in out
+    # precise timings make the same lead clear
+    cpu_trial(store, study.id, Candidate(dtype="float32", attn="eager", placement="cpu"), 130, spread=0.03, repeats=10)
+    cpu_trial(store, study.id, Candidate(dtype="bfloat16", attn="eager", placement="cpu"), 121, spread=0.03, repeats=10)
+    rec = recommend(store, model, current=CPU_ENV)
+    assert rec.best.candidate.attn == "eager" and rec.margin.clear and rec.busy == ()  # type: ignore[union-attr]
+
+
+def test_a_re_measured_pair_is_judged_by_its_interleaved_medians(store) -> None:  # type: ignore[no-untyped-def]
+    model, _, _ = store.upsert_model(ResolvedModel(name="/m/smol", source="local", path=None, revision=None,
+                                                   config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]}),
+                                     CPU_CAPS, Workload(device="cpu", max_batch=1))
+    study = store.study_for(model, store.record_environment(CPU_ENV))
+    fp32, bf16 = Candidate(dtype="float32", attn="sdpa", placement="cpu"), Candidate(dtype="bfloat16", attn="sdpa", placement="cpu")
+    cpu_trial(store, study.id, fp32, 100, spread=0.4, repeats=10)  # timed while the machine was busy with something else
+    cpu_trial(store, study.id, bf16, 95, spread=0.4, repeats=10)
+    assert recommend(store, model, current=CPU_ENV).best.candidate == fp32  # type: ignore[union-attr]
+    for fp32_value, bf16_value in ((90, 180), (95, 170)):  # interleaved: bf16 is twice as fast
+        cpu_trial(store, study.id, fp32, fp32_value, origin="confirm")
+        cpu_trial(store, study.id, bf16, bf16_value, origin="confirm")
+    rec = recommend(store, model, current=CPU_ENV)
+    assert rec.best.candidate == bf16 and rec.best_value == 170 and rec.best.origin == "confirm"  # type: ignore[union-attr]
+    assert rec.runners_up[0].value == 90 and len(rec.confirmed) == 2  # the less flattering median of two
+    assert rec.margin.rounds == pytest.approx((90 / 180, 75 / 170)) and rec.margin.clear  # type: ignore[union-attr]
+    assert "ahead in 2 of 2 interleaved rounds (+50.0%, +44.1%)" in rec.margin.describe()  # type: ignore[union-attr]
+    fast = recommend(store, model, current=CPU_ENV, objective="latency")  # the re-measurements read in another objective
+    assert fast.best.candidate == bf16 and fast.margin.rounds == pytest.approx((1.0, 75 / 95))  # type: ignore[union-attr]
+    # a third round the other way: the lead is no longer clear, whatever the medians say
+    cpu_trial(store, study.id, fp32, 200, origin="confirm")
+    cpu_trial(store, study.id, bf16, 175, origin="confirm")
+    rec = recommend(store, model, current=CPU_ENV)
+    assert rec.best.candidate == bf16 and not rec.margin.clear  # type: ignore[union-attr]
+    assert "ahead in 2 of 3 interleaved rounds" in rec.margin.describe()  # type: ignore[union-attr]

@@ -243,7 +243,7 @@ def test_quality_separates_faithful_from_broken(trained_llama: Path, tmp_path: P
     reference = tmp_path / "sub" / "reference.pt"
     made = run(request(trained_llama, cpu("fp32", "sdpa"), (), reference_path=str(reference), make_reference=True))
     assert [(r.status, r.batch_size) for r in made] == [("ok", 0)] and reference.exists()  # a reference-only request
-    assert made[0].details["reference"]["self_agreement"] == 1.0 and made[0].details["reference"]["new_tokens"] == 8
+    assert made[0].details["reference"]["input_kind"] == "random-ids" and made[0].details["reference"]["new_tokens"] == 32
     faithful, broken = (o.results[0] for o in launch_all([
         request(trained_llama, cpu("bf16", "eager"), (1,), reference_path=str(reference)),
         request(trained_llama, cpu("fp32", "sdpa"), (1,), reference_path=str(reference), fault="corrupt"),
@@ -252,7 +252,10 @@ def test_quality_separates_faithful_from_broken(trained_llama: Path, tmp_path: P
     assert faithful.metrics["quality_token_agreement"] >= 0.95 and faithful.metrics["quality_kl"] < 0.05
     assert faithful.details["quality_reference_flatness"] < 0.9  # trained: confident, not flat
     assert broken.metrics["quality_token_agreement"] <= 0.6 and broken.metrics["quality_kl"] > 0.3
-    assert broken.details["free_running_agreement"] < faithful.details["free_running_agreement"]
+    assert broken.details["quality"]["free_running_agreement"] < faithful.details["quality"]["free_running_agreement"]
+    # seeded ids: the 32-token continuations of the first 4 of 8 rows, and of all 8 when near the floor
+    assert faithful.details["quality"]["extended"] is (faithful.metrics["quality_positions"] == 8 * 32)
+    assert broken.metrics["quality_positions"] == 4 * 32 and not broken.details["quality"]["extended"]
 
 
 def test_prefill_only_measures_one_series(tiny_models: dict[str, Path]) -> None:

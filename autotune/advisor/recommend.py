@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from itertools import product
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from autotune.advisor.render import TOKENIZER_FILES, LoaderSpec
-from autotune.candidate import DTYPE_SHORT, Candidate, rejection
-from autotune.flash import FLASH_ATTENTIONS
+from autotune import registry
+from autotune.advisor.render import LoaderSpec
+from autotune.candidate import ATTENTIONS, DTYPE_SHORT, DTYPES, QUANTS, SDPA_KERNELS, Candidate, rejection
 from autotune.environment import Environment
+from autotune.flash import FLASH_ATTENTIONS
 from autotune.memory.limit import DeviceLimits
-from autotune.objective import format_floor, format_quality, metric_for, score
+from autotune.objective import (
+    Margin, confirmed_trials, format_floor, format_quality, interleaved_rounds, margin, metric_for, score,
+)
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.units import format_gib
 from autotune.workload import MemoryLimit, Workload
@@ -65,7 +68,8 @@ class Verdict:
     """Why one option lost.
 
     ``kind`` is ``slower``, ``over-memory``, ``below-quality``, ``infeasible``, ``failed``,
-    ``unavailable`` or ``not-measured``; ``reason`` is the sentence shown to the user.
+    ``unsupported`` (as measured; other variants may run), ``unavailable`` (every variant refused
+    here) or ``not-measured``; ``reason`` is the sentence shown to the user.
     """
 
     axis: str
@@ -108,6 +112,12 @@ class Recommendation:
     #: application needs to reproduce it there.
     worker_env: str | None = None
     packages: tuple[str, ...] = ()
+    #: How sure the choice is: the winner's lead over the runner-up against their timing noise.
+    margin: Margin | None = None
+    #: Warnings that the machine was busy while the winner or the runner-up was timed.
+    busy: tuple[str, ...] = ()
+    #: The candidates re-measured interleaved because they were within each other's noise.
+    confirmed: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -152,6 +162,11 @@ class Recommendation:
             "message": self.message,
             "worker_env": self.worker_env,
             "packages": list(self.packages),
+            "confidence": None if self.margin is None else {
+                "margin": self.margin.margin, "noise": self.margin.noise, "clear": self.margin.clear,
+                "text": self.margin.describe()},
+            "busy": list(self.busy),
+            "confirmed": list(self.confirmed),
         }
 
 
@@ -253,7 +268,8 @@ def recommend(
     flat = flat_reference_note(trials)
     if flat:
         notes.append(flat)
-    scored = [(t, _score(workload, t, environment)) for t in trials if t.ok]
+    chosen, confirmed = confirmed_trials(trials, workload)
+    scored = [(t, _score(workload, t, environment)) for t in chosen if t.ok]
     feasible = [(t, s.value) for t, s in scored if s.feasible and s.value is not None]
     rec = replace(rec, limit_bytes=limit_bytes, limit_note=limit_note)
     if not scored:
@@ -270,11 +286,17 @@ def recommend(
     best, best_value = _best(feasible, workload)
     notes.extend(search_notes(trials, study, best))
     ups = _runners_up(feasible, best, best_value, workload, runners_up)
-    verdicts = explain(trials, study, best, workload, environment, model)
+    verdicts = explain(chosen, study, best, workload, environment, model)
     limits = memory_limits(workload, environment, best.candidate)
+    sure = margin(workload, best_value, best.metrics, ups[0].value, ups[0].trial.metrics) if ups else None
+    if sure is not None:
+        sure = replace(sure, rounds=interleaved_rounds(trials, best, ups[0].trial, workload))
+    timed = workload.objective != "memory"  # a busy machine moves timings, not peaks
+    busy = [note for note in (busy_note(t) for t in [best, *(u.trial for u in ups[:1])]) if note] if timed else []
+    notes += quality_notes(best, workload)
     return replace(rec, best=best, best_value=best_value, runners_up=tuple(ups), verdicts=tuple(verdicts), notes=tuple(notes),
                    limit_bytes=limits.limit_bytes, limits=limits, worker_env=best.worker_env,
-                   packages=tuple(packages_for(store, best, environment)))
+                   packages=tuple(packages_for(store, best, environment)), margin=sure, busy=tuple(busy), confirmed=tuple(confirmed))
 
 
 def search_notes(trials: list[TrialRecord], study: StudyRecord, best: TrialRecord) -> list[str]:
@@ -362,6 +384,52 @@ def flat_reference_note(trials: Iterable[TrialRecord]) -> str | None:
     return (f"the quality reference's next-token distributions are nearly flat (entropy {min(values):.1%} of the largest "
             f"possible): the weights look random or untrained, so token agreement reflects near-ties, not quality; "
             f"if that is expected, set the floor with --min-quality")
+
+
+#: Share of the machine's CPU time other processes may take while a trial is timed before its
+#: timings are called busy. A quiet machine shows a few percent; two test suites beside a worker on
+#: a 2-core machine showed 35-55% latency spreads (fp32 timed faster than bf16, which is 2x faster).
+BUSY_CPU_SHARE = 0.25
+
+
+def busy_note(trial: TrialRecord) -> str | None:
+    """A warning when the machine was busy while ``trial`` was timed (other processes on its CPUs or GPU)."""
+    machine = trial.details.get("machine")
+    if not isinstance(machine, dict):
+        return None
+    what = []
+    share = machine.get("other_cpu_share")
+    if isinstance(share, (int, float)) and share >= BUSY_CPU_SHARE:
+        load = f", load {machine['load_1m']}" if machine.get("load_1m") is not None else ""
+        what.append(f"other processes took {share:.0%} of the {machine.get('cpus') or '?'} CPUs{load}")
+    others = machine.get("gpu_other_processes") or []
+    if others and (machine.get("gpu_own_listed", True) or len(others) > 1):
+        what.append(f"{len(others)} other process{'es' * (len(others) != 1)} on its GPU "
+                    f"(pid {', '.join(str(o.get('pid')) for o in others[:3])})")
+    if not what:
+        return None
+    return (f"the machine was busy while {trial.candidate.label()} at batch {trial.batch_size} was timed ({'; '.join(what)}): "
+            f"its figures may not hold on a quiet machine")
+
+
+def quality_notes(trial: TrialRecord, workload: Workload) -> list[str]:
+    """What the winner's quality was measured on, and whether its agreement is within the noise of the floor."""
+    quality = trial.details.get("quality")
+    if not isinstance(quality, dict):
+        return []
+    notes = []
+    if quality.get("input") == "random-ids":
+        notes.append(f"quality was measured on {quality.get('source') or 'seeded token ids'}, not on text")
+    elif quality.get("input") == "text":
+        extended = ", both halves: it was near the floor" if quality.get("extended") else ""
+        notes.append(f"quality was measured on text ({quality.get('source')}{extended})")
+    low, high = trial.metrics.get("quality_agreement_low"), trial.metrics.get("quality_agreement_high")
+    agreement = trial.metrics.get("quality_token_agreement")
+    if low is not None and high is not None and agreement is not None and low <= workload.min_quality <= high:
+        notes.append(f"its token agreement {agreement:.1%} (95% interval {low:.1%}-{high:.1%}, "
+                     f"{trial.metrics.get('quality_positions') or '?'} positions) is within the noise of the floor "
+                     f"{workload.min_quality:.0%}: more text would settle it (--quality-prompts with more prompts)")
+    return notes
 
 
 def nothing_measured(name: str) -> str:
@@ -482,15 +550,20 @@ def _what_if(winner: Candidate, change: dict[str, Any]) -> Candidate | None:
 
 def explain(trials: list[TrialRecord], study: StudyRecord, winner: TrialRecord | None, workload: Workload,
             environment: Environment, model: ModelRecord) -> list[Verdict]:
-    """For each option the winner did not take, why it lost, from the trials that tried it.
+    """For each option the winner did not take, why it lost — comparing like with like.
 
+    An option that was measured is judged by its measurements that differ from the winner in the
+    fewest other ways; when even those differ in more than the option, the verdict names the other
+    differences. An option nobody measured is "not available" only when the validity rules refuse
+    every variant of it here; "over the memory limit" only when the forecast left out every variant
+    the rules allow; otherwise "not measured yet", with the command that measures it.
     Without a winner (nothing feasible), every option that was tried is explained on its own terms.
     """
     verdicts: list[Verdict] = []
     rejected = _study_rejections(study)
-    best_value = None
-    if winner is not None:
-        best_value = _score(workload, winner, environment).value
+    best_value = _score(workload, winner, environment).value if winner is not None else None
+    variants = _Variants(environment, model, workload, {t.candidate.placement for t in trials} |
+                         ({winner.candidate.placement} if winner is not None else set()))
     seen: set[tuple[str, str]] = set()
     for axis in AXES:
         mine = option_of(winner.candidate, axis) if winner is not None else None
@@ -504,42 +577,129 @@ def explain(trials: list[TrialRecord], study: StudyRecord, winner: TrialRecord |
             if axis == "sdpa_kernel" and mine is None and trial.candidate.sdpa_kernel is None:
                 continue  # the winner is not SDPA: "sdpa" already says why; only pinned kernels are news
             groups.setdefault(option, []).append(trial)
-        for candidate, reason, kind, axes in rejected:
-            option = option_of(candidate, axis)
-            if option is None or option == mine or option in groups or (axis, option) in seen:
-                continue
-            if axes is not None and axis not in axes:
-                continue
-            if kind == "memory":
-                verdicts.append(Verdict(axis, option, "over-memory", f"over the memory limit by the forecast (not measured): {reason}"))
-            else:
-                verdicts.append(Verdict(axis, option, "unavailable", f"not available here: {reason}"))
-            seen.add((axis, option))
         for option, group in groups.items():
             if winner is None and axis not in ("quant", "attn", "dtype", "static_cache"):
                 continue
-            verdict = _verdict(axis, option, group, workload, environment, best_value)
+            verdict = _verdict(axis, option, group, workload, environment, best_value, winner, variants, model)
             if verdict is not None:
                 verdicts.append(verdict)
                 seen.add((axis, option))
-    if winner is not None:
-        for axis, change in _WHAT_IFS:
-            candidate = _what_if(winner.candidate, change)
-            if candidate is None or candidate.key() == winner.candidate.key():
-                continue
+        # options nobody measured: those the search left out, then one-option changes of the winner
+        unmeasured: dict[str, Candidate] = {}
+        for candidate, _reason, _kind, _pattern in rejected:
             option = option_of(candidate, axis)
-            if option is None or option == option_of(winner.candidate, axis) or (axis, option) in seen:
+            if option is not None and option != mine and option not in groups:
+                unmeasured.setdefault(option, candidate)
+        if winner is not None:
+            for what_axis, change in _WHAT_IFS:
+                candidate = _what_if(winner.candidate, change) if what_axis == axis else None
+                option = option_of(candidate, axis) if candidate is not None else None
+                if option is not None and option != mine and option not in groups and candidate.key() != winner.candidate.key():
+                    unmeasured[option] = candidate  # the closest variant: the one to ask about first
+        for option, example in unmeasured.items():
+            if (axis, option) in seen:
                 continue
-            seen.add((axis, option))
-            why = rejection(candidate, environment, model.capabilities, workload)
-            if why:
-                verdicts.append(Verdict(axis, option, "unavailable", f"not available here: {why}"))
-            else:
-                verdicts.append(Verdict(axis, option, "not-measured",
-                                        f"not measured yet ({_measure_hint(model.name, candidate)})"))
+            verdict = _unmeasured_verdict(axis, option, example, rejected, variants, winner, model)
+            if verdict is not None:
+                verdicts.append(verdict)
+                seen.add((axis, option))
     verdicts.append(Verdict("runtime", "BetterTransformer", "unavailable", BETTERTRANSFORMER.split(": ", 1)[1]))
     order = {axis: i for i, axis in enumerate(AXES)}
     return sorted(verdicts, key=lambda v: order.get(v.axis, len(order)))
+
+
+class _Variants:
+    """Every PyTorch loading configuration of the placements in play, and what the rules say of each."""
+
+    def __init__(self, environment: Environment, model: ModelRecord, workload: Workload, placements: set[str]) -> None:
+        self.environment, self.model, self.workload = environment, model, workload
+        supported = model.capabilities.get("attn_implementations") or ["eager", "sdpa"]
+        # what the search enumerates (the others are left out with their reason, in the study's rejections)
+        attns = [a for a in ATTENTIONS if a in supported or a == "flash_attention_2"]
+        self.all: list[tuple[Candidate, str | None]] = []
+        for placement in sorted(placements or {"cpu"}):
+            for dtype, attn, kernel, quant, double, static in product(
+                    DTYPES, attns, (None, *SDPA_KERNELS), QUANTS, (False, True), (False, True)):
+                if kernel is not None and attn != "sdpa" or double and not str(quant).startswith("bnb-4bit"):
+                    continue
+                try:
+                    candidate = Candidate(dtype=dtype, attn=attn, sdpa_kernel=kernel, quant=quant, double_quant=double,
+                                          static_cache=static, placement=placement)
+                except Exception:  # noqa: BLE001 - an attention name this autotune cannot describe
+                    continue
+                self.all.append((candidate, rejection(candidate, environment, model.capabilities, workload)))
+
+    def of(self, axis: str, option: str) -> list[tuple[Candidate, str | None]]:
+        return [(c, why) for c, why in self.all if option_of(c, axis) == option]
+
+    def valid(self, candidate: Candidate) -> bool:
+        return rejection(candidate, self.environment, self.model.capabilities, self.workload) is None
+
+
+def _differences(winner: Candidate, other: Candidate, axis: str) -> list[str]:
+    """How ``other`` differs from ``winner`` apart from ``axis``, in words (``dtype fp16``, ...)."""
+    out = []
+    for name in AXES:
+        if name == axis or name == "double_quant" and axis == "quant":
+            continue
+        theirs, mine = option_of(other, name), option_of(winner, name)
+        if theirs is not None and mine is not None and theirs != mine:
+            out.append(theirs)
+    if winner.is_4bit and other.is_4bit and axis != "quant" and winner.effective_compute_dtype != other.effective_compute_dtype:
+        out.append(f"compute dtype {DTYPE_SHORT[other.effective_compute_dtype]}")
+    return out
+
+
+_OPTION_FIELDS = {
+    "quant": ("quant", "double_quant", "compute_dtype"), "attn": ("attn", "sdpa_kernel"), "sdpa_kernel": ("sdpa_kernel",),
+    "dtype": ("dtype",), "static_cache": ("static_cache",), "double_quant": ("double_quant",), "placement": ("placement",),
+    "runtime": ("runtime", "provider", "io_binding"),
+}
+
+
+def _alone(winner: Candidate, axis: str, other: Candidate) -> Candidate | None:
+    """The winner with only ``axis`` taken from ``other`` (the measurement that would compare like with like)."""
+    data = winner.to_dict()
+    data.update({name: getattr(other, name) for name in _OPTION_FIELDS[axis]})
+    if data["attn"] != "sdpa":
+        data["sdpa_kernel"] = None
+    try:
+        return Candidate.from_dict(data)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _unmeasured_verdict(axis: str, option: str, example: Candidate, rejected: list[Any], variants: _Variants,
+                        winner: TrialRecord | None, model: ModelRecord) -> Verdict | None:
+    """Why an option nobody measured is not the winner: unavailable, over memory, or not measured yet."""
+    pool = variants.of(axis, option)
+    if not pool:  # not a PyTorch loading option (ONNX Runtime): what the search said of it
+        for candidate, reason, kind, _pattern in rejected:
+            if option_of(candidate, axis) == option:
+                if kind == "memory":
+                    return Verdict(axis, option, "over-memory", f"over the memory limit by the forecast (not measured): {reason}")
+                return Verdict(axis, option, "unavailable", f"not available here: {reason}")
+        return None
+    valid = [c for c, why in pool if why is None]
+    if not valid:
+        reasons = dict(pool)
+        why = reasons.get(example) or rejection(example, variants.environment, model.capabilities, variants.workload) or pool[0][1]
+        return Verdict(axis, option, "unavailable", f"not available here: {why}")
+    memory = [(c, reason, pattern) for c, reason, kind, pattern in rejected if kind == "memory"]
+    left_out = [next((reason for c, reason, pattern in memory if _covers(pattern, c, v)), None) for v in valid]
+    if memory and all(left_out):
+        return Verdict(axis, option, "over-memory", f"over the memory limit by the forecast (not measured): {left_out[0]}")
+    near = example if variants.valid(example) else min(
+        valid, key=lambda c: len(_differences(winner.candidate, c, axis)) if winner is not None else 0)
+    return Verdict(axis, option, "not-measured", f"not measured yet ({_measure_hint(model.name, near)})")
+
+
+def _covers(pattern: dict[str, Any], example: Candidate, candidate: Candidate) -> bool:
+    """Whether a rejection (its shared ``pattern``, or its one ``example``) covers ``candidate``."""
+    if not pattern:
+        return example.key() == candidate.key()
+    data = candidate.to_dict()
+    return all(data.get(k) == v for k, v in pattern.items())
 
 
 def _measure_hint(name: str, c: Candidate) -> str:
@@ -555,9 +715,9 @@ def _measure_hint(name: str, c: Candidate) -> str:
     return " ".join(args)
 
 
-def _study_rejections(study: StudyRecord) -> list[tuple[Candidate, str, str, frozenset[str] | None]]:
-    """``(candidate, reason, kind, axes)`` of what the search left out; ``axes`` are the candidate
-    fields the rejection is about (its ``pattern``), ``None`` when it is about the whole candidate."""
+def _study_rejections(study: StudyRecord) -> list[tuple[Candidate, str, str, dict[str, Any]]]:
+    """``(candidate, reason, kind, pattern)`` of what the search left out; ``pattern`` holds the
+    candidate fields every candidate of the rejection shares (empty: the one candidate)."""
     out = []
     for entry in study.rejected or []:
         if not isinstance(entry, dict):
@@ -573,23 +733,41 @@ def _study_rejections(study: StudyRecord) -> list[tuple[Candidate, str, str, fro
             candidate = Candidate.from_dict({**data, **pattern})
         except Exception:  # noqa: BLE001 - an entry autotune cannot read is skipped, not fatal
             continue
-        axes = frozenset(pattern) if pattern else None
-        out.append((candidate, reason, str(entry.get("kind") or "rule"), axes))
+        out.append((candidate, reason, str(entry.get("kind") or "rule"), dict(pattern) if entry.get("count", 1) != 1 else {}))
     return out
 
 
 def _verdict(axis: str, option: str, group: list[TrialRecord], workload: Workload, environment: Environment,
-             best_value: float | None) -> Verdict | None:
+             best_value: float | None, winner: TrialRecord | None = None, variants: _Variants | None = None,
+             model: ModelRecord | None = None) -> Verdict | None:
+    if winner is not None:  # like with like: the measurements closest to the winner
+        distance = {t.id: len(_differences(winner.candidate, t.candidate, axis)) for t in group}
+        nearest = min(distance.values())
+        group = [t for t in group if distance[t.id] == nearest]
     ok = [(t, _score(workload, t, environment)) for t in group if t.ok]
     feasible = [(t, s.value) for t, s in ok if s.feasible and s.value is not None]
     metric, _ = metric_for(workload)
+
+    def also(trial: TrialRecord) -> str:
+        """The other differences of the measurement a verdict rests on, and how to measure the option alone."""
+        if winner is None:
+            return ""
+        others = _differences(winner.candidate, trial.candidate, axis)
+        if not others:
+            return ""
+        text = f"; that measurement also differs from the winner in {', '.join(others)}"
+        alone = _alone(winner.candidate, axis, trial.candidate)
+        if alone is not None and model is not None and variants is not None and variants.valid(alone):
+            text += f"; {option} alone is not measured yet ({_measure_hint(model.name, alone)})"
+        return text
+
     if feasible and best_value is not None:
         trial, value = _best(feasible, workload)
         behind = behind_pct(workload, best_value, value)
         what = "more memory" if workload.objective == "memory" else "slower"
         return Verdict(axis, option, "slower",
                        f"{behind:.1f}% {what} ({_figure(metric, value)} vs {_figure(metric, best_value)}; "
-                       f"its best: {trial.candidate.label()} at batch {trial.batch_size})",
+                       f"its best: {trial.candidate.label()} at batch {trial.batch_size}){also(trial)}",
                        trial.id, behind)
     if feasible:  # no winner: it was feasible, so it is not why nothing was recommended
         return None
@@ -599,21 +777,26 @@ def _verdict(axis: str, option: str, group: list[TrialRecord], workload: Workloa
         below = [r for r in s.reasons if "below the floor" in r]
         if over and not below:
             return Verdict(axis, option, "over-memory", f"over the memory limit: {over[0]} at batch {trial.batch_size} "
-                                                         f"({trial.candidate.label()})", trial.id)
+                                                         f"({trial.candidate.label()}){also(trial)}", trial.id)
         if below and not over:
-            return Verdict(axis, option, "below-quality", f"quality below the floor: {below[0]} "
-                                                           f"({trial.candidate.label()} at batch {trial.batch_size})", trial.id)
-        return Verdict(axis, option, "infeasible", f"infeasible: {'; '.join(s.reasons)} ({trial.candidate.label()} at batch {trial.batch_size})", trial.id)
+            return Verdict(axis, option, "below-quality", f"quality below the floor: {below[0]} ({trial.candidate.label()} "
+                                                           f"at batch {trial.batch_size}){also(trial)}", trial.id)
+        return Verdict(axis, option, "infeasible", f"infeasible: {'; '.join(s.reasons)} ({trial.candidate.label()} "
+                                                   f"at batch {trial.batch_size}){also(trial)}", trial.id)
     failed = [t for t in group if t.status in FAILED]
     unavailable = [t for t in group if t.status in UNAVAILABLE]
     if unavailable and not failed:
         t = unavailable[0]
-        return Verdict(axis, option, "unavailable", f"not available here: {t.reason or t.status}", t.id)
+        pool = variants.of(axis, option) if variants is not None else []
+        if pool and all(why is not None for _, why in pool):
+            return Verdict(axis, option, "unavailable", f"not available here: {t.reason or t.status}", t.id)
+        return Verdict(axis, option, "unsupported", f"unsupported as measured ({t.candidate.label()}): {t.reason or t.status}"
+                       f"{also(t)}", t.id)
     if failed:
         t = min(failed, key=lambda x: x.batch_size)
         what = "ran out of memory" if t.status == "oom" else {"crash": "crashed", "timeout": "timed out", "error": "failed"}[t.status]
         reason = f": {t.reason}" if t.reason else ""
-        return Verdict(axis, option, "failed", f"{what} at batch {t.batch_size}{reason} ({t.candidate.label()})", t.id)
+        return Verdict(axis, option, "failed", f"{what} at batch {t.batch_size}{reason} ({t.candidate.label()}){also(t)}", t.id)
     other = group[0]
     return Verdict(axis, option, "not-measured", f"{other.status}: {other.reason or 'no result'}", other.id)
 
@@ -640,7 +823,15 @@ def describe_metrics(metrics: dict[str, Any], task: str = "text-generation") -> 
     if m.get("peak_memory_bytes") is not None:
         parts.append(f"peak memory {format_gib(m['peak_memory_bytes'])}")
     if m.get("quality_token_agreement") is not None:
-        parts.append(format_quality(task, m["quality_token_agreement"]))
+        text = format_quality(task, m["quality_token_agreement"])
+        if m.get("quality_agreement_low") is not None and m.get("quality_agreement_high") is not None:
+            text += f" ({m['quality_agreement_low']:.1%}-{m['quality_agreement_high']:.1%}"
+            text += f", {m['quality_positions']} positions)" if m.get("quality_positions") else ")"
+        parts.append(text)
+    if m.get("quality_kl") is not None:
+        parts.append(f"KL {m['quality_kl']:.3f}")
+    if m.get("quality_perplexity_change") is not None:
+        parts.append(f"perplexity {m['quality_perplexity_change']:+.1%}")
     if m.get("load_seconds") is not None:
         parts.append(f"load {m['load_seconds']:.1f} s")
     return ", ".join(parts)
@@ -664,11 +855,8 @@ def model_reference(model: ModelRecord) -> tuple[str, str | None]:
 
 
 def has_tokenizer(model: ModelRecord) -> bool:
-    """Whether the model's files on this machine include a tokenizer."""
-    if not model.path:
-        return False
-    directory = Path(model.path)
-    return any((directory / name).is_file() for name in TOKENIZER_FILES)
+    """Whether the model's files on this machine include a tokenizer (a GGUF file carries its own)."""
+    return registry.has_tokenizer(model.path, model.gguf_file)
 
 
 def loader_max_memory(trial: TrialRecord, environment: Environment | None) -> dict[int, str] | None:
@@ -712,5 +900,6 @@ def loader_spec(rec: Recommendation, *, written_at: datetime | None = None) -> L
         has_tokenizer=has_tokenizer(model), versions=versions, onnx_export=export.get("path"),
         max_memory=max_memory, measured=dict(best.metrics), measured_on=measured_on,
         measured_at=best.finished_at or best.started_at, objective=rec.workload.objective,
-        summary=describe_metrics(best.metrics, rec.workload.task), written_at=written_at,
+        summary=describe_metrics(best.metrics, rec.workload.task), written_at=written_at, gguf_file=model.gguf_file,
+        gguf_packed_layers=best.effective.get("gguf_packed_layers"),
     )

@@ -15,6 +15,7 @@ of the environment that measured the winner:
 - for a FlashAttention winner, a check that its package (``flash-attn-4``, ``flash-attn``) is
   installed before anything loads, which fails with one line naming the package and its install
   command (Transformers would otherwise fall back to a Hub kernel where ``kernels`` is installed);
+- ``gguf_file=`` for a llama.cpp model, to the model and to its tokenizer (the GGUF file holds both);
 - for an ONNX Runtime winner, ``optimum.onnxruntime``'s ``ORTModelFor<Task>.from_pretrained(...,
   export=..., provider=..., use_io_binding=...)`` in the worker environment's versions (Optimum's
   ONNX path runs on Transformers 4.x): see :func:`render_onnx_loader`.
@@ -35,10 +36,6 @@ from autotune import __version__
 from autotune.candidate import Candidate
 from autotune.flash import FLASH_ATTENTIONS
 from autotune.errors import AutotuneError
-
-#: Files whose presence in a model directory means it has a tokenizer.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                   "spiece.model", "sentencepiece.bpe.model")
 
 _AUTO_CLASSES = {
     "text-generation": "AutoModelForCausalLM",
@@ -92,6 +89,10 @@ class LoaderSpec:
     written_at: datetime | None = None
     #: ONNX Runtime: the directory of the export that was measured (``None``: export again).
     onnx_export: str | None = None
+    #: A llama.cpp model: the GGUF file inside ``model_ref``, and how many layers kept its packed
+    #: blocks when measured (0: every weight was dequantized to the load dtype).
+    gguf_file: str | None = None
+    gguf_packed_layers: int | None = None
 
     @property
     def generates(self) -> bool:
@@ -131,6 +132,8 @@ def requirements(spec: LoaderSpec) -> list[str]:
         needed = ["optimum-onnx", "optimum", runtime, "transformers", "torch"]
         return [f"{name}=={versions[name]}" if versions.get(name) else name for name in needed]
     needed = ["torch", "transformers"]
+    if spec.gguf_file:
+        needed.append("gguf")
     if spec.candidate.quant != "none":
         needed.append("bitsandbytes")
     needed.append("accelerate")  # the loader passes device_map, which needs accelerate (also device_map="cpu", on 4.x and 5.x)
@@ -208,6 +211,8 @@ def render_loader(spec: LoaderSpec) -> str:
         lines.append("    )")
     lines.append(f"    model = {auto}.from_pretrained(")
     lines.append("        MODEL_ID,")
+    if spec.gguf_file:
+        lines.append("        gguf_file=GGUF_FILE,")
     if spec.revision:
         lines.append("        revision=REVISION,")
     lines.append(f"        {'dtype' if v5 else 'torch_dtype'}={_TORCH_DTYPES[c.dtype]},")
@@ -313,7 +318,7 @@ def _header(spec: LoaderSpec) -> list[str]:
     written = (spec.written_at or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     when = spec.measured_at.strftime("%Y-%m-%d %H:%M UTC") if spec.measured_at else "unknown"
     shown = ORT_PACKAGES if c.runtime == "onnxruntime" else ("torch", "transformers", "bitsandbytes", "accelerate", "flash-attn",
-                                                              "flash-attn-3", "flash-attn-4", "nvidia-cutlass-dsl")
+                                                              "flash-attn-3", "flash-attn-4", "nvidia-cutlass-dsl", "gguf")
     versions = ", ".join(f"{k} {v}" for k, v in spec.versions.items() if v and k in shown)
     use = "generate(model, **batch)" if spec.generates else "forward(model, **batch)"
     workload = (f"{spec.prompt_tokens} prompt + {spec.new_tokens} new tokens" if spec.generates else f"{spec.prompt_tokens} tokens")
@@ -337,6 +342,12 @@ def _header(spec: LoaderSpec) -> list[str]:
     if c.attn in FLASH_ATTENTIONS:
         fa = FLASH_ATTENTIONS[c.attn]
         out.append(f"# {comment(c.attn)} needs the {fa.package} package: {comment(flash_install(spec))}; it runs on {fa.gpus}.")
+    if spec.gguf_file:
+        kept = spec.gguf_packed_layers
+        how = (f"{kept} layers kept llama.cpp's packed blocks when measured" if kept else
+               f"Transformers dequantizes every weight to {comment(c.dtype)} on load: "
+               f"memory is that of {comment(c.dtype)}, not the file's")
+        out.append(f"# Weights: the GGUF file {comment(spec.gguf_file)}; {how}.")
     if c.static_cache:
         out.append("# The static cache compiles the model on the first generate call on CUDA (seconds); later calls are fast.")
     if c.sdpa_kernel == "flash":
@@ -347,6 +358,8 @@ def _header(spec: LoaderSpec) -> list[str]:
 def _preamble(spec: LoaderSpec, imports: list[str]) -> list[str]:
     """The start of a loader module: its header comment, imports, and the model's id and revision."""
     lines = [*_header(spec), "", "from __future__ import annotations", "", *imports, "", f"MODEL_ID = {spec.model_ref!r}"]
+    if spec.gguf_file:
+        lines.append(f"GGUF_FILE = {spec.gguf_file!r}")
     if spec.revision:
         lines.append(f"REVISION = {spec.revision!r}")
     return lines
@@ -357,6 +370,7 @@ def _tokenizer_lines(spec: LoaderSpec, tokenizer: bool) -> list[str]:
     if not tokenizer:
         return ["    tokenizer = None  # the model directory has no tokenizer: tokenize with your own", "    return model, tokenizer"]
     revision = ", revision=REVISION" if spec.revision else ""
+    revision += ", gguf_file=GGUF_FILE" if spec.gguf_file else ""
     if spec.generates:
         lines = [f'    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision}, padding_side="left")',
                  "    if tokenizer.pad_token is None and tokenizer.eos_token is not None:",

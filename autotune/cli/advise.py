@@ -302,6 +302,16 @@ def _print_recommendation(rec: Any, code: str | None, *, show_code: bool) -> Non
         for up in rec.runners_up:
             print(f"  {up.trial.candidate.label()} at batch {up.trial.batch_size}: {describe_metrics(up.trial.metrics, task)} "
                   f"({up.behind_pct:.1f}% behind)")
+    if rec.margin is not None:
+        advice = ""
+        if not rec.margin.clear:
+            advice = ("; the two could trade places, even measured in alternation" if rec.margin.rounds else
+                      f"; the two could trade places: `autotune tune {model.name}` measures a close finish again, interleaved")
+        print(f"confidence: {rec.margin.describe()}{advice}")
+    if rec.confirmed:
+        print(f"re-measured interleaved (each by the median of its re-measurements): {'; '.join(rec.confirmed)}")
+    for warning in rec.busy:
+        print(f"warning: {warning}")
     _print_verdicts(rec)
     for note in rec.notes:
         print(f"note: {note}")

@@ -18,7 +18,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("add", help="register a model (a local directory or a Hub id) and its workload",
                             description="Register a model and its workload; adding it again updates the workload. "
                                         "Example: autotune add tiiuae/falcon-7b --max-memory 20GiB --prompt-tokens 512 --new-tokens 128")
-    p.add_argument("model", metavar="MODEL", help="a local directory with config.json, or a Hub id (resolved: directory, HF cache, Hub)")
+    p.add_argument("model", metavar="MODEL", help="a local directory with config.json, a Hub id (resolved: directory, HF cache, Hub), "
+                                                  "or a llama.cpp .gguf file (or a directory holding one)")
     p.add_argument("--task", choices=TASKS, help="default: inferred from the config")
     p.add_argument("--prompt-tokens", type=_int, help="prompt length in tokens (default 512; 128 for encoders)")
     p.add_argument("--new-tokens", type=_int, help="tokens generated per request (default 128)")
@@ -30,6 +31,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                                                      "(text generation), cosine similarity of the last hidden states (feature "
                                                      "extraction) or top-class agreement (classification) (default 0.9)")
     p.add_argument("--max-batch", type=_int, help="largest batch size to try (default 64)")
+    p.add_argument("--quality-prompts", metavar="FILE",
+                   help="measure quality on your own text: a UTF-8 file with one prompt per line, or a JSON list of strings "
+                        "(at least 8); 'builtin' goes back to autotune's prompts")
     p.set_defaults(func=cmd_add)
 
     p = commands.add_parser("models", help="list registered models and their workloads",
@@ -96,11 +100,13 @@ def cmd_add(args: argparse.Namespace) -> int:
         "task": args.task, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
         "padding_share": args.padding_share, "objective": args.objective, "max_memory": args.max_memory,
         "device": args.device, "min_quality": args.min_quality, "max_batch": args.max_batch,
+        "quality_prompts": args.quality_prompts,
     }
     result = add_model(None, args.model, options, open_store=lambda: open_store(args))
     model = result.model
+    source = f"GGUF file {model.gguf_file}" if model.gguf_file else f"from {model.source}"
     if result.created:
-        print(f"added {model.name} ({model.architecture}, from {model.source}): {model.workload.describe()}")
+        print(f"added {model.name} ({model.architecture}, {source}): {model.workload.describe()}")
     elif result.changes:
         changed = "; ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in result.changes.items())
         print(f"updated {model.name}: {changed}")
@@ -122,6 +128,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print_json([{
             "name": m.name, "source": m.source, "path": m.path, "revision": m.revision, "model_type": m.model_type,
             "architecture": m.architecture, "workload": m.workload.to_dict(), "capabilities": m.capabilities,
+            "gguf_file": m.gguf_file, "quality_prompts": len(m.quality_prompts) if m.quality_prompts else None,
             "created_at": m.created_at, "updated_at": m.updated_at,
         } for m in models])
         return 0
@@ -130,7 +137,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     rows = [[m.name, m.architecture, m.workload.task,
              f"{m.workload.prompt_tokens}+{m.workload.new_tokens}" if m.workload.generates else m.workload.prompt_tokens,
-             m.workload.objective, m.workload.max_memory.text if m.workload.max_memory else None, m.workload.device, m.source]
+             m.workload.objective, m.workload.max_memory.text if m.workload.max_memory else None, m.workload.device,
+             f"{m.source} (GGUF)" if m.gguf_file else m.source]
             for m in models]
     print_table(["MODEL", "ARCHITECTURE", "TASK", "TOKENS", "OBJECTIVE", "LIMIT", "DEVICE", "SOURCE"], rows)
     return 0

@@ -186,7 +186,8 @@ def _run(search: Any, name: str, lock: Any, stop: Any) -> None:
         why = f" [{baseline}]" if baseline else ""
         if origin in ("prior", "warm-start"):
             why += f" ({origin}: expected x{search.knowledge.expect(candidate).factor:.2f} the plain load)"
-        text = f"candidate {number}: {candidate.label()}{why}, batch {','.join(map(str, ladder))}"
+        what = "close finish" if origin == "confirm" else f"candidate {number}"
+        text = f"{what}: {candidate.label()}{why}, batch {','.join(map(str, ladder))}"
         current[0] = f"tune: {name} (study {search.study.id}), {text}"
         lock.beat(current[0])
         _note(f"{text} ...")
@@ -218,6 +219,7 @@ def _run(search: Any, name: str, lock: Any, stop: Any) -> None:
 
 
 def _print_best(search: Any) -> None:
+    from autotune.objective import CONFIRM_ORIGIN
     from autotune.search.results import summary
     from autotune.search.study import format_value
 
@@ -229,6 +231,8 @@ def _print_best(search: Any) -> None:
     print(f"best after {state.measured} candidates: {best['label']} at batch {best['batch_size']}: "
           f"{format_value(best['metric'], best['value'])} ({best['metric']}, trial {best['trial_number']})")
     print(f"  candidate: {json.dumps(best['candidate'])}")
+    if any(t.origin == CONFIRM_ORIGIN for t in search.store.trials(study_id=search.study.id)):
+        print("  a close finish was measured again, interleaved: the recommendation rests on those re-measurements")
     print(f"  the loading code: autotune recommend {search.model.name}")
 
 

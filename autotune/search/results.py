@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.candidate import Candidate
 from autotune.objective import metric_for
-from autotune.store.records import TrialRecord
+from autotune.store.records import CONFIRM_ORIGIN, TrialRecord
 from autotune.workload import Workload
 
 if TYPE_CHECKING:
@@ -84,14 +84,15 @@ def candidate_results(trials: list[TrialRecord], workload: Workload,
                       limit_for: Callable[[Candidate], DeviceLimits | None] | None = None) -> list[CandidateResult]:
     """Group a study's rows into one result per measured candidate, in the order measured.
 
-    Interrupted rows are left out (their candidate counts as not measured); a candidate measured
-    twice (after an interruption) keeps its complete measurement. ``limit_for`` gives the limits
-    on a candidate's devices, to say how far over them an infeasible result was.
+    Interrupted rows are left out (their candidate counts as not measured), and so are the
+    re-measurements of a close finish (origin ``confirm``, which the recommendation weighs); a
+    candidate measured twice (after an interruption) keeps its complete measurement. ``limit_for``
+    gives the limits on a candidate's devices, to say how far over them an infeasible result was.
     """
     _, direction = metric_for(workload)
     groups: dict[str, list[TrialRecord]] = {}
     for trial in sorted(trials, key=lambda t: t.number):
-        if interrupted(trial):
+        if interrupted(trial) or trial.origin == CONFIRM_ORIGIN:
             continue
         groups.setdefault(trial.candidate.key(), []).append(trial)
     results = [_result(rows, direction, workload, limit_for(rows[0].candidate) if limit_for else None) for rows in groups.values()]

@@ -53,6 +53,7 @@ from autotune.candidate import Candidate
 from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.objective import metric_for
+from autotune.search.confirm import confirm_close_pair
 from autotune.search.prior import Knowledge, PastResult, Prediction
 from autotune.search.results import INTERRUPTED, INTERRUPTED_REASON, CandidateResult, Progress, progress
 from autotune.memory import Correction, DeviceLimits
@@ -305,6 +306,12 @@ class StudySearch:
 
     def finish(self, reason: str, state: Progress | None = None) -> StudyRecord:
         state = state or self.progress()
+        budget = self.settings.budget_minutes
+        if budget is None or state.seconds < budget * 60:  # a spent time budget leaves no time to re-measure
+            confirm_close_pair(self.store, self.model, self.environment, self.environment_id, self.study,
+                               measure=self._measure or _default_measure(), timeout_s=self.settings.timeout_s,
+                               on_spawn=self.on_spawn, on_start=self.on_start, worker_options=self.settings.worker_options)
+            state = self.progress()
         best = state.best.best.id if state.best and state.best.best else None
         self.study = self.store.update_study(self.study.id, state="finished", stop_reason=reason, finished_at=utcnow(),
                                              best_trial_id=best)

@@ -7,7 +7,7 @@ frozen records (:mod:`autotune.store.records`), never ORM rows.
 
 from __future__ import annotations
 
-from autotune.store.records import METRICS, ModelRecord, StudyRecord, TrialRecord
+from autotune.store.records import CONFIRM_ORIGIN, METRICS, ModelRecord, StudyRecord, TrialRecord
 from autotune.store.store import Store
 
-__all__ = ["METRICS", "ModelRecord", "Store", "StudyRecord", "TrialRecord"]
+__all__ = ["CONFIRM_ORIGIN", "METRICS", "ModelRecord", "Store", "StudyRecord", "TrialRecord"]

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from autotune.candidate import Candidate
+from autotune.objective import CONFIRM_ORIGIN  # noqa: F401 - re-exported: the trial origin of a re-measurement
 from autotune.workload import Workload
 
 
@@ -24,6 +25,10 @@ class ModelRecord:
     workload: Workload
     created_at: datetime
     updated_at: datetime
+    #: A llama.cpp model: the GGUF file's name in ``path`` (``from_pretrained(path, gguf_file=...)``).
+    gguf_file: str | None = None
+    #: The user's quality prompts (``add --quality-prompts``); ``None``: the built-in ones.
+    quality_prompts: tuple[str, ...] | None = None
 
     @property
     def load_path(self) -> str:
@@ -53,7 +58,8 @@ METRICS = (
     "load_seconds", "compile_seconds", "ttft_ms", "decode_tokens_per_s", "throughput_tokens_per_s",
     "sequences_per_s", "latency_p50_ms", "latency_p90_ms", "latency_spread", "repeats",
     "peak_memory_bytes", "torch_allocated_bytes", "torch_reserved_bytes", "nvml_used_bytes", "rss_bytes",
-    "forecast_bytes", "quality_token_agreement", "quality_kl",
+    "forecast_bytes", "quality_token_agreement", "quality_kl", "quality_positions", "quality_agreement_low",
+    "quality_agreement_high", "quality_perplexity_change",
 )
 
 

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from autotune.candidate import Candidate
 from autotune.environment import Environment
 from autotune.errors import AutotuneError, InputError, ModelNotFoundError, NotAnAutotuneDatabaseError, StoreError
-from autotune.registry import ResolvedModel, looks_like_path
+from autotune import prompts as quality_text
+from autotune.registry import ResolvedModel, gguf_in, looks_like_path
 from autotune.store import engine as engines
 from autotune.store.migrate import ensure_schema
 from autotune.store.records import METRICS, ModelRecord, StudyRecord, TrialRecord
@@ -130,10 +131,13 @@ class Store:
     # -- models ---------------------------------------------------------------------------------
 
     def upsert_model(
-        self, resolved: ResolvedModel, capabilities: dict[str, Any], workload: Workload
+        self, resolved: ResolvedModel, capabilities: dict[str, Any], workload: Workload,
+        quality_prompts: tuple[str, ...] | None = None,
     ) -> tuple[ModelRecord, bool, dict[str, tuple[Any, Any]]]:
         """Register a model or update its workload.
 
+        ``quality_prompts`` are the user's prompts (``None``: the built-in ones); the workload's
+        ``extra["quality_prompts"]`` must be their digest, as :func:`autotune.prompts.keyed` makes it.
         Returns the record, whether it was new, and each workload field that changed (old, new).
         """
         with self.session() as s:
@@ -146,6 +150,8 @@ class Store:
             row.source, row.path, row.revision = resolved.source, resolved.path, resolved.revision
             row.model_type, row.config = resolved.model_type, resolved.config
             row.architecture, row.capabilities = capabilities.get("architecture"), capabilities
+            row.gguf_file = resolved.gguf_file
+            row.quality_prompts = list(quality_prompts) if quality_prompts else None
             for column in _WORKLOAD_COLUMNS:
                 setattr(row, column, getattr(workload, column))
             row.max_memory = workload.max_memory.text if workload.max_memory else None
@@ -166,7 +172,11 @@ class Store:
     def _model_row(self, s: Session, name: str) -> ModelRow:
         names = [name]
         if looks_like_path(name):
-            names.append(str(Path(name).expanduser().resolve()))
+            path = Path(name).expanduser().resolve()
+            names.append(str(path))
+            gguf = gguf_in(path)  # a directory holding one GGUF file is registered as that file
+            if gguf is not None:
+                names.append(str(gguf.resolve()))
         row = s.scalar(select(ModelRow).where(ModelRow.name.in_(names), ModelRow.removed_at.is_(None)))
         if row is None:
             known = s.scalars(select(ModelRow.name).where(ModelRow.removed_at.is_(None)).order_by(ModelRow.name)).all()
@@ -362,14 +372,15 @@ def _worker_env(row: WorkerEnvRow) -> WorkerEnvironment:
 def _workload(row: ModelRow) -> Workload:
     data = {c: getattr(row, c) for c in _WORKLOAD_COLUMNS}
     data["max_memory"] = MemoryLimit.parse(row.max_memory) if row.max_memory else None
-    return Workload(**data)
+    return quality_text.keyed(Workload(**data), tuple(row.quality_prompts) if row.quality_prompts else None)
 
 
 def _model(row: ModelRow) -> ModelRecord:
     return ModelRecord(
         id=row.id, name=row.name, source=row.source, path=row.path, revision=row.revision, model_type=row.model_type,
         architecture=row.architecture, config=dict(row.config), capabilities=dict(row.capabilities),
-        workload=_workload(row), created_at=row.created_at, updated_at=row.updated_at,
+        workload=_workload(row), created_at=row.created_at, updated_at=row.updated_at, gguf_file=row.gguf_file,
+        quality_prompts=tuple(row.quality_prompts) if row.quality_prompts else None,
     )
 
 

@@ -112,12 +112,16 @@ def load(request: WorkerRequest) -> Loaded:
     cls = getattr(transformers, _MODEL_CLASSES[request.task])
     kwargs = from_pretrained_kwargs(request)
     # Import the model's modeling code (and bitsandbytes) before the clock starts: load_seconds
-    # is the cost of loading weights, not of Python imports.
-    try:
-        config = transformers.AutoConfig.from_pretrained(request.model_path)
-        cls._model_mapping[type(config)]
-    except Exception:  # from_pretrained below reports the real problem
-        pass
+    # is the cost of loading weights, not of Python imports. (A GGUF file's config is read from
+    # its metadata, which takes seconds: there the import is left inside the clock.)
+    if request.gguf_file:
+        kwargs["gguf_file"] = request.gguf_file
+    else:
+        try:
+            config = transformers.AutoConfig.from_pretrained(request.model_path)
+            cls._model_mapping[type(config)]
+        except Exception:  # from_pretrained below reports the real problem
+            pass
     if request.candidate.quant != "none":
         try:
             import bitsandbytes  # noqa: F401
@@ -146,15 +150,21 @@ def _short(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def read_effective(model: Any, candidate: Candidate) -> dict[str, Any]:
-    """The configuration in force, read from the loaded model (not from what was asked)."""
+def read_effective(model: Any, candidate: Candidate, gguf_file: str | None = None) -> dict[str, Any]:
+    """The configuration in force, read from the loaded model (not from what was asked).
+
+    A model loaded from a GGUF file also says how many layers kept llama.cpp's packed blocks
+    (``gguf_packed_layers``; Transformers 5.24 keeps them only with the ``kernels`` package and a
+    kernel for the device, and otherwise dequantizes every weight to the load dtype).
+    """
     effective: dict[str, Any] = {
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "sdpa_kernel": candidate.sdpa_kernel,
     }
     linear = [(n, m) for n, m in model.named_modules() if isinstance(m, linear_classes())]
     quantized = [(n, m) for n, m in linear if _is_bnb(m)]
-    quantizer = getattr(model, "hf_quantizer", None)
+    # Only a bitsandbytes load is checked for layers left unconverted (a GGUF load has a quantizer of its own).
+    quantizer = getattr(model, "hf_quantizer", None) if candidate.quant != "none" else None
     skip = list(getattr(quantizer, "modules_to_not_convert", None) or [])
     plain = [(n, m) for n, m in linear if not _is_bnb(m)]
     # the name rule alone: a layer the quantizer meant to convert and left alone is a finding
@@ -209,6 +219,15 @@ def read_effective(model: Any, candidate: Candidate) -> dict[str, Any]:
         import bitsandbytes
 
         versions["bitsandbytes"] = bitsandbytes.__version__
+    if gguf_file:
+        import importlib.metadata
+
+        effective["gguf_file"] = gguf_file
+        effective["gguf_packed_layers"] = sum(1 for _, m in model.named_modules() if type(m).__name__.startswith("Gguf"))
+        try:
+            versions["gguf"] = importlib.metadata.version("gguf")
+        except importlib.metadata.PackageNotFoundError:
+            pass
     effective["versions"] = versions
     return effective
 

@@ -259,6 +259,89 @@ class GpuMemoryProbe:
         return out
 
 
+    def other_processes(self, gpus: list[int]) -> dict[str, Any]:
+        """Other processes NVML lists on the given GPUs (torch indices): ``{"processes": [...], "own_listed": bool}``.
+
+        In a container with its own pid namespace NVML lists pids this process cannot match, its
+        own among them: then ``own_listed`` is False and one of the listed processes is this one.
+        """
+        pid = os.getpid()
+        seen: dict[int, dict[str, Any]] = {}
+        own = False
+        for index in gpus:
+            nvml_index = self._bound.get(index)
+            if nvml_index is None:
+                continue
+            handle = self._handles[nvml_index]
+            for query in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                try:
+                    procs = getattr(self._nvml, query)(handle)
+                except Exception:
+                    continue
+                for proc in procs:
+                    if proc.pid == pid:
+                        own = True
+                        continue
+                    entry = seen.setdefault(int(proc.pid), {"pid": int(proc.pid), "gpu": index, "used_bytes": 0})
+                    entry["used_bytes"] = max(entry["used_bytes"], int(proc.usedGpuMemory or 0))
+        return {"processes": sorted(seen.values(), key=lambda e: e["pid"])[:8], "own_listed": own}
+
+
+class HostLoad:
+    """What else ran on the machine while a timed region ran (Linux): the share of all CPUs' time
+    that other processes took (``/proc/stat`` less this process's own CPU time), the 1-minute load
+    average, and, with an NVML probe, other processes on the trial's GPUs.
+
+    Timings taken while another job shares the CPUs or the GPU drift with it: the recommendation
+    warns when they were (see :func:`autotune.advisor.recommend.busy_note`).
+    """
+
+    def __init__(self, probe: GpuMemoryProbe | None = None, gpus: list[int] | None = None) -> None:
+        self.probe = probe
+        self.gpus = gpus or []
+        self.result: dict[str, Any] = {}
+
+    @staticmethod
+    def _cpu_jiffies() -> tuple[int, int] | None:
+        """(busy, total) jiffies of all CPUs since boot."""
+        try:
+            with open("/proc/stat") as handle:
+                fields = [int(v) for v in handle.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        total = sum(fields[:8])  # guest time is already counted in user
+        return total - idle, total
+
+    def __enter__(self) -> HostLoad:
+        self._jiffies = self._cpu_jiffies()
+        times = os.times()
+        self._own = times.user + times.system
+        self._gpu_before = self.probe.other_processes(self.gpus) if self.probe is not None and self.gpus else None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = self._cpu_jiffies()
+        times = os.times()
+        own = times.user + times.system - self._own
+        out: dict[str, Any] = {"cpus": os.cpu_count()}
+        if self._jiffies is not None and after is not None and after[1] > self._jiffies[1]:
+            hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+            busy = (after[0] - self._jiffies[0]) / hz
+            total = (after[1] - self._jiffies[1]) / hz
+            out["other_cpu_share"] = round(min(1.0, max(0.0, (busy - own) / total)), 3)
+        try:
+            out["load_1m"] = round(os.getloadavg()[0], 2)
+        except OSError:
+            pass
+        if self._gpu_before is not None and self.probe is not None:
+            gpu_after = self.probe.other_processes(self.gpus)
+            merged = {p["pid"]: p for p in self._gpu_before["processes"] + gpu_after["processes"]}
+            out["gpu_other_processes"] = sorted(merged.values(), key=lambda e: e["pid"])[:8]
+            out["gpu_own_listed"] = self._gpu_before["own_listed"] or gpu_after["own_listed"]
+        self.result = out
+
+
 class MemorySampler:
     """Polls the GPU probe and the RSS from a thread while a pass runs; keeps the peaks."""
 
@@ -411,16 +494,18 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
     screened = screen_memory(request, memory["metrics"])
     if screened is not None:
         return _screened_generation(request, batch, generated, [], memory, effective, first_call, lengths, screened)
-    e2e_first: list[float] = []
-    if request.screen is not None and request.screen.beat is not None:
-        seconds, _ = timed(full)
-        e2e_first.append(seconds)
-        screened = screen_timing(request, batch * generated / seconds, seconds * 1e3)
-        if screened is not None:
-            return _screened_generation(request, batch, generated, e2e_first, memory, effective, first_call, lengths, screened)
-    ttft, ttft_capped = repeat(first, request)
-    # With one new token (prefill only) a whole call stops at the first token: one series is both.
-    e2e, e2e_capped = (ttft, ttft_capped) if workload.new_tokens == 1 else repeat(full, request, e2e_first)
+    with HostLoad(probe, model_gpus(model) if probe is not None else None) as host:
+        e2e_first: list[float] = []
+        if request.screen is not None and request.screen.beat is not None:
+            seconds, _ = timed(full)
+            e2e_first.append(seconds)
+            screened = screen_timing(request, batch * generated / seconds, seconds * 1e3)
+        if screened is None:
+            ttft, ttft_capped = repeat(first, request)
+            # With one new token (prefill only) a whole call stops at the first token: one series is both.
+            e2e, e2e_capped = (ttft, ttft_capped) if workload.new_tokens == 1 else repeat(full, request, e2e_first)
+    if screened is not None:
+        return _screened_generation(request, batch, generated, e2e_first, memory, effective, first_call, lengths, screened)
 
     p50 = percentile(e2e, 50)
     ttft50 = percentile(ttft, 50)
@@ -443,6 +528,7 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
         "generated_tokens": generated,
         "prompt_lengths": lengths,
         "padding_share": 1 - sum(lengths) / (batch * prompt),
+        "machine": host.result,
         **memory["details"],
     }
     if generated != workload.new_tokens:
@@ -505,10 +591,13 @@ def measure_encoder(model: Any, request: WorkerRequest, batch: int, probe: GpuMe
             forward()
     screened = screen_memory(request, memory["metrics"])
     runs: list[float] = []
-    if screened is None and request.screen is not None and request.screen.beat is not None:
-        seconds, _ = timed(forward)
-        runs.append(seconds)
-        screened = screen_timing(request, batch / seconds, seconds * 1e3)
+    with HostLoad(probe, model_gpus(model) if probe is not None else None) as host:
+        if screened is None and request.screen is not None and request.screen.beat is not None:
+            seconds, _ = timed(forward)
+            runs.append(seconds)
+            screened = screen_timing(request, batch / seconds, seconds * 1e3)
+        if screened is None:
+            times, capped = repeat(forward, request, runs)
     if screened is not None:
         metrics = {**memory["metrics"], "repeats": len(runs)}
         if runs:
@@ -516,7 +605,6 @@ def measure_encoder(model: Any, request: WorkerRequest, batch: int, probe: GpuMe
         details = {"forward_ms": [round(t * 1e3, 3) for t in runs], "first_call_seconds": first_call, "prompt_lengths": lengths,
                    "screen": request.screen.to_dict() if request.screen else None, **memory["details"]}
         return Measured(metrics, {}, details, screened=screened)
-    times, capped = repeat(forward, request, runs)
     p50 = percentile(times, 50)
     metrics = {
         "latency_p50_ms": p50 * 1e3,
@@ -533,6 +621,7 @@ def measure_encoder(model: Any, request: WorkerRequest, batch: int, probe: GpuMe
         "capped": capped,
         "prompt_lengths": lengths,
         "padding_share": 1 - sum(lengths) / (batch * request.workload.prompt_tokens),
+        "machine": host.result,
         **memory["details"],
     }
     return Measured(metrics, {}, details)

@@ -123,6 +123,10 @@ class WorkerRequest:
     ``compile_cache`` is the directory torch.compile keeps its caches in (Inductor's FX graph
     and autograd caches, Triton's kernels): shared by every worker of an environment, it
     survives the process, so a graph compiled once is loaded, not compiled, the next time.
+
+    ``gguf_file`` names a llama.cpp file inside ``model_path`` (``from_pretrained(model_path,
+    gguf_file=...)``). ``quality_prompts`` are the user's quality prompts (``None``: the built-in
+    ones, :data:`autotune.prompts.PROMPTS`), used when the model has a tokenizer.
     """
 
     model_path: str
@@ -147,10 +151,14 @@ class WorkerRequest:
     ladder: str = "rising"
     screen: Screen | None = None
     compile_cache: str | None = None
+    gguf_file: str | None = None
+    quality_prompts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         sizes = tuple(int(b) for b in self.batch_sizes)
         object.__setattr__(self, "batch_sizes", sizes)
+        if self.quality_prompts is not None:
+            object.__setattr__(self, "quality_prompts", tuple(str(p) for p in self.quality_prompts))
         if any(b <= 0 for b in sizes) or any(a >= b for a, b in zip(sizes, sizes[1:])):
             raise InputError(f"batch sizes must be whole numbers above zero in rising order, got {list(sizes)}")
         if not sizes and not self.make_reference:

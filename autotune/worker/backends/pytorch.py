@@ -31,7 +31,7 @@ class PyTorchBackend(Backend):
     def read_effective(self, model: Any) -> dict[str, Any]:
         from autotune.worker import loading
 
-        return loading.read_effective(model, self.candidate)
+        return loading.read_effective(model, self.candidate, self.request.gguf_file)
 
     def check_effective(self, effective: dict[str, Any]) -> None:
         from autotune.worker import attention, loading
