@@ -5,7 +5,7 @@ Constraints are not penalties: a measured peak over the memory limit or a qualit
 makes a trial infeasible, whatever its speed. A quality figure carries its Wilson interval (is the
 floor within its noise?), a timing its spread over its repeats (is a lead larger than the noise of
 both medians?), and a close finish measured again in alternation is read from those
-re-measurements. Pure Python: the search, the advisor and the worker all use it.
+re-measurements. Pure Python: the search and the advisor use it; the worker uses its statistics (:mod:`autotune.stats`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from autotune.stats import MEDIAN_ERROR_PER_SPREAD, Z95, timing_error, wilson_interval, within_noise  # noqa: F401 - the objective's own vocabulary
+from autotune.store.records import CONFIRM_ORIGIN
 from autotune.workload import Workload
 
 if TYPE_CHECKING:
@@ -99,44 +101,6 @@ def better(workload: Workload, a: float, b: float) -> bool:
 
 # -- how sure a figure is -------------------------------------------------------------------------
 
-#: z of a two-sided 95% interval.
-Z95 = 1.959964
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% by default); ``(0, 1)`` when ``n`` is 0.
-
-    Quality treats each scored position as one trial. Positions of one text are not independent
-    (an early disagreement shifts the next predictions), so the interval is somewhat narrower
-    than the truth; it still says whether one token could have changed a verdict.
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def within_noise(low: float | None, high: float | None, floor: float) -> bool:
-    """Whether the quality floor lies inside a measured interval: the verdict could go either way."""
-    return low is not None and high is not None and low <= floor <= high
-
-
-#: The relative standard error of a median of ``n`` timings whose relative p10-p90 spread is ``s``:
-#: for a normal distribution sigma = (p90 - p10) / 2.563, and the median's standard error is
-#: 1.2533 sigma / sqrt(n), so about 0.489 s / sqrt(n).
-MEDIAN_ERROR_PER_SPREAD = 1.2533 / 2.5631
-
-
-def timing_error(spread: float | None, repeats: int | None) -> float | None:
-    """The relative standard error of a trial's median latency, from its spread and repeats."""
-    if spread is None or not repeats or repeats < 1:
-        return None
-    return MEDIAN_ERROR_PER_SPREAD * max(float(spread), 0.0) / math.sqrt(repeats)
-
-
 @dataclass(frozen=True)
 class Margin:
     """How far the winner is ahead of the runner-up, against how precisely both were timed.
@@ -183,11 +147,6 @@ def margin(workload: Workload, winner_value: float, winner_metrics: dict[str, An
 
 
 # -- a close finish, measured again --------------------------------------------------------------
-
-#: ``origin`` of the trials that re-measure a close best and runner-up, interleaved
-#: (:mod:`autotune.search.confirm`); the others are ``baseline``, ``search`` and ``measure``.
-CONFIRM_ORIGIN = "confirm"
-
 
 def _slot(trial: Any) -> tuple[str, int]:
     return trial.candidate.key(), trial.batch_size

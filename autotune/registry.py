@@ -19,12 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import InputError, ModelNotFoundError
+from autotune.files import TOKENIZER_FILES, has_tokenizer  # noqa: F401 - the registry's answer to "does it have a tokenizer"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-#: Files whose presence in a model directory means it has a tokenizer (a GGUF file carries its own).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                   "spiece.model", "sentencepiece.bpe.model")
 
 #: Attention implementations and the class flag that says a model supports them.
 _ATTENTION_FLAGS = {
@@ -87,16 +84,6 @@ def _resolve_local(name: str) -> ResolvedModel:
                              f"{', ...' if len(files) > 4 else ''}) and no config.json: name one, e.g. autotune add {files[0]}")
         raise InputError(f"model directory {name} has no config.json (save the model with save_pretrained, or give its Hub id)")
     return ResolvedModel(name=str(path.resolve()), source="local", path=str(path.resolve()), revision=None, config=read_config(config_file))
-
-
-def has_tokenizer(path: str | None, gguf_file: str | None = None) -> bool:
-    """Whether a model's files on this machine include a tokenizer (a GGUF file always does)."""
-    if gguf_file:
-        return True
-    if not path:
-        return False
-    directory = Path(path)
-    return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
 # -- llama.cpp's GGUF files -----------------------------------------------------------------------

@@ -76,11 +76,11 @@ def test_a_gguf_model_is_measured_and_loaded_from_its_file(cli, smollm2_gguf: Pa
 
     # the forecast counts parameters from the config, at the load dtype: what the worker found
     # loaded, and nothing like the file's 98 MB of 4-bit blocks
-    from autotune.advisor import forecast
+    from autotune.memory import model_shape
     from autotune.registry import read_config, read_gguf_config
 
-    from_file = forecast.model_shape(read_gguf_config(smollm2_gguf), "text-generation")
-    from_dir = forecast.model_shape(read_config(smollm2 / "config.json"), "text-generation")
+    from_file = model_shape(read_gguf_config(smollm2_gguf), "text-generation")
+    from_dir = model_shape(read_config(smollm2 / "config.json"), "text-generation")
     assert from_file.parameters == from_dir.parameters == 134_515_008
     weights = from_file.weight_bytes("bfloat16")[0]
     assert weights == from_dir.weight_bytes("bfloat16")[0] and abs(weights - 2 * 134_515_008) < 4096  # (and buffers)

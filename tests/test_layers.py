@@ -18,7 +18,7 @@ ALLOWED = {
     "worker": {"memory", "environment"},
     "trials": {"memory", "environment", "store", "objective", "worker_env", "worker"},
 }
-BOTTOM = {"", "errors", "units", "workload", "candidate", "flash"}  # "": the package itself (its version)
+BOTTOM = {"", "errors", "units", "workload", "candidate", "flash", "stats", "files"}  # "": the package itself (its version)
 
 
 def part(module: str) -> str:

@@ -297,8 +297,11 @@ def test_bnb_never_measured_is_not_measured_yet_not_unavailable(store) -> None: 
     reported as the whole option ("bnb 8-bit: not available here: bnb-8bit with a static cache")."""
     from autotune.search.space import build_space
 
-    resolved = ResolvedModel(name="/m/smol", source="local", path=None, revision=None,
-                             config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    # SmolLM2-135M's shape: the forecast admits every load of it on the CPU
+    smol = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
+            "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+            "max_position_embeddings": 8192, "tie_word_embeddings": True}
+    resolved = ResolvedModel(name="/m/smol", source="local", path=None, revision=None, config=smol)
     model, _, _ = store.upsert_model(resolved, CPU_CAPS, Workload(device="cpu", max_batch=1))
     study = store.study_for(model, store.record_environment(CPU_ENV))
     space = build_space(model.config, CPU_CAPS, model.workload, CPU_ENV)

@@ -7,8 +7,11 @@ from datetime import datetime
 from typing import Any
 
 from autotune.candidate import Candidate
-from autotune.objective import CONFIRM_ORIGIN  # noqa: F401 - re-exported: the trial origin of a re-measurement
 from autotune.workload import Workload
+
+#: ``origin`` of the trials that re-measure a close best and runner-up, interleaved
+#: (:mod:`autotune.search.confirm`); the others are ``baseline``, ``search`` and ``measure``.
+CONFIRM_ORIGIN = "confirm"
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ import torch
 import transformers
 
 from autotune import prompts as builtin
-from autotune.objective import wilson_interval, within_noise
+from autotune.files import has_tokenizer
+from autotune.stats import wilson_interval, within_noise
 from autotune.worker.measure import input_device, pad_id, synthetic_ids, vocab_size
 from autotune.worker.protocol import WorkerRequest
 
@@ -80,8 +81,6 @@ def quality_shape(request: WorkerRequest) -> tuple[int, int]:
 
 def _tokenizer(request: WorkerRequest) -> tuple[Any, str | None]:
     """The model's tokenizer, or ``None`` and why not."""
-    from autotune.registry import has_tokenizer
-
     if not has_tokenizer(request.model_path, request.gguf_file):
         return None, "the model's files hold no tokenizer"
     try:
