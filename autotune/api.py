@@ -41,8 +41,10 @@ def add_model(store: Store | None, name: str, options: dict[str, Any], *, open_s
     if prompts_file is not None and str(prompts_file) != quality_text.BUILTIN:
         new_prompts = quality_text.load_file(prompts_file)
         if not registry.has_tokenizer(resolved.path, resolved.gguf_file):
-            raise InputError(f"--quality-prompts: {resolved.name} has no tokenizer among its files, so its quality is "
-                             f"measured on seeded token ids; add the tokenizer's files to the model directory first")
+            raise InputError(
+                f"--quality-prompts: {resolved.name} has no tokenizer among its files, so its quality is "
+                f"measured on seeded token ids; add the tokenizer's files to the model directory first"
+            )
     if str(fields.get("max_memory", "")).strip().lower() == "none":
         fields["max_memory"] = None  # `--max-memory none` clears the limit
     fields["task"] = task
@@ -81,7 +83,10 @@ def check_context(workload: Workload, config: dict[str, Any], architecture: str)
     need = workload.prompt_tokens + (workload.new_tokens if workload.generates else 0)
     if need <= positions:
         return
-    asked = f"{workload.prompt_tokens} prompt + {workload.new_tokens} new tokens" if workload.generates \
-        else f"{workload.prompt_tokens} tokens"
-    raise InputError(f"the workload needs {need} positions ({asked}) but {architecture} has {positions} ({field} in its config); "
-                     f"lower --prompt-tokens{' or --new-tokens' if workload.generates else ''} to fit")
+    asked = (
+        f"{workload.prompt_tokens} prompt + {workload.new_tokens} new tokens" if workload.generates else f"{workload.prompt_tokens} tokens"
+    )
+    raise InputError(
+        f"the workload needs {need} positions ({asked}) but {architecture} has {positions} ({field} in its config); "
+        f"lower --prompt-tokens{' or --new-tokens' if workload.generates else ''} to fit"
+    )

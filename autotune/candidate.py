@@ -213,8 +213,10 @@ def rejection(
 
     if c.quant != "none":
         if gguf:
-            return (f"{c.quant}: the model is the GGUF file {gguf}, and Transformers refuses a quantization_config with "
-                    f"gguf_file (it dequantizes the file on load); to try bitsandbytes, save the loaded model as safetensors")
+            return (
+                f"{c.quant}: the model is the GGUF file {gguf}, and Transformers refuses a quantization_config with "
+                f"gguf_file (it dequantizes the file on load); to try bitsandbytes, save the loaded model as safetensors"
+            )
         if not environment.has("bitsandbytes"):
             return f"{c.quant}: package bitsandbytes is not installed (pip install bitsandbytes)"
         if c.quant == "bnb-8bit":
@@ -284,12 +286,20 @@ def onnxruntime_rejection(candidate: Candidate, worker_envs: list[WorkerEnvironm
         known = ", ".join(f"{p} ({where})" for p, where in PROVIDER_PLACEMENT.items())
         return f"execution provider {c.provider}: autotune places only {known}"
     defaults = Candidate()
-    for name, what in (("attn", "attention"), ("sdpa_kernel", "SDPA kernel"), ("quant", "quantization"),
-                       ("double_quant", "double quantization"), ("compute_dtype", "compute dtype"), ("static_cache", "static cache")):
+    for name, what in (
+        ("attn", "attention"),
+        ("sdpa_kernel", "SDPA kernel"),
+        ("quant", "quantization"),
+        ("double_quant", "double quantization"),
+        ("compute_dtype", "compute dtype"),
+        ("static_cache", "static cache"),
+    ):
         value = getattr(c, name)
         if value != getattr(defaults, name):
-            return (f"{what} {value}: a PyTorch loading option; ONNX Runtime runs the exported graph as it is "
-                    f"(leave it at its default, {getattr(defaults, name)}, for runtime onnxruntime)")
+            return (
+                f"{what} {value}: a PyTorch loading option; ONNX Runtime runs the exported graph as it is "
+                f"(leave it at its default, {getattr(defaults, name)}, for runtime onnxruntime)"
+            )
     if c.dtype not in ORT_DTYPES:
         return f"dtype {c.dtype}: ONNX Runtime candidates are exported in float32 or float16 (its CPU and CUDA providers lack bfloat16 kernels)"
     if c.placement == "multi-gpu":
@@ -298,8 +308,10 @@ def onnxruntime_rejection(candidate: Candidate, worker_envs: list[WorkerEnvironm
     if c.placement != want:
         return f"placement {c.placement}: {c.provider} runs on {'the CPU' if want == 'cpu' else 'one GPU'} (placement {want})"
     if c.dtype == "float16" and c.placement == "cpu":
-        return ("dtype float16 on the CPU: optimum exports float16 graphs on a GPU only (on the CPU the export makes a graph that "
-                "CPUExecutionProvider refuses to load: LayerNormalization bound to float and float16); use float32")
+        return (
+            "dtype float16 on the CPU: optimum exports float16 graphs on a GPU only (on the CPU the export makes a graph that "
+            "CPUExecutionProvider refuses to load: LayerNormalization bound to float and float16); use float32"
+        )
     if worker_envs is not None:
         offering = [e for e in worker_envs if e.offers("onnxruntime")]
         if not offering:

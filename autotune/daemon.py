@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 from autotune import environment as environments
 from autotune.candidate import Candidate
 from autotune.environment import Environment
+from autotune.errors import StoreError
 from autotune.search.interrupt import GracefulStop, StopNow
 from autotune.search.lock import HEARTBEAT_S, STALE_AFTER_S, TunerLock
 from autotune.search.results import summary
 from autotune.search.study import Measure, SearchSettings, Step, StudySearch, format_value, recover_interrupted
-from autotune.errors import StoreError
 from autotune.store import ModelRecord, Store
 from autotune.store.schema import EnvironmentRow
 
@@ -49,8 +49,12 @@ def last_fingerprint(store: Store, hostname: str) -> str | None:
     from sqlalchemy import select
 
     with store.session() as s:
-        return s.scalar(select(EnvironmentRow.fingerprint).where(EnvironmentRow.hostname == hostname)
-                        .order_by(EnvironmentRow.last_seen.desc(), EnvironmentRow.id.desc()).limit(1))
+        return s.scalar(
+            select(EnvironmentRow.fingerprint)
+            .where(EnvironmentRow.hostname == hostname)
+            .order_by(EnvironmentRow.last_seen.desc(), EnvironmentRow.id.desc())
+            .limit(1)
+        )
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,10 @@ class Daemon:
         lock = TunerLock(store, "daemon", stale_after_s=self.options.stale_after_s, heartbeat_s=self.options.heartbeat_s)
         previous = lock.acquire()  # TunerBusyError (exit 2) names the holder
         stop = GracefulStop(self.log).install()
-        self.log(f"started on {lock.hostname} (pid {lock.pid}), database {store.location}, poll every {self.options.poll_s:g} s"
-                 + (", until no study has work (--once)" if self.options.once else ""))
+        self.log(
+            f"started on {lock.hostname} (pid {lock.pid}), database {store.location}, poll every {self.options.poll_s:g} s"
+            + (", until no study has work (--once)" if self.options.once else "")
+        )
         if previous is not None:
             self.log(f"took over the lock of a tuner that is gone: {previous.describe()}")
         lock.start_heartbeat()
@@ -110,8 +116,10 @@ class Daemon:
         ending = "stopped"
         try:
             for trial in recover_interrupted(store, lock.hostname, previous.worker_pids if previous else ()):
-                self.log(f"trial {trial.number} of study {trial.study_id} ({trial.candidate.label()}, batch {trial.batch_size}) "
-                         "was left running by a tuner that died: marked crash, its candidate will be measured again")
+                self.log(
+                    f"trial {trial.number} of study {trial.study_id} ({trial.candidate.label()}, batch {trial.batch_size}) "
+                    "was left running by a tuner that died: marked crash, its candidate will be measured again"
+                )
             while not stop.requested:
                 try:
                     busy = self._pass(store, lock, stop)
@@ -148,8 +156,10 @@ class Daemon:
         """Measure one candidate of the next model with work; ``False`` if there was none."""
         environment = self.probe()
         if self.fingerprint is not None and environment.fingerprint != self.fingerprint:
-            self.log(f"environment changed: fingerprint {self.fingerprint} -> {environment.fingerprint} ({environment.summary()}); "
-                     "new studies start for every model")
+            self.log(
+                f"environment changed: fingerprint {self.fingerprint} -> {environment.fingerprint} ({environment.summary()}); "
+                "new studies start for every model"
+            )
             self._searches.clear()
         if not self._passes:
             self.log(f"environment {environment.fingerprint}: {environment.summary()}")
@@ -236,5 +246,9 @@ class Daemon:
             self.log(f"{model.name} candidate {step.progress.measured}: {step.describe(search.metric)}")
         if step.finished:
             best = summary(step.progress.best, search.workload)
-            found = f"best {best['label']} at batch {best['batch_size']}: {format_value(best['metric'], best['value'])}" if best else "no feasible candidate"
+            found = (
+                f"best {best['label']} at batch {best['batch_size']}: {format_value(best['metric'], best['value'])}"
+                if best
+                else "no feasible candidate"
+            )
             self.log(f"study {step.study.id} of {model.name} finished: {step.study.stop_reason}; {found}")

@@ -110,8 +110,12 @@ class Environment:
 
     def _digest(self, *, with_uuids: bool) -> str:
         identity = {
-            "gpus": [[g.uuid, g.name, g.total_memory, list(g.compute_capability)] if with_uuids
-                     else [g.name, g.total_memory, list(g.compute_capability)] for g in self.gpus],
+            "gpus": [
+                [g.uuid, g.name, g.total_memory, list(g.compute_capability)]
+                if with_uuids
+                else [g.name, g.total_memory, list(g.compute_capability)]
+                for g in self.gpus
+            ],
             "driver": self.driver_version,
             "cuda": self.cuda_driver_version,
             "python": self.python,
@@ -141,7 +145,10 @@ class Environment:
     def from_dict(cls, data: dict[str, Any]) -> Environment:
         gpus = tuple(
             Gpu(
-                index=g["index"], uuid=g["uuid"], name=g["name"], total_memory=g["total_memory"],
+                index=g["index"],
+                uuid=g["uuid"],
+                name=g["name"],
+                total_memory=g["total_memory"],
                 free_memory=g.get("free_memory", 0),
                 compute_capability=tuple(int(x) for x in str(g["compute_capability"]).split(".")),  # type: ignore[arg-type]
                 pci_bus_id=g.get("pci_bus_id"),
@@ -149,9 +156,13 @@ class Environment:
             for g in data.get("gpus", [])
         )
         return cls(
-            gpus=gpus, versions=dict(data.get("versions", {})), driver_version=data.get("driver_version"),
-            cuda_driver_version=data.get("cuda_driver_version"), python=data.get("python", platform.python_version()),
-            hostname=data.get("hostname", socket.gethostname()), nvml_error=data.get("nvml_error"),
+            gpus=gpus,
+            versions=dict(data.get("versions", {})),
+            driver_version=data.get("driver_version"),
+            cuda_driver_version=data.get("cuda_driver_version"),
+            python=data.get("python", platform.python_version()),
+            hostname=data.get("hostname", socket.gethostname()),
+            nvml_error=data.get("nvml_error"),
         )
 
 
@@ -242,8 +253,11 @@ def probe() -> Environment:
     """The environment of this process: NVML's GPUs and the installed library versions."""
     gpus, driver, cuda, error = probe_gpus()
     return Environment(
-        gpus=tuple(gpus), versions=installed_versions(), driver_version=driver,
-        cuda_driver_version=cuda, nvml_error=error,
+        gpus=tuple(gpus),
+        versions=installed_versions(),
+        driver_version=driver,
+        cuda_driver_version=cuda,
+        nvml_error=error,
     )
 
 

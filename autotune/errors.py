@@ -45,7 +45,4 @@ class DependencyError(AutotuneError):
 
 def missing_dependency(package: str, purpose: str, install: str | None = None) -> DependencyError:
     """The error for an optional dependency that is not importable."""
-    return DependencyError(
-        f"{purpose} needs the package {package}, which is not installed "
-        f"(pip install {install or package})"
-    )
+    return DependencyError(f"{purpose} needs the package {package}, which is not installed (pip install {install or package})")

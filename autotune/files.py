@@ -6,8 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 #: Files whose presence in a model directory means it has a tokenizer (a GGUF file carries its own).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                   "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def has_tokenizer(path: str | None, gguf_file: str | None = None) -> bool:

@@ -40,16 +40,33 @@ class FlashAttention:
 #: FlashAttention-4 (the ``flash-attn-4`` distribution) installs ``flash_attn.cute`` alone.
 FLASH_ATTENTIONS = {
     "flash_attention_2": FlashAttention(
-        "flash_attention_2", "flash-attn", "flash_attn", (8, 0), None, "compute capability 8.0 or newer",
-        "pip install flash-attn --no-build-isolation"),
+        "flash_attention_2",
+        "flash-attn",
+        "flash_attn",
+        (8, 0),
+        None,
+        "compute capability 8.0 or newer",
+        "pip install flash-attn --no-build-isolation",
+    ),
     "flash_attention_3": FlashAttention(
-        "flash_attention_3", "flash-attn-3", "flash_attn_interface", (9, 0), None, "compute capability 9.0 or newer",
-        "no wheel on PyPI: build it from the hopper/ directory of github.com/Dao-AILab/flash-attention"),
+        "flash_attention_3",
+        "flash-attn-3",
+        "flash_attn_interface",
+        (9, 0),
+        None,
+        "compute capability 9.0 or newer",
+        "no wheel on PyPI: build it from the hopper/ directory of github.com/Dao-AILab/flash-attention",
+    ),
     "flash_attention_4": FlashAttention(
-        "flash_attention_4", "flash-attn-4", "flash_attn.cute", (9, 0), (9, 10),
+        "flash_attention_4",
+        "flash-attn-4",
+        "flash_attn.cute",
+        (9, 0),
+        (9, 10),
         "compute capability 9.x (Hopper) or 10.x (Blackwell)",
         "pip install flash-attn-4, which brings nvidia-cutlass-dsl (with a CUDA 13 driver: 'flash-attn-4[cu13]')",
-        "pip install 'flash-attn-4[cu13]', which brings nvidia-cutlass-dsl with its CUDA 13 libraries"),
+        "pip install 'flash-attn-4[cu13]', which brings nvidia-cutlass-dsl with its CUDA 13 libraries",
+    ),
 }
 
 

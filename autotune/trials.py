@@ -47,6 +47,7 @@ def default_timeout(batch_sizes: list[int] | tuple[int, ...]) -> float:
 
 # -- the quality reference ----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Reference:
     """Where the quality reference of a model is, and how it was made (``path`` None: none could be)."""
@@ -58,8 +59,7 @@ class Reference:
     attempts: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "label": self.label, "status": self.status, "reason": self.reason,
-                "attempts": list(self.attempts)}
+        return {"path": self.path, "label": self.label, "status": self.status, "reason": self.reason, "attempts": list(self.attempts)}
 
 
 def cache_dir() -> Path:
@@ -87,8 +87,13 @@ def _content_stamp(path: str | None) -> list[Any]:
 def reference_path(model: ModelRecord, workload: Workload, environment: Environment, placement: str) -> Path:
     """Where the reference of ``model`` for ``workload`` on this environment and device kind is cached."""
     identity = {
-        "format": 2, "model": model.name, "revision": model.revision, "files": _content_stamp(model.path),
-        "workload": workload.key(), "environment": environment.fingerprint, "device": "cpu" if placement == "cpu" else "gpu",
+        "format": 2,
+        "model": model.name,
+        "revision": model.revision,
+        "files": _content_stamp(model.path),
+        "workload": workload.key(),
+        "environment": environment.fingerprint,
+        "device": "cpu" if placement == "cpu" else "gpu",
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     return cache_dir() / "references" / f"{digest}.pt"
@@ -130,14 +135,31 @@ def _request(model: ModelRecord, workload: Workload, candidate: Candidate, batch
 
     if candidate.runtime == "onnxruntime":
         fields.setdefault("onnx_cache", str(onnx_cache_dir()))
-    return WorkerRequest(model_path=model.load_path, model_name=model.name, task=workload.task, candidate=candidate,
-                         workload=workload, batch_sizes=batch_sizes, model_revision=model.revision, gguf_file=model.gguf_file,
-                         quality_prompts=model.quality_prompts, **fields)
+    return WorkerRequest(
+        model_path=model.load_path,
+        model_name=model.name,
+        task=workload.task,
+        candidate=candidate,
+        workload=workload,
+        batch_sizes=batch_sizes,
+        model_revision=model.revision,
+        gguf_file=model.gguf_file,
+        quality_prompts=model.quality_prompts,
+        **fields,
+    )
 
 
-def ensure_reference(model: ModelRecord, workload: Workload, environment: Environment, *, placement: str = "cpu",
-                     max_memory: dict[int, int] | None = None, python: str | None = None, timeout_s: float | None = None,
-                     on_spawn: Callable[[int], None] | None = None) -> Reference:
+def ensure_reference(
+    model: ModelRecord,
+    workload: Workload,
+    environment: Environment,
+    *,
+    placement: str = "cpu",
+    max_memory: dict[int, int] | None = None,
+    python: str | None = None,
+    timeout_s: float | None = None,
+    on_spawn: Callable[[int], None] | None = None,
+) -> Reference:
     """The cached quality reference for ``model``, made now (in a worker) if it is not there yet.
 
     Tries :func:`reference_candidates` in order until one fits and runs; if none does, the
@@ -150,9 +172,16 @@ def ensure_reference(model: ModelRecord, workload: Workload, environment: Enviro
         return Reference(str(path), _reference_label(path), "cached")
     attempts: list[dict[str, Any]] = []
     for candidate in reference_candidates(model, environment, placement):
-        request = _request(model, workload, candidate, (), reference_path=str(path), make_reference=True,
-                           max_memory=max_memory if candidate.placement == "multi-gpu" else None,
-                           timeout_s=timeout_s or BASE_TIMEOUT_S)
+        request = _request(
+            model,
+            workload,
+            candidate,
+            (),
+            reference_path=str(path),
+            make_reference=True,
+            max_memory=max_memory if candidate.placement == "multi-gpu" else None,
+            timeout_s=timeout_s or BASE_TIMEOUT_S,
+        )
         outcome = launch(request, python=python, on_spawn=on_spawn)
         result = outcome.results[0]
         attempts.append({"label": candidate.label(), "status": result.status, "reason": result.reason})
@@ -178,6 +207,7 @@ def _reference_label(path: Path) -> str | None:
 
 
 # -- measuring a candidate ----------------------------------------------------------------------
+
 
 def measure_candidate(
     store: Store,
@@ -239,12 +269,26 @@ def measure_candidate(
     worker_env = choose_worker_env(candidate, envs or [])
     env_name = worker_env.name if worker_env is not None else DEFAULT_ENV
     if reason is None and worker_env is not None and not Path(worker_env.python).exists():
-        reason = (f"worker environment {worker_env.name}: its interpreter {worker_env.python} is gone "
-                  f"(register it again: autotune env add {worker_env.name} PYTHON)")
+        reason = (
+            f"worker environment {worker_env.name}: its interpreter {worker_env.python} is gone "
+            f"(register it again: autotune env add {worker_env.name} PYTHON)"
+        )
     extra = dict(details or {})
     if reason is not None:
-        return [store.record_trial(study.id, candidate, b, "unsupported", origin=origin, reason=reason, feasible=False,
-                                   worker_env=env_name, details={**extra, "rejected_before_load": True}) for b in sizes]
+        return [
+            store.record_trial(
+                study.id,
+                candidate,
+                b,
+                "unsupported",
+                origin=origin,
+                reason=reason,
+                feasible=False,
+                worker_env=env_name,
+                details={**extra, "rejected_before_load": True},
+            )
+            for b in sizes
+        ]
     candidate_python = worker_env.python if worker_env is not None else python
 
     began = time.monotonic()
@@ -270,29 +314,60 @@ def measure_candidate(
         if make_reference:
             reference = Reference(str(path), candidate.label(), "made with this candidate")
         else:
-            reference = ensure_reference(model, workload, environment, placement=candidate.placement, max_memory=multi_limit,
-                                         python=python, timeout_s=timeout, on_spawn=spawned)
+            reference = ensure_reference(
+                model,
+                workload,
+                environment,
+                placement=candidate.placement,
+                max_memory=multi_limit,
+                python=python,
+                timeout_s=timeout,
+                on_spawn=spawned,
+            )
         from autotune.worker import launch
 
         if deadline_s is not None and reference.status != "cached":
             candidate_timeout = max(1.0, candidate_timeout - (time.monotonic() - began))
         compile_cache = str(compile_cache_dir(environment)) if candidate.runtime == "pytorch" else None
-        request = _request(model, workload, candidate, sizes, max_memory=multi_limit, reference_path=reference.path,
-                           make_reference=make_reference, timeout_s=candidate_timeout, fault=fault, ladder=ladder, screen=screen,
-                           compile_cache=compile_cache, **(worker_options or {}))
+        request = _request(
+            model,
+            workload,
+            candidate,
+            sizes,
+            max_memory=multi_limit,
+            reference_path=reference.path,
+            make_reference=make_reference,
+            timeout_s=candidate_timeout,
+            fault=fault,
+            ladder=ladder,
+            screen=screen,
+            compile_cache=compile_cache,
+            **(worker_options or {}),
+        )
         outcome = launch(request, python=candidate_python, on_spawn=spawned)
         if make_reference and outcome.reference and outcome.reference.get("status") == "ok":
             _write_label(path, candidate.label())
         elif make_reference:
             reference = Reference(None, None, "failed", (outcome.reference or {}).get("reason") or "the worker did not write it")
-        worker = {"pid": outcome.pid, "returncode": outcome.returncode, "wall_seconds": round(outcome.wall_seconds, 3),
-                  "timed_out": outcome.timed_out, "environment": env_name}
+        worker = {
+            "pid": outcome.pid,
+            "returncode": outcome.returncode,
+            "wall_seconds": round(outcome.wall_seconds, 3),
+            "timed_out": outcome.timed_out,
+            "environment": env_name,
+        }
         if worker_env is not None:
             worker["python"] = worker_env.python
         for trial, result in zip(trials, outcome.results):
             verdict = score(workload, result.status, result.metrics, limits, result.details)
-            row = {**extra, **result.details, "worker": worker, "reference": reference.to_dict(),
-                   "memory_limit_bytes": limits.limit_bytes, "memory_limits": limits.to_dict()}
+            row = {
+                **extra,
+                **result.details,
+                "worker": worker,
+                "reference": reference.to_dict(),
+                "memory_limit_bytes": limits.limit_bytes,
+                "memory_limits": limits.to_dict(),
+            }
             status, why = result.status, result.reason
             if capped and outcome.timed_out and status in ("timeout", "skipped"):
                 status, why = "timeout", f"stopped at the study's deadline (its time budget ran out): {result.reason}"
@@ -303,14 +378,25 @@ def measure_candidate(
             if status == "screened":
                 value = _screen_value(workload, result.metrics)
             finished[trial.id] = store.finish_trial(
-                trial.id, status, reason=why, metrics=result.metrics, effective=result.effective,
-                details=row, feasible=verdict.feasible, objective_value=value,
+                trial.id,
+                status,
+                reason=why,
+                metrics=result.metrics,
+                effective=result.effective,
+                details=row,
+                feasible=verdict.feasible,
+                objective_value=value,
             )
     finally:
         for trial in trials:
             if trial.id not in finished:
-                finished[trial.id] = store.finish_trial(trial.id, "error", reason="the measurement was interrupted before this batch size finished",
-                                                        feasible=False, details={"interrupted": True})
+                finished[trial.id] = store.finish_trial(
+                    trial.id,
+                    "error",
+                    reason="the measurement was interrupted before this batch size finished",
+                    feasible=False,
+                    details={"interrupted": True},
+                )
     return [finished[t.id] for t in trials]
 
 

@@ -32,7 +32,9 @@ def parse_size(text: str) -> int:
         raise InputError(f"cannot read memory size {text!r}: write e.g. 20GiB, 600MB or 0.5 (a fraction of each GPU)")
     number, unit = match.groups()
     if unit and unit[-1] == "b" and unit.upper() != "B":
-        raise InputError(f"memory size {text!r} is ambiguous: a lowercase 'b' means bits; write {number}{unit[:-1].upper()}B or {number}{unit[:-1].upper()}iB")
+        raise InputError(
+            f"memory size {text!r} is ambiguous: a lowercase 'b' means bits; write {number}{unit[:-1].upper()}B or {number}{unit[:-1].upper()}iB"
+        )
     factor = _UNITS.get(unit.upper())
     if factor is None:
         raise InputError(f"unknown unit {unit!r} in memory size {text!r}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")

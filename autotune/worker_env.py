@@ -75,8 +75,14 @@ class WorkerEnvironment:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "python": self.python, "python_version": self.python_version, "versions": self.versions,
-            "runtimes": self.runtimes, "problems": list(self.problems), "error": self.error, "usable": self.usable,
+            "name": self.name,
+            "python": self.python,
+            "python_version": self.python_version,
+            "versions": self.versions,
+            "runtimes": self.runtimes,
+            "problems": list(self.problems),
+            "error": self.error,
+            "usable": self.usable,
         }
 
 
@@ -100,8 +106,12 @@ def probe(name: str, python: str) -> WorkerEnvironment:
     except (json.JSONDecodeError, IndexError):
         return WorkerEnvironment(name, python, error=f"interpreter {python} gave no readable answer")
     return WorkerEnvironment(
-        name=name, python=python, python_version=data["python"], versions=data["versions"],
-        runtimes=data["runtimes"], problems=tuple(data["problems"]),
+        name=name,
+        python=python,
+        python_version=data["python"],
+        versions=data["versions"],
+        runtimes=data["runtimes"],
+        problems=tuple(data["problems"]),
     )
 
 
@@ -113,8 +123,9 @@ def default_environment() -> WorkerEnvironment:
     runtimes: dict[str, list[str]] = {}
     if versions.get("torch") and versions.get("transformers"):
         runtimes["pytorch"] = ["cpu"] + (["cuda"] if probe_gpus()[0] else [])
-    return WorkerEnvironment(DEFAULT, sys.executable, python_version=".".join(map(str, sys.version_info[:3])),
-                             versions=versions, runtimes=runtimes)
+    return WorkerEnvironment(
+        DEFAULT, sys.executable, python_version=".".join(map(str, sys.version_info[:3])), versions=versions, runtimes=runtimes
+    )
 
 
 def check_name(name: str) -> str:

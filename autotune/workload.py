@@ -36,8 +36,10 @@ def parse_batch_sizes(text: str, option: str = "--batch") -> tuple[int, ...]:
     for part in str(text).split(","):
         part = part.strip()
         if not part.isdigit() or int(part) < 1:
-            raise InputError(f"{option}{'' if option.endswith('=') else ' '}{text}: give batch sizes as whole numbers "
-                             f"of at least 1, separated by commas, e.g. 1,8,32")
+            raise InputError(
+                f"{option}{'' if option.endswith('=') else ' '}{text}: give batch sizes as whole numbers "
+                f"of at least 1, separated by commas, e.g. 1,8,32"
+            )
         sizes.append(int(part))
     return tuple(sorted(set(sizes)))
 
@@ -109,8 +111,10 @@ class Workload:
             raise InputError(f"--padding-share must be in [0, 1), got {self.padding_share!r}")
         if self.prompt_tokens * (1 - self.padding_share) < 1:
             most = 1 - 1 / self.prompt_tokens
-            raise InputError(f"--padding-share {self.padding_share!r} leaves less than one real token in a row of {self.prompt_tokens} "
-                             f"prompt tokens: give a share from 0 to {math.floor(most * 1000) / 1000:g}")
+            raise InputError(
+                f"--padding-share {self.padding_share!r} leaves less than one real token in a row of {self.prompt_tokens} "
+                f"prompt tokens: give a share from 0 to {math.floor(most * 1000) / 1000:g}"
+            )
         if not 0 <= self.min_quality <= 1:
             raise InputError(f"--min-quality must be in [0, 1], got {self.min_quality!r}")
 

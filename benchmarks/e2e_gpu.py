@@ -37,27 +37,58 @@ if str(REPO) not in sys.path:
 
 #: Real shapes. Falcon-7B: tiiuae/falcon-7b's config (multi-query attention: one KV head).
 FALCON_7B = dict(
-    model_type="falcon", architectures=["FalconForCausalLM"], vocab_size=65024, hidden_size=4544, num_hidden_layers=32,
-    num_attention_heads=71, multi_query=True, parallel_attn=True, new_decoder_architecture=False, bias=False, alibi=False,
-    layer_norm_epsilon=1e-5, bos_token_id=11, eos_token_id=11, dtype="bfloat16",
+    model_type="falcon",
+    architectures=["FalconForCausalLM"],
+    vocab_size=65024,
+    hidden_size=4544,
+    num_hidden_layers=32,
+    num_attention_heads=71,
+    multi_query=True,
+    parallel_attn=True,
+    new_decoder_architecture=False,
+    bias=False,
+    alibi=False,
+    layer_norm_epsilon=1e-5,
+    bos_token_id=11,
+    eos_token_id=11,
+    dtype="bfloat16",
 )
 #: An 8B Llama-3-shaped model (grouped-query attention: 8 KV heads).
 LLAMA_8B = dict(
-    model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
-    rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001, dtype="bfloat16",
+    model_type="llama",
+    architectures=["LlamaForCausalLM"],
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    bos_token_id=128000,
+    eos_token_id=128001,
+    dtype="bfloat16",
 )
 
 #: Workloads per model: (name, `autotune add` options, what the limit is for).
 WORKLOADS = {
-    "throughput": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "16",
-                   "--max-memory", "none"],
-    "latency": ["--objective", "latency", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "1",
-                "--max-memory", "none"],
-    "limited": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "16",
-                "--max-memory", "12GiB"],
-    "two-gpu": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "4",
-                "--max-memory", "10GiB"],
+    "throughput": [
+        "--objective",
+        "throughput",
+        "--prompt-tokens",
+        "512",
+        "--new-tokens",
+        "128",
+        "--max-batch",
+        "16",
+        "--max-memory",
+        "none",
+    ],
+    "latency": ["--objective", "latency", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "1", "--max-memory", "none"],
+    "limited": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "16", "--max-memory", "12GiB"],
+    "two-gpu": ["--objective", "throughput", "--prompt-tokens", "512", "--new-tokens", "128", "--max-batch", "4", "--max-memory", "10GiB"],
 }
 #: What each study may spend, in minutes of measuring, and the space it searches. A GPU lease is
 #: short, so each space keeps the levers that can win there (the user's `--space` option) and the
@@ -172,13 +203,21 @@ print(json.dumps({{"batch_size": BATCH_SIZE, "load_seconds": loaded, "new_tokens
 
 def is_default(candidate: dict[str, Any]) -> bool:
     """The Transformers default load on one GPU: the checkpoint's dtype (bf16 here), sdpa."""
-    return (candidate["dtype"] == "bfloat16" and candidate["attn"] == "sdpa" and not candidate.get("sdpa_kernel")
-            and candidate["quant"] == "none" and candidate["placement"] in ("cuda", "cpu") and not candidate["static_cache"])
+    return (
+        candidate["dtype"] == "bfloat16"
+        and candidate["attn"] == "sdpa"
+        and not candidate.get("sdpa_kernel")
+        and candidate["quant"] == "none"
+        and candidate["placement"] in ("cuda", "cpu")
+        and not candidate["static_cache"]
+    )
 
 
 GUIDE = {
     "bf16 + FlashAttention-2": lambda c: c["dtype"] == "bfloat16" and c["attn"] == "flash_attention_2" and c["quant"] == "none",
-    "bf16 + SDPA flash kernel": lambda c: c["dtype"] == "bfloat16" and c["attn"] == "sdpa" and c.get("sdpa_kernel") == "flash"
+    "bf16 + SDPA flash kernel": lambda c: c["dtype"] == "bfloat16"
+    and c["attn"] == "sdpa"
+    and c.get("sdpa_kernel") == "flash"
     and c["quant"] == "none",
     "4-bit nf4": lambda c: c["quant"] == "bnb-4bit-nf4",
     "8-bit": lambda c: c["quant"] == "bnb-8bit",
@@ -199,16 +238,25 @@ def num(value: float | None, digits: int = 0) -> str:
 RELAXED_FLOOR = 0.5
 
 
-def summarise(model: str, workload: str, trials_doc: list[dict[str, Any]], rec: dict[str, Any], relaxed: dict[str, Any] | None,
-              loader: dict[str, Any], tune_seconds: float, space: str) -> list[str]:
+def summarise(
+    model: str,
+    workload: str,
+    trials_doc: list[dict[str, Any]],
+    rec: dict[str, Any],
+    relaxed: dict[str, Any] | None,
+    loader: dict[str, Any],
+    tune_seconds: float,
+    space: str,
+) -> list[str]:
     trials = [t for study in trials_doc for t in study["trials"]]
     metric = "latency_p50_ms" if workload == "latency" else "throughput_tokens_per_s"
     lines = [f"### {model}, workload `{workload}`", ""]
     ok = [t for t in trials if t["status"] == "ok"]
     candidates = {t["label"] for t in trials}
-    gpu_seconds = sum(t["metrics"].get("load_seconds") or 0 for t in ok)
-    lines.append(f"Search space `{space}`: {len(candidates)} candidates measured, {len(trials)} trials "
-                 f"({len(ok)} ok); `autotune tune` took {tune_seconds / 60:.1f} min of wall time.")
+    lines.append(
+        f"Search space `{space}`: {len(candidates)} candidates measured, {len(trials)} trials "
+        f"({len(ok)} ok); `autotune tune` took {tune_seconds / 60:.1f} min of wall time."
+    )
     best = rec.get("recommendation") or {}
     lines.append("")
     lines.append(f"| configuration | batch | {metric} | TTFT ms | peak GiB | token agreement | feasible |")
@@ -220,9 +268,11 @@ def summarise(model: str, workload: str, trials_doc: list[dict[str, Any]], rec: 
             return
         m = t["metrics"]
         value = m.get(metric)
-        lines.append(f"| {name}: `{t['label']}` | {t['batch_size']} | {num(value, 1)} | {num(m.get('ttft_ms'), 1)} | "
-                     f"{gib(m.get('peak_memory_bytes'))} | {num(m.get('quality_token_agreement'), 3)} | "
-                     f"{t['feasible']} ({t['status']}{': ' + t['reason'] if t.get('reason') and t['status'] != 'ok' else ''}) |")
+        lines.append(
+            f"| {name}: `{t['label']}` | {t['batch_size']} | {num(value, 1)} | {num(m.get('ttft_ms'), 1)} | "
+            f"{gib(m.get('peak_memory_bytes'))} | {num(m.get('quality_token_agreement'), 3)} | "
+            f"{t['feasible']} ({t['status']}{': ' + t['reason'] if t.get('reason') and t['status'] != 'ok' else ''}) |"
+        )
 
     chosen = next((t for t in trials if t["id"] == best.get("trial_id")), None)
     row("recommended", chosen)
@@ -234,7 +284,9 @@ def summarise(model: str, workload: str, trials_doc: list[dict[str, Any]], rec: 
         row(f"recommended with the quality floor at {RELAXED_FLOOR:.0%} (random weights)", relaxed_pick)
     # The speedups are of the recommendation, or, where nothing met the floor, of the pick at the
     # relaxed floor (said so).
-    pick, which = (chosen, "") if chosen else (relaxed_pick, f" (the pick at the {RELAXED_FLOOR:.0%} floor)") if relaxed_pick else (None, "")
+    pick, which = (
+        (chosen, "") if chosen else (relaxed_pick, f" (the pick at the {RELAXED_FLOOR:.0%} floor)") if relaxed_pick else (None, "")
+    )
     defaults = [t for t in trials if is_default(t["candidate"])]
     default_same = next((t for t in defaults if pick and t["batch_size"] == pick["batch_size"]), None)
     default_one = next((t for t in defaults if t["batch_size"] == 1), None)
@@ -244,8 +296,11 @@ def summarise(model: str, workload: str, trials_doc: list[dict[str, Any]], rec: 
         measured = [t for t in trials if match(t["candidate"])]
         good = [t for t in measured if t["status"] == "ok"]
         best_of = max if metric != "latency_p50_ms" else min
-        pick_guide = best_of(good, key=lambda t: t["metrics"].get(metric) or (0 if best_of is max else 1e18)) if good else (
-            measured[0] if measured else None)
+        pick_guide = (
+            best_of(good, key=lambda t: t["metrics"].get(metric) or (0 if best_of is max else 1e18))
+            if good
+            else (measured[0] if measured else None)
+        )
         row(f"guide: {name}", pick_guide)
     lines.append("")
     for label, base in (("at the same batch size", default_same), ("at batch 1", default_one)):
@@ -275,8 +330,13 @@ def main() -> int:
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every study's minutes (BUDGETS) by this")
     parser.add_argument("--patience", default="5")
     parser.add_argument("--max-repeats", default="2", help="timed repeats per batch size at most (a lease is short)")
-    parser.add_argument("--deadline", type=float, metavar="S", help="wall-clock seconds for the whole run: a study still "
-                        "running when only the time for recommend and the loader is left is stopped gently (a lease's command limit)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        metavar="S",
+        help="wall-clock seconds for the whole run: a study still "
+        "running when only the time for recommend and the loader is left is stopped gently (a lease's command limit)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: check the script itself")
     args = parser.parse_args()
     began = time.monotonic()
@@ -307,9 +367,22 @@ def main() -> int:
             log(f"{name} / {workload}: tune")
             space = SPACES[workload] if not args.smoke else "dtype=fp32,bf16 attn=sdpa,eager quant=none batch=1,2"
             minutes = BUDGETS[workload] * args.budget_scale
-            autotune("tune", str(path), "--trials", args.trials, "--budget-minutes", f"{minutes:g}",
-                     "--patience", args.patience, "--space", space, "--max-repeats", args.max_repeats,
-                     check=False, timeout=min(3600.0, left() - RESERVE_S))
+            autotune(
+                "tune",
+                str(path),
+                "--trials",
+                args.trials,
+                "--budget-minutes",
+                f"{minutes:g}",
+                "--patience",
+                args.patience,
+                "--space",
+                space,
+                "--max-repeats",
+                args.max_repeats,
+                check=False,
+                timeout=min(3600.0, left() - RESERVE_S),
+            )
             tune_seconds = time.perf_counter() - started
             trials = autotune.json("trials", str(path))
             loader_path = args.work / f"loader_{name.replace('-', '_')}_{workload.replace('-', '_')}.py"
@@ -325,8 +398,12 @@ def main() -> int:
                 # relaxed floor still shows the whole path (written, imported, generating).
                 autotune("recommend", str(path), "--min-quality", str(RELAXED_FLOOR), "--write", str(loader_path))
                 floor = f"the quality floor at {RELAXED_FLOOR:.0%} (nothing met the workload's floor)"
-            (args.out / "recommendations.jsonl").open("a").write(json.dumps({"model": name, "workload": workload, **rec}, default=str) + "\n")
-            loader = run_loader(loader_path, 16 if args.smoke else 512, args.smoke) if loader_path.exists() else {"error": "no loader written"}
+            (args.out / "recommendations.jsonl").open("a").write(
+                json.dumps({"model": name, "workload": workload, **rec}, default=str) + "\n"
+            )
+            loader = (
+                run_loader(loader_path, 16 if args.smoke else 512, args.smoke) if loader_path.exists() else {"error": "no loader written"}
+            )
             if loader_path.exists():
                 loader["written_for"] = floor
             report += summarise(name, workload, trials, rec, relaxed, loader, tune_seconds, space)

@@ -49,9 +49,19 @@ from e2e_gpu import Autotune, log  # noqa: E402  (the same way of running autotu
 
 #: Llama-3-8B's shape with Llama-3.1's context, so that 32k prompts are within it.
 LLAMA_8B = dict(
-    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-    num_key_value_heads=8, max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
-    bos_token_id=128000, eos_token_id=128001, architectures=["LlamaForCausalLM"],
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    bos_token_id=128000,
+    eos_token_id=128001,
+    architectures=["LlamaForCausalLM"],
 )
 ATTENTIONS = ("flash_attention_4", "sdpa", "eager")
 #: (prompt tokens, new tokens, batch sizes); --tiny uses TINY_GRID.
@@ -114,8 +124,7 @@ def build_model(work: Path, tiny: bool, on_gpu: bool) -> tuple[Any, Path]:
 class Grid:
     """Measures rows in this process with the trial worker's code, and keeps them in a JSON file."""
 
-    def __init__(self, model: Any, path: Path, environment: Any, probe: Any, results: Path, max_repeats: int,
-                 resume: list[Path]) -> None:
+    def __init__(self, model: Any, path: Path, environment: Any, probe: Any, results: Path, max_repeats: int, resume: list[Path]) -> None:
         from autotune.registry import model_capabilities
 
         self.model, self.path, self.environment, self.probe = model, path, environment, probe
@@ -164,8 +173,15 @@ class Grid:
                 log(f"{candidate.label()} {prompt}+{new} batch {batch}: left for a later run (deadline)")
                 continue
             workload = Workload(prompt_tokens=prompt, new_tokens=new, objective="latency")
-            row: dict[str, Any] = {"prompt_tokens": prompt, "new_tokens": new, "batch_size": batch, "attn": attn,
-                                   "static_cache": static, "label": candidate.label(), "attention_ran": self.ran}
+            row: dict[str, Any] = {
+                "prompt_tokens": prompt,
+                "new_tokens": new,
+                "batch_size": batch,
+                "attn": attn,
+                "static_cache": static,
+                "label": candidate.label(),
+                "attention_ran": self.ran,
+            }
             try:
                 limits = DeviceLimits.resolve(None, self.environment, candidate.placement)
                 row["forecast_bytes"] = max(forecast_peaks(self.config, candidate, workload, batch, limits, self.environment))
@@ -176,8 +192,11 @@ class Grid:
                 status, reason, measured = self.measure(candidate, workload, batch)
                 row.update(measured)
             row.update(status=status, reason=reason)
-            log(f"{candidate.label()} {prompt}+{new} batch {batch}: {status}" + (f" ({reason})" if reason else "")
-                + (f", {row['metrics']['latency_p50_ms']:.1f} ms" if status == "ok" else ""))
+            log(
+                f"{candidate.label()} {prompt}+{new} batch {batch}: {status}"
+                + (f" ({reason})" if reason else "")
+                + (f", {row['metrics']['latency_p50_ms']:.1f} ms" if status == "ok" else "")
+            )
             self.document["rows"].append(row)
             self.done.add(self.key(row))
             self.save()
@@ -222,9 +241,17 @@ class Grid:
         from autotune.worker import loading, measure
         from autotune.worker.protocol import WorkerRequest
 
-        request = WorkerRequest(model_path=str(self.path), model_name=self.path.name, task="text-generation", candidate=candidate,
-                                workload=workload, batch_sizes=(batch,), min_repeats=min(3, self.max_repeats),
-                                max_repeats=self.max_repeats, time_cap_s=30.0)
+        request = WorkerRequest(
+            model_path=str(self.path),
+            model_name=self.path.name,
+            task="text-generation",
+            candidate=candidate,
+            workload=workload,
+            batch_sizes=(batch,),
+            min_repeats=min(3, self.max_repeats),
+            max_repeats=self.max_repeats,
+            time_cap_s=30.0,
+        )
         if candidate.static_cache and hasattr(self.model, "_compiled_call"):
             del self.model._compiled_call  # one compile per row, timed as its compile_seconds
             torch._dynamo.reset()
@@ -243,13 +270,31 @@ class Grid:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        keep = ("ttft_ms", "latency_p50_ms", "latency_p90_ms", "latency_spread", "repeats", "throughput_tokens_per_s",
-                "decode_tokens_per_s", "compile_seconds", "peak_memory_bytes", "torch_allocated_bytes", "torch_reserved_bytes",
-                "nvml_used_bytes", "rss_bytes")
-        return "ok", None, {"metrics": {k: result.metrics.get(k) for k in keep}, "effective": result.effective,
-                            "seconds": time.perf_counter() - started,
-                            "details": {k: result.details.get(k) for k in ("e2e_ms", "ttft_ms_repeats", "first_call_seconds", "capped",
-                                                                            "peak_source")}}
+        keep = (
+            "ttft_ms",
+            "latency_p50_ms",
+            "latency_p90_ms",
+            "latency_spread",
+            "repeats",
+            "throughput_tokens_per_s",
+            "decode_tokens_per_s",
+            "compile_seconds",
+            "peak_memory_bytes",
+            "torch_allocated_bytes",
+            "torch_reserved_bytes",
+            "nvml_used_bytes",
+            "rss_bytes",
+        )
+        return (
+            "ok",
+            None,
+            {
+                "metrics": {k: result.metrics.get(k) for k in keep},
+                "effective": result.effective,
+                "seconds": time.perf_counter() - started,
+                "details": {k: result.details.get(k) for k in ("e2e_ms", "ttft_ms_repeats", "first_call_seconds", "capped", "peak_source")},
+            },
+        )
 
 
 def run_studies(args: argparse.Namespace, path: Path, out: Path, left: Any, on_gpu: bool) -> list[dict[str, Any]]:
@@ -259,16 +304,47 @@ def run_studies(args: argparse.Namespace, path: Path, out: Path, left: Any, on_g
     studies = []
     for name, (prompt, new) in (TINY_STUDIES if args.tiny else STUDIES).items():
         if left() < 60:
-            studies.append({"name": name, "prompt_tokens": prompt, "new_tokens": new,
-                            "skipped": f"{left():.0f} s left before the deadline"})
+            studies.append(
+                {"name": name, "prompt_tokens": prompt, "new_tokens": new, "skipped": f"{left():.0f} s left before the deadline"}
+            )
             continue
-        autotune("add", str(path), "--prompt-tokens", str(prompt), "--new-tokens", str(new), "--objective", "latency",
-                 "--min-quality", "0", "--max-memory", "none", "--device", "cuda" if on_gpu else "cpu")
+        autotune(
+            "add",
+            str(path),
+            "--prompt-tokens",
+            str(prompt),
+            "--new-tokens",
+            str(new),
+            "--objective",
+            "latency",
+            "--min-quality",
+            "0",
+            "--max-memory",
+            "none",
+            "--device",
+            "cuda" if on_gpu else "cpu",
+        )
         started = time.perf_counter()
         minutes = max(0.5, min(STUDY_RESERVE_S / 2, left() - 30) / 60)
         log(f"study {name}: {prompt}+{new}, up to {minutes:.1f} min")
-        autotune("tune", str(path), "--space", space, "--trials", "3", "--patience", "3", "--max-repeats", "3",
-                 "--budget-minutes", f"{minutes:.2f}", "--seed", "1", check=False, timeout=max(60.0, min(3600.0, left() - 20)))
+        autotune(
+            "tune",
+            str(path),
+            "--space",
+            space,
+            "--trials",
+            "3",
+            "--patience",
+            "3",
+            "--max-repeats",
+            "3",
+            "--budget-minutes",
+            f"{minutes:.2f}",
+            "--seed",
+            "1",
+            check=False,
+            timeout=max(60.0, min(3600.0, left() - 20)),
+        )
         tune_seconds = time.perf_counter() - started
         rec = autotune.json("recommend", str(path), "--no-code")
         rec = rec[0] if isinstance(rec, list) else rec
@@ -279,17 +355,31 @@ def run_studies(args: argparse.Namespace, path: Path, out: Path, left: Any, on_g
         trials = autotune.json("trials", str(path))
         status = autotune.json("status")
         mine = next((m for m in status.get("models", []) if m.get("name") == str(path)), {})
-        studies.append({
-            "name": name, "prompt_tokens": prompt, "new_tokens": new, "space": space, "tune_seconds": tune_seconds,
-            "metric": rec.get("metric"), "recommendation": rec.get("recommendation"), "why_not": rec.get("why_not"),
-            "trials": [{k: t.get(k) for k in ("label", "batch_size", "status", "reason", "feasible", "objective_value")}
-                       | {"metrics": {k: (t.get("metrics") or {}).get(k) for k in ("ttft_ms", "latency_p50_ms", "peak_memory_bytes",
-                                                                                  "forecast_bytes")},
-                          "attention_ran": (t.get("effective") or {}).get("attention_ran")}
-                       for study in trials for t in study.get("trials", [])],
-            "rejected": [r for r in (mine.get("study") or {}).get("rejected_reasons") or [] if r.get("candidate")],
-            "loader_header": [line for line in loader.read_text().splitlines() if line.startswith("#")] if loader.exists() else None,
-        })
+        studies.append(
+            {
+                "name": name,
+                "prompt_tokens": prompt,
+                "new_tokens": new,
+                "space": space,
+                "tune_seconds": tune_seconds,
+                "metric": rec.get("metric"),
+                "recommendation": rec.get("recommendation"),
+                "why_not": rec.get("why_not"),
+                "trials": [
+                    {k: t.get(k) for k in ("label", "batch_size", "status", "reason", "feasible", "objective_value")}
+                    | {
+                        "metrics": {
+                            k: (t.get("metrics") or {}).get(k) for k in ("ttft_ms", "latency_p50_ms", "peak_memory_bytes", "forecast_bytes")
+                        },
+                        "attention_ran": (t.get("effective") or {}).get("attention_ran"),
+                    }
+                    for study in trials
+                    for t in study.get("trials", [])
+                ],
+                "rejected": [r for r in (mine.get("study") or {}).get("rejected_reasons") or [] if r.get("candidate")],
+                "loader_header": [line for line in loader.read_text().splitlines() if line.startswith("#")] if loader.exists() else None,
+            }
+        )
         log(f"study {name}: recommends {(rec.get('recommendation') or {}).get('label', 'nothing')} after {tune_seconds:.0f} s")
     return studies
 
@@ -301,18 +391,27 @@ def gib(value: Any) -> str:
 def table(document: dict[str, Any]) -> str:
     """The markdown report: one table per workload, then the studies."""
     rows = document.get("rows", [])
-    lines = [f"# FlashAttention-4, SDPA and eager: {document.get('machine')}", "",
-             f"Model: {document.get('model')}; bf16; random weights. Libraries: {document.get('versions')}.",
-             f"flash_attn.cute: {document.get('flash_attn_cute')}. Forecast: {document.get('forecast')}.", "",
-             "Timing: the trial worker's (warm-up excluded, synchronised, repeats until (p90-p10)/p50 <= 5% or a cap); peak: "
-             "the process during the first call as the worker sees it (on a GPU NVML's figure, CUDA context included, and "
-             "torch's reserved peak beside it; on the CPU the peak RSS since the process started); forecast: what autotune "
-             "holds against the memory limit.", ""]
+    lines = [
+        f"# FlashAttention-4, SDPA and eager: {document.get('machine')}",
+        "",
+        f"Model: {document.get('model')}; bf16; random weights. Libraries: {document.get('versions')}.",
+        f"flash_attn.cute: {document.get('flash_attn_cute')}. Forecast: {document.get('forecast')}.",
+        "",
+        "Timing: the trial worker's (warm-up excluded, synchronised, repeats until (p90-p10)/p50 <= 5% or a cap); peak: "
+        "the process during the first call as the worker sees it (on a GPU NVML's figure, CUDA context included, and "
+        "torch's reserved peak beside it; on the CPU the peak RSS since the process started); forecast: what autotune "
+        "holds against the memory limit.",
+        "",
+    ]
     shapes = sorted({(r["prompt_tokens"], r["new_tokens"], r["batch_size"]) for r in rows})
     for prompt, new, batch in shapes:
-        lines += [f"## {prompt:,} prompt + {new} new tokens, batch {batch}", "",
-                  "| attention | cache | TTFT ms | latency ms (spread) | tok/s | vs sdpa | compile s | peak GiB | torch peak GiB | "
-                  "forecast GiB | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {prompt:,} prompt + {new} new tokens, batch {batch}",
+            "",
+            "| attention | cache | TTFT ms | latency ms (spread) | tok/s | vs sdpa | compile s | peak GiB | torch peak GiB | "
+            "forecast GiB | status |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         here = [r for r in rows if (r["prompt_tokens"], r["new_tokens"], r["batch_size"]) == (prompt, new, batch)]
         for r in sorted(here, key=lambda r: (r["static_cache"], ATTENTIONS.index(r["attn"]) if r["attn"] in ATTENTIONS else 9)):
             m = r.get("metrics") or {}
@@ -326,24 +425,34 @@ def table(document: dict[str, Any]) -> str:
                 f"| {r['attn']} | {'static' if r['static_cache'] else 'dynamic'} | {_num(m.get('ttft_ms'), 1)} | "
                 f"{_num(m.get('latency_p50_ms'), 1)}{spread} | {_num(m.get('throughput_tokens_per_s'), 1)} | {versus} | "
                 f"{_num(m.get('compile_seconds'), 1)} | {gib(m.get('peak_memory_bytes'))} | {gib(m.get('torch_reserved_bytes'))} | "
-                f"{gib(r.get('forecast_bytes'))} | {status} |")
+                f"{gib(r.get('forecast_bytes'))} | {status} |"
+            )
         lines.append("")
     for study in document.get("studies", []):
-        lines += [f"## Study `{study['name']}`: {study['prompt_tokens']:,} prompt + {study['new_tokens']} new tokens, "
-                  "objective latency", ""]
+        lines += [
+            f"## Study `{study['name']}`: {study['prompt_tokens']:,} prompt + {study['new_tokens']} new tokens, objective latency",
+            "",
+        ]
         if study.get("skipped"):
             lines += [f"Not run: {study['skipped']}.", ""]
             continue
         rec = study.get("recommendation") or {}
-        lines.append(f"`autotune tune --space \"{study['space']}\"` took {study['tune_seconds']:.0f} s; recommends "
-                     f"**{rec.get('label', 'nothing')}**" + (f" ({study.get('metric')} {_num(rec.get('value'), 1)})" if rec else "") + ".")
-        lines += ["", "| candidate | status | TTFT ms | latency ms | peak GiB | forecast GiB | attention ran |",
-                  "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f'`autotune tune --space "{study["space"]}"` took {study["tune_seconds"]:.0f} s; recommends '
+            f"**{rec.get('label', 'nothing')}**" + (f" ({study.get('metric')} {_num(rec.get('value'), 1)})" if rec else "") + "."
+        )
+        lines += [
+            "",
+            "| candidate | status | TTFT ms | latency ms | peak GiB | forecast GiB | attention ran |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for t in study.get("trials", []):
             m = t.get("metrics") or {}
-            lines.append(f"| {t['label']} | {t['status']}{': ' + t['reason'] if t.get('reason') else ''} | {_num(m.get('ttft_ms'), 1)} | "
-                         f"{_num(m.get('latency_p50_ms'), 1)} | {gib(m.get('peak_memory_bytes'))} | {gib(m.get('forecast_bytes'))} | "
-                         f"{', '.join(t.get('attention_ran') or []) or '-'} |")
+            lines.append(
+                f"| {t['label']} | {t['status']}{': ' + t['reason'] if t.get('reason') else ''} | {_num(m.get('ttft_ms'), 1)} | "
+                f"{_num(m.get('latency_p50_ms'), 1)} | {gib(m.get('peak_memory_bytes'))} | {gib(m.get('forecast_bytes'))} | "
+                f"{', '.join(t.get('attention_ran') or []) or '-'} |"
+            )
         for r in study.get("rejected", []):
             lines.append(f"| {r.get('label')} | rejected ({r.get('kind')}): {r.get('reason')} | | | | | |")
         if study.get("loader_header"):
@@ -363,8 +472,14 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, metavar="S", help="wall-clock seconds for the whole run (520 fits a 10-minute call)")
     parser.add_argument("--parts", default="grid,static,study", help="which parts to run (default: all three)")
     parser.add_argument("--max-repeats", type=int, default=5, help="timed repeats per row at most (default 5)")
-    parser.add_argument("--resume", type=Path, action="append", default=[], metavar="JSON",
-                        help="the results of an earlier run: its rows are kept and not measured again (repeatable)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="the results of an earlier run: its rows are kept and not measured again (repeatable)",
+    )
     parser.add_argument("--tiny", action="store_true", help="a tiny Llama on the CPU (or the GPU): checks the script")
     args = parser.parse_args()
     began = time.monotonic()
@@ -402,10 +517,12 @@ def main() -> int:
     model, path = build_model(args.work, args.tiny, on_gpu)
     grid = Grid(model, path, environment, gpu_probe, results, args.max_repeats, args.resume)
     grid.document.update(
-        machine=environment.summary(), model=("tiny Llama" if args.tiny else "Llama-3-8B shape, 128k context"),
+        machine=environment.summary(),
+        model=("tiny Llama" if args.tiny else "Llama-3-8B shape, 128k context"),
         versions={k: v for k, v in environment.versions.items() if v},
         flash_attn_cute=f"not importable: {problem}" if problem else "importable",
-        forecast=grid.forecast_source)
+        forecast=grid.forecast_source,
+    )
     points = TINY_GRID if args.tiny else GRID
     reserve = STUDY_RESERVE_S if "study" in parts else 0
     if "grid" in parts:

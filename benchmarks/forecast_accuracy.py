@@ -33,8 +33,10 @@ from autotune.units import format_gib  # noqa: E402
 
 #: Small models of different shapes, big enough that weights, not the interpreter, dominate the peak.
 CPU_MODELS = {
-    "llama-64m": ("llama", dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
-                                num_key_value_heads=2, vocab_size=32000)),
+    "llama-64m": (
+        "llama",
+        dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2, vocab_size=32000),
+    ),
     "falcon-40m": ("falcon", dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, vocab_size=32000)),
     "gpt2-50m": ("gpt2", dict(n_embd=512, n_layer=8, n_head=8, vocab_size=32000)),
 }
@@ -97,27 +99,56 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for p, calibrated in zip(mine, loo):
             measured = p.point.measured_bytes
-            rows.append({
-                "trial": p.trial.id, "model": Path(p.model.name).name, "candidate": p.trial.candidate.label(),
-                "batch": p.trial.batch_size, "device": p.point.device_kind, "forecast": p.point.forecast_bytes,
-                "calibrated": calibrated, "measured": measured,
-                "error_before": (p.point.forecast_bytes - measured) / measured, "error_after": (calibrated - measured) / measured,
-                "parts": p.forecast.parts,
-            })
-        report.append({"environment_id": env_id, "environment": env.summary(), "versions": env.versions,
-                       "calibration": calibration.to_dict(), "rows": rows,
-                       "leave_one_out": forecast_error((r["calibrated"], r["measured"]) for r in rows).to_dict()})
+            rows.append(
+                {
+                    "trial": p.trial.id,
+                    "model": Path(p.model.name).name,
+                    "candidate": p.trial.candidate.label(),
+                    "batch": p.trial.batch_size,
+                    "device": p.point.device_kind,
+                    "forecast": p.point.forecast_bytes,
+                    "calibrated": calibrated,
+                    "measured": measured,
+                    "error_before": (p.point.forecast_bytes - measured) / measured,
+                    "error_after": (calibrated - measured) / measured,
+                    "parts": p.forecast.parts,
+                }
+            )
+        report.append(
+            {
+                "environment_id": env_id,
+                "environment": env.summary(),
+                "versions": env.versions,
+                "calibration": calibration.to_dict(),
+                "rows": rows,
+                "leave_one_out": forecast_error((r["calibrated"], r["measured"]) for r in rows).to_dict(),
+            }
+        )
 
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
     for section in report:
-        print(f"environment {section['environment_id']}: {section['environment']}; "
-              + ", ".join(f"{k} {v}" for k, v in section["versions"].items() if v and k in ("torch", "transformers", "bitsandbytes")))
+        print(
+            f"environment {section['environment_id']}: {section['environment']}; "
+            + ", ".join(f"{k} {v}" for k, v in section["versions"].items() if v and k in ("torch", "transformers", "bitsandbytes"))
+        )
         headers = ["TRIAL", "MODEL", "CANDIDATE", "BATCH", "DEVICE", "FORECAST", "CALIBRATED*", "MEASURED", "ERR BEFORE", "ERR AFTER*"]
-        table = [[r["trial"], r["model"], r["candidate"], r["batch"], r["device"], format_gib(r["forecast"]),
-                  format_gib(r["calibrated"]), format_gib(r["measured"]), f"{r['error_before']:+.1%}", f"{r['error_after']:+.1%}"]
-                 for r in section["rows"]]
+        table = [
+            [
+                r["trial"],
+                r["model"],
+                r["candidate"],
+                r["batch"],
+                r["device"],
+                format_gib(r["forecast"]),
+                format_gib(r["calibrated"]),
+                format_gib(r["measured"]),
+                f"{r['error_before']:+.1%}",
+                f"{r['error_after']:+.1%}",
+            ]
+            for r in section["rows"]
+        ]
         widths = [max(len(str(x)) for x in col) for col in zip(headers, *table)]
         for row in [headers, *table]:
             print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
@@ -125,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         print("* calibrated on the other trials of the same device kind (leave-one-out)")
         for kind, fit in cal["fits"].items():
             print(f"fit {kind}: overhead {fit['overhead_bytes'] / 2**30:+.3f} GiB, scale x{fit['scale']:.3f} from {fit['points']} trials")
-        for name, err in (("before calibration", cal["before"]), ("after (in-sample)", cal["after"]), ("after (leave-one-out)", section["leave_one_out"])):
+        for name, err in (
+            ("before calibration", cal["before"]),
+            ("after (in-sample)", cal["after"]),
+            ("after (leave-one-out)", section["leave_one_out"]),
+        ):
             if err["n"]:
                 print(f"{name:>22}: median {err['median']:.1%}, worst {err['worst']:.1%} over {err['n']} trials")
         loo = section["leave_one_out"]

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import os
+import re
 import statistics
 import sys
 import threading
@@ -51,25 +51,77 @@ from autotune.candidate import Candidate  # noqa: E402
 
 #: Shapes no store in benchmarks/results holds. Llama-3.2-1B and Qwen2-1.5B as published (random weights).
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama-3.2-1b": dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=2048, intermediate_size=8192,
-                         num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
-                         max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=True, dtype="bfloat16"),
-    "qwen2-1.5b": dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_size=1536, intermediate_size=8960,
-                       num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-                       max_position_embeddings=32768, tie_word_embeddings=True, dtype="bfloat16"),
-    "qwen2.5-0.5b": dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_size=896, intermediate_size=4864,
-                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                         max_position_embeddings=32768, tie_word_embeddings=True, dtype="bfloat16"),
+    "llama-3.2-1b": dict(
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        dtype="bfloat16",
+    ),
+    "qwen2-1.5b": dict(
+        model_type="qwen2",
+        architectures=["Qwen2ForCausalLM"],
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        dtype="bfloat16",
+    ),
+    "qwen2.5-0.5b": dict(
+        model_type="qwen2",
+        architectures=["Qwen2ForCausalLM"],
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        dtype="bfloat16",
+    ),
 }
 DEFAULT_SHAPES = ("llama-3.2-1b", "qwen2-1.5b")
 #: --tiny: the same architectures, small enough for a CPU.
 TINY = {
-    "llama-tiny": dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=256, intermediate_size=1024,
-                       num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, vocab_size=4096,
-                       max_position_embeddings=1024, tie_word_embeddings=True, dtype="float32"),
-    "qwen2-tiny": dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_size=192, intermediate_size=768,
-                       num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2, vocab_size=4096,
-                       max_position_embeddings=1024, tie_word_embeddings=True, dtype="float32"),
+    "llama-tiny": dict(
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=4096,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        dtype="float32",
+    ),
+    "qwen2-tiny": dict(
+        model_type="qwen2",
+        architectures=["Qwen2ForCausalLM"],
+        hidden_size=192,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        vocab_size=4096,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        dtype="float32",
+    ),
 }
 #: (label, candidate fields): what is measured on each shape.
 CANDIDATES = (
@@ -115,12 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where the store, the JSON and the table go")
     parser.add_argument("--deadline", type=float, metavar="S", help="start no candidate after S seconds; running ones get what is left")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU, 16 + 8 tokens, batch 1, 2, 4 (checks the script)")
-    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
-                        help=f"comma-separated, of {', '.join(SHAPES)} (default {','.join(DEFAULT_SHAPES)})")
+    parser.add_argument(
+        "--shapes", default=",".join(DEFAULT_SHAPES), help=f"comma-separated, of {', '.join(SHAPES)} (default {','.join(DEFAULT_SHAPES)})"
+    )
     parser.add_argument("--jobs", type=int, default=4, help="workers at once (default 4; memory is per process)")
     parser.add_argument("--only", metavar="REGEX", help="only the candidates whose label (e.g. 'bf16 sdpa static') matches")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results",
-                        help="the stores the calibration and margins are fitted on (default benchmarks/results)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=REPO / "benchmarks" / "results",
+        help="the stores the calibration and margins are fitted on (default benchmarks/results)",
+    )
     args = parser.parse_args(argv)
     began = time.monotonic()
 
@@ -194,25 +251,51 @@ def main(argv: list[str] | None = None) -> int:
             model = store.get_model(models[name].name)
             study = store.study_for(model, env_id)
             timeout = None if left() == float("inf") else max(20.0, left())
-            trials = measure_candidate(store, model, candidate, ladder, environment=environment, environment_id=env_id,
-                                       study=study, origin="measure", timeout_s=timeout, worker_options=dict(WORKER_OPTIONS))
+            trials = measure_candidate(
+                store,
+                model,
+                candidate,
+                ladder,
+                environment=environment,
+                environment_id=env_id,
+                study=study,
+                origin="measure",
+                timeout_s=timeout,
+                worker_options=dict(WORKER_OPTIONS),
+            )
             limits = DeviceLimits.resolve(study.workload.max_memory, environment, placement)
             forecasts = {}
             for trial in trials:
                 before = tuple(b for b in ladder if b < trial.batch_size)
-                forecasts[trial.id] = forecast_on(model.config, candidate, study.workload, trial.batch_size, limits,
-                                                  transformers_version=environment.versions.get("transformers"),
-                                                  before=before).peak_bytes
+                forecasts[trial.id] = forecast_on(
+                    model.config,
+                    candidate,
+                    study.workload,
+                    trial.batch_size,
+                    limits,
+                    transformers_version=environment.versions.get("transformers"),
+                    before=before,
+                ).peak_bytes
             store.set_forecasts(forecasts)
         with lock:
             for trial in trials:
-                runs.append({
-                    "shape": name, "candidate": candidate.to_dict(), "label": candidate.label(), "prompt_tokens": prompt,
-                    "new_tokens": new, "batch_size": trial.batch_size, "ladder": list(ladder), "status": trial.status,
-                    "reason": trial.reason, "peak_memory_bytes": trial.metrics.get("peak_memory_bytes"),
-                    "torch_reserved_bytes": trial.metrics.get("torch_reserved_bytes"),
-                    "torch_allocated_bytes": trial.metrics.get("torch_allocated_bytes"), "forecast_bytes": forecasts.get(trial.id),
-                })
+                runs.append(
+                    {
+                        "shape": name,
+                        "candidate": candidate.to_dict(),
+                        "label": candidate.label(),
+                        "prompt_tokens": prompt,
+                        "new_tokens": new,
+                        "batch_size": trial.batch_size,
+                        "ladder": list(ladder),
+                        "status": trial.status,
+                        "reason": trial.reason,
+                        "peak_memory_bytes": trial.metrics.get("peak_memory_bytes"),
+                        "torch_reserved_bytes": trial.metrics.get("torch_reserved_bytes"),
+                        "torch_allocated_bytes": trial.metrics.get("torch_allocated_bytes"),
+                        "forecast_bytes": forecasts.get(trial.id),
+                    }
+                )
             log(f"{name} {label}: " + ", ".join(f"b{t.batch_size} {t.status}" for t in trials))
 
     jobs = [(name, label, fields) for label, fields in CANDIDATES for name in names if not args.only or re.search(args.only, label)]
@@ -231,20 +314,36 @@ def main(argv: list[str] | None = None) -> int:
         figure = fitted.figure(raw, kind)
         margin = fitted.margin(candidate, kind)
         admitted = fitted.admitted(raw, candidate, kind)
-        rows.append({
-            "shape": run["shape"], "candidate": run["label"], "batch_size": run["batch_size"], "prompt_tokens": prompt,
-            "peak_bytes": peak, "forecast_bytes": figure, "error": round((figure - peak) / peak, 5), "fitted_on_shape": False,
-            "raw_forecast_bytes": raw, "margin": margin.value, "margin_group": list(margin.group), "admitted_bytes": admitted,
-            "covered": admitted >= peak, "device": kind, "source": db.name,
-        })
+        rows.append(
+            {
+                "shape": run["shape"],
+                "candidate": run["label"],
+                "batch_size": run["batch_size"],
+                "prompt_tokens": prompt,
+                "peak_bytes": peak,
+                "forecast_bytes": figure,
+                "error": round((figure - peak) / peak, 5),
+                "fitted_on_shape": False,
+                "raw_forecast_bytes": raw,
+                "margin": margin.value,
+                "margin_group": list(margin.group),
+                "admitted_bytes": admitted,
+                "covered": admitted >= peak,
+                "device": kind,
+                "source": db.name,
+            }
+        )
     (out / "forecast_holdout_gpu.json").write_text(json.dumps(rows, indent=1) + "\n")
     shapes_doc = {
         "about": f"Runs of benchmarks/forecast_gpu_shapes.py on {environment.summary()}.",
-        "environment": {"gpu": environment.gpus[0].name if on_gpu else "cpu",
-                        "gpu_memory_bytes": environment.gpus[0].total_memory if on_gpu else None,
-                        "driver": environment.driver_version, **{k: environment.versions.get(k) for k in ("torch", "transformers",
-                                                                                                          "accelerate", "bitsandbytes")}},
-        "shapes": configs, "runs": runs,
+        "environment": {
+            "gpu": environment.gpus[0].name if on_gpu else "cpu",
+            "gpu_memory_bytes": environment.gpus[0].total_memory if on_gpu else None,
+            "driver": environment.driver_version,
+            **{k: environment.versions.get(k) for k in ("torch", "transformers", "accelerate", "bitsandbytes")},
+        },
+        "shapes": configs,
+        "runs": runs,
     }
     (out / "forecast_shapes_gpu.json").write_text(json.dumps(shapes_doc, indent=1) + "\n")
     table = report(rows, runs, not_run, environment.summary(), time.monotonic() - began)
@@ -255,22 +354,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(rows: list[dict[str, Any]], runs: list[dict[str, Any]], not_run: list[str], where: str, seconds: float) -> str:
     gib = 2**30
-    lines = [f"Measured on {where} in {seconds:.0f} s; forecast calibrated, and margins learned, on the stores of other shapes.", "",
-             "| shape | candidate | batch | peak GiB | forecast GiB | error | margin | admitted GiB | covered |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured on {where} in {seconds:.0f} s; forecast calibrated, and margins learned, on the stores of other shapes.",
+        "",
+        "| shape | candidate | batch | peak GiB | forecast GiB | error | margin | admitted GiB | covered |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['shape']} | {r['candidate']} | {r['batch_size']} | {r['peak_bytes'] / gib:.2f} | "
-                     f"{r['forecast_bytes'] / gib:.2f} | {r['error']:+.1%} | {r['margin']:+.0%} | {r['admitted_bytes'] / gib:.2f} | "
-                     f"{'yes' if r['covered'] else 'NO'} |")
+        lines.append(
+            f"| {r['shape']} | {r['candidate']} | {r['batch_size']} | {r['peak_bytes'] / gib:.2f} | "
+            f"{r['forecast_bytes'] / gib:.2f} | {r['error']:+.1%} | {r['margin']:+.0%} | {r['admitted_bytes'] / gib:.2f} | "
+            f"{'yes' if r['covered'] else 'NO'} |"
+        )
     failed = [r for r in runs if r["status"] != "ok"]
     lines.append("")
     if rows:
         errors = [r["error"] for r in rows]
         median, worst, under = statistics.median(abs(e) for e in errors), max(abs(e) for e in errors), min(min(errors), 0.0)
         met = median <= 0.05 and worst <= 0.10 and under >= -0.05
-        lines.append(f"{len(rows)} held-out points: median |error| {median:.1%}, worst {worst:.1%}, worst under-forecast {under:+.1%}, "
-                     f"{sum(r['covered'] for r in rows)} of {len(rows)} covered by forecast x (1 + margin); targets (median <= 5%, "
-                     f"worst <= 10%, no under-forecast beyond 5%): {'met' if met else 'NOT met'}")
+        lines.append(
+            f"{len(rows)} held-out points: median |error| {median:.1%}, worst {worst:.1%}, worst under-forecast {under:+.1%}, "
+            f"{sum(r['covered'] for r in rows)} of {len(rows)} covered by forecast x (1 + margin); targets (median <= 5%, "
+            f"worst <= 10%, no under-forecast beyond 5%): {'met' if met else 'NOT met'}"
+        )
     for r in failed:
         lines.append(f"- {r['shape']} {r['label']} batch {r['batch_size']}: {r['status']} ({r['reason']})")
     for item in not_run:

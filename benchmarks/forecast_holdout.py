@@ -36,7 +36,13 @@ sys.path.insert(0, str(REPO))
 from autotune.candidate import Candidate  # noqa: E402
 from autotune.errors import InputError  # noqa: E402
 from autotune.memory import (  # noqa: E402
-    CalibrationPoint, Correction, candidate_group, correction, device_kind, forecast_parts, shape_key,
+    CalibrationPoint,
+    Correction,
+    candidate_group,
+    correction,
+    device_kind,
+    forecast_parts,
+    shape_key,
 )
 from autotune.units import format_gib  # noqa: E402
 from autotune.workload import Workload  # noqa: E402
@@ -78,13 +84,13 @@ def run_points(path: Path) -> list[Point]:
         workload = Workload(prompt_tokens=run["prompt_tokens"], new_tokens=run["new_tokens"])
         before = tuple(b for b in run.get("ladder") or () if b < run["batch_size"])
         try:
-            raw = forecast_parts(config, candidate, workload, run["batch_size"], transformers_version=env.get("transformers"),
-                                 before=before).peak_bytes
+            raw = forecast_parts(
+                config, candidate, workload, run["batch_size"], transformers_version=env.get("transformers"), before=before
+            ).peak_bytes
         except InputError:
             continue
         kind = device_kind(candidate, [env.get("gpu") or "gpu"])
-        point = CalibrationPoint(kind, raw, int(run["peak_memory_bytes"]), candidate.label(), candidate_group(candidate),
-                                 shape_key(config))
+        point = CalibrationPoint(kind, raw, int(run["peak_memory_bytes"]), candidate.label(), candidate_group(candidate), shape_key(config))
         out.append(Point(point, candidate, run["batch_size"], path.name, run["prompt_tokens"]))
     return out
 
@@ -105,11 +111,22 @@ def row(p: Point, fitted: Correction, held_out: bool) -> dict[str, Any]:
     admitted = fitted.admitted(p.point.forecast_bytes, p.candidate, kind)
     peak = p.point.measured_bytes
     return {
-        "shape": p.point.shape, "candidate": p.candidate.label(), "batch_size": p.batch_size, "prompt_tokens": p.prompt_tokens,
-        "peak_bytes": peak, "forecast_bytes": figure, "error": round((figure - peak) / peak, 5),
-        "fitted_on_shape": not held_out, "raw_forecast_bytes": p.point.forecast_bytes, "margin": margin.value,
-        "margin_group": list(margin.group), "admitted_bytes": admitted, "covered": admitted >= peak,
-        "device": kind, "group": list(p.point.group), "source": p.source,
+        "shape": p.point.shape,
+        "candidate": p.candidate.label(),
+        "batch_size": p.batch_size,
+        "prompt_tokens": p.prompt_tokens,
+        "peak_bytes": peak,
+        "forecast_bytes": figure,
+        "error": round((figure - peak) / peak, 5),
+        "fitted_on_shape": not held_out,
+        "raw_forecast_bytes": p.point.forecast_bytes,
+        "margin": margin.value,
+        "margin_group": list(margin.group),
+        "admitted_bytes": admitted,
+        "covered": admitted >= peak,
+        "device": kind,
+        "group": list(p.point.group),
+        "source": p.source,
     }
 
 
@@ -131,8 +148,13 @@ def summary(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     if not errors:
         return {"n": 0}
     under = min(errors)
-    return {"n": len(errors), "median": statistics.median(abs(e) for e in errors), "worst": max(abs(e) for e in errors),
-            "worst_under": min(under, 0.0), "covered": sum(r["covered"] for r in rows) / len(rows)}
+    return {
+        "n": len(errors),
+        "median": statistics.median(abs(e) for e in errors),
+        "worst": max(abs(e) for e in errors),
+        "worst_under": min(under, 0.0),
+        "covered": sum(r["covered"] for r in rows) / len(rows),
+    }
 
 
 def table(headers: list[str], body: list[list[Any]]) -> None:
@@ -161,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(rows, indent=1) + "\n")
 
     held = [r for r in rows if not r["fitted_on_shape"]]
-    print(f"{len(points)} measured peaks of {len({p.point.shape for p in points})} shapes; each shape held out in turn "
-          f"(calibration and margins fitted on the others); rows written to {out}")
+    print(
+        f"{len(points)} measured peaks of {len({p.point.shape for p in points})} shapes; each shape held out in turn "
+        f"(calibration and margins fitted on the others); rows written to {out}"
+    )
     print("\nper shape, held out:")
     body = []
     for shape in sorted({r["shape"] for r in held}):
@@ -175,18 +199,43 @@ def main(argv: list[str] | None = None) -> int:
         members = [r for r in held if (r["device"], *r["group"]) == group]
         s = summary(members)
         margins = sorted({r["margin"] for r in members})
-        body.append([" / ".join(group), s["n"], pct(s["median"]), pct(s["worst"]), pct(s["worst_under"]),
-                     ", ".join(f"{m:+.0%}" for m in margins), f"{s['covered']:.0%}"])
+        body.append(
+            [
+                " / ".join(group),
+                s["n"],
+                pct(s["median"]),
+                pct(s["worst"]),
+                pct(s["worst_under"]),
+                ", ".join(f"{m:+.0%}" for m in margins),
+                f"{s['covered']:.0%}",
+            ]
+        )
     table(["group", "points", "median |err|", "worst |err|", "worst under", "margin", "covered"], body)
     print("\nworst held-out points:")
     worst = sorted(held, key=lambda r: abs(r["error"]), reverse=True)[:8]
-    table(["shape", "candidate", "batch", "prompt", "peak", "forecast", "error", "admitted", "covered"],
-          [[r["shape"], r["candidate"], r["batch_size"], r["prompt_tokens"], format_gib(r["peak_bytes"]), format_gib(r["forecast_bytes"]),
-            pct(r["error"]), format_gib(r["admitted_bytes"]), "yes" if r["covered"] else "NO"] for r in worst])
+    table(
+        ["shape", "candidate", "batch", "prompt", "peak", "forecast", "error", "admitted", "covered"],
+        [
+            [
+                r["shape"],
+                r["candidate"],
+                r["batch_size"],
+                r["prompt_tokens"],
+                format_gib(r["peak_bytes"]),
+                format_gib(r["forecast_bytes"]),
+                pct(r["error"]),
+                format_gib(r["admitted_bytes"]),
+                "yes" if r["covered"] else "NO",
+            ]
+            for r in worst
+        ],
+    )
     s = summary(held)
     fitted = summary(r for r in rows if r["fitted_on_shape"])
-    print(f"\nheld out, all points: median {pct(s['median'])}, worst {pct(s['worst'])}, worst under-forecast {pct(s['worst_under'])}, "
-          f"{s['covered']:.0%} covered by forecast x (1 + margin)")
+    print(
+        f"\nheld out, all points: median {pct(s['median'])}, worst {pct(s['worst'])}, worst under-forecast {pct(s['worst_under'])}, "
+        f"{s['covered']:.0%} covered by forecast x (1 + margin)"
+    )
     print(f"fitted on every shape (in-sample): median {pct(fitted['median'])}, worst {pct(fitted['worst'])}")
     met = s["median"] <= 0.05 and s["worst"] <= 0.10 and s["worst_under"] >= -0.05
     print(f"targets for held-out shapes ({TARGETS}): {'met' if met else 'NOT met'}")

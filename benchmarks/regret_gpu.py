@@ -70,7 +70,7 @@ LOG: Path | None = None
 
 # -- the grid: one candidate in plain PyTorch ---------------------------------------------------------
 
-GRID_CODE = r'''
+GRID_CODE = r"""
 import json, statistics, sys, time
 spec = json.loads(sys.argv[1])
 import torch, transformers
@@ -125,7 +125,7 @@ for batch in spec["batches"]:
 out["status"] = "ok"
 out["seconds"] = time.perf_counter() - started
 print(json.dumps(out))
-'''
+"""
 
 
 def candidates(space: str, tiny: bool) -> list[dict[str, Any]]:
@@ -137,8 +137,9 @@ def candidates(space: str, tiny: bool) -> list[dict[str, Any]]:
 
     allowed = parse_restriction(space)
     env = probe()
-    workload = Workload(device="cpu" if tiny else "cuda", prompt_tokens=TINY_PROMPT if tiny else PROMPT,
-                        new_tokens=TINY_NEW if tiny else NEW)
+    workload = Workload(
+        device="cpu" if tiny else "cuda", prompt_tokens=TINY_PROMPT if tiny else PROMPT, new_tokens=TINY_NEW if tiny else NEW
+    )
     caps = {"attn_implementations": ["eager", "sdpa"]}
     out = []
     placement = allowed["placement"][0]
@@ -148,8 +149,7 @@ def candidates(space: str, tiny: bool) -> list[dict[str, Any]]:
                 for static in allowed["static_cache"]:
                     c = Candidate(dtype=dtype, attn=attn, quant=quant, static_cache=static, placement=placement)
                     if rejection(c, env, caps, workload, None) is None:
-                        out.append({"dtype": dtype, "attn": attn, "quant": quant, "static": static, "label": c.label(),
-                                    "key": c.key()})
+                        out.append({"dtype": dtype, "attn": attn, "quant": quant, "static": static, "label": c.label(), "key": c.key()})
     return out
 
 
@@ -161,19 +161,30 @@ def on_gpu(gpu: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def grid_one(path: Path, spec: dict[str, Any], batches: tuple[int, ...], cache: Path, tiny: bool, timeout: float,
-             gpu: str) -> dict[str, Any]:
+def grid_one(
+    path: Path, spec: dict[str, Any], batches: tuple[int, ...], cache: Path, tiny: bool, timeout: float, gpu: str
+) -> dict[str, Any]:
     """Time one candidate at every batch size in a fresh process; never raises."""
-    full = {**spec, "path": str(path), "batches": list(batches), "prompt": TINY_PROMPT if tiny else PROMPT,
-            "new": TINY_NEW if tiny else NEW, "warmup": GRID_WARMUP, "repeats": GRID_REPEATS, "device": "cpu" if tiny else "cuda:0"}
+    full = {
+        **spec,
+        "path": str(path),
+        "batches": list(batches),
+        "prompt": TINY_PROMPT if tiny else PROMPT,
+        "new": TINY_NEW if tiny else NEW,
+        "warmup": GRID_WARMUP,
+        "repeats": GRID_REPEATS,
+        "device": "cpu" if tiny else "cuda:0",
+    }
     env = on_gpu(gpu, TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
     started = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-c", GRID_CODE, json.dumps(full)], capture_output=True, text=True,
-                              timeout=timeout, env=env)
+        proc = subprocess.run([sys.executable, "-c", GRID_CODE, json.dumps(full)], capture_output=True, text=True, timeout=timeout, env=env)
         lines = proc.stdout.strip().splitlines()
-        result = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
-            "status": "crash", "reason": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+        result = (
+            json.loads(lines[-1])
+            if proc.returncode == 0 and lines
+            else {"status": "crash", "reason": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+        )
     except subprocess.TimeoutExpired:
         result = {"status": "timeout", "reason": f"over {timeout:.0f} s"}
     result["wall_seconds"] = time.perf_counter() - started
@@ -183,12 +194,20 @@ def grid_one(path: Path, spec: dict[str, Any], batches: tuple[int, ...], cache: 
 
 # -- the study, as a user runs it ---------------------------------------------------------------------
 
+
 def autotune(args: list[str], db: Path, cache: Path, timeout: float, gpu: str = "cpu") -> tuple[int, str, str, float]:
-    env = on_gpu(gpu, AUTOTUNE_DB=str(db), AUTOTUNE_CACHE=str(cache),
-                 PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = on_gpu(
+        gpu, AUTOTUNE_DB=str(db), AUTOTUNE_CACHE=str(cache), PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "autotune", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autotune", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=max(1.0, timeout))
     except subprocess.TimeoutExpired:
@@ -201,15 +220,31 @@ def autotune(args: list[str], db: Path, cache: Path, timeout: float, gpu: str = 
     return proc.returncode, out, err, time.perf_counter() - started
 
 
-def tune(model: str, path: Path, workload: str, run: str, seed: int, work: Path, cache: Path, budget: float, tiny: bool,
-         timeout: float, gpu: str) -> dict[str, Any]:
+def tune(
+    model: str, path: Path, workload: str, run: str, seed: int, work: Path, cache: Path, budget: float, tiny: bool, timeout: float, gpu: str
+) -> dict[str, Any]:
     db = work / f"study_{model}_{workload}_{run}.db"
     db.unlink(missing_ok=True)
     batches = (TINY_BATCHES if tiny else BATCHES)[workload]
     space = (TINY_SPACE if tiny else SPACE) + f" batch={','.join(map(str, batches))}"
-    add = ["add", str(path), "--objective", workload, "--prompt-tokens", str(TINY_PROMPT if tiny else PROMPT),
-           "--new-tokens", str(TINY_NEW if tiny else NEW), "--max-batch", str(max(batches)), "--max-memory", "none",
-           "--min-quality", "0", "--device", "cpu" if tiny else "cuda"]
+    add = [
+        "add",
+        str(path),
+        "--objective",
+        workload,
+        "--prompt-tokens",
+        str(TINY_PROMPT if tiny else PROMPT),
+        "--new-tokens",
+        str(TINY_NEW if tiny else NEW),
+        "--max-batch",
+        str(max(batches)),
+        "--max-memory",
+        "none",
+        "--min-quality",
+        "0",
+        "--device",
+        "cpu" if tiny else "cuda",
+    ]
     code, out, err, _ = autotune(add, db, cache, 300, gpu)
     if code != 0:
         return {"error": f"autotune add failed: {err.strip()[-300:]}"}
@@ -224,11 +259,22 @@ def tune(model: str, path: Path, workload: str, run: str, seed: int, work: Path,
         rec = {"message": rec_err.strip()[-300:]}
     rows = [t for s in trials for t in s["trials"]]
     spent = measuring_seconds(rows)
-    return {"model": model, "workload": workload, "run": run, "seed": seed, "db": db.name, "exit": code, "wall_seconds": seconds,
-            "measuring_seconds": spent, "stderr_tail": err[-3000:], "trials": rows,
-            "stop_reason": trials[0]["stop_reason"] if trials else None,
-            "recommendation": (rec or {}).get("recommendation"), "recommend_message": (rec or {}).get("message"),
-            "notes": (rec or {}).get("notes")}
+    return {
+        "model": model,
+        "workload": workload,
+        "run": run,
+        "seed": seed,
+        "db": db.name,
+        "exit": code,
+        "wall_seconds": seconds,
+        "measuring_seconds": spent,
+        "stderr_tail": err[-3000:],
+        "trials": rows,
+        "stop_reason": trials[0]["stop_reason"] if trials else None,
+        "recommendation": (rec or {}).get("recommendation"),
+        "recommend_message": (rec or {}).get("message"),
+        "notes": (rec or {}).get("notes"),
+    }
 
 
 def measuring_seconds(rows: list[dict[str, Any]]) -> float:
@@ -242,12 +288,21 @@ def measuring_seconds(rows: list[dict[str, Any]]) -> float:
     def when(text: Any) -> datetime | None:
         return datetime.fromisoformat(str(text).rstrip("Z")) if text else None
 
-    trials = [SimpleNamespace(candidate=Candidate.from_dict(t["candidate"]), status=t["status"], started_at=when(t["started_at"]),
-                              finished_at=when(t.get("finished_at"))) for t in rows if t.get("started_at")]
+    trials = [
+        SimpleNamespace(
+            candidate=Candidate.from_dict(t["candidate"]),
+            status=t["status"],
+            started_at=when(t["started_at"]),
+            finished_at=when(t.get("finished_at")),
+        )
+        for t in rows
+        if t.get("started_at")
+    ]
     return spent_seconds(trials)  # type: ignore[arg-type]
 
 
 # -- the queue over the GPUs ----------------------------------------------------------------------------
+
 
 @dataclass
 class Task:
@@ -297,6 +352,7 @@ def worker(queue: Queue, gpu: str, on_done: Any) -> None:
 
 # -- the report -------------------------------------------------------------------------------------------
 
+
 def grid_figures(grid: list[dict[str, Any]], workload: str, batches: tuple[int, ...]) -> dict[tuple[str, int], float]:
     """(candidate key, batch) -> the grid's figure for the workload (tok/s, or ms for latency)."""
     out = {}
@@ -311,8 +367,9 @@ def speed(workload: str, value: float) -> float:
     return 1.0 / value if workload == "latency" else value
 
 
-def summarise(model: str, workload: str, grid: list[dict[str, Any]], runs: list[dict[str, Any]], grid_seconds: float,
-              tiny: bool) -> dict[str, Any]:
+def summarise(
+    model: str, workload: str, grid: list[dict[str, Any]], runs: list[dict[str, Any]], grid_seconds: float, tiny: bool
+) -> dict[str, Any]:
     from autotune.candidate import Candidate
 
     batches = (TINY_BATCHES if tiny else BATCHES)[workload]
@@ -322,9 +379,12 @@ def summarise(model: str, workload: str, grid: list[dict[str, Any]], runs: list[
     best_key = max(figures, key=lambda k: speed(workload, figures[k]))
     labels = {r["spec"]["key"]: r["spec"]["label"] for r in grid}
     entry: dict[str, Any] = {
-        "model": model, "workload": workload,
+        "model": model,
+        "workload": workload,
         "grid_best": {"label": labels[best_key[0]], "batch_size": best_key[1], "value": figures[best_key]},
-        "grid_gpu_minutes": grid_seconds / 60, "grid_points": len(figures), "grid_candidates": len(grid),
+        "grid_gpu_minutes": grid_seconds / 60,
+        "grid_points": len(figures),
+        "grid_candidates": len(grid),
     }
     for run in runs:
         rec = run.get("recommendation") or {}
@@ -342,28 +402,43 @@ def summarise(model: str, workload: str, grid: list[dict[str, Any]], runs: list[
             mine = t["metrics"].get("latency_p50_ms" if workload == "latency" else "throughput_tokens_per_s")
             theirs = figures.get((Candidate.from_dict(t["candidate"]).key(), t["batch_size"]))
             if mine and theirs:
-                agreement.append({"label": t["label"], "batch_size": t["batch_size"], "autotune": mine, "grid": theirs,
-                                  "difference": mine / theirs - 1})
+                agreement.append(
+                    {"label": t["label"], "batch_size": t["batch_size"], "autotune": mine, "grid": theirs, "difference": mine / theirs - 1}
+                )
         prefix = "" if run["run"] == "first" else f"{run['run']}_"
-        entry.update({
-            f"{prefix}regret": regret, f"{prefix}tune_gpu_minutes": minutes, f"{prefix}tune_wall_minutes": run.get("wall_seconds", 0) / 60,
-            f"{prefix}candidates_per_gpu_minute": len(measured) / minutes if minutes else None,
-            f"{prefix}candidates_measured": len(measured),
-            f"{prefix}recommended": {"label": rec.get("label"), "batch_size": rec.get("batch_size"), "autotune_value": rec.get("value"),
-                                     "grid_value": value} if rec else {"message": run.get("recommend_message") or run.get("error")},
-            f"{prefix}stop_reason": run.get("stop_reason"), f"{prefix}seed": run.get("seed"),
-            f"{prefix}agreement": agreement,
-        })
+        entry.update(
+            {
+                f"{prefix}regret": regret,
+                f"{prefix}tune_gpu_minutes": minutes,
+                f"{prefix}tune_wall_minutes": run.get("wall_seconds", 0) / 60,
+                f"{prefix}candidates_per_gpu_minute": len(measured) / minutes if minutes else None,
+                f"{prefix}candidates_measured": len(measured),
+                f"{prefix}recommended": {
+                    "label": rec.get("label"),
+                    "batch_size": rec.get("batch_size"),
+                    "autotune_value": rec.get("value"),
+                    "grid_value": value,
+                }
+                if rec
+                else {"message": run.get("recommend_message") or run.get("error")},
+                f"{prefix}stop_reason": run.get("stop_reason"),
+                f"{prefix}seed": run.get("seed"),
+                f"{prefix}agreement": agreement,
+            }
+        )
     if entry.get("tune_gpu_minutes"):
         entry["grid_over_tune"] = entry["grid_gpu_minutes"] / entry["tune_gpu_minutes"]
     return entry
 
 
 def table(entries: list[dict[str, Any]], machine: str) -> str:
-    lines = [f"Machine: {machine}", "",
-             "| model | workload | grid best | recommended (seed 1) | regret | tune GPU-min | grid GPU-min | grid/tune | "
-             "candidates/GPU-min | seed 2: recommended, regret, GPU-min |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {machine}",
+        "",
+        "| model | workload | grid best | recommended (seed 1) | regret | tune GPU-min | grid GPU-min | grid/tune | "
+        "candidates/GPU-min | seed 2: recommended, regret, GPU-min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in entries:
         if "error" in e:
             lines.append(f"| {e['model']} | {e['workload']} | {e['error']} |||||||")
@@ -384,7 +459,8 @@ def table(entries: list[dict[str, Any]], machine: str) -> str:
             f"{r.get('label', r.get('message', '-'))} @{r.get('batch_size', '-')}: {num(r.get('grid_value'))} {unit} | "
             f"{pct(e.get('regret'))} | {num(e.get('tune_gpu_minutes'), 2)} | {num(e.get('grid_gpu_minutes'), 2)} | "
             f"{num(e.get('grid_over_tune'))}x | {num(e.get('candidates_per_gpu_minute'), 2)} | "
-            f"{s.get('label', '-')} @{s.get('batch_size', '-')}, {pct(e.get('second_regret'))}, {num(e.get('second_tune_gpu_minutes'), 2)} |")
+            f"{s.get('label', '-')} @{s.get('batch_size', '-')}, {pct(e.get('second_regret'))}, {num(e.get('second_tune_gpu_minutes'), 2)} |"
+        )
     lines.append("")
     lines.append("autotune's figure against the grid's, for every candidate and batch both measured (seed 1 run):")
     lines.append("")
@@ -392,12 +468,15 @@ def table(entries: list[dict[str, Any]], machine: str) -> str:
     lines.append("|---|---|---|---|---|---|---|")
     for e in entries:
         for a in e.get("agreement", []):
-            lines.append(f"| {e['model']} | {e['workload']} | {a['label']} | {a['batch_size']} | {a['autotune']:,.1f} | "
-                         f"{a['grid']:,.1f} | {a['difference']:+.1%} |")
+            lines.append(
+                f"| {e['model']} | {e['workload']} | {a['label']} | {a['batch_size']} | {a['autotune']:,.1f} | "
+                f"{a['grid']:,.1f} | {a['difference']:+.1%} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 # -- main -----------------------------------------------------------------------------------------------------
+
 
 def build_models(names: list[str], work: Path, tiny: bool, gpus: list[str]) -> dict[str, Path]:
     """Build every model in parallel, one per GPU (a fresh process each)."""
@@ -406,11 +485,14 @@ def build_models(names: list[str], work: Path, tiny: bool, gpus: list[str]) -> d
     for i, name in enumerate(names):
         if (paths[name] / "config.json").exists():
             continue
-        code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]); from benchmarks.e2e_gpu import build; "
-                "build(sys.argv[1], Path(sys.argv[2]), sys.argv[4] == '1')")
+        code = (
+            "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]); from benchmarks.e2e_gpu import build; "
+            "build(sys.argv[1], Path(sys.argv[2]), sys.argv[4] == '1')"
+        )
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if not tiny else dict(os.environ)
-        procs.append((name, subprocess.Popen([sys.executable, "-c", code, name, str(paths[name]), str(REPO), "1" if tiny else "0"],
-                                             env=env)))
+        procs.append(
+            (name, subprocess.Popen([sys.executable, "-c", code, name, str(paths[name]), str(REPO), "1" if tiny else "0"], env=env))
+        )
     for name, proc in procs:
         if proc.wait() != 0:
             raise SystemExit(f"building {name} failed")
@@ -466,12 +548,18 @@ def main() -> int:
         def run(gpu: str) -> Any:
             if spec["quant"] != "none" and model in ineffective:
                 # as autotune does: once bitsandbytes converted no layer of a model, its other variants load the same
-                return {"status": "unsupported", "reason": "bitsandbytes converted no layer (seen on another variant)",
-                        "spec": spec, "sizes": {}, "wall_seconds": 0.0}
+                return {
+                    "status": "unsupported",
+                    "reason": "bitsandbytes converted no layer (seen on another variant)",
+                    "spec": spec,
+                    "sizes": {},
+                    "wall_seconds": 0.0,
+                }
             result = grid_one(paths[model], spec, tuple(all_batches), grid_cache, tiny, 900, gpu)
             if result.get("status") == "unsupported":
                 ineffective.add(model)
             return result
+
         return Task(f"grid {model} {spec['label']}", "grid", run, grid_estimate)
 
     def tune_task(model: str, workload: str, run_name: str, seed: int) -> Task:
@@ -479,6 +567,7 @@ def main() -> int:
             # past the script's deadline the study is stopped gently (Ctrl-C: the trial in hand finishes)
             left = min(timeout, queue.deadline - time.monotonic() + 30)
             return tune(model, paths[model], workload, run_name, seed, args.work, tune_cache, args.budget_minutes, tiny, left, gpu)
+
         return Task(f"tune {model} {workload} ({run_name} run, seed {seed})", "tune", run, tune_estimate)
 
     # Each model: its two studies first, its grid beside them, then the second runs.
@@ -499,8 +588,11 @@ def main() -> int:
         # The raw results first (they survive a bug below), then the summary.
         raw = {"grid": {}, "tune": []}
         for model in names:
-            raw["grid"][model] = [{**t.result, "gpu": t.gpu, "task_seconds": t.seconds} for t in done
-                                  if t.kind == "grid" and t.name.startswith(f"grid {model} ")]
+            raw["grid"][model] = [
+                {**t.result, "gpu": t.gpu, "task_seconds": t.seconds}
+                for t in done
+                if t.kind == "grid" and t.name.startswith(f"grid {model} ")
+            ]
         raw["tune"] = [{**(t.result or {}), "gpu": t.gpu, "task_seconds": t.seconds} for t in done if t.kind == "tune"]
         (args.out / "raw.json").write_text(json.dumps(raw, indent=1, default=str))
         for db in args.work.glob("study_*.db"):
@@ -513,8 +605,9 @@ def main() -> int:
                 for workload in workloads:
                     runs = [r for r in raw["tune"] if r.get("model") == model and r.get("workload") == workload]
                     if grid and runs:
-                        entries.append(summarise(model, workload, grid, sorted(runs, key=lambda r: r["run"] != "first"),
-                                                 grid_seconds, tiny))
+                        entries.append(
+                            summarise(model, workload, grid, sorted(runs, key=lambda r: r["run"] != "first"), grid_seconds, tiny)
+                        )
             (args.out / "regret.json").write_text(json.dumps(entries, indent=1, default=str))
             (args.out / "regret.md").write_text(table(entries, describe_machine(tiny)))
         except Exception as exc:  # the raw results are written; the summary can be made again from them
@@ -538,8 +631,10 @@ def describe_machine(tiny: bool) -> str:
     from autotune.environment import probe
 
     env = probe()
-    return (f"{env.summary()}; torch {env.versions.get('torch')}, transformers {env.versions.get('transformers')}, "
-            f"bitsandbytes {env.versions.get('bitsandbytes')}; tasks share the host's CPUs")
+    return (
+        f"{env.summary()}; torch {env.versions.get('torch')}, transformers {env.versions.get('transformers')}, "
+        f"bitsandbytes {env.versions.get('bitsandbytes')}; tasks share the host's CPUs"
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,7 @@ from autotune.store import Store  # noqa: E402
 SPACE = "dtype=fp32,bf16,fp16 attn=eager,sdpa,sdpa[flash],sdpa[math] quant=none static_cache=false"
 WORKLOAD = {"device": "cpu", "prompt_tokens": 32, "new_tokens": 16, "max_batch": 4}
 #: Small, but large enough that compute, not per-call overhead, sets the pace (about 30M parameters).
-MODEL = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-             vocab_size=4096)
+MODEL = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, vocab_size=4096)
 TARGET = 0.97
 
 
@@ -58,8 +57,9 @@ def open_study(root: Path, name: str, model_dir: Path) -> tuple[Store, Any]:
     return store, model
 
 
-def run_study(store: Store, model: Any, settings: SearchSettings, *, measure: Any = None,
-              costs: dict[str, float] | None = None) -> list[tuple[str, float, str]]:
+def run_study(
+    store: Store, model: Any, settings: SearchSettings, *, measure: Any = None, costs: dict[str, float] | None = None
+) -> list[tuple[str, float, str]]:
     """Run a study to its end: ``(candidate key, seconds it cost, origin)`` per measured candidate."""
     environment = probe()
     search = StudySearch(store, model, environment, store.record_environment(environment), settings, measure=measure)
@@ -93,13 +93,34 @@ class Replay:
     def __init__(self, rows: dict[str, list[Any]]) -> None:
         self.rows = rows
 
-    def __call__(self, store: Store, model: Any, candidate: Any, batch_sizes: Any, *, environment: Any, environment_id: int,
-                 study: Any, origin: str = "search", **_: Any) -> list[Any]:
+    def __call__(
+        self,
+        store: Store,
+        model: Any,
+        candidate: Any,
+        batch_sizes: Any,
+        *,
+        environment: Any,
+        environment_id: int,
+        study: Any,
+        origin: str = "search",
+        **_: Any,
+    ) -> list[Any]:
         out = []
         for old in self.rows[candidate.key()]:
             new = store.start_trial(study.id, candidate, old.batch_size, origin=origin)
-            out.append(store.finish_trial(new.id, old.status, reason=old.reason, metrics=old.metrics, effective=old.effective,
-                                          details=old.details, feasible=old.feasible, objective_value=old.objective_value))
+            out.append(
+                store.finish_trial(
+                    new.id,
+                    old.status,
+                    reason=old.reason,
+                    metrics=old.metrics,
+                    effective=old.effective,
+                    details=old.details,
+                    feasible=old.feasible,
+                    objective_value=old.objective_value,
+                )
+            )
         return out
 
 
@@ -110,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-trials", type=int, default=6, help="trial budget of a live study (default 6)")
     parser.add_argument("--replay-seeds", type=int, default=20, help="studies replayed on the exhaustive measurements (default 20)")
     parser.add_argument("--patience", type=int, default=8)
-    parser.add_argument("--worker-options", default="max_repeats=5",
-                        help="timing knobs for every worker, e.g. min_repeats=2,max_repeats=5 (default max_repeats=5)")
+    parser.add_argument(
+        "--worker-options",
+        default="max_repeats=5",
+        help="timing knobs for every worker, e.g. min_repeats=2,max_repeats=5 (default max_repeats=5)",
+    )
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep the stores (default: a temporary directory)")
     args = parser.parse_args(argv)
 
@@ -177,19 +201,28 @@ def main(argv: list[str] | None = None) -> int:
             missed = len(runs) - len(items)
             return (f"{mid} ({worst})" if many else mid) + (f", {missed} missed" if missed else "")
 
-        table.append([
-            name, seed, show(trials, "{:.0f}"), show([x / exhaustive_s for x in seconds], "{:.0%}"),
-            show([q / best for q in quarter], "{:.0%}", higher_is_worse=False),
-            show(stop_trials, "{:.0f}") if stops else "-", show([x / exhaustive_s for x in stop_seconds], "{:.0%}") if stops else "-",
-        ])
+        table.append(
+            [
+                name,
+                seed,
+                show(trials, "{:.0f}"),
+                show([x / exhaustive_s for x in seconds], "{:.0%}"),
+                show([q / best for q in quarter], "{:.0%}", higher_is_worse=False),
+                show(stop_trials, "{:.0f}") if stops else "-",
+                show([x / exhaustive_s for x in stop_seconds], "{:.0%}") if stops else "-",
+            ]
+        )
 
     # 2. live studies
     for seed in range(args.live_seeds):
         print(f"live study, seed {seed} ...", file=sys.stderr, flush=True)
         os.environ["AUTOTUNE_CACHE"] = str(root / f"cache-live-{seed}")
         store, model = open_study(root, f"live-{seed}", model_dir)
-        steps = run_study(store, model, SearchSettings(seed=seed, patience=args.patience, max_trials=args.live_trials, restrict=restrict,
-                                                       worker_options=options))
+        steps = run_study(
+            store,
+            model,
+            SearchSettings(seed=seed, patience=args.patience, max_trials=args.live_trials, restrict=restrict, worker_options=options),
+        )
         store.close()
         row("study, real worker", f"seed {seed}, {args.live_trials}-trial budget", [steps])
 
@@ -206,8 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     again: dict[str, float | None] = {}
     for key in top:
         candidate = rows[key][0].candidate
-        measure_candidate(store, model, candidate, sorted({t.batch_size for t in rows[key]}), environment=environment,
-                          environment_id=environment_id, study=study, origin="recheck", worker_options=options)
+        measure_candidate(
+            store,
+            model,
+            candidate,
+            sorted({t.batch_size for t in rows[key]}),
+            environment=environment,
+            environment_id=environment_id,
+            study=study,
+            origin="recheck",
+            worker_options=options,
+        )
         result = [r for r in progress(store.trials(study_id=study.id), model.workload).results if r.key == key]
         again[key] = result[0].value if result else None
     store.close()
@@ -231,13 +273,24 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"space: {args.space} -> {len(costs)} candidates, tiny Llama {MODEL}, workload {WORKLOAD}, worker {options}")
-    print(f"exhaustive: {len(exhaustive)} trials in {exhaustive_s:.0f} s; best {labels[best_key]} "
-          f"{format_value(metric, best)}; within {TARGET:.0%} of it: {', '.join(sorted(labels[k] for k in good))}")
-    print("noise, the top three measured again: " + "; ".join(
-        f"{labels[k]} {format_value(metric, values[k])} then {format_value(metric, again[k])}" for k in top))
+    print(
+        f"exhaustive: {len(exhaustive)} trials in {exhaustive_s:.0f} s; best {labels[best_key]} "
+        f"{format_value(metric, best)}; within {TARGET:.0%} of it: {', '.join(sorted(labels[k] for k in good))}"
+    )
+    print(
+        "noise, the top three measured again: "
+        + "; ".join(f"{labels[k]} {format_value(metric, values[k])} then {format_value(metric, again[k])}" for k in top)
+    )
     print()
-    headers = ["run", "", "trials to 97%", "time to 97% (share of exhaustive)", "best found in 25% of the time",
-               "trials at stop", "time at stop (share)"]
+    headers = [
+        "run",
+        "",
+        "trials to 97%",
+        "time to 97% (share of exhaustive)",
+        "best found in 25% of the time",
+        "trials at stop",
+        "time at stop (share)",
+    ]
     widths = [max(len(str(r[i])) for r in [headers, *table]) for i in range(len(headers))]
     for line in [headers, *table]:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())

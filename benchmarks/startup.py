@@ -42,24 +42,41 @@ PROBE = (
 
 def fill(db: str) -> str:
     """A store with three models, a GPU study and a CPU study each, and 24 trials per model."""
-    gpu = Environment(gpus=(Gpu(0, "GPU-0", "NVIDIA H100 80GB HBM3", 80 * 2**30, 79 * 2**30, (9, 0)),),
-                      versions={"torch": "2.11.0", "transformers": "5.17.0"}, driver_version="580.159.04", hostname="gpu-box")
-    candidates = [Candidate(dtype=d, attn=a, quant=q) for d in ("bfloat16", "float16") for a in ("sdpa", "eager")
-                  for q in ("none", "bnb-4bit-nf4")]
+    gpu = Environment(
+        gpus=(Gpu(0, "GPU-0", "NVIDIA H100 80GB HBM3", 80 * 2**30, 79 * 2**30, (9, 0)),),
+        versions={"torch": "2.11.0", "transformers": "5.17.0"},
+        driver_version="580.159.04",
+        hostname="gpu-box",
+    )
+    candidates = [
+        Candidate(dtype=d, attn=a, quant=q) for d in ("bfloat16", "float16") for a in ("sdpa", "eager") for q in ("none", "bnb-4bit-nf4")
+    ]
     with Store.open(db) as store:
         names = []
         for i in range(3):
             name = f"org/model-{i}"
-            resolved = ResolvedModel(name=name, source="hf-cache", path=None, revision="a" * 40,
-                                     config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
-            model, _, _ = store.upsert_model(resolved, {"architecture": "LlamaForCausalLM", "attn_implementations": ["eager", "sdpa"]},
-                                             Workload(max_memory=MemoryLimit.parse("20GiB")))
+            resolved = ResolvedModel(
+                name=name,
+                source="hf-cache",
+                path=None,
+                revision="a" * 40,
+                config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]},
+            )
+            model, _, _ = store.upsert_model(
+                resolved,
+                {"architecture": "LlamaForCausalLM", "attn_implementations": ["eager", "sdpa"]},
+                Workload(max_memory=MemoryLimit.parse("20GiB")),
+            )
             for env in (gpu, probe()):
                 study = store.study_for(model, store.record_environment(env))
                 for j, candidate in enumerate(candidates):
                     for batch in (1, 16):
-                        metrics = {"throughput_tokens_per_s": 100.0 + 10 * j + batch, "latency_p50_ms": 500.0 - j,
-                                   "peak_memory_bytes": (8 + j) * 2**30, "quality_token_agreement": 1.0 if "4bit" not in candidate.quant else 0.95}
+                        metrics = {
+                            "throughput_tokens_per_s": 100.0 + 10 * j + batch,
+                            "latency_p50_ms": 500.0 - j,
+                            "peak_memory_bytes": (8 + j) * 2**30,
+                            "quality_token_agreement": 1.0 if "4bit" not in candidate.quant else 0.95,
+                        }
                         store.record_trial(study.id, candidate, batch, "ok", metrics=metrics)
             names.append(name)
     return names[0]
@@ -124,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
         baseline.append(time.perf_counter() - start)
 
-    print(f"store: {db}; {args.runs} runs after a warm-up; python {sys.version.split()[0]}; "
-          f"bare interpreter start {statistics.median(baseline):.3f} s (median)")
+    print(
+        f"store: {db}; {args.runs} runs after a warm-up; python {sys.version.split()[0]}; "
+        f"bare interpreter start {statistics.median(baseline):.3f} s (median)"
+    )
     headers = ("COMMAND", "MEDIAN S", "MIN S", "MAX S", "TORCH/TRANSFORMERS IMPORTED", f"UNDER {TARGET_S} S")
-    table = [(name, f"{med:.3f}", f"{lo:.3f}", f"{hi:.3f}", heavy, "yes" if med < TARGET_S else "NO")
-             for name, med, lo, hi, heavy in rows]
+    table = [(name, f"{med:.3f}", f"{lo:.3f}", f"{hi:.3f}", heavy, "yes" if med < TARGET_S else "NO") for name, med, lo, hi, heavy in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *table)]
     for row in (headers, *table):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())

@@ -48,14 +48,35 @@ from autotune.workload import Workload  # noqa: E402
 
 #: Llama-3.2-1B's shape (grouped-query attention, 8 KV heads, tied embeddings).
 LLAMA_1B = dict(
-    vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-    num_key_value_heads=8, head_dim=64, max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5,
-    tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001, architectures=["LlamaForCausalLM"],
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    bos_token_id=128000,
+    eos_token_id=128001,
+    architectures=["LlamaForCausalLM"],
 )
 #: tiiuae/falcon-7b's shape (multi-query attention: one KV head; parallel attention and MLP).
 FALCON_7B = dict(
-    vocab_size=65024, hidden_size=4544, num_hidden_layers=32, num_attention_heads=71, multi_query=True, parallel_attn=True,
-    new_decoder_architecture=False, bias=False, alibi=False, layer_norm_epsilon=1e-5, bos_token_id=11, eos_token_id=11,
+    vocab_size=65024,
+    hidden_size=4544,
+    num_hidden_layers=32,
+    num_attention_heads=71,
+    multi_query=True,
+    parallel_attn=True,
+    new_decoder_architecture=False,
+    bias=False,
+    alibi=False,
+    layer_norm_epsilon=1e-5,
+    bos_token_id=11,
+    eos_token_id=11,
     architectures=["FalconForCausalLM"],
 )
 #: Per-GPU limit for the two-GPU runs: below one H100's share, so the model must spread.
@@ -67,6 +88,7 @@ def log(message: str) -> None:
 
 
 # -- models -------------------------------------------------------------------------------------
+
 
 def build_models(root: Path, smoke: bool, names: list[str]) -> dict[str, Path]:
     """Random-weight models saved with save_pretrained (reused when already there)."""
@@ -114,6 +136,7 @@ def capabilities(path: Path) -> dict[str, Any]:
 
 # -- the matrix ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Spec:
     model: str
@@ -132,10 +155,24 @@ class Plan:
     not_run: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-ATTNS = [("eager", None), ("sdpa", None), ("sdpa", "flash"), ("sdpa", "efficient"), ("sdpa", "cudnn"), ("sdpa", "math"),
-         ("flex_attention", None), ("flash_attention_2", None)]
-QUANTS = [("none", False), ("bnb-8bit", False), ("bnb-4bit-nf4", False), ("bnb-4bit-nf4", True), ("bnb-4bit-fp4", False),
-          ("bnb-4bit-fp4", True)]
+ATTNS = [
+    ("eager", None),
+    ("sdpa", None),
+    ("sdpa", "flash"),
+    ("sdpa", "efficient"),
+    ("sdpa", "cudnn"),
+    ("sdpa", "math"),
+    ("flex_attention", None),
+    ("flash_attention_2", None),
+]
+QUANTS = [
+    ("none", False),
+    ("bnb-8bit", False),
+    ("bnb-4bit-nf4", False),
+    ("bnb-4bit-nf4", True),
+    ("bnb-4bit-fp4", False),
+    ("bnb-4bit-fp4", True),
+]
 
 
 def _prune(model: str, c: Candidate, smoke: bool) -> str | None:
@@ -202,17 +239,30 @@ def plan_matrix(models: dict[str, Path], environment: Environment, workload: Wor
     for model, path in models.items():
         caps = capabilities(path)
         if "multi-gpu" in placements:
-            plan.pruned.append((model, "multi-gpu: every combination but bf16 sdpa",
-                                "on two GPUs only the default load is measured, spread under max_memory"))
+            plan.pruned.append(
+                (
+                    model,
+                    "multi-gpu: every combination but bf16 sdpa",
+                    "on two GPUs only the default load is measured, spread under max_memory",
+                )
+            )
         for placement in placements:
             for dtype in ("float32", "float16", "bfloat16"):
                 for attn, kernel in ATTNS:
                     for quant, dq in QUANTS:
                         for static in (False, True):
-                            c = Candidate(dtype=dtype, attn=attn, sdpa_kernel=kernel, quant=quant, double_quant=dq,
-                                          placement=placement, static_cache=static)
-                            if placement == "multi-gpu" and not (dtype == "bfloat16" and attn == "sdpa" and kernel is None
-                                                                 and quant == "none" and not static):
+                            c = Candidate(
+                                dtype=dtype,
+                                attn=attn,
+                                sdpa_kernel=kernel,
+                                quant=quant,
+                                double_quant=dq,
+                                placement=placement,
+                                static_cache=static,
+                            )
+                            if placement == "multi-gpu" and not (
+                                dtype == "bfloat16" and attn == "sdpa" and kernel is None and quant == "none" and not static
+                            ):
                                 continue  # two GPUs: the default load, spread under max_memory
                             reason = rejection(c, environment, caps, workload)
                             if reason is not None:
@@ -231,6 +281,7 @@ def plan_matrix(models: dict[str, Path], environment: Environment, workload: Wor
 
 
 # -- running ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Budget:
@@ -254,16 +305,24 @@ class Budget:
         self.per_batch.setdefault(spec.model, []).append(wall / len(spec.ladder))
 
 
-def run_spec(spec: Spec, path: Path, workload: Workload, smoke: bool, timeout: float, env: dict[str, str] | None,
-             gpus: int = 2) -> WorkerOutcome:
+def run_spec(
+    spec: Spec, path: Path, workload: Workload, smoke: bool, timeout: float, env: dict[str, str] | None, gpus: int = 2
+) -> WorkerOutcome:
     static = spec.candidate.static_cache
     request = WorkerRequest(
-        model_path=str(path), model_name=spec.model, task="text-generation", candidate=spec.candidate, workload=workload,
+        model_path=str(path),
+        model_name=spec.model,
+        task="text-generation",
+        candidate=spec.candidate,
+        workload=workload,
         batch_sizes=spec.ladder,
         max_memory={i: MULTI_GPU_LIMIT for i in range(gpus)} if spec.candidate.placement == "multi-gpu" else None,
         # Candidates checked against plain PyTorch get as many repeats as the plain timing (5).
-        warmup=2 if static else 1, min_repeats=5 if spec.compare else 2, max_repeats=6 if spec.compare else 4,
-        target_spread=0.10, time_cap_s=10.0 if smoke else (60.0 if spec.compare else 30.0),
+        warmup=2 if static else 1,
+        min_repeats=5 if spec.compare else 2,
+        max_repeats=6 if spec.compare else 4,
+        target_spread=0.10,
+        time_cap_s=10.0 if smoke else (60.0 if spec.compare else 30.0),
         timeout_s=timeout,
     )
     return launch(request, env=env)
@@ -283,8 +342,12 @@ def plain_pytorch(path: Path, spec: Spec, batch: int, workload: Workload, smoke:
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(100, vocab - 100, (batch, workload.prompt_tokens), generator=torch.Generator().manual_seed(1)).to(device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    gen = {"do_sample": False, "max_new_tokens": workload.new_tokens, "min_new_tokens": workload.new_tokens,
-           "pad_token_id": model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0}
+    gen = {
+        "do_sample": False,
+        "max_new_tokens": workload.new_tokens,
+        "min_new_tokens": workload.new_tokens,
+        "pad_token_id": model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0,
+    }
     if c.static_cache:
         gen["cache_implementation"] = "static"
     times = []
@@ -308,11 +371,15 @@ def plain_pytorch(path: Path, spec: Spec, batch: int, workload: Workload, smoke:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return {"median_ms": statistics.median(times), "times_ms": [round(t, 2) for t in times],
-            "clock": "perf_counter (CPU)" if smoke else "CUDA events"}
+    return {
+        "median_ms": statistics.median(times),
+        "times_ms": [round(t, 2) for t in times],
+        "clock": "perf_counter (CPU)" if smoke else "CUDA events",
+    }
 
 
 # -- output -------------------------------------------------------------------------------------
+
 
 def _f(value: Any, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
@@ -324,11 +391,19 @@ def _pct(value: Any) -> str:
 
 def render(meta: dict[str, Any], rows: list[dict[str, Any]], comparisons: list[dict[str, Any]], plan: Plan) -> str:
     lines = [f"# Trial worker matrix ({meta['mode']})", ""]
-    lines += [f"- GPUs: {meta['gpus']}", f"- libraries: {meta['libraries']}", f"- workload: {meta['workload']}",
-              f"- timing: warm-up excluded, synchronised, 2-4 repeats until (p90-p10)/p50 <= 10%; median shown",
-              f"- quality: not measured (random weights: flat distributions)", f"- wall time: {meta['wall_seconds']:.0f} s", ""]
-    lines += ["| model | candidate | batch | status | tok/s | decode tok/s | TTFT ms | p50 ms | p90 ms | spread | peak GiB | load s | compile s | effective | reason |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"- GPUs: {meta['gpus']}",
+        f"- libraries: {meta['libraries']}",
+        f"- workload: {meta['workload']}",
+        "- timing: warm-up excluded, synchronised, 2-4 repeats until (p90-p10)/p50 <= 10%; median shown",
+        "- quality: not measured (random weights: flat distributions)",
+        f"- wall time: {meta['wall_seconds']:.0f} s",
+        "",
+    ]
+    lines += [
+        "| model | candidate | batch | status | tok/s | decode tok/s | TTFT ms | p50 ms | p90 ms | spread | peak GiB | load s | compile s | effective | reason |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         m, e = r["metrics"], r["effective"]
         eff = e.get("attn_implementation") or "-"
@@ -340,20 +415,32 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]], comparisons: list[d
             eff += ", compiled" if e["static_cache_compiled"] else ", not compiled"
         peak = m.get("peak_memory_bytes")
         reason = (r["reason"] or "").replace("|", "/")
-        lines.append(f"| {r['model']} | {r['label']} | {r['batch_size']} | {r['status']} | {_f(m.get('throughput_tokens_per_s'))} | "
-                     f"{_f(m.get('decode_tokens_per_s'))} | {_f(m.get('ttft_ms'), 2)} | {_f(m.get('latency_p50_ms'), 1)} | "
-                     f"{_f(m.get('latency_p90_ms'), 1)} | {_pct(m.get('latency_spread'))} | "
-                     f"{_f(peak / 2**30 if peak else None, 2)} | {_f(m.get('load_seconds'), 2)} | {_f(m.get('compile_seconds'), 2)} | {eff} | {reason[:160]} |")
-    lines += ["", "## Worker vs plain PyTorch (same generate call, this process)", "",
-              "| model | candidate | batch | worker p50 ms | plain median ms | clock | difference | within 10% |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['model']} | {r['label']} | {r['batch_size']} | {r['status']} | {_f(m.get('throughput_tokens_per_s'))} | "
+            f"{_f(m.get('decode_tokens_per_s'))} | {_f(m.get('ttft_ms'), 2)} | {_f(m.get('latency_p50_ms'), 1)} | "
+            f"{_f(m.get('latency_p90_ms'), 1)} | {_pct(m.get('latency_spread'))} | "
+            f"{_f(peak / 2**30 if peak else None, 2)} | {_f(m.get('load_seconds'), 2)} | {_f(m.get('compile_seconds'), 2)} | {eff} | {reason[:160]} |"
+        )
+    lines += [
+        "",
+        "## Worker vs plain PyTorch (same generate call, this process)",
+        "",
+        "| model | candidate | batch | worker p50 ms | plain median ms | clock | difference | within 10% |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in comparisons:
         if c.get("error"):
             lines.append(f"| {c['model']} | {c['label']} | {c['batch_size']} | - | - | - | {c['error'][:120]} | - |")
             continue
-        lines.append(f"| {c['model']} | {c['label']} | {c['batch_size']} | {_f(c['worker_ms'], 1)} | {_f(c['plain_ms'], 1)} | {c['clock']} | "
-                     f"{c['difference'] * 100:+.1f}% | {'yes' if abs(c['difference']) <= 0.10 else 'NO'} |")
-    for title, items in (("Rejected before loading (the rules' reason)", plan.rejected), ("Pruned (why not worth a worker)", plan.pruned),
-                         ("Not run (time budget)", plan.not_run)):
+        lines.append(
+            f"| {c['model']} | {c['label']} | {c['batch_size']} | {_f(c['worker_ms'], 1)} | {_f(c['plain_ms'], 1)} | {c['clock']} | "
+            f"{c['difference'] * 100:+.1f}% | {'yes' if abs(c['difference']) <= 0.10 else 'NO'} |"
+        )
+    for title, items in (
+        ("Rejected before loading (the rules' reason)", plan.rejected),
+        ("Pruned (why not worth a worker)", plan.pruned),
+        ("Not run (time budget)", plan.not_run),
+    ):
         lines += ["", f"## {title}: {len(items)}", ""]
         by_reason: dict[str, list[str]] = {}
         for model, label, reason in items:
@@ -366,11 +453,16 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]], comparisons: list[d
 
 # -- main ---------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure the trial worker's candidate matrix on real shapes.")
     parser.add_argument("--out", required=True, type=Path, help="directory for worker_matrix.md and worker_matrix.json")
-    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/autotune-worker-matrix-models"),
-                        help="where models are built, outside --out (they are GBs); reused when present (default %(default)s)")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path("/tmp/autotune-worker-matrix-models"),
+        help="where models are built, outside --out (they are GBs); reused when present (default %(default)s)",
+    )
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, short workload: check the script end to end")
     parser.add_argument("--models", default=None, help="comma-separated: llama-1b,falcon-7b (smoke: llama,falcon)")
     parser.add_argument("--prompt-tokens", type=int, default=None, help="default 512 (smoke 16)")
@@ -416,10 +508,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             plain = plain_pytorch(models[spec.model], spec, batch, workload, smoke)
             worker = result.metrics["latency_p50_ms"]
-            entry.update(worker_ms=worker, plain_ms=plain["median_ms"], clock=plain["clock"], plain_times_ms=plain["times_ms"],
-                         worker_times_ms=result.details.get("e2e_ms"), difference=(worker - plain["median_ms"]) / plain["median_ms"])
-            log(f"plain PyTorch {spec.model} {spec.candidate.label()} batch {batch}: worker {worker:.1f} ms, "
-                f"plain {plain['median_ms']:.1f} ms ({entry['difference']:+.1%})")
+            entry.update(
+                worker_ms=worker,
+                plain_ms=plain["median_ms"],
+                clock=plain["clock"],
+                plain_times_ms=plain["times_ms"],
+                worker_times_ms=result.details.get("e2e_ms"),
+                difference=(worker - plain["median_ms"]) / plain["median_ms"],
+            )
+            log(
+                f"plain PyTorch {spec.model} {spec.candidate.label()} batch {batch}: worker {worker:.1f} ms, "
+                f"plain {plain['median_ms']:.1f} ms ({entry['difference']:+.1%})"
+            )
         except Exception as exc:  # report, do not lose the matrix
             entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return entry
@@ -427,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     def compare_now() -> None:
         for spec in [s for s in plan.run if s.compare and (s.model, s.candidate.label()) in outcomes][:4]:
             # Batch 8 is bound by generate's per-token Python work, batch 32 more by the GPU: check both.
-            for batch in ((2,) if smoke else (8, 32)):
+            for batch in (2,) if smoke else (8, 32):
                 comparisons.append(compare_one(spec, outcomes.get((spec.model, spec.candidate.label())), batch))
 
     for spec in plan.run:
@@ -452,13 +552,25 @@ def main(argv: list[str] | None = None) -> int:
         budget.observe(spec, outcome.wall_seconds)
         outcomes[(spec.model, label)] = outcome
         for result in outcome.results:
-            rows.append({"model": spec.model, "label": label, "candidate": spec.candidate.to_dict(), "tier": spec.tier,
-                         "batch_size": result.batch_size, "status": result.status, "reason": result.reason,
-                         "metrics": result.metrics, "effective": result.effective,
-                         "details": {k: v for k, v in result.details.items() if k not in ("traceback", "output_tail")},
-                         "worker_wall_seconds": outcome.wall_seconds})
-        summary = ", ".join(f"{r.batch_size}:{r.status}" + (f" {r.metrics.get('throughput_tokens_per_s', 0):.0f} tok/s" if r.ok else "")
-                            for r in outcome.results)
+            rows.append(
+                {
+                    "model": spec.model,
+                    "label": label,
+                    "candidate": spec.candidate.to_dict(),
+                    "tier": spec.tier,
+                    "batch_size": result.batch_size,
+                    "status": result.status,
+                    "reason": result.reason,
+                    "metrics": result.metrics,
+                    "effective": result.effective,
+                    "details": {k: v for k, v in result.details.items() if k not in ("traceback", "output_tail")},
+                    "worker_wall_seconds": outcome.wall_seconds,
+                }
+            )
+        summary = ", ".join(
+            f"{r.batch_size}:{r.status}" + (f" {r.metrics.get('throughput_tokens_per_s', 0):.0f} tok/s" if r.ok else "")
+            for r in outcome.results
+        )
         log(f"  -> {summary} ({outcome.wall_seconds:.1f} s)" + (f"; {outcome.results[0].reason}" if not outcome.results[0].ok else ""))
     if not compared:
         compare_now()
@@ -468,17 +580,30 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "smoke: CPU, tiny models" if smoke else "GPU",
         "gpus": ", ".join(f"{g.name} ({g.total_memory / 2**30:.0f} GiB, cc {g.cc})" for g in environment.gpus) or "none (CPU)",
         "driver": environment.driver_version,
-        "libraries": ", ".join(f"{k} {versions.get(k) or '-'}" for k in ("torch", "transformers", "accelerate", "bitsandbytes", "flash-attn")),
+        "libraries": ", ".join(
+            f"{k} {versions.get(k) or '-'}" for k in ("torch", "transformers", "accelerate", "bitsandbytes", "flash-attn")
+        ),
         "python": platform.python_version(),
         "workload": workload.describe(),
         "wall_seconds": time.monotonic() - started,
     }
     table = render(meta, rows, comparisons, plan)
     (out / "worker_matrix.md").write_text(table)
-    (out / "worker_matrix.json").write_text(json.dumps({
-        "meta": meta, "environment": environment.to_dict(), "results": rows, "comparisons": comparisons,
-        "rejected": plan.rejected, "pruned": plan.pruned, "not_run": plan.not_run,
-    }, indent=1, default=str))
+    (out / "worker_matrix.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "environment": environment.to_dict(),
+                "results": rows,
+                "comparisons": comparisons,
+                "rejected": plan.rejected,
+                "pruned": plan.pruned,
+                "not_run": plan.not_run,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     print(table)
     log(f"done in {meta['wall_seconds']:.0f} s; wrote {out / 'worker_matrix.md'} and {out / 'worker_matrix.json'}")
     return 0

@@ -35,6 +35,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # -- tiny models --------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One tiny random-weight model per architecture, saved once per session."""
@@ -104,6 +105,7 @@ def hf_cache(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.M
 
 # -- stores -------------------------------------------------------------------------------------
 
+
 def _postgres_database() -> str:
     """A fresh database on the test server; raises with the reason if none answers."""
     from sqlalchemy import create_engine, text
@@ -152,6 +154,7 @@ def store(store_url: str):  # type: ignore[no-untyped-def]
 
 # -- the CLI ------------------------------------------------------------------------------------
 
+
 @dataclass
 class CliResult:
     code: int
@@ -184,6 +187,7 @@ def run_autotune(*args: str, env: dict[str, str] | None = None, timeout: float =
     """Run ``python -m autotune ARGS`` in a fresh process, with this checkout first on the path."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, "-m", "autotune", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, "-m", "autotune", *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd
+    )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)

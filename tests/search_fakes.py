@@ -20,8 +20,17 @@ from autotune.worker.protocol import Screen
 from autotune.workload import Workload
 
 LLAMA_CAPS = {"architecture": "LlamaForCausalLM", "attn_implementations": ["eager", "sdpa", "flash_attention_2", "flex_attention"]}
-TINY_LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "dtype": "float32"}
+TINY_LLAMA = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 512,
+    "dtype": "float32",
+}
 CPU_WORKLOAD = Workload(device="cpu", prompt_tokens=16, new_tokens=8, max_batch=8)
 
 
@@ -30,14 +39,25 @@ def cpu_env(**versions: str | None) -> Environment:
 
 
 def gpu_env(count: int = 1, memory: int = 80 * 2**30, **versions: str | None) -> Environment:
-    gpus = tuple(Gpu(index=i, uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3", total_memory=memory, free_memory=memory,
-                     compute_capability=(9, 0)) for i in range(count))
-    return Environment(gpus=gpus, versions={"torch": "2.13.0", "transformers": "5.24.0", "bitsandbytes": "0.50.2", **versions},
-                       driver_version="580.65", cuda_driver_version="13.0")
+    gpus = tuple(
+        Gpu(index=i, uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3", total_memory=memory, free_memory=memory, compute_capability=(9, 0))
+        for i in range(count)
+    )
+    return Environment(
+        gpus=gpus,
+        versions={"torch": "2.13.0", "transformers": "5.24.0", "bitsandbytes": "0.50.2", **versions},
+        driver_version="580.65",
+        cuda_driver_version="13.0",
+    )
 
 
-def add_model(store: Store, name: str = "org/tiny", workload: Workload = CPU_WORKLOAD,
-              config: dict[str, Any] | None = None, caps: dict[str, Any] | None = None) -> ModelRecord:
+def add_model(
+    store: Store,
+    name: str = "org/tiny",
+    workload: Workload = CPU_WORKLOAD,
+    config: dict[str, Any] | None = None,
+    caps: dict[str, Any] | None = None,
+) -> ModelRecord:
     resolved = ResolvedModel(name=name, source="local", path=f"/models/{name}", revision=None, config=config or TINY_LLAMA)
     record, _, _ = store.upsert_model(resolved, caps or LLAMA_CAPS, workload)
     return record
@@ -51,7 +71,7 @@ def speed(c: Candidate, batch: int) -> float:
     base *= {"none": 1.0, "bnb-8bit": 0.4, "bnb-4bit-nf4": 0.6, "bnb-4bit-fp4": 0.55}[c.quant]
     if c.static_cache:
         base *= 1.3
-    return base * batch ** 0.7
+    return base * batch**0.7
 
 
 class FakeMeasure:
@@ -71,11 +91,25 @@ class FakeMeasure:
         self.during = during  # called with the call's index once its rows are running
         self.latency = latency  # (candidate, workload) -> milliseconds of one request, instead of speed()
 
-    def __call__(self, store: Store, model: ModelRecord, candidate: Candidate, batch_sizes: Sequence[int], *,
-                 environment: Environment, environment_id: int, study: Any, origin: str = "search",
-                 timeout_s: float | None = None, fault: str | None = None, on_spawn: Any = None,
-                 ladder: str = "rising", screen: Screen | None = None, details: dict[str, Any] | None = None,
-                 **kwargs: Any) -> list[TrialRecord]:
+    def __call__(
+        self,
+        store: Store,
+        model: ModelRecord,
+        candidate: Candidate,
+        batch_sizes: Sequence[int],
+        *,
+        environment: Environment,
+        environment_id: int,
+        study: Any,
+        origin: str = "search",
+        timeout_s: float | None = None,
+        fault: str | None = None,
+        on_spawn: Any = None,
+        ladder: str = "rising",
+        screen: Screen | None = None,
+        details: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[TrialRecord]:
         self.calls.append((candidate, tuple(batch_sizes), origin))
         self.kwargs.append({"ladder": ladder, "screen": screen, "details": details, **kwargs})
         rows = {b: store.start_trial(study.id, candidate, b, origin=origin) for b in batch_sizes}
@@ -95,23 +129,40 @@ class FakeMeasure:
                 steps.record(b, "oom")
                 continue
             latency = self.latency(candidate, study.workload) if self.latency else 1000 / self.speed(candidate, 1)
-            metrics = {"throughput_tokens_per_s": self.speed(candidate, b), "latency_p50_ms": latency,
-                       "peak_memory_bytes": 10**6 * b * (4 if candidate.dtype == "float32" else 2),
-                       "quality_token_agreement": 0.5 if candidate.quant == "bnb-4bit-fp4" else 1.0}
+            metrics = {
+                "throughput_tokens_per_s": self.speed(candidate, b),
+                "latency_p50_ms": latency,
+                "peak_memory_bytes": 10**6 * b * (4 if candidate.dtype == "float32" else 2),
+                "quality_token_agreement": 0.5 if candidate.quant == "bnb-4bit-fp4" else 1.0,
+            }
             if screen is not None and screen.hopeless(metrics[screen.metric]):
                 value = metrics[screen.metric]
-                out[b] = store.finish_trial(row.id, "screened", metrics={**metrics, "repeats": 1}, feasible=False,
-                                            objective_value=value, reason="screened out after one timed run",
-                                            details=dict(details or {}))
+                out[b] = store.finish_trial(
+                    row.id,
+                    "screened",
+                    metrics={**metrics, "repeats": 1},
+                    feasible=False,
+                    objective_value=value,
+                    reason="screened out after one timed run",
+                    details=dict(details or {}),
+                )
                 steps.record(b, "screened", value)
                 continue
             s = score(study.workload, "ok", metrics, None)
-            out[b] = store.finish_trial(row.id, "ok", metrics=metrics, feasible=s.feasible, objective_value=s.value,
-                                        reason="; ".join(s.reasons) or None, details=dict(details or {}))
+            out[b] = store.finish_trial(
+                row.id,
+                "ok",
+                metrics=metrics,
+                feasible=s.feasible,
+                objective_value=s.value,
+                reason="; ".join(s.reasons) or None,
+                details=dict(details or {}),
+            )
             steps.record(b, "ok", metrics.get(metric) if metric else None)
         for left in steps.leftover():
-            out[left.batch_size] = store.finish_trial(rows[left.batch_size].id, left.status, reason=left.reason, feasible=False,
-                                                      details=dict(details or {}))
+            out[left.batch_size] = store.finish_trial(
+                rows[left.batch_size].id, left.status, reason=left.reason, feasible=False, details=dict(details or {})
+            )
         return [out[b] for b in sorted(out)]
 
     @property

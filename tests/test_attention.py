@@ -30,8 +30,16 @@ def stand_in_kernels(module: str) -> tuple[Any, Any]:
     """``flash_attn_func`` and ``flash_attn_varlen_func`` look-alikes (plain matmuls) that claim ``module``."""
     import torch
 
-    def flash_attn_func(q: Any, k: Any, v: Any, softmax_scale: float | None = None, causal: bool = False,
-                        window_size: Any = (None, None), softcap: float = 0.0, deterministic: bool = False) -> Any:
+    def flash_attn_func(
+        q: Any,
+        k: Any,
+        v: Any,
+        softmax_scale: float | None = None,
+        causal: bool = False,
+        window_size: Any = (None, None),
+        softcap: float = 0.0,
+        deterministic: bool = False,
+    ) -> Any:
         q, k, v = (t.transpose(1, 2).float() for t in (q, k, v))  # (batch, heads, seq, dim)
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
@@ -40,9 +48,20 @@ def stand_in_kernels(module: str) -> tuple[Any, Any]:
             scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
         return (scores.softmax(-1) @ v).transpose(1, 2)
 
-    def flash_attn_varlen_func(q: Any, k: Any, v: Any, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None, max_seqlen_q: Any = None,
-                               max_seqlen_k: Any = None, softmax_scale: float | None = None, causal: bool = False,
-                               window_size: Any = (None, None), softcap: float = 0.0, deterministic: bool = False) -> Any:
+    def flash_attn_varlen_func(
+        q: Any,
+        k: Any,
+        v: Any,
+        cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
+        max_seqlen_q: Any = None,
+        max_seqlen_k: Any = None,
+        softmax_scale: float | None = None,
+        causal: bool = False,
+        window_size: Any = (None, None),
+        softcap: float = 0.0,
+        deterministic: bool = False,
+    ) -> Any:
         raise NotImplementedError("the probe sends no padding")
 
     for function in (flash_attn_func, flash_attn_varlen_func):
@@ -78,16 +97,22 @@ def test_what_ran_is_read_back_and_everything_is_put_back(tiny_models: dict[str,
 
     from autotune.worker import attention
 
-    before = (torch.nn.functional.scaled_dot_product_attention, dict(AttentionInterface._global_mapping),
-              dict(ALL_ATTENTION_FUNCTIONS._local_mapping))
+    before = (
+        torch.nn.functional.scaled_dot_product_attention,
+        dict(AttentionInterface._global_mapping),
+        dict(ALL_ATTENTION_FUNCTIONS._local_mapping),
+    )
     for attn in ("eager", "sdpa"):
         candidate = Candidate(dtype="float32", attn=attn, placement="cpu")
         traced = attention.trace(load(tiny_models["llama"], attn), candidate)
         assert traced["attention_ran"] == [attn] and attention.mismatch(candidate, traced) is None
         assert sum(traced["attention_functions"].values()) == 2  # one call per layer
     assert traced["attention_kernels"] == {attention.SDPA_KERNEL: 2}
-    assert (torch.nn.functional.scaled_dot_product_attention, dict(AttentionInterface._global_mapping),
-            dict(ALL_ATTENTION_FUNCTIONS._local_mapping)) == before
+    assert (
+        torch.nn.functional.scaled_dot_product_attention,
+        dict(AttentionInterface._global_mapping),
+        dict(ALL_ATTENTION_FUNCTIONS._local_mapping),
+    ) == before
     # Falcon picks its attention class itself and calls torch's SDPA directly: seen all the same
     falcon = attention.trace(load(tiny_models["falcon"], "sdpa"), Candidate(dtype="float32", attn="sdpa", placement="cpu"))
     assert falcon["attention_functions"] == {} and falcon["attention_ran"] == ["sdpa"]
@@ -108,8 +133,9 @@ def test_another_function_under_the_requested_name_is_caught(tiny_models: dict[s
     with pytest.raises(OptionNotInEffect) as caught:
         attention.check(FA4, traced)
     assert caught.value.status == "unsupported"
-    assert caught.value.reason == ("attention flash_attention_4 did not take effect: in a forward pass it ran sdpa, "
-                                   "no kernel of the flash-attn-4 package")
+    assert caught.value.reason == (
+        "attention flash_attention_4 did not take effect: in a forward pass it ran sdpa, no kernel of the flash-attn-4 package"
+    )
 
 
 def test_flash_kernels_are_named_by_their_package(flash_model: Any) -> None:
@@ -135,7 +161,8 @@ def test_a_kernel_from_elsewhere_is_not_flash_attention_4(flash_model: Any) -> N
     assert traced["attention_ran"] == ["kernel kernels_community.flash_attn4.flash_attn_func"]
     assert attention.mismatch(FA4, traced) == (
         "attention flash_attention_4 did not take effect: in a forward pass it ran kernel "
-        "kernels_community.flash_attn4.flash_attn_func, no kernel of the flash-attn-4 package")
+        "kernels_community.flash_attn4.flash_attn_func, no kernel of the flash-attn-4 package"
+    )
 
 
 def test_a_hub_kernel_in_the_config_is_named(tiny_models: dict[str, Path]) -> None:
@@ -144,8 +171,11 @@ def test_a_hub_kernel_in_the_config_is_named(tiny_models: dict[str, Path]) -> No
     model = load(tiny_models["llama"], "sdpa")
     effective = loading.read_effective(model, FA4)
     effective["attn_implementation"] = "kernels-community/flash-attn4"  # what the config holds after the Hub fallback
-    with pytest.raises(OptionNotInEffect, match=r"runs kernels-community/flash-attn4, a kernel from the Hugging Face Hub .* "
-                                                 r"the package flash-attn-4 is missing"):
+    with pytest.raises(
+        OptionNotInEffect,
+        match=r"runs kernels-community/flash-attn4, a kernel from the Hugging Face Hub .* "
+        r"the package flash-attn-4 is missing",
+    ):
         loading.check_effective(FA4, effective)
 
 
@@ -164,8 +194,10 @@ def test_a_failing_first_pass_is_classified(flash_model: Any, monkeypatch: pytes
     with pytest.raises(OptionNotInEffect) as caught:
         attention.trace(flash_model, FA4)
     assert caught.value.status == "unsupported"
-    assert caught.value.reason == ("flash_attention_4: a first forward pass of 16 tokens failed: "
-                                   "AssertionError: (head_dim, head_dim_v)=(16, 16) is not supported on SM100")
+    assert caught.value.reason == (
+        "flash_attention_4: a first forward pass of 16 tokens failed: "
+        "AssertionError: (head_dim, head_dim_v)=(16, 16) is not supported on SM100"
+    )
 
 
 def test_flash_module_that_does_not_import_is_unsupported(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,8 +208,9 @@ def test_flash_module_that_does_not_import_is_unsupported(monkeypatch: pytest.Mo
         loading.check_importable(FA4)  # flash-attn-4 is not installed here
     assert caught.value.status == "unsupported"
     assert caught.value.reason.startswith("flash_attention_4: flash_attn.cute does not import here (ModuleNotFoundError: ")
-    assert caught.value.reason.endswith("; pip install flash-attn-4, which brings nvidia-cutlass-dsl "
-                                        "(with a CUDA 13 driver: 'flash-attn-4[cu13]')")
+    assert caught.value.reason.endswith(
+        "; pip install flash-attn-4, which brings nvidia-cutlass-dsl (with a CUDA 13 driver: 'flash-attn-4[cu13]')"
+    )
 
 
 def test_errors_while_measuring_are_classified() -> None:
@@ -188,14 +221,18 @@ def test_errors_while_measuring_are_classified() -> None:
     static = Candidate(dtype="bfloat16", attn="flash_attention_4", static_cache=True)
     compile_error = type("BackendCompilerFailed", (RuntimeError,), {"__module__": "torch._dynamo.exc"})("backend='inductor' raised: ...")
     assert classify_run_error(compile_error, static, 4) == (
-        "unsupported", "torch.compile failed on a static cache with attention flash_attention_4 at batch size 4: "
-                       "BackendCompilerFailed: backend='inductor' raised: ...")
+        "unsupported",
+        "torch.compile failed on a static cache with attention flash_attention_4 at batch size 4: "
+        "BackendCompilerFailed: backend='inductor' raised: ...",
+    )
     namespace: dict[str, Any] = {"__name__": "flash_attn.cute.interface"}
     exec("def kernel():\n    raise AssertionError('seqlen_q must be at least 1')", namespace)  # noqa: S102 - a function of that module
     with pytest.raises(AssertionError) as raised:
         namespace["kernel"]()
     assert classify_run_error(raised.value, FA4, 16) == (
-        "unsupported", "flash_attention_4: its kernel refused batch size 16: AssertionError: seqlen_q must be at least 1")
+        "unsupported",
+        "flash_attention_4: its kernel refused batch size 16: AssertionError: seqlen_q must be at least 1",
+    )
     assert classify_run_error(raised.value, Candidate(attn="sdpa"), 16)[0] == "error"  # not FlashAttention's own kernel
     assert classify_run_error(torch.cuda.OutOfMemoryError("CUDA out of memory"), FA4, 16)[0] == "oom"
     assert classify_run_error(ValueError("bad"), FA4, 1) == ("error", "measuring batch size 1 failed: ValueError: bad")

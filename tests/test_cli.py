@@ -9,8 +9,27 @@ from search_fakes import add_model
 from autotune.cli import build_parser, subcommands
 from autotune.store import Store
 
-COMMANDS = {"gpus", "add", "models", "remove", "db", "db path", "db upgrade", "measure", "tune", "trials", "status", "daemon",
-            "estimate", "recommend", "report", "env", "env add", "env list", "env remove"}
+COMMANDS = {
+    "gpus",
+    "add",
+    "models",
+    "remove",
+    "db",
+    "db path",
+    "db upgrade",
+    "measure",
+    "tune",
+    "trials",
+    "status",
+    "daemon",
+    "estimate",
+    "recommend",
+    "report",
+    "env",
+    "env add",
+    "env list",
+    "env remove",
+}
 
 
 def _positionals(parser: argparse.ArgumentParser) -> list[argparse.Action]:

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_autotune
 
 
@@ -16,8 +15,7 @@ def table_dump(db: Path) -> list[tuple]:
     if not db.exists():
         return []
     with sqlite3.connect(db) as conn:
-        return [row for t in ("autotune_models", "autotune_studies", "autotune_trials")
-                for row in conn.execute(f"SELECT * FROM {t}")]
+        return [row for t in ("autotune_models", "autotune_studies", "autotune_trials") for row in conn.execute(f"SELECT * FROM {t}")]
 
 
 def test_add_infers_task_for_each_architecture(cli, tiny_models) -> None:  # type: ignore[no-untyped-def]
@@ -106,13 +104,17 @@ def _bad_inputs(tmp: Path, models: dict[str, Path]) -> list[tuple[list[str], str
         (["add", llama, "--new-tokens", "-5"], "--new-tokens must be a whole number from 1 to 16,777,216, got -5"),
         (["add", llama, "--new-tokens", "1000000000000"], "--new-tokens must be a whole number from 1 to 16,777,216, got 1000000000000"),
         (["add", llama, "--max-batch", "100000"], "--max-batch must be a whole number from 1 to 65,536, got 100000"),
-        (["add", llama, "--padding-share", "0.9999"],
-         "leaves less than one real token in a row of 512 prompt tokens: give a share from 0 to 0.998"),
+        (
+            ["add", llama, "--padding-share", "0.9999"],
+            "leaves less than one real token in a row of 512 prompt tokens: give a share from 0 to 0.998",
+        ),
         (["add", llama, "--padding-share", "nan"], "--padding-share must be in [0, 1)"),
         (["add", llama, "--min-quality", "inf"], "--min-quality must be in [0, 1]"),
-        (["add", str(short), "--prompt-tokens", "512", "--new-tokens", "128"],
-         "the workload needs 640 positions (512 prompt + 128 new tokens) but LlamaForCausalLM has 256 "
-         "(max_position_embeddings in its config)"),
+        (
+            ["add", str(short), "--prompt-tokens", "512", "--new-tokens", "128"],
+            "the workload needs 640 positions (512 prompt + 128 new tokens) but LlamaForCausalLM has 256 "
+            "(max_position_embeddings in its config)",
+        ),
         (["add", str(short)], "needs 640 positions (512 prompt + 128 new tokens) but LlamaForCausalLM has 256"),
         (["add", llama, "--prompt-tokens", "1000"], "needs 1128 positions (1000 prompt + 128 new tokens) but LlamaForCausalLM has 1024"),
         (["add", str(models["gpt2"]), "--new-tokens", "600"], "but GPT2LMHeadModel has 1024 (n_positions in its config)"),
@@ -175,8 +177,14 @@ def test_an_unreachable_hub_fails_fast_in_one_line(command: str, tmp_path: Path,
     with Store.open(str(db)):
         pass
     before = table_dump(db)
-    env = {"AUTOTUNE_DB": str(db), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
-           "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+    env = {
+        "AUTOTUNE_DB": str(db),
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+    }
     started = time.monotonic()
     result = run_autotune(command, "tiiuae/falcon-7b", env=env, timeout=60)
     elapsed = time.monotonic() - started

@@ -94,11 +94,13 @@ def test_trials_and_status_with_nothing_yet(cli) -> None:
 
 
 def test_trials_and_status_do_not_import_torch(tmp_path) -> None:
-    code = ("import sys; from autotune.cli import main; "
-            "assert main(['--db', sys.argv[1], 'status']) == 0; "
-            "main(['--db', sys.argv[1], 'trials', 'nothing']); "
-            "heavy = [m for m in ('torch', 'transformers', 'optuna') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys; from autotune.cli import main; "
+        "assert main(['--db', sys.argv[1], 'status']) == 0; "
+        "main(['--db', sys.argv[1], 'trials', 'nothing']); "
+        "heavy = [m for m in ('torch', 'transformers', 'optuna') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.db")], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
 
@@ -162,9 +164,11 @@ def test_status_check_daemon_is_a_health_check(cli, tmp_path) -> None:  # type: 
     stopped = check()
     assert stopped.code == 1 and "the last one stopped" in stopped.err and "daemon: stopped by SIGTERM" in stopped.err
     # it starts without torch, transformers, Optuna or NVML, and takes --db after its name like every command
-    code = ("import sys; from autotune.cli import main; "
-            "assert main(['status', '--check-daemon', '--db', sys.argv[1]]) == 1; "
-            "heavy = [m for m in ('torch', 'transformers', 'optuna', 'pynvml') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys; from autotune.cli import main; "
+        "assert main(['status', '--check-daemon', '--db', sys.argv[1]]) == 1; "
+        "heavy = [m for m in ('torch', 'transformers', 'optuna', 'pynvml') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(cli.db)], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr

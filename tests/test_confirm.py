@@ -49,8 +49,9 @@ class Timed(FakeMeasure):
 def study_of(store: Store, measure: FakeMeasure, space: str) -> StudySearch:
     model = add_model(store, workload=Workload(device="cpu", prompt_tokens=16, new_tokens=8, max_batch=1))
     env = cpu_env()
-    return StudySearch(store, model, env, store.record_environment(env),
-                       SearchSettings(seed=1, restrict=parse_restriction(space)), measure=measure)
+    return StudySearch(
+        store, model, env, store.record_environment(env), SearchSettings(seed=1, restrict=parse_restriction(space)), measure=measure
+    )
 
 
 def test_a_close_finish_is_measured_again_interleaved_at_the_end_of_the_study(store: Store) -> None:
@@ -82,12 +83,10 @@ def test_a_clear_lead_is_not_measured_again(store: Store) -> None:
 def test_close_pair_needs_two_feasible_timed_candidates_and_a_timed_objective(store: Store) -> None:
     measure = Timed(spread=0.8)  # noise 1.96 x 0.489 x 0.8 / sqrt(5) x sqrt(2) = 48%
     search = study_of(store, measure, "dtype=fp32,bf16 attn=sdpa quant=none static_cache=false")
-    measure(store, search.model, BF16, [1], environment=search.environment, environment_id=search.environment_id,
-            study=search.study)
+    measure(store, search.model, BF16, [1], environment=search.environment, environment_id=search.environment_id, study=search.study)
     workload = search.study.workload
     assert close_pair(store.trials(study_id=search.study.id), workload) is None  # one candidate
-    measure(store, search.model, FP32, [1], environment=search.environment, environment_id=search.environment_id,
-            study=search.study)
+    measure(store, search.model, FP32, [1], environment=search.environment, environment_id=search.environment_id, study=search.study)
     trials = store.trials(study_id=search.study.id)
     pair = close_pair(trials, workload)
     assert pair is not None and pair.best.candidate == BF16 and pair.runner_up.candidate == FP32
@@ -98,8 +97,9 @@ def test_close_pair_needs_two_feasible_timed_candidates_and_a_timed_objective(st
 def test_when_the_runner_up_falls_back_the_next_close_pair_is_measured_again(store: Store) -> None:
     """As seen on a busy CPU: int8 and bf16 tied, int8 fell back when re-measured, and fp16 was then
     within the noise of bf16 but never measured beside it."""
-    measure = Timed(spread=0.4, values={"fp32 sdpa cpu": [100, 60, 62], "bf16 sdpa cpu": [99, 98, 97, 96, 95],
-                                         "fp16 sdpa cpu": [95, 94, 93]})
+    measure = Timed(
+        spread=0.4, values={"fp32 sdpa cpu": [100, 60, 62], "bf16 sdpa cpu": [99, 98, 97, 96, 95], "fp16 sdpa cpu": [95, 94, 93]}
+    )
     search = study_of(store, measure, "dtype=fp32,bf16,fp16 attn=sdpa quant=none static_cache=false")
     search.run()
     calls = [(c.label(), origin) for c, _, origin in measure.calls]
@@ -110,5 +110,7 @@ def test_when_the_runner_up_falls_back_the_next_close_pair_is_measured_again(sto
     assert rec.best.candidate == BF16 and rec.best_value == 96 and rec.runners_up[0].value == 93  # type: ignore[union-attr]
     assert rec.margin.rounds == pytest.approx((2 / 96, 2 / 95)) and not rec.margin.clear  # type: ignore[union-attr]
     # at most two pairs, and none twice: finishing again measures nothing
-    assert confirm_close_pair(store, search.model, search.environment, search.environment_id, search.study,
-                              measure=measure) is None and len(measure.calls) == 11
+    assert (
+        confirm_close_pair(store, search.model, search.environment, search.environment_id, search.study, measure=measure) is None
+        and len(measure.calls) == 11
+    )

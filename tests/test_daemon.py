@@ -26,8 +26,9 @@ SMALL = SearchSettings(seed=0, patience=50, restrict=parse_restriction("dtype=fp
 
 def daemon(url: str, measure: FakeMeasure, *, probe=cpu_env, settings: SearchSettings = SMALL, once: bool = True):
     lines: list[str] = []
-    d = Daemon(url, DaemonOptions(poll_s=0.01, once=once, settings=settings, heartbeat_s=0.05), probe=probe, measure=measure,
-               log=lines.append)
+    d = Daemon(
+        url, DaemonOptions(poll_s=0.01, once=once, settings=settings, heartbeat_s=0.05), probe=probe, measure=measure, log=lines.append
+    )
     return d, lines
 
 
@@ -138,6 +139,7 @@ def test_first_signal_finishes_the_trial_second_stops_at_once(store_url: str) ->
             if index == 1:
                 for _ in range(times):
                     os.kill(os.getpid(), signal.SIGTERM)
+
         return FakeMeasure(during=during)
 
     once = signal_during_second_trial(1)
@@ -212,19 +214,31 @@ E2E_OPTIONS = {"device": "cpu", "prompt_tokens": 16, "new_tokens": 8, "max_batch
 def _environ(tmp_path, space: str) -> dict[str, str]:
     from conftest import REPO
 
-    return {**os.environ, "AUTOTUNE_DB": str(tmp_path / "e2e.db"), "AUTOTUNE_CACHE": str(tmp_path / "cache"),
-            "AUTOTUNE_SPACE": space, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "AUTOTUNE_DB": str(tmp_path / "e2e.db"),
+        "AUTOTUNE_CACHE": str(tmp_path / "cache"),
+        "AUTOTUNE_SPACE": space,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
 
 
 def _start(environ: dict[str, str], log, *args: str) -> subprocess.Popen:
     handle = open(log, "a")
-    return subprocess.Popen([sys.executable, "-m", "autotune", "daemon", "--poll", "0.5", *args], env=environ,
-                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "autotune", "daemon", "--poll", "0.5", *args],
+        env=environ,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _cli(environ: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "autotune", *args], env=environ, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "autotune", *args], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for(predicate, timeout: float, daemon: subprocess.Popen, what: str, log):
@@ -258,8 +272,12 @@ def test_daemon_tunes_two_models_while_the_cli_answers(tmp_path, tiny_models) ->
         with Store.open(str(db)) as store:
             _wait_for(lambda: store.trials(status="running"), 180, daemon, "a trial to start", log)
             # while a trial runs: status and trials answer, and a second daemon is refused
-            procs = {"status": _cli(environ, "status", "--json"), "trials": _cli(environ, "trials", models[0].name, "--json"),
-                     "second": _cli(environ, "daemon", "--once"), "text": _cli(environ, "status")}
+            procs = {
+                "status": _cli(environ, "status", "--json"),
+                "trials": _cli(environ, "trials", models[0].name, "--json"),
+                "second": _cli(environ, "daemon", "--once"),
+                "text": _cli(environ, "status"),
+            }
             outputs = {name: (p.wait(timeout=120), *p.communicate()) for name, p in procs.items()}
             for name in ("status", "trials", "text"):
                 code, out, err = outputs[name]
@@ -312,10 +330,16 @@ def test_sigterm_then_kill_9_then_restart_lose_nothing(tmp_path, tiny_models) ->
 
         # 2. kill -9 in the middle of the next trial: its rows stay running, the finished ones stay
         daemon = _start(environ, log, "--exhaustive")
-        running = _wait_for(lambda: [t for t in store.trials(status="running") if t.candidate.key() != first[0].candidate.key()],
-                            180, daemon, "the second trial to start", log)
-        _wait_for(lambda: store.get_trial(running[0].id).details or _worker_pid(store, running[0].id), 60, daemon,
-                  "the worker to start", log)
+        running = _wait_for(
+            lambda: [t for t in store.trials(status="running") if t.candidate.key() != first[0].candidate.key()],
+            180,
+            daemon,
+            "the second trial to start",
+            log,
+        )
+        _wait_for(
+            lambda: store.get_trial(running[0].id).details or _worker_pid(store, running[0].id), 60, daemon, "the worker to start", log
+        )
         daemon.kill()
         daemon.wait()
         orphan = _worker_pid(store, running[0].id)
@@ -367,8 +391,12 @@ def test_a_model_added_from_another_terminal_is_picked_up(store_url: str) -> Non
         # this process would drop the daemon's locks when it closes
         time.sleep(0.5)
         code = "import sys; from search_fakes import add_model; from autotune.store import Store; add_model(Store.open(sys.argv[1]), 'org/late')"
-        subprocess.run([sys.executable, "-c", code, store_url], check=True, cwd=os.path.dirname(__file__),
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), os.path.dirname(__file__)])})
+        subprocess.run(
+            [sys.executable, "-c", code, store_url],
+            check=True,
+            cwd=os.path.dirname(__file__),
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), os.path.dirname(__file__)])},
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any("of org/late finished" in line for line in lines):
             time.sleep(0.05)

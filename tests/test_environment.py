@@ -56,7 +56,8 @@ def test_gpus_through_nvml_and_fingerprint(monkeypatch: pytest.MonkeyPatch, cli)
     assert one.gpus[0].supports({**one.versions, "flash-attn": None})["flash_attention"].startswith("hardware yes")
     assert one.gpus[0].supports({**one.versions, "flash-attn-4": None}, "13.0")["flash_attention_4"] == (
         "hardware yes; package flash-attn-4 not installed (pip install 'flash-attn-4[cu13]', which brings nvidia-cutlass-dsl "
-        "with its CUDA 13 libraries)")
+        "with its CUDA 13 libraries)"
+    )
     assert one.gpus[0].supports({**one.versions, "flash-attn-4": "4.0.0b36"})["flash_attention_4"] == "yes"
     assert "flash-attn-4" in one.versions and "nvidia-cutlass-dsl" in one.versions  # in the fingerprint
     text = cli("gpus").out
@@ -94,6 +95,7 @@ def test_old_gpu_support_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     gpu = probe().gpus[0]
     supports = gpu.supports({"bitsandbytes": "0.50.2", "flash-attn": "2.8.3"})
     assert supports["bf16"].startswith("no") and supports["flash_attention"].startswith("no")
-    assert supports["flash_attention_4"] == ("no: compute capability 7.0; flash-attn-4 runs on compute capability 9.x (Hopper) "
-                                             "or 10.x (Blackwell)")
+    assert supports["flash_attention_4"] == (
+        "no: compute capability 7.0; flash-attn-4 runs on compute capability 9.x (Hopper) or 10.x (Blackwell)"
+    )
     assert supports["bitsandbytes"].startswith("4-bit only") and supports["fp8"].startswith("no")

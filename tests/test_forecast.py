@@ -8,28 +8,54 @@ from pathlib import Path
 
 import pytest
 
+from autotune.candidate import Candidate
 from autotune.memory import calibration as cal
 from autotune.memory import forecast as fc
-from autotune.candidate import Candidate
 from autotune.workload import Workload
 
 #: tiiuae/falcon-7b's config.json, as published.
 FALCON_7B = {
-    "model_type": "falcon", "hidden_size": 4544, "num_hidden_layers": 32, "num_attention_heads": 71, "vocab_size": 65024,
-    "multi_query": True, "parallel_attn": True, "new_decoder_architecture": False, "bias": False, "alibi": False,
-    "architectures": ["FalconForCausalLM"], "torch_dtype": "bfloat16", "layer_norm_epsilon": 1e-5,
-    "bos_token_id": 11, "eos_token_id": 11,
+    "model_type": "falcon",
+    "hidden_size": 4544,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 71,
+    "vocab_size": 65024,
+    "multi_query": True,
+    "parallel_attn": True,
+    "new_decoder_architecture": False,
+    "bias": False,
+    "alibi": False,
+    "architectures": ["FalconForCausalLM"],
+    "torch_dtype": "bfloat16",
+    "layer_norm_epsilon": 1e-5,
+    "bos_token_id": 11,
+    "eos_token_id": 11,
 }
 #: A Llama-3-70B-shaped config: far larger than any machine this runs on.
 LLAMA_70B = {
-    "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
-    "num_key_value_heads": 8, "vocab_size": 128256, "architectures": ["LlamaForCausalLM"], "torch_dtype": "bfloat16",
+    "model_type": "llama",
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "architectures": ["LlamaForCausalLM"],
+    "torch_dtype": "bfloat16",
 }
 #: The Llama-3-8B shape the GPU runs in benchmarks/results registered.
 LLAMA_8B = {
-    "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-    "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256, "tie_word_embeddings": False,
-    "architectures": ["LlamaForCausalLM"], "dtype": "bfloat16",
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 128256,
+    "tie_word_embeddings": False,
+    "architectures": ["LlamaForCausalLM"],
+    "dtype": "bfloat16",
 }
 GiB = 2**30
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -42,6 +68,7 @@ def write_config(directory: Path, config: dict) -> Path:
 
 
 # -- Falcon-7B from its config alone -------------------------------------------------------------
+
 
 def test_falcon_7b_parameters_weights_and_kv_per_token(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = write_config(tmp_path / "falcon-7b", FALCON_7B)
@@ -144,13 +171,17 @@ def test_estimate_bad_input_is_one_line_exit_2(cli, tmp_path) -> None:  # type: 
 
 # -- the KV cache and the weights, against what Transformers allocates ----------------------------
 
-@pytest.mark.parametrize("kind,overrides", [
-    ("llama", {}),  # grouped-query: 2 KV heads of 4
-    ("llama", {"head_dim": 32}),  # head_dim from the config, not hidden / heads
-    ("falcon", {}),  # Falcon-7B layout: one KV head
-    ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2, "multi_query": False}),  # Falcon-40B: every head
-    ("gpt2", {}),
-])
+
+@pytest.mark.parametrize(
+    "kind,overrides",
+    [
+        ("llama", {}),  # grouped-query: 2 KV heads of 4
+        ("llama", {"head_dim": 32}),  # head_dim from the config, not hidden / heads
+        ("falcon", {}),  # Falcon-7B layout: one KV head
+        ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2, "multi_query": False}),  # Falcon-40B: every head
+        ("gpt2", {}),
+    ],
+)
 def test_kv_cache_matches_the_cache_generate_leaves(tmp_path, kind, overrides) -> None:  # type: ignore[no-untyped-def]
     import torch
     from transformers import AutoModelForCausalLM
@@ -162,18 +193,34 @@ def test_kv_cache_matches_the_cache_generate_leaves(tmp_path, kind, overrides) -
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ids = torch.randint(3, 500, (3, 16), generator=torch.Generator().manual_seed(0))
     for static in (False, True):
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                             return_dict_in_generate=True, cache_implementation="static" if static else None)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=8,
+            min_new_tokens=8,
+            do_sample=False,
+            return_dict_in_generate=True,
+            cache_implementation="static" if static else None,
+        )
         cache = getattr(out, "cache", None) or out.past_key_values
         real = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-        predicted = fc.forecast_parts(config, Candidate(dtype="float32", placement="cpu", static_cache=static),
-                                Workload(prompt_tokens=16, new_tokens=8), 3)
+        predicted = fc.forecast_parts(
+            config, Candidate(dtype="float32", placement="cpu", static_cache=static), Workload(prompt_tokens=16, new_tokens=8), 3
+        )
         assert predicted.cache_bytes == real, (kind, overrides, static)
 
 
 def test_sliding_window_caps_the_cache() -> None:
-    mistral = {"model_type": "mistral", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "sliding_window": 100}
+    mistral = {
+        "model_type": "mistral",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 512,
+        "sliding_window": 100,
+    }
     workload = Workload(prompt_tokens=512, new_tokens=128)
     capped = fc.forecast_parts(mistral, Candidate(placement="cpu"), workload, 2)
     assert capped.cache_bytes == 2 * (2 * 2 * 16) * 100 * 2 * 2  # layers x K+V elements x window x batch x bf16
@@ -200,20 +247,25 @@ def _loaded_bytes(model) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     return weights, state
 
 
-@pytest.mark.parametrize("kind,candidate", [
-    ("llama", Candidate(dtype="bfloat16", placement="cpu")),
-    ("llama", Candidate(dtype="bfloat16", quant="bnb-4bit-nf4", placement="cpu")),
-    ("llama", Candidate(dtype="bfloat16", quant="bnb-4bit-nf4", double_quant=True, placement="cpu")),
-    ("gpt2", Candidate(dtype="float16", quant="bnb-8bit", placement="cpu")),  # GPT-2's Conv1D layers are quantized too
-    ("falcon", Candidate(dtype="bfloat16", quant="bnb-4bit-nf4", placement="cpu")),  # FalconLinear is left alone
-])
+@pytest.mark.parametrize(
+    "kind,candidate",
+    [
+        ("llama", Candidate(dtype="bfloat16", placement="cpu")),
+        ("llama", Candidate(dtype="bfloat16", quant="bnb-4bit-nf4", placement="cpu")),
+        ("llama", Candidate(dtype="bfloat16", quant="bnb-4bit-nf4", double_quant=True, placement="cpu")),
+        ("gpt2", Candidate(dtype="float16", quant="bnb-8bit", placement="cpu")),  # GPT-2's Conv1D layers are quantized too
+        ("falcon", Candidate(dtype="bfloat16", quant="bnb-4bit-nf4", placement="cpu")),  # FalconLinear is left alone
+    ],
+)
 def test_weights_and_quantization_state_match_a_real_load(tmp_path, kind, candidate) -> None:  # type: ignore[no-untyped-def]
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from autotune.testing import build_tiny
 
-    path = build_tiny(kind, tmp_path / kind, hidden_size=128, intermediate_size=256) if kind == "llama" else build_tiny(kind, tmp_path / kind)
+    path = (
+        build_tiny(kind, tmp_path / kind, hidden_size=128, intermediate_size=256) if kind == "llama" else build_tiny(kind, tmp_path / kind)
+    )
     config = json.loads((path / "config.json").read_text())
     dtype = getattr(torch, candidate.dtype)
     quantization = None
@@ -229,8 +281,15 @@ def test_weights_and_quantization_state_match_a_real_load(tmp_path, kind, candid
 
 
 def test_eager_attention_grows_with_the_square_of_the_prompt() -> None:
-    llama = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 4,
-             "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 1000}
+    llama = {
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 1000,
+    }
 
     def extra(prompt: int, static: bool = False) -> int:
         """What eager attention's layer transient holds beyond SDPA's (its MLP's) at batch 2."""
@@ -346,13 +405,27 @@ def _transformers_split(config: dict, quant: str, devices: int, limit: int) -> t
     return blocks, device_of("lm_head")
 
 
-@pytest.mark.parametrize("config,quant,devices,limit", [
-    (LLAMA_8B, "none", 2, 10 * GiB),
-    (LLAMA_8B, "none", 4, 140 * GiB),
-    (LLAMA_8B, "bnb-4bit-nf4", 2, 10 * GiB),
-    ({**LLAMA_8B, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "head_dim": 64,
-      "tie_word_embeddings": True}, "none", 2, 10 * GiB),  # Llama-3.2-1B: the tied head goes with the embedding
-])
+@pytest.mark.parametrize(
+    "config,quant,devices,limit",
+    [
+        (LLAMA_8B, "none", 2, 10 * GiB),
+        (LLAMA_8B, "none", 4, 140 * GiB),
+        (LLAMA_8B, "bnb-4bit-nf4", 2, 10 * GiB),
+        (
+            {
+                **LLAMA_8B,
+                "hidden_size": 2048,
+                "intermediate_size": 8192,
+                "num_hidden_layers": 16,
+                "head_dim": 64,
+                "tie_word_embeddings": True,
+            },
+            "none",
+            2,
+            10 * GiB,
+        ),  # Llama-3.2-1B: the tied head goes with the embedding
+    ],
+)
 def test_multi_gpu_split_is_the_one_transformers_makes(config, quant, devices, limit) -> None:  # type: ignore[no-untyped-def]
     import warnings
 
@@ -383,8 +456,10 @@ def test_multi_gpu_peak_is_the_fuller_gpu() -> None:
     assert [sum(1 for i in units if shape.units[i].block) for units in newer] == [14, 18]
 
 
-@pytest.mark.parametrize("store", ["e2e_falcon7b_h200.db", "e2e_llama8b_h200.db", "e2e_llama8b_2xh200.db",
-                                   "e2e_falcon7b_h200_20261126.db", "e2e_llama8b_20261126.db"])
+@pytest.mark.parametrize(
+    "store",
+    ["e2e_falcon7b_h200.db", "e2e_llama8b_h200.db", "e2e_llama8b_2xh200.db", "e2e_falcon7b_h200_20261126.db", "e2e_llama8b_20261126.db"],
+)
 def test_forecast_meets_its_target_on_the_gpu_trials(store, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
@@ -400,6 +475,7 @@ def test_forecast_meets_its_target_on_the_gpu_trials(store, tmp_path) -> None:  
 
 
 # -- calibration ---------------------------------------------------------------------------------
+
 
 def test_calibration_recovers_overhead_and_scale_and_reports_its_error() -> None:
     forecasts = [2 * GiB, 4 * GiB, 8 * GiB, 12 * GiB, 20 * GiB]
@@ -443,8 +519,13 @@ def test_estimate_calibrates_from_trials_of_this_environment(cli, tiny_models) -
         model = store.get_model(str(tiny_models["llama"]))
         study = store.study_for(model, store.record_environment(probe()))
         for batch, peak in ((1, 420_000_000), (4, 425_000_000), (16, 440_000_000)):
-            store.record_trial(study.id, Candidate(dtype="float32", placement="cpu"), batch, "ok",
-                               metrics={"peak_memory_bytes": peak, "throughput_tokens_per_s": 10.0})
+            store.record_trial(
+                study.id,
+                Candidate(dtype="float32", placement="cpu"),
+                batch,
+                "ok",
+                metrics={"peak_memory_bytes": peak, "throughput_tokens_per_s": 10.0},
+            )
     text = cli("estimate", tiny_models["llama"], "--batch", "1").out
     assert "forecast calibrated from 3 measured trials" in text and "leave-one-out" in text
     assert "safety margin the search adds for admission" in text and "MARGIN" in text
@@ -454,6 +535,7 @@ def test_estimate_calibrates_from_trials_of_this_environment(cli, tiny_models) -
 
 # -- the forecast on shapes it was not fitted on, and the safety margin ---------------------------
 
+
 def h200_runs() -> tuple[dict, list[dict]]:
     """The worker runs of three shapes measured on an H200 (results/forecast_shapes_h200.json)."""
     doc = json.loads((RESULTS / "forecast_shapes_h200.json").read_text())
@@ -462,9 +544,14 @@ def h200_runs() -> tuple[dict, list[dict]]:
 
 def h200_forecast(doc: dict, run: dict) -> int:
     before = [b for b in run["ladder"] if b < run["batch_size"]]
-    return fc.forecast_parts(doc["shapes"][run["shape"]], Candidate.from_dict(run["candidate"]),
-                             Workload(prompt_tokens=run["prompt_tokens"], new_tokens=run["new_tokens"]), run["batch_size"],
-                             transformers_version="5.17.0", before=before).peak_bytes
+    return fc.forecast_parts(
+        doc["shapes"][run["shape"]],
+        Candidate.from_dict(run["candidate"]),
+        Workload(prompt_tokens=run["prompt_tokens"], new_tokens=run["new_tokens"]),
+        run["batch_size"],
+        transformers_version="5.17.0",
+        before=before,
+    ).peak_bytes
 
 
 def test_static_cache_cuda_graphs_and_eager_scores_on_shapes_never_fitted() -> None:
@@ -548,8 +635,10 @@ def test_margins_are_learned_per_group_with_coarser_groups_behind() -> None:
     # another GPU: the GPU family; the CPU, with no point: the documented default
     assert margins.for_candidate(Candidate(), "NVIDIA H100 80GB HBM3").group == ("gpu",)
     empty = cal.Correction()
-    assert empty.margin(Candidate(placement="cpu"), "cpu").value == cal.DEFAULT_MARGIN and "default" in empty.margin(
-        Candidate(placement="cpu"), "cpu").describe()
+    assert (
+        empty.margin(Candidate(placement="cpu"), "cpu").value == cal.DEFAULT_MARGIN
+        and "default" in empty.margin(Candidate(placement="cpu"), "cpu").describe()
+    )
     assert empty.admitted(10 * GiB, Candidate(), h200) == int(10 * GiB * (1 + cal.DEFAULT_MARGIN))
     # two points are too few for a group of their own
     few = cal.learn_margins(points[:2], [p.forecast_bytes for p in points[:2]])
@@ -606,11 +695,13 @@ def test_the_memory_package_and_its_sdpa_rule_need_no_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, autotune.memory as m, autotune.memory.bnb\n"
-            "why = m.sdpa_math_fallback({'model_type': 'falcon', 'num_attention_heads': 71})\n"
-            "assert why and 'math kernel' in why and m.sdpa_math_fallback({'model_type': 'llama'}) is None\n"
-            "assert m.sdpa_math_fallback({'model_type': 'falcon', 'new_decoder_architecture': True}) is None\n"
-            "heavy = [n for n in ('torch', 'transformers', 'sqlalchemy') if n in sys.modules]\n"
-            "assert not heavy, heavy\n")
+    code = (
+        "import sys, autotune.memory as m, autotune.memory.bnb\n"
+        "why = m.sdpa_math_fallback({'model_type': 'falcon', 'num_attention_heads': 71})\n"
+        "assert why and 'math kernel' in why and m.sdpa_math_fallback({'model_type': 'llama'}) is None\n"
+        "assert m.sdpa_math_fallback({'model_type': 'falcon', 'new_decoder_architecture': True}) is None\n"
+        "heavy = [n for n in ('torch', 'transformers', 'sqlalchemy') if n in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=RESULTS.parents[1])
     assert proc.returncode == 0, proc.stderr

@@ -14,16 +14,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from autotune.candidate import Candidate, rejection
 from autotune.environment import Environment
-from conftest import REPO
 
 SMALL = ("--device", "cpu", "--prompt-tokens", "16", "--new-tokens", "8", "--max-batch", "1")
 
 
-def test_add_a_gguf_file_or_a_directory_holding_one(cli, smollm2_gguf: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_add_a_gguf_file_or_a_directory_holding_one(
+    cli,
+    smollm2_gguf: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     result = cli("add", smollm2_gguf, *SMALL)
     assert result.code == 0, result.err
     assert result.out.startswith(f"added {smollm2_gguf} (LlamaForCausalLM, GGUF file SmolLM2-135M-Instruct.Q4_1.gguf): text-generation")
@@ -58,8 +62,13 @@ def test_add_a_gguf_file_or_a_directory_holding_one(cli, smollm2_gguf: Path, tmp
     assert result.code == 2 and "needs the package gguf, which is not installed here (pip install gguf)" in result.err
 
 
-def test_a_gguf_model_is_measured_and_loaded_from_its_file(cli, smollm2_gguf: Path, smollm2: Path,  # type: ignore[no-untyped-def]
-                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_gguf_model_is_measured_and_loaded_from_its_file(
+    cli,
+    smollm2_gguf: Path,
+    smollm2: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # see tests/test_quality.py: two threads wait on each other on a busy machine
     assert cli("add", smollm2_gguf, *SMALL).code == 0
@@ -95,14 +104,17 @@ def test_a_gguf_model_is_measured_and_loaded_from_its_file(cli, smollm2_gguf: Pa
     assert "        gguf_file=GGUF_FILE," in code
     assert 'AutoTokenizer.from_pretrained(MODEL_ID, gguf_file=GGUF_FILE, padding_side="left")' in code
     assert "dequantizes every weight to bfloat16 on load" in code and "gguf==0.19.0" in code
-    script = ("import sys; sys.path.insert(0, sys.argv[1])\n"
-              "from smol_loader import load_model, generate\n"
-              "model, tokenizer = load_model()\n"
-              "batch = tokenizer(['The capital of France is'], return_tensors='pt', padding=True)\n"
-              "out = generate(model, **batch, max_new_tokens=3)\n"
-              "print('TEXT', repr(tokenizer.decode(out[0, batch['input_ids'].shape[1]:])), model.dtype)\n")
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from smol_loader import load_model, generate\n"
+        "model, tokenizer = load_model()\n"
+        "batch = tokenizer(['The capital of France is'], return_tensors='pt', padding=True)\n"
+        "out = generate(model, **batch, max_new_tokens=3)\n"
+        "print('TEXT', repr(tokenizer.decode(out[0, batch['input_ids'].shape[1]:])), model.dtype)\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", script, str(loader.parent)], capture_output=True, text=True, env=env,
-                          timeout=900, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(loader.parent)], capture_output=True, text=True, env=env, timeout=900, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TEXT ' Paris." in proc.stdout and "torch.bfloat16" in proc.stdout

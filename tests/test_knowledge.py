@@ -18,9 +18,20 @@ from autotune.worker.ladder import Ladder
 from autotune.worker.protocol import Screen
 from autotune.workload import Workload
 
-FALCON = {"model_type": "falcon", "architectures": ["FalconForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
-          "num_attention_heads": 8, "multi_query": True, "new_decoder_architecture": False, "parallel_attn": True,
-          "vocab_size": 512, "bias": False, "alibi": False, "dtype": "bfloat16"}
+FALCON = {
+    "model_type": "falcon",
+    "architectures": ["FalconForCausalLM"],
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "multi_query": True,
+    "new_decoder_architecture": False,
+    "parallel_attn": True,
+    "vocab_size": 512,
+    "bias": False,
+    "alibi": False,
+    "dtype": "bfloat16",
+}
 FALCON_CAPS = {"architecture": "FalconForCausalLM", "attn_implementations": ["eager", "sdpa"]}
 SPACE = "dtype=bf16,fp16 attn=sdpa,eager quant=none,nf4,int8 static_cache=false,true placement=cuda"
 
@@ -33,7 +44,7 @@ def falcon_speed(c: Candidate, batch: int) -> float:
         base *= 3.6 if batch == 1 else 1.8
     base *= {"none": 1.0, "bnb-4bit-nf4": 0.7, "bnb-8bit": 0.3}[c.quant]
     base *= 0.995 if c.dtype == "float16" else 1.0
-    return base * batch ** 0.8
+    return base * batch**0.8
 
 
 def study(store: Store, workload: Workload, measure: FakeMeasure, name: str = "org/falcon", **settings) -> StudySearch:
@@ -117,14 +128,24 @@ def test_earlier_studies_on_the_same_gpu_warm_start_the_next(store: Store) -> No
     latency = Workload(objective="latency", prompt_tokens=512, new_tokens=128, max_batch=1, min_quality=0.5)
     past = study(store, latency, FakeMeasure(landscape=llama_speed), explore=True, patience=20)
     run(past)
-    llama = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
-             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "dtype": "bfloat16"}
+    llama = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 512,
+        "dtype": "bfloat16",
+    }
     caps = {"architecture": "LlamaForCausalLM", "attn_implementations": ["eager", "sdpa"]}
     model = add_model(store, "org/llama", latency, config=llama, caps=caps)
     env = gpu_env()
     measure = FakeMeasure(landscape=llama_speed)
-    s = StudySearch(store, model, env, store.record_environment(env),
-                    SearchSettings(seed=0, restrict=parse_restriction(SPACE)), measure=measure)
+    s = StudySearch(
+        store, model, env, store.record_environment(env), SearchSettings(seed=0, restrict=parse_restriction(SPACE)), measure=measure
+    )
     expectation = s.knowledge.expect(Candidate(dtype="bfloat16", attn="eager", static_cache=True))
     assert "warm start" in expectation.sources
     run(s)
@@ -145,15 +166,16 @@ def test_expectations_multiply_their_effects() -> None:
 
 # -- the worker's ladder (pure) --------------------------------------------------------------------
 
+
 def test_a_falling_ladder_goes_on_past_an_oom_and_down_while_it_gains() -> None:
     screen = Screen("throughput_tokens_per_s", beat=100.0, margin=0.15, contend=0.03)
     ladder = Ladder((1, 2, 4, 8), "falling", screen)
     assert ladder.next() == 8
     ladder.record(8, "oom")
     assert ladder.next() == 4
-    ladder.record(4, "ok", 120.0)   # ahead of the best: a contender
+    ladder.record(4, "ok", 120.0)  # ahead of the best: a contender
     assert ladder.next() == 2
-    ladder.record(2, "ok", 110.0)   # slower than batch 4: stop
+    ladder.record(2, "ok", 110.0)  # slower than batch 4: stop
     assert ladder.next() is None
     [left] = ladder.leftover()
     assert left.batch_size == 1 and left.status == "skipped" and "no faster than batch size 4" in left.reason

@@ -9,11 +9,22 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
-FIELDS = ("status", "reason", "batch_size", "load_seconds", "ttft_ms", "decode_tokens_per_s", "throughput_tokens_per_s",
-          "latency_p50_ms", "latency_p90_ms", "peak_memory_bytes", "quality_token_agreement", "effective")
+FIELDS = (
+    "status",
+    "reason",
+    "batch_size",
+    "load_seconds",
+    "ttft_ms",
+    "decode_tokens_per_s",
+    "throughput_tokens_per_s",
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "peak_memory_bytes",
+    "quality_token_agreement",
+    "effective",
+)
 
 
 @pytest.fixture
@@ -73,6 +84,8 @@ def dump(db: Path) -> list[tuple]:
 
 
 def test_measure_and_the_worker_launcher_import_no_torch() -> None:
-    code = "import sys, autotune.cli.measure, autotune.trials, autotune.worker; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = (
+        "import sys, autotune.cli.measure, autotune.trials, autotune.worker; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -26,16 +26,34 @@ from autotune.worker import BatchResult, WorkerOutcome
 from autotune.workload import MemoryLimit, Workload
 
 GiB = 2**30
-LLAMA_8B = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
-            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
-            "tie_word_embeddings": False, "dtype": "bfloat16"}
+LLAMA_8B = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "tie_word_embeddings": False,
+    "dtype": "bfloat16",
+}
 VERSIONS = {"torch": "2.11.0", "transformers": "5.17.0", "accelerate": "1.15.0", "bitsandbytes": "0.50.2"}
 
 
 def machine(*sizes: int) -> Environment:
     names = {80: "NVIDIA H100 80GB HBM3", 24: "NVIDIA L4"}
-    gpus = tuple(Gpu(index=i, uuid=f"GPU-{i}", name=names.get(size, f"GPU {size} GiB"), total_memory=size * GiB,
-                     free_memory=size * GiB, compute_capability=(9, 0) if size == 80 else (8, 9)) for i, size in enumerate(sizes))
+    gpus = tuple(
+        Gpu(
+            index=i,
+            uuid=f"GPU-{i}",
+            name=names.get(size, f"GPU {size} GiB"),
+            total_memory=size * GiB,
+            free_memory=size * GiB,
+            compute_capability=(9, 0) if size == 80 else (8, 9),
+        )
+        for i, size in enumerate(sizes)
+    )
     return Environment(gpus=gpus, versions=VERSIONS, driver_version="580.159.04", cuda_driver_version="13.0", hostname="mixed")
 
 
@@ -90,8 +108,13 @@ class Worker:
         results = []
         for batch in request.expected_batches:
             per_gpu = self.peaks.get(batch, [GiB])
-            metrics = {"peak_memory_bytes": max(per_gpu), "throughput_tokens_per_s": 100.0 * max(batch, 1), "latency_p50_ms": 50.0,
-                       "ttft_ms": 5.0, "quality_token_agreement": 1.0}
+            metrics = {
+                "peak_memory_bytes": max(per_gpu),
+                "throughput_tokens_per_s": 100.0 * max(batch, 1),
+                "latency_p50_ms": 50.0,
+                "ttft_ms": 5.0,
+                "quality_token_agreement": 1.0,
+            }
             details = {"memory_per_gpu": {f"cuda:{i}": {"nvml_used": peak} for i, peak in enumerate(per_gpu)}}
             results.append(BatchResult("ok", None, batch, metrics, {"attn_implementation": "sdpa"}, details))
         return WorkerOutcome(tuple(results), 0, False, 4242, 1.0, "")
@@ -99,7 +122,8 @@ class Worker:
 
 @pytest.mark.parametrize("sizes", [(80, 24), (80, 80, 24)])
 def test_mixed_gpus_one_limit_from_the_search_to_the_written_loader(  # type: ignore[no-untyped-def]
-        store: Store, tmp_path, monkeypatch, sizes) -> None:
+    store: Store, tmp_path, monkeypatch, sizes
+) -> None:
     monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path / "cache"))
     env = machine(*sizes)
     workload = Workload(max_memory=MemoryLimit.parse("0.5"), prompt_tokens=512, new_tokens=128, max_batch=4)
@@ -114,8 +138,11 @@ def test_mixed_gpus_one_limit_from_the_search_to_the_written_loader(  # type: ig
     assert spread in space
     peaks = forecast_peaks(LLAMA_8B, spread, workload, 1, spread_limits, env)
     assert len(peaks) == len(sizes) and all(peak <= shares[i] for i, peak in enumerate(peaks))
-    assert not [r for r in space.rejected if r.kind == "memory" and r.candidate is not None and r.candidate.quant == "none"
-                and r.candidate.dtype == "bfloat16"]
+    assert not [
+        r
+        for r in space.rejected
+        if r.kind == "memory" and r.candidate is not None and r.candidate.quant == "none" and r.candidate.dtype == "bfloat16"
+    ]
 
     # the trials: the worker gets each GPU's share as max_memory; each GPU's peak is judged against its own
     model = add_model(store, "org/llama-8b", workload, config=LLAMA_8B)
@@ -124,8 +151,7 @@ def test_mixed_gpus_one_limit_from_the_search_to_the_written_loader(  # type: ig
     last = len(sizes) - 1
     worker = Worker({1: [30 * GiB] + [11 * GiB] * last, 2: [30 * GiB] + [13 * GiB] * last})
     monkeypatch.setattr("autotune.worker.launch", worker)
-    trials = measure_candidate(store, model, spread, [1, 2], environment=env, environment_id=env_id, study=study,
-                               limits=spread_limits)
+    trials = measure_candidate(store, model, spread, [1, 2], environment=env, environment_id=env_id, study=study, limits=spread_limits)
     assert worker.requests[-1].max_memory == shares
     fits, over = trials
     assert fits.feasible and not over.feasible

@@ -34,8 +34,13 @@ def test_demo_ends_with_the_commands_that_reach_its_autotune_and_database(tmp_pa
     export, status, recommend = (line.strip() for line in lines[-3:])
     assert status == "autotune status" and recommend.startswith("autotune recommend ") and "tiny-llama" in recommend
     # The printed line, run in a fresh shell with an ordinary PATH, reaches both.
-    check = subprocess.run(["bash", "-c", f'{export}; command -v autotune; echo "$AUTOTUNE_DB"; echo "$AUTOTUNE_CACHE"'],
-                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=30)
+    check = subprocess.run(
+        ["bash", "-c", f'{export}; command -v autotune; echo "$AUTOTUNE_DB"; echo "$AUTOTUNE_CACHE"'],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=30,
+    )
     assert check.returncode == 0, check.stderr
     assert check.stdout.splitlines() == [str(venv_bin / "autotune"), str(demo / "autotune.db"), str(demo / "cache")]
 
@@ -43,8 +48,11 @@ def test_demo_ends_with_the_commands_that_reach_its_autotune_and_database(tmp_pa
 def test_a_tiny_model_of_ones_own(tmp_path: Path) -> None:
     helped = _testing("--help")
     assert helped.returncode == 0 and "llama, falcon, gpt2, bert" in helped.stdout and "--trained" in helped.stdout
-    for args, words in ((["t5", str(tmp_path / "x")], "invalid choice: 't5'"), (["llama"], "required: DIR"),
-                        (["bert", str(tmp_path / "x"), "--trained"], "--trained builds causal LMs")):
+    for args, words in (
+        (["t5", str(tmp_path / "x")], "invalid choice: 't5'"),
+        (["llama"], "required: DIR"),
+        (["bert", str(tmp_path / "x"), "--trained"], "--trained builds causal LMs"),
+    ):
         bad = _testing(*args)
         assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and words in bad.stderr, bad.stderr
     made = _testing("gpt2", str(tmp_path / "tiny-gpt2"), "--seed", "3")

@@ -57,21 +57,25 @@ def ort_env(monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> Path:
 
 # -- rules, no interpreter needed -----------------------------------------------------------------
 
-@pytest.mark.parametrize("candidate, words", [
-    (ort(provider=None), "needs an execution provider"),
-    (ort(provider="OpenVINOExecutionProvider"), "autotune places only"),
-    (ort(attn="eager"), "attention eager: a PyTorch loading option"),
-    (ort(quant="bnb-4bit-nf4"), "quantization bnb-4bit-nf4"),
-    (ort(static_cache=True), "static cache True"),
-    (ort(sdpa_kernel="math"), "SDPA kernel math"),
-    (ort(dtype="bfloat16"), "float32 or float16"),
-    (ort(dtype="float16"), "exports float16 graphs on a GPU only"),
-    (ort(provider="CUDAExecutionProvider"), "CUDAExecutionProvider runs on one GPU (placement cuda)"),
-    (ort(provider="CPUExecutionProvider", placement="cuda"), "runs on the CPU (placement cpu)"),
-    (ort(provider="CUDAExecutionProvider", placement="multi-gpu"), "one device"),
-    (Candidate(placement="cuda", provider="CUDAExecutionProvider"), "applies only to runtime onnxruntime"),
-    (Candidate(placement="cuda", io_binding=True), "IO binding: applies only to runtime onnxruntime"),
-])
+
+@pytest.mark.parametrize(
+    "candidate, words",
+    [
+        (ort(provider=None), "needs an execution provider"),
+        (ort(provider="OpenVINOExecutionProvider"), "autotune places only"),
+        (ort(attn="eager"), "attention eager: a PyTorch loading option"),
+        (ort(quant="bnb-4bit-nf4"), "quantization bnb-4bit-nf4"),
+        (ort(static_cache=True), "static cache True"),
+        (ort(sdpa_kernel="math"), "SDPA kernel math"),
+        (ort(dtype="bfloat16"), "float32 or float16"),
+        (ort(dtype="float16"), "exports float16 graphs on a GPU only"),
+        (ort(provider="CUDAExecutionProvider"), "CUDAExecutionProvider runs on one GPU (placement cuda)"),
+        (ort(provider="CPUExecutionProvider", placement="cuda"), "runs on the CPU (placement cpu)"),
+        (ort(provider="CUDAExecutionProvider", placement="multi-gpu"), "one device"),
+        (Candidate(placement="cuda", provider="CUDAExecutionProvider"), "applies only to runtime onnxruntime"),
+        (Candidate(placement="cuda", io_binding=True), "IO binding: applies only to runtime onnxruntime"),
+    ],
+)
 def test_onnxruntime_rules(candidate: Candidate, words: str) -> None:
     reason = rejection(candidate, h100(), {"attn_implementations": ["eager", "sdpa"]})
     if candidate.placement == "multi-gpu":  # on one GPU the general rule answers first
@@ -110,9 +114,12 @@ def test_export_key_and_isolated_child_path(tmp_path: Path) -> None:
     (model / "config.json").write_text('{"model_type": "gpt2"}')
     spec = ExportSpec(str(model), "org/m", None, "text-generation-with-past", "float32", "cpu", 0, {"optimum-onnx": "0.1.0"})
     assert spec.directory(tmp_path).name == f"m-fp32-{spec.key()}"
-    variants = [ExportSpec(**{**spec.__dict__, "dtype": "float16"}), ExportSpec(**{**spec.__dict__, "revision": "abc"}),
-                ExportSpec(**{**spec.__dict__, "versions": {"optimum-onnx": "0.2.0"}}),
-                ExportSpec(**{**spec.__dict__, "task": "feature-extraction"})]
+    variants = [
+        ExportSpec(**{**spec.__dict__, "dtype": "float16"}),
+        ExportSpec(**{**spec.__dict__, "revision": "abc"}),
+        ExportSpec(**{**spec.__dict__, "versions": {"optimum-onnx": "0.2.0"}}),
+        ExportSpec(**{**spec.__dict__, "task": "feature-extraction"}),
+    ]
     assert len({spec.key(), *(v.key() for v in variants)}) == 5
     assert ExportSpec(**{**spec.__dict__, "fail": True}).key() == spec.key()
     before = spec.key()
@@ -123,12 +130,21 @@ def test_export_key_and_isolated_child_path(tmp_path: Path) -> None:
     assert env["PYTHONPATH"] == str(tmp_path / "w" / "pythonpath")
     assert sorted(os.listdir(env["PYTHONPATH"])) == ["autotune"]
     assert (Path(env["PYTHONPATH"]) / "autotune" / "worker" / "onnx.py").exists()
-    request = WorkerRequest(model_path=str(model), model_name="m", task="text-generation", candidate=ort(),
-                            workload=Workload(), batch_sizes=(1,), model_revision="r1", onnx_cache="/c")
+    request = WorkerRequest(
+        model_path=str(model),
+        model_name="m",
+        task="text-generation",
+        candidate=ort(),
+        workload=Workload(),
+        batch_sizes=(1,),
+        model_revision="r1",
+        onnx_cache="/c",
+    )
     assert WorkerRequest.from_json(request.to_json()) == request
 
 
 # -- worker environments on real and broken interpreters -----------------------------------------
+
 
 def test_env_add_refuses_broken_interpreters(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = cli("env", "add", "gone", tmp_path / "no" / "python")
@@ -162,6 +178,7 @@ def test_env_add_and_list_the_onnx_environment(cli) -> None:  # type: ignore[no-
 
 # -- measuring ONNX Runtime candidates ------------------------------------------------------------
 
+
 @needs_ort
 def test_measure_gpt2_on_the_cpu_provider_exports_once(cli, tiny_models, ort_env) -> None:  # type: ignore[no-untyped-def]
     model = tiny_models["gpt2"]
@@ -177,8 +194,17 @@ def test_measure_gpt2_on_the_cpu_provider_exports_once(cli, tiny_models, ort_env
     for r in doc["results"]:
         assert r["status"] == "ok", r["reason"]
         assert r["worker_env"] == "ort"
-        for metric in ("load_seconds", "ttft_ms", "latency_p50_ms", "latency_p90_ms", "throughput_tokens_per_s",
-                       "decode_tokens_per_s", "peak_memory_bytes", "quality_token_agreement", "quality_kl"):
+        for metric in (
+            "load_seconds",
+            "ttft_ms",
+            "latency_p50_ms",
+            "latency_p90_ms",
+            "throughput_tokens_per_s",
+            "decode_tokens_per_s",
+            "peak_memory_bytes",
+            "quality_token_agreement",
+            "quality_kl",
+        ):
             assert r[metric] is not None, metric
         # Same graph and weights as the fp32 PyTorch reference: the same greedy tokens.
         assert r["quality_token_agreement"] > 0.9 and r["quality_kl"] < 1e-3
@@ -218,15 +244,25 @@ def test_encoders_on_the_cpu_provider(task: str, tmp_path: Path, tiny_models: di
         environment = probe()
         environment_id = store.record_environment(environment)
         study = store.study_for(model, environment_id)
-        trials = measure_candidate(store, model, ort(), [1, 2], environment=environment, environment_id=environment_id,
-                                   study=study, worker_options=FAST, worker_envs=[CPU_ORT])
+        trials = measure_candidate(
+            store,
+            model,
+            ort(),
+            [1, 2],
+            environment=environment,
+            environment_id=environment_id,
+            study=study,
+            worker_options=FAST,
+            worker_envs=[CPU_ORT],
+        )
     for t in trials:
         assert t.status == "ok", t.reason
         assert t.worker_env == "ort" and t.metrics["sequences_per_s"] > 0 and t.metrics["latency_p50_ms"] > 0
         assert t.metrics["peak_memory_bytes"] > 0 and t.metrics["quality_token_agreement"] is not None
     effective = trials[0].effective
-    assert effective["from_pretrained"]["class"] == ("ORTModelForFeatureExtraction" if task == "feature-extraction"
-                                                     else "ORTModelForSequenceClassification")
+    assert effective["from_pretrained"]["class"] == (
+        "ORTModelForFeatureExtraction" if task == "feature-extraction" else "ORTModelForSequenceClassification"
+    )
     assert effective["export"]["task"] == task
     if task == "feature-extraction":
         assert trials[0].metrics["quality_token_agreement"] > 0.999  # cosine of the last hidden states
@@ -251,8 +287,18 @@ def test_broken_environments_and_exports_are_recorded(tmp_path: Path, tiny_model
         study = store.study_for(model, environment_id)
 
         def measure(envs: list[WorkerEnvironment] | None, **kwargs: object):  # type: ignore[no-untyped-def]
-            return measure_candidate(store, model, ort(), [1, 2], environment=environment, environment_id=environment_id,
-                                     study=study, worker_options=FAST, worker_envs=envs, **kwargs)  # type: ignore[arg-type]
+            return measure_candidate(
+                store,
+                model,
+                ort(),
+                [1, 2],
+                environment=environment,
+                environment_id=environment_id,
+                study=study,
+                worker_options=FAST,
+                worker_envs=envs,
+                **kwargs,
+            )  # type: ignore[arg-type]
 
         spawned: list[int] = []
         none = measure(None, on_spawn=spawned.append)  # the store has no environment registered
@@ -281,7 +327,7 @@ from autotune.candidate import Candidate
 from autotune.worker import onnx
 from autotune.worker.protocol import WorkerRequest
 from autotune.workload import Workload
-request = WorkerRequest(model_path={str(tiny_models['bert'])!r}, model_name="bert", task="feature-extraction",
+request = WorkerRequest(model_path={str(tiny_models["bert"])!r}, model_name="bert", task="feature-extraction",
                         candidate=Candidate(dtype="float32", placement="cpu", runtime="onnxruntime", provider="CPUExecutionProvider"),
                         workload=Workload(task="feature-extraction", prompt_tokens=16), batch_sizes=(1,), onnx_cache={str(tmp_path)!r})
 jobs = [onnx.start_export(request) for _ in range(2)]
@@ -301,6 +347,7 @@ print(json.dumps({{"started": started, "paths": [e.path for e in exports], "cach
 
 # -- a study that mixes PyTorch and ONNX Runtime -------------------------------------------------
 
+
 def test_space_offers_onnxruntime_where_an_environment_does() -> None:
     from autotune.search.space import build_space, candidate_from, params_of, parse_restriction
     from autotune.workload import Workload
@@ -319,16 +366,16 @@ def test_space_offers_onnxruntime_where_an_environment_does() -> None:
     fp16 = next(r for r in space.rejected if "float16 on the CPU" in r.reason)
     assert fp16.count == 2 and fp16.pattern == {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "placement": "cpu"}
     assert fp16.label == "onnxruntime[CPU] cpu (2 candidates)"
-    only_ort = build_space(config, caps, Workload(**SMALL), cpu, restrict={**restrict, **parse_restriction("runtime=ort")},
-                           worker_envs=[CPU_ORT])
+    only_ort = build_space(
+        config, caps, Workload(**SMALL), cpu, restrict={**restrict, **parse_restriction("runtime=ort")}, worker_envs=[CPU_ORT]
+    )
     assert {c.runtime for c in only_ort.candidates} == {"onnxruntime"} and len(only_ort) == 2
     # No environment registered: no ONNX Runtime candidate, and the study says how to get one.
     bare = build_space(config, caps, Workload(**SMALL), cpu, restrict=restrict, worker_envs=[])
     assert {c.runtime for c in bare.candidates} == {"pytorch"}
     (note,) = [r for r in bare.rejected if r.pattern == {"runtime": "onnxruntime"}]
     assert "autotune env add ort /path/to/python" in note.reason
-    assert not [r for r in build_space(config, caps, Workload(**SMALL), cpu, restrict=restrict).rejected
-                if "onnxruntime" in r.reason]
+    assert not [r for r in build_space(config, caps, Workload(**SMALL), cpu, restrict=restrict).rejected if "onnxruntime" in r.reason]
 
 
 @needs_ort
@@ -342,7 +389,9 @@ def test_one_study_mixes_pytorch_and_onnxruntime_and_recommends_one(cli, tiny_mo
     assert "space: 2 candidates" in result.err and "study finished: space exhausted" in result.err
     trials = json.loads(cli("trials", model, "--json").out)[0]["trials"]
     assert {(t["label"], t["worker_env"], t["status"]) for t in trials} == {
-        ("fp32 sdpa cpu", "default", "ok"), ("fp32 onnxruntime[CPU] cpu", "ort", "ok")}
+        ("fp32 sdpa cpu", "default", "ok"),
+        ("fp32 onnxruntime[CPU] cpu", "ort", "ok"),
+    }
     assert len(trials) == 4  # batch 1 and 2 of each
 
     doc = json.loads(cli("recommend", model, "--json").out)
@@ -399,8 +448,14 @@ model, _ = legacy_loader.load_model()
 out["legacy"] = [str(model.dtype), model.config._attn_implementation, list(legacy_loader.generate(model, **batch).shape)]
 print(json.dumps(out))
 """
-    proc = subprocess.run([ORT_PYTHON, "-c", script], capture_output=True, text=True, cwd=loaders, timeout=300,  # type: ignore[list-item]
-                          env={**os.environ, "PYTHONPATH": str(loaders)})
+    proc = subprocess.run(
+        [ORT_PYTHON, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=loaders,
+        timeout=300,  # type: ignore[list-item]
+        env={**os.environ, "PYTHONPATH": str(loaders)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["ort"] == ["ORTModelForCausalLM", [2, 24]] and out["fresh"] == ["model.onnx"]
@@ -410,10 +465,16 @@ print(json.dumps(out))
 def test_onnx_loader_for_a_float16_cuda_winner() -> None:
     from autotune.advisor.render import LoaderSpec, render_loader
 
-    spec = LoaderSpec(model_name="org/bert", model_ref="org/bert", task="feature-extraction", batch_size=8, revision="a" * 40,
-                      candidate=ort(dtype="float16", placement="cuda", provider="CUDAExecutionProvider", io_binding=True),
-                      versions={"optimum-onnx": "0.1.0", "optimum": "2.1.0", "onnxruntime-gpu": "1.31.1", "transformers": "4.57.6",
-                                "torch": "2.13.0"}, onnx_export=None)
+    spec = LoaderSpec(
+        model_name="org/bert",
+        model_ref="org/bert",
+        task="feature-extraction",
+        batch_size=8,
+        revision="a" * 40,
+        candidate=ort(dtype="float16", placement="cuda", provider="CUDAExecutionProvider", io_binding=True),
+        versions={"optimum-onnx": "0.1.0", "optimum": "2.1.0", "onnxruntime-gpu": "1.31.1", "transformers": "4.57.6", "torch": "2.13.0"},
+        onnx_export=None,
+    )
     source = render_loader(spec)
     compile(source, "loader.py", "exec")
     assert "from optimum.onnxruntime import ORTModelForFeatureExtraction" in source

@@ -33,8 +33,12 @@ def test_every_command_has_help() -> None:
 
 
 def test_wheel_carries_migrations_and_entry_point(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
-                   check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     wheel = next(tmp_path.glob("autotune-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "autotune/migrations/env.py" in names and "autotune/migrations/script.py.mako" in names
@@ -45,11 +49,17 @@ def test_wheel_carries_migrations_and_entry_point(tmp_path: Path) -> None:
     assert "autotune = autotune.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True, capture_output=True
+    )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    proc = subprocess.run([sys.executable, "-m", "autotune", "--db", str(tmp_path / "w.db"), "db", "upgrade"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "autotune", "--db", str(tmp_path / "w.db"), "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "upgraded from schema revision none" in proc.stdout
 

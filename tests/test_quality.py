@@ -31,10 +31,18 @@ FAST = dict(warmup=1, min_repeats=2, max_repeats=3, time_cap_s=5.0, timeout_s=18
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def request(path: Path, candidate: Candidate, batches: tuple[int, ...] = (1,), *, workload: Workload = WORKLOAD,
-            **fields: object) -> WorkerRequest:
-    return WorkerRequest(model_path=str(path), model_name=path.name, task=workload.task, candidate=candidate,
-                         workload=workload, batch_sizes=batches, **{**FAST, **fields})  # type: ignore[arg-type]
+def request(
+    path: Path, candidate: Candidate, batches: tuple[int, ...] = (1,), *, workload: Workload = WORKLOAD, **fields: object
+) -> WorkerRequest:
+    return WorkerRequest(
+        model_path=str(path),
+        model_name=path.name,
+        task=workload.task,
+        candidate=candidate,
+        workload=workload,
+        batch_sizes=batches,
+        **{**FAST, **fields},
+    )  # type: ignore[arg-type]
 
 
 def cpu(dtype: str, quant: str = "none", **fields: object) -> Candidate:
@@ -60,6 +68,7 @@ def run_all(requests: list[WorkerRequest]) -> list[BatchResult]:
 
 
 # -- pure parts -------------------------------------------------------------------------------------
+
 
 def test_wilson_interval_and_the_noise_of_a_floor() -> None:
     z2 = 1.959964**2
@@ -123,8 +132,12 @@ def tokenized_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return add_tokenizer(path, prompts.PROMPTS)
 
 
-def test_add_quality_prompts(cli, tiny_models: dict[str, Path], tokenized_llama: Path,  # type: ignore[no-untyped-def]
-                             tmp_path: Path) -> None:
+def test_add_quality_prompts(
+    cli,
+    tiny_models: dict[str, Path],
+    tokenized_llama: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     mine = tmp_path / "mine.txt"
     mine.write_text("\n".join(f"Our support line answers question {i} about invoices." for i in range(10)), encoding="utf-8")
     result = cli("add", tiny_models["llama"], "--quality-prompts", mine)
@@ -147,13 +160,16 @@ def test_add_quality_prompts(cli, tiny_models: dict[str, Path], tokenized_llama:
     assert cli("add", tokenized_llama, "--quality-prompts", tmp_path / "nope.txt").code == 2
 
 
-def test_text_when_there_is_a_tokenizer_and_seeded_ids_when_not(tiny_models: dict[str, Path], tokenized_llama: Path,
-                                                                tmp_path: Path) -> None:
+def test_text_when_there_is_a_tokenizer_and_seeded_ids_when_not(
+    tiny_models: dict[str, Path], tokenized_llama: Path, tmp_path: Path
+) -> None:
     own = tuple(f"Please summarise ticket number {i} for the night shift." for i in range(10))
-    made = run_all([
-        request(tokenized_llama, cpu("fp32"), (), reference_path=str(tmp_path / "text.pt"), make_reference=True, quality_prompts=own),
-        request(tiny_models["llama"], cpu("fp32"), (), reference_path=str(tmp_path / "ids.pt"), make_reference=True),
-    ])
+    made = run_all(
+        [
+            request(tokenized_llama, cpu("fp32"), (), reference_path=str(tmp_path / "text.pt"), make_reference=True, quality_prompts=own),
+            request(tiny_models["llama"], cpu("fp32"), (), reference_path=str(tmp_path / "ids.pt"), make_reference=True),
+        ]
+    )
     text, ids = (r.details["reference"] for r in made)
     assert text["input_kind"] == "text" and text["input_source"] == "10 prompts of your own (--quality-prompts)"
     assert text["input_rows"] == 10 and text["positions"] == 10 * 32  # the continuations' positions
@@ -174,6 +190,7 @@ def _rows(path: Path) -> list[dict]:
 
 # -- SmolLM2: a trained model -----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def smol_reference(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """SmolLM2's float32 reference on the built-in prompts, and the worker's report on it."""
@@ -188,8 +205,9 @@ def test_smollm2_figures_match_an_independent_computation(smollm2: Path, smol_re
 
     path, info = smol_reference
     assert info["input_kind"] == "text" and info["input_rows"] == 48 and info["positions"] == 48 * 32
-    results = run_all([request(smollm2, cpu("bf16"), reference_path=str(path)),
-                       request(smollm2, cpu("fp16", "bnb-8bit"), reference_path=str(path))])
+    results = run_all(
+        [request(smollm2, cpu("bf16"), reference_path=str(path)), request(smollm2, cpu("fp16", "bnb-8bit"), reference_path=str(path))]
+    )
     reference = torch.load(str(path), weights_only=True)
     rows, first = reference["rows"], reference["first"]
     tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2)
@@ -204,8 +222,7 @@ def test_smollm2_figures_match_an_independent_computation(smollm2: Path, smol_re
         torch.set_num_threads(threads)
 
 
-def _compare_independently(smollm2: Path, path: Path, info: dict, results: list[BatchResult], rows: list[dict],
-                           first: int) -> None:
+def _compare_independently(smollm2: Path, path: Path, info: dict, results: list[BatchResult], rows: list[dict], first: int) -> None:
     import torch
     import transformers
 
@@ -217,9 +234,12 @@ def _compare_independently(smollm2: Path, path: Path, info: dict, results: list[
 
     load = transformers.AutoModelForCausalLM.from_pretrained
     fp32 = load(smollm2, dtype=torch.float32, device_map="cpu")
-    models = {"bf16": load(smollm2, dtype=torch.bfloat16, device_map="cpu"),
-              "int8": load(smollm2, dtype=torch.float16, device_map="cpu",
-                           quantization_config=transformers.BitsAndBytesConfig(load_in_8bit=True))}
+    models = {
+        "bf16": load(smollm2, dtype=torch.bfloat16, device_map="cpu"),
+        "int8": load(
+            smollm2, dtype=torch.float16, device_map="cpu", quantization_config=transformers.BitsAndBytesConfig(load_in_8bit=True)
+        ),
+    }
     for (name, model), result in zip(models.items(), results):
         agree = n = 0
         kl: list[float] = []
@@ -232,13 +252,17 @@ def _compare_independently(smollm2: Path, path: Path, info: dict, results: list[
             agree += int((p.argmax(-1) == q.argmax(-1)).sum())
             n += len(ids) - row["prompt"]
             kl += (p.exp() * (p - q)).sum(-1).tolist()  # the full KL, over the whole vocabulary
-            target = ids[row["prompt"]:, None]
+            target = ids[row["prompt"] :, None]
             nll_reference.append(-p.gather(-1, target)[:, 0])
             nll.append(-q.gather(-1, target)[:, 0])
         m = result.metrics
-        assert m["quality_positions"] == n and extended is within_noise(*wilson_interval(
-            round(result.details["quality"]["first_pass"]["agreement"] * result.details["quality"]["first_pass"]["positions"]),
-            result.details["quality"]["first_pass"]["positions"]), 0.9), name
+        assert m["quality_positions"] == n and extended is within_noise(
+            *wilson_interval(
+                round(result.details["quality"]["first_pass"]["agreement"] * result.details["quality"]["first_pass"]["positions"]),
+                result.details["quality"]["first_pass"]["positions"],
+            ),
+            0.9,
+        ), name
         assert m["quality_token_agreement"] == pytest.approx(agree / n, abs=2 / n), name  # a thread count may flip a near-tie
         z = 1.959964
         p_hat = m["quality_token_agreement"]
@@ -263,8 +287,12 @@ def _compare_independently(smollm2: Path, path: Path, info: dict, results: list[
     assert metrics["quality_agreement_high"] - metrics["quality_agreement_low"] < high - low  # more text, a narrower interval
 
 
-def test_smollm2_tuned_on_the_cpu_with_8bit_and_4bit(cli, smollm2: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_smollm2_tuned_on_the_cpu_with_8bit_and_4bit(
+    cli,
+    smollm2: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The trained model through add, tune and recommend: 8-bit keeps the default floor, 4-bit falls
     below it with its figures shown, no "random weights" note, and a second study of the same
     workload reaches the same verdicts."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from autotune.advisor.recommend import recommend
 from autotune.candidate import Candidate
@@ -18,30 +19,53 @@ from autotune.environment import Environment, Gpu, probe
 from autotune.registry import ResolvedModel
 from autotune.store import Store
 from autotune.workload import MemoryLimit, Workload
-from conftest import REPO
 
 GiB = 2**30
 H100 = Gpu(0, "GPU-0000", "NVIDIA H100 80GB HBM3", 80 * GiB, 79 * GiB, (9, 0))
-GPU_ENV = Environment(gpus=(H100,), versions={"torch": "2.11.0+cu130", "transformers": "5.17.0", "bitsandbytes": "0.50.2",
-                                              "accelerate": "1.15.0", "flash-attn": None},
-                      driver_version="580.159.04", cuda_driver_version="13.0", hostname="gpu-box")
-CAPABILITIES = {"architecture": "LlamaForCausalLM", "attn_implementations": ["eager", "sdpa", "flash_attention_2"],
-                "transformers": "5.17.0"}
+GPU_ENV = Environment(
+    gpus=(H100,),
+    versions={"torch": "2.11.0+cu130", "transformers": "5.17.0", "bitsandbytes": "0.50.2", "accelerate": "1.15.0", "flash-attn": None},
+    driver_version="580.159.04",
+    cuda_driver_version="13.0",
+    hostname="gpu-box",
+)
+CAPABILITIES = {
+    "architecture": "LlamaForCausalLM",
+    "attn_implementations": ["eager", "sdpa", "flash_attention_2"],
+    "transformers": "5.17.0",
+}
 
 
 def register(store: Store, name: str = "org/llama", **workload: object):  # type: ignore[no-untyped-def]
-    resolved = ResolvedModel(name=name, source="hf-cache", path=None, revision="a" * 40,
-                             config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    resolved = ResolvedModel(
+        name=name, source="hf-cache", path=None, revision="a" * 40, config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    )
     fields = {"max_memory": MemoryLimit.parse("20GiB"), **workload}
     record, _, _ = store.upsert_model(resolved, CAPABILITIES, Workload(**fields))  # type: ignore[arg-type]
     return record
 
 
-def trial(store: Store, study_id: int, candidate: Candidate, batch: int, status: str = "ok", reason: str | None = None,
-          *, tps: float | None = None, p50: float | None = None, peak: float | None = None, agreement: float | None = 1.0,
-          flatness: float | None = None) -> None:
-    metrics = {"throughput_tokens_per_s": tps, "latency_p50_ms": p50, "quality_token_agreement": agreement,
-               "peak_memory_bytes": int(peak * GiB) if peak else None, "ttft_ms": 20.0 if status == "ok" else None}
+def trial(
+    store: Store,
+    study_id: int,
+    candidate: Candidate,
+    batch: int,
+    status: str = "ok",
+    reason: str | None = None,
+    *,
+    tps: float | None = None,
+    p50: float | None = None,
+    peak: float | None = None,
+    agreement: float | None = 1.0,
+    flatness: float | None = None,
+) -> None:
+    metrics = {
+        "throughput_tokens_per_s": tps,
+        "latency_p50_ms": p50,
+        "quality_token_agreement": agreement,
+        "peak_memory_bytes": int(peak * GiB) if peak else None,
+        "ttft_ms": 20.0 if status == "ok" else None,
+    }
     details = {"quality_reference_flatness": flatness} if flatness is not None else {}
     store.record_trial(study_id, candidate, batch, status, reason=reason, metrics=metrics if status == "ok" else {}, details=details)
 
@@ -66,12 +90,28 @@ def scene(store: Store):  # type: ignore[no-untyped-def]
     trial(store, study.id, EAGER, 16, tps=1400, p50=380, peak=21)  # faster, but over the limit
     trial(store, study.id, NF4, 16, tps=1900, p50=300, peak=6, agreement=0.40)  # the fastest, and wrong
     trial(store, study.id, INT8, 16, tps=400, p50=1300, peak=9, agreement=0.97)
-    trial(store, study.id, FLASH, 1, "unsupported",
-          "flash_attention_2: package flash-attn is not installed (pip install flash-attn --no-build-isolation)")
+    trial(
+        store,
+        study.id,
+        FLASH,
+        1,
+        "unsupported",
+        "flash_attention_2: package flash-attn is not installed (pip install flash-attn --no-build-isolation)",
+    )
     trial(store, study.id, Candidate(dtype="float32"), 8, "oom", "CUDA out of memory. Tried to allocate 2.00 GiB")
-    store.update_study(study.id, rejected=[{"label": "flex_attention", "kind": "rule", "count": 4, "candidate": None,
-                                            "pattern": {"attn": "flex_attention"},
-                                            "reason": "flex_attention: LlamaForCausalLM does not support it in transformers 5.17.0"}])
+    store.update_study(
+        study.id,
+        rejected=[
+            {
+                "label": "flex_attention",
+                "kind": "rule",
+                "count": 4,
+                "candidate": None,
+                "pattern": {"attn": "flex_attention"},
+                "reason": "flex_attention: LlamaForCausalLM does not support it in transformers 5.17.0",
+            }
+        ],
+    )
     return store, model, study
 
 
@@ -253,14 +293,28 @@ def test_explanation_without_a_winner(store) -> None:  # type: ignore[no-untyped
 def test_no_fit_exits_1_and_encoders_say_cosine_similarity(cli, store_url, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("AUTOTUNE_DB", store_url)
     with Store.open(store_url) as store:
-        resolved = ResolvedModel(name="org/bert", source="hf-cache", path=None, revision="b" * 40,
-                                 config={"model_type": "bert", "architectures": ["BertModel"]})
-        model, _, _ = store.upsert_model(resolved, {"architecture": "BertModel", "attn_implementations": ["eager", "sdpa"]},
-                                         Workload(task="feature-extraction", prompt_tokens=128, max_memory=MemoryLimit.parse("20GiB")))
+        resolved = ResolvedModel(
+            name="org/bert", source="hf-cache", path=None, revision="b" * 40, config={"model_type": "bert", "architectures": ["BertModel"]}
+        )
+        model, _, _ = store.upsert_model(
+            resolved,
+            {"architecture": "BertModel", "attn_implementations": ["eager", "sdpa"]},
+            Workload(task="feature-extraction", prompt_tokens=128, max_memory=MemoryLimit.parse("20GiB")),
+        )
         study = store.study_for(model, store.record_environment(GPU_ENV))
         for candidate, cosine, peak in ((BF16, 0.9993, 3), (Candidate(dtype="float32", attn="sdpa"), 1.0, 30)):
-            store.record_trial(study.id, candidate, 8, "ok", metrics={"sequences_per_s": 900.0, "latency_p50_ms": 8.0,
-                                                                      "quality_token_agreement": cosine, "peak_memory_bytes": peak * GiB})
+            store.record_trial(
+                study.id,
+                candidate,
+                8,
+                "ok",
+                metrics={
+                    "sequences_per_s": 900.0,
+                    "latency_p50_ms": 8.0,
+                    "quality_token_agreement": cosine,
+                    "peak_memory_bytes": peak * GiB,
+                },
+            )
     result = cli("recommend", "org/bert")
     assert result.code == 0, result.err
     assert "cosine similarity 0.9993" in result.out and "quality floor 0.90 cosine similarity" in result.out
@@ -279,17 +333,35 @@ def test_no_fit_exits_1_and_encoders_say_cosine_similarity(cli, store_url, monke
 
 # -- explanations that compare like with like (issue 13's two misleading examples) -----------------
 
-CPU_ENV = Environment(gpus=(), versions={"torch": "2.13.0+cpu", "transformers": "5.24.0", "bitsandbytes": "0.50.2",
-                                         "accelerate": "1.15.0"}, hostname="ci")
+CPU_ENV = Environment(
+    gpus=(), versions={"torch": "2.13.0+cpu", "transformers": "5.24.0", "bitsandbytes": "0.50.2", "accelerate": "1.15.0"}, hostname="ci"
+)
 CPU_CAPS = {"architecture": "LlamaForCausalLM", "attn_implementations": ["eager", "sdpa"], "transformers": "5.24.0"}
 
 
-def cpu_trial(store: Store, study_id: int, candidate: Candidate, tps: float, *, spread: float = 0.02, repeats: int = 5,
-              details: dict | None = None, origin: str = "search", agreement: float = 1.0) -> None:
-    metrics = {"throughput_tokens_per_s": tps, "latency_p50_ms": 1000 / tps, "latency_spread": spread, "repeats": repeats,
-               "quality_token_agreement": agreement, "peak_memory_bytes": GiB}
-    store.record_trial(study_id, candidate, 1, "ok", metrics=metrics, details=details or {}, origin=origin,
-                       feasible=agreement >= 0.9, objective_value=tps)
+def cpu_trial(
+    store: Store,
+    study_id: int,
+    candidate: Candidate,
+    tps: float,
+    *,
+    spread: float = 0.02,
+    repeats: int = 5,
+    details: dict | None = None,
+    origin: str = "search",
+    agreement: float = 1.0,
+) -> None:
+    metrics = {
+        "throughput_tokens_per_s": tps,
+        "latency_p50_ms": 1000 / tps,
+        "latency_spread": spread,
+        "repeats": repeats,
+        "quality_token_agreement": agreement,
+        "peak_memory_bytes": GiB,
+    }
+    store.record_trial(
+        study_id, candidate, 1, "ok", metrics=metrics, details=details or {}, origin=origin, feasible=agreement >= 0.9, objective_value=tps
+    )
 
 
 def test_bnb_never_measured_is_not_measured_yet_not_unavailable(store) -> None:  # type: ignore[no-untyped-def]
@@ -298,9 +370,18 @@ def test_bnb_never_measured_is_not_measured_yet_not_unavailable(store) -> None: 
     from autotune.search.space import build_space
 
     # SmolLM2-135M's shape: the forecast admits every load of it on the CPU
-    smol = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
-            "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
-            "max_position_embeddings": 8192, "tie_word_embeddings": True}
+    smol = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": True,
+    }
     resolved = ResolvedModel(name="/m/smol", source="local", path=None, revision=None, config=smol)
     model, _, _ = store.upsert_model(resolved, CPU_CAPS, Workload(device="cpu", max_batch=1))
     study = store.study_for(model, store.record_environment(CPU_ENV))
@@ -354,10 +435,15 @@ def test_unsupported_as_measured_is_not_unavailable(store) -> None:  # type: ign
 
 # -- how sure: the margin against the timing noise, a busy machine, re-measured pairs --------------
 
+
 def test_margin_against_timing_noise_and_busy_machine(store, store_url, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    model, _, _ = store.upsert_model(ResolvedModel(name="/m/smol", source="local", path=None, revision=None,
-                                                   config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]}),
-                                     CPU_CAPS, Workload(device="cpu", max_batch=1))
+    model, _, _ = store.upsert_model(
+        ResolvedModel(
+            name="/m/smol", source="local", path=None, revision=None, config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+        ),
+        CPU_CAPS,
+        Workload(device="cpu", max_batch=1),
+    )
     study = store.study_for(model, store.record_environment(CPU_ENV))
     busy = {"machine": {"cpus": 2, "other_cpu_share": 0.62, "load_1m": 6.1}}
     cpu_trial(store, study.id, Candidate(dtype="float32", attn="sdpa", placement="cpu"), 100, spread=0.45, repeats=10, details=busy)
@@ -386,9 +472,13 @@ def test_margin_against_timing_noise_and_busy_machine(store, store_url, cli, mon
 
 
 def test_a_re_measured_pair_is_judged_by_its_interleaved_medians(store) -> None:  # type: ignore[no-untyped-def]
-    model, _, _ = store.upsert_model(ResolvedModel(name="/m/smol", source="local", path=None, revision=None,
-                                                   config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]}),
-                                     CPU_CAPS, Workload(device="cpu", max_batch=1))
+    model, _, _ = store.upsert_model(
+        ResolvedModel(
+            name="/m/smol", source="local", path=None, revision=None, config={"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+        ),
+        CPU_CAPS,
+        Workload(device="cpu", max_batch=1),
+    )
     study = store.study_for(model, store.record_environment(CPU_ENV))
     fp32, bf16 = Candidate(dtype="float32", attn="sdpa", placement="cpu"), Candidate(dtype="bfloat16", attn="sdpa", placement="cpu")
     cpu_trial(store, study.id, fp32, 100, spread=0.4, repeats=10)  # timed while the machine was busy with something else

@@ -26,7 +26,7 @@ V4 = {"torch": "2.5.1+cu124", "transformers": "4.57.6", "bitsandbytes": "0.45.0"
 REMOVED_KWARGS = {"load_in_4bit", "load_in_8bit", "use_flash_attention_2", "torch_dtype"}
 
 #: The child: imports each loader named on the command line, loads, generates, reports as JSON.
-CHILD = r'''
+CHILD = r"""
 import importlib, json, sys
 import torch
 results = {}
@@ -49,16 +49,25 @@ for name in sys.argv[1:]:
                      "layers": quantized, "kwargs": getattr(module, "GENERATE_KWARGS", None)}
 results["_autotune_imported"] = any(m == "autotune" or m.startswith("autotune.") for m in sys.modules)
 print("RESULTS " + json.dumps(results))
-'''
+"""
 
 
-def spec(model_ref: str, candidate: Candidate, *, task: str = "text-generation", batch: int = 2, versions: dict | None = None,
-         **fields: object) -> LoaderSpec:
+def spec(
+    model_ref: str, candidate: Candidate, *, task: str = "text-generation", batch: int = 2, versions: dict | None = None, **fields: object
+) -> LoaderSpec:
     fields = {"model_name": model_ref, "measured_on": "the CPU of ci", **fields}
     return LoaderSpec(
-        model_ref=model_ref, task=task, candidate=candidate, batch_size=batch, new_tokens=4, prompt_tokens=16,
-        versions=versions or V5, measured={"throughput_tokens_per_s": 100.0}, summary="throughput 100.0 tok/s",
-        measured_at=datetime(2026, 1, 2, tzinfo=timezone.utc), **fields,  # type: ignore[arg-type]
+        model_ref=model_ref,
+        task=task,
+        candidate=candidate,
+        batch_size=batch,
+        new_tokens=4,
+        prompt_tokens=16,
+        versions=versions or V5,
+        measured={"throughput_tokens_per_s": 100.0},
+        summary="throughput 100.0 tok/s",
+        measured_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
+        **fields,  # type: ignore[arg-type]
     )
 
 
@@ -98,8 +107,10 @@ def test_every_shape_runs_on_cpu_in_a_fresh_process(tiny_models, tmp_path, hf_ca
         "plain_sdpa": spec(llama, Candidate(dtype="float32", attn="sdpa", placement="cpu")),
         "plain_eager_falcon": spec(falcon, Candidate(dtype="bfloat16", attn="eager", placement="cpu")),
         "pinned_math": spec(gpt2, Candidate(dtype="float32", attn="sdpa", sdpa_kernel="math", placement="cpu")),
-        "bnb_4bit": spec(llama, Candidate(dtype="bfloat16", attn="sdpa", quant="bnb-4bit-nf4", double_quant=True,
-                                           compute_dtype="float32", placement="cpu")),
+        "bnb_4bit": spec(
+            llama,
+            Candidate(dtype="bfloat16", attn="sdpa", quant="bnb-4bit-nf4", double_quant=True, compute_dtype="float32", placement="cpu"),
+        ),
         "bnb_8bit": spec(gpt2, Candidate(dtype="float32", attn="sdpa", quant="bnb-8bit", placement="cpu")),
         "static_cache": spec(llama, Candidate(dtype="float32", attn="sdpa", static_cache=True, placement="cpu")),
         "encoder": spec(bert, Candidate(dtype="float32", attn="sdpa", sdpa_kernel="math", placement="cpu"), task="feature-extraction"),
@@ -113,8 +124,13 @@ def test_every_shape_runs_on_cpu_in_a_fresh_process(tiny_models, tmp_path, hf_ca
     with Store.open(str(cli.db)) as store:
         model = store.get_model("tiiuae/falcon-7b")
         study = store.study_for(model, store.record_environment(probe()))
-        store.record_trial(study.id, Candidate(dtype="float32", attn="sdpa", placement="cpu"), 2, "ok",
-                           metrics={"throughput_tokens_per_s": 50.0, "peak_memory_bytes": 400_000_000, "quality_token_agreement": 1.0})
+        store.record_trial(
+            study.id,
+            Candidate(dtype="float32", attn="sdpa", placement="cpu"),
+            2,
+            "ok",
+            metrics={"throughput_tokens_per_s": 50.0, "peak_memory_bytes": 400_000_000, "quality_token_agreement": 1.0},
+        )
     result = cli("recommend", "tiiuae/falcon-7b", "--write", loaders / "written_by_recommend.py")
     assert result.code == 0, result.err
     written = (loaders / "written_by_recommend.py").read_text()
@@ -122,12 +138,15 @@ def test_every_shape_runs_on_cpu_in_a_fresh_process(tiny_models, tmp_path, hf_ca
 
     names = sorted(p.stem for p in loaders.glob("*.py"))
     child_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
-        "PYTHONPATH": str(loaders), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hf_cache), "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONPATH": str(loaders),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(hf_cache),
+        "TRANSFORMERS_VERBOSITY": "error",
     }
     proc = subprocess.run([sys.executable, "-c", CHILD, *names], capture_output=True, text=True, cwd=tmp_path, env=child_env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULTS "))
-    results = json.loads(line[len("RESULTS "):])
+    results = json.loads(line[len("RESULTS ") :])
     assert results.pop("_autotune_imported") is False
     assert set(results) == set(names)
     for name, r in results.items():
@@ -144,8 +163,13 @@ def test_every_shape_runs_on_cpu_in_a_fresh_process(tiny_models, tmp_path, hf_ca
 
 
 def test_generated_code_uses_current_arguments() -> None:
-    source = render_loader(spec("org/model", Candidate(dtype="bfloat16", attn="flash_attention_2", quant="bnb-4bit-nf4",
-                                                       double_quant=True, placement="cuda"), versions={**V5, "transformers": "5.17.0"}))
+    source = render_loader(
+        spec(
+            "org/model",
+            Candidate(dtype="bfloat16", attn="flash_attention_2", quant="bnb-4bit-nf4", double_quant=True, placement="cuda"),
+            versions={**V5, "transformers": "5.17.0"},
+        )
+    )
     compile(source, "loader.py", "exec")
     assert call_keywords(source, "from_pretrained") == {"dtype", "attn_implementation", "quantization_config", "device_map"}
     assert call_keywords(source, "from_pretrained").isdisjoint(REMOVED_KWARGS)
@@ -156,14 +180,19 @@ def test_generated_code_uses_current_arguments() -> None:
 
 
 def test_transformers_4_and_old_torch_forms() -> None:
-    source = render_loader(spec("org/model", Candidate(dtype="float16", attn="sdpa", quant="bnb-8bit", sdpa_kernel="efficient"), versions=V4))
+    source = render_loader(
+        spec("org/model", Candidate(dtype="float16", attn="sdpa", quant="bnb-8bit", sdpa_kernel="efficient"), versions=V4)
+    )
     compile(source, "loader.py", "exec")
     assert "torch_dtype=torch.float16" in source and "dtype=" not in source.replace("torch_dtype=", "")
     assert "quantization_config=quantization_config" in source and "load_in_8bit=True" in source
     assert call_keywords(source, "from_pretrained").isdisjoint({"load_in_4bit", "load_in_8bit", "use_flash_attention_2"})
     assert "sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION])" in source
-    legacy = render_loader(spec("org/model", Candidate(dtype="float16", attn="sdpa", sdpa_kernel="math"),
-                                versions={"torch": "2.1.2", "transformers": "4.38.2"}))
+    legacy = render_loader(
+        spec(
+            "org/model", Candidate(dtype="float16", attn="sdpa", sdpa_kernel="math"), versions={"torch": "2.1.2", "transformers": "4.38.2"}
+        )
+    )
     compile(legacy, "loader.py", "exec")
     assert "torch.backends.cuda.sdp_kernel(enable_flash=False, enable_mem_efficient=False, enable_math=True)" in legacy
     ancient = render_loader(spec("org/model", Candidate(dtype="float16", attn="sdpa"), versions={"transformers": "4.33.0"}))
@@ -171,8 +200,12 @@ def test_transformers_4_and_old_torch_forms() -> None:
 
 
 def test_multi_gpu_placement_renders_and_compiles() -> None:
-    loader = spec("org/model", Candidate(dtype="bfloat16", attn="sdpa", placement="multi-gpu", quant="bnb-4bit-nf4"),
-                  max_memory={0: "20480MiB", 1: "20480MiB"}, versions={**V5, "transformers": "5.17.0"})
+    loader = spec(
+        "org/model",
+        Candidate(dtype="bfloat16", attn="sdpa", placement="multi-gpu", quant="bnb-4bit-nf4"),
+        max_memory={0: "20480MiB", 1: "20480MiB"},
+        versions={**V5, "transformers": "5.17.0"},
+    )
     source = render_loader(loader)
     compile(source, "loader.py", "exec")
     assert "MAX_MEMORY = {0: '20480MiB', 1: '20480MiB'}" in source
@@ -185,9 +218,14 @@ def test_multi_gpu_placement_renders_and_compiles() -> None:
 def test_stored_text_cannot_inject_code(capfd) -> None:  # type: ignore[no-untyped-def]
     evil = 'x"); import os; os.system("echo pwned'
     evil_gpu = "NVIDIA H100\nimport os; os.system('echo pwned')  #"
-    loader = spec(evil, Candidate(dtype="bfloat16", attn="sdpa\nimport os", placement="cpu"), model_name=evil + "\n__import__('os')",
-                  revision="main'\nimport os", measured_on=evil_gpu,
-                  versions={"torch": "2.13\nimport os", "transformers": "5.24.0\r\nos.system('echo pwned')"})
+    loader = spec(
+        evil,
+        Candidate(dtype="bfloat16", attn="sdpa\nimport os", placement="cpu"),
+        model_name=evil + "\n__import__('os')",
+        revision="main'\nimport os",
+        measured_on=evil_gpu,
+        versions={"torch": "2.13\nimport os", "transformers": "5.24.0\r\nos.system('echo pwned')"},
+    )
     source = render_loader(loader)
     tree = ast.parse(source)
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
@@ -223,18 +261,27 @@ def test_a_flash_attention_winner_fails_in_one_line_without_its_package(tiny_mod
     source = render_loader(spec(str(tiny_models["llama"]), Candidate(dtype="bfloat16", attn="flash_attention_4"), versions=versions))
     header = [line for line in source.splitlines() if line.startswith("#")]
     assert any(line.startswith("# Needs:") and "flash-attn-4==4.0.0b36" in line for line in header)
-    assert ("# flash_attention_4 needs the flash-attn-4 package: pip install flash-attn-4==4.0.0b36 (with a CUDA 13 driver: "
-            "pip install 'flash-attn-4[cu13]==4.0.0b36'); it runs on compute capability 9.x (Hopper) or 10.x (Blackwell).") in header
+    assert (
+        "# flash_attention_4 needs the flash-attn-4 package: pip install flash-attn-4==4.0.0b36 (with a CUDA 13 driver: "
+        "pip install 'flash-attn-4[cu13]==4.0.0b36'); it runs on compute capability 9.x (Hopper) or 10.x (Blackwell)."
+    ) in header
     assert "attn_implementation='flash_attention_4'" in source
     (tmp_path / "fa4_loader.py").write_text(source)
     # flash-attn-4 is not installed here: load_model() stops before loading, with one line naming the package
     child_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-c", "import fa4_loader; fa4_loader.load_model()"], capture_output=True, text=True,
-                          cwd=tmp_path, env=child_env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import fa4_loader; fa4_loader.load_model()"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=child_env,
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         "ImportError: this loader runs attn_implementation='flash_attention_4', which needs the package flash-attn-4 "
-        "(not installed here): pip install flash-attn-4==4.0.0b36 (with a CUDA 13 driver: pip install 'flash-attn-4[cu13]==4.0.0b36')")
+        "(not installed here): pip install flash-attn-4==4.0.0b36 (with a CUDA 13 driver: pip install 'flash-attn-4[cu13]==4.0.0b36')"
+    )
     fa2 = render_loader(spec("org/model", Candidate(dtype="float16", attn="flash_attention_2", quant="bnb-8bit")))
     compile(fa2, "loader.py", "exec")
     assert "importlib.metadata.version('flash-attn')" in fa2 and "pip install flash-attn --no-build-isolation" in fa2

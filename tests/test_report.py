@@ -46,7 +46,7 @@ def external_references(html: str) -> list[str]:
 
 def charts(html: str) -> list[ET.Element]:
     """The page's SVG charts, each parsed as XML (so each is well formed)."""
-    return [ET.fromstring(svg) for svg in re.findall(r'<svg viewBox=.*?</svg>', html, re.S) if 'class="chart"' in svg]
+    return [ET.fromstring(svg) for svg in re.findall(r"<svg viewBox=.*?</svg>", html, re.S) if 'class="chart"' in svg]
 
 
 def test_the_report_of_a_tuned_model_shows_every_trial_and_the_recommendation(cli, fake: FakeMeasure, tmp_path: Path) -> None:
@@ -83,8 +83,7 @@ def test_the_report_of_a_tuned_model_shows_every_trial_and_the_recommendation(cl
     assert external_references(html) == [] and "<script" not in html and "<link" not in html
 
 
-def test_without_out_it_writes_beside_you_and_says_where(cli, fake: FakeMeasure, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_out_it_writes_beside_you_and_says_where(cli, fake: FakeMeasure, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with Store.open(str(cli.db)) as store:
         add_model(store, "org/tiny")
         add_model(store, "org/other")
@@ -139,8 +138,9 @@ def test_an_unwritable_out_is_refused(cli, tmp_path: Path) -> None:
 def test_names_and_reasons_from_the_store_are_escaped(store: Store, tmp_path: Path) -> None:
     model = add_model(store, "org/<script>alert(1)</script>")
     study = store.study_for(model, store.record_environment(cpu_env()))
-    store.record_trial(study.id, Candidate(dtype="float32", attn="sdpa", placement="cpu"), 1, "error",
-                       reason="<img src=x onerror=alert(2)>")
+    store.record_trial(
+        study.id, Candidate(dtype="float32", attn="sdpa", placement="cpu"), 1, "error", reason="<img src=x onerror=alert(2)>"
+    )
     running = store.start_trial(study.id, Candidate(dtype="bfloat16", attn="sdpa", placement="cpu"), 1)
     html = write_report(store, tmp_path / "r.html").read_text()
     assert "<script>" not in html and "<img" not in html
@@ -159,14 +159,23 @@ def test_an_encoder_tuned_for_memory_on_two_gpus(store: Store, tmp_path: Path) -
 
     from autotune.workload import Workload
 
-    model = add_model(store, "org/bert", Workload(task="feature-extraction", prompt_tokens=128, objective="memory"),
-                      config={"model_type": "bert", "architectures": ["BertModel"]}, caps={"architecture": "BertModel"})
+    model = add_model(
+        store,
+        "org/bert",
+        Workload(task="feature-extraction", prompt_tokens=128, objective="memory"),
+        config={"model_type": "bert", "architectures": ["BertModel"]},
+        caps={"architecture": "BertModel"},
+    )
     study = store.study_for(model, store.record_environment(gpu_env(2)))
     one, two = Candidate(dtype="bfloat16", attn="sdpa"), Candidate(dtype="bfloat16", attn="sdpa", placement="multi-gpu")
     for candidate, batch, peak in ((one, 1, 3.0), (one, 8, 3.5), (two, 1, 1.8)):
         trial = store.start_trial(study.id, candidate, batch)
-        metrics = {"sequences_per_s": 100.0 * batch, "latency_p50_ms": 10.0, "peak_memory_bytes": int(peak * 2**30),
-                   "forecast_bytes": int(peak * 1.02 * 2**30)}
+        metrics = {
+            "sequences_per_s": 100.0 * batch,
+            "latency_p50_ms": 10.0,
+            "peak_memory_bytes": int(peak * 2**30),
+            "forecast_bytes": int(peak * 1.02 * 2**30),
+        }
         store.finish_trial(trial.id, "ok", metrics=metrics, feasible=True, objective_value=metrics["peak_memory_bytes"])
     with store.session() as s:  # each candidate measured for one minute
         from autotune.store.schema import TrialRow
@@ -216,17 +225,21 @@ def test_the_daemon_refreshes_a_report_when_a_study_finishes(store_url: str, tmp
 
 
 def test_report_does_not_import_torch(tmp_path: Path) -> None:
-    code = ("import sys; from autotune.cli import main; "
-            "assert main(['--db', sys.argv[1], 'report', '--out', sys.argv[2]]) == 0; "
-            "heavy = [m for m in ('torch', 'transformers', 'optuna') if m in sys.modules]; "
-            "assert not heavy, heavy")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.db"), str(tmp_path / "r.html")],
-                          capture_output=True, text=True, cwd=REPO)
+    code = (
+        "import sys; from autotune.cli import main; "
+        "assert main(['--db', sys.argv[1], 'report', '--out', sys.argv[2]]) == 0; "
+        "heavy = [m for m in ('torch', 'transformers', 'optuna') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "s.db"), str(tmp_path / "r.html")], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr
     assert "No models are registered" in (tmp_path / "r.html").read_text()
 
 
 # -- the charts -----------------------------------------------------------------------------------
+
 
 def test_ticks_are_round_and_cover_the_data() -> None:
     assert nice_ticks(13.2, 19.4) == [12.0, 14.0, 16.0, 18.0, 20.0]

@@ -9,16 +9,25 @@ from search_fakes import CPU_WORKLOAD, LLAMA_CAPS, TINY_LLAMA, FakeMeasure, add_
 
 from autotune.candidate import Candidate
 from autotune.errors import InputError
+from autotune.memory import DeviceLimits
 from autotune.registry import ResolvedModel
 from autotune.search.results import INTERRUPTED, candidate_results, progress
-from autotune.memory import DeviceLimits
 from autotune.search.space import AXES, batch_ladder, build_space, candidate_from, forecast_peaks, params_of, parse_restriction
 from autotune.search.study import SearchSettings, StudySearch, recover_interrupted
 from autotune.store import Store
 from autotune.workload import MemoryLimit, Workload
 
-LLAMA_8B = {**TINY_LLAMA, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-            "num_key_value_heads": 8, "vocab_size": 128256, "dtype": "bfloat16", "hidden_act": "silu"}
+LLAMA_8B = {
+    **TINY_LLAMA,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "dtype": "bfloat16",
+    "hidden_act": "silu",
+}
 
 
 def search(store: Store, measure: FakeMeasure, settings: SearchSettings | None = None, model=None, env=None) -> StudySearch:
@@ -38,6 +47,7 @@ def run_to_end(s: StudySearch, limit: int = 500) -> list:
 
 
 # -- the space ------------------------------------------------------------------------------------
+
 
 def test_space_keeps_rules_rejections_with_reasons() -> None:
     space = build_space(TINY_LLAMA, LLAMA_CAPS, CPU_WORKLOAD, cpu_env())
@@ -68,8 +78,17 @@ def test_space_axes_round_trip() -> None:
         assert all(params[a] in space.choices[a] for a in AXES)
         assert candidate_from(params) == candidate
     # a point with options that do not apply stands for the plain candidate
-    assert candidate_from({"dtype": "float16", "attn": "sdpa", "quant": "none", "double_quant": True,
-                           "compute_dtype": "bfloat16", "placement": "cpu", "static_cache": False}) == Candidate(dtype="float16", placement="cpu")
+    assert candidate_from(
+        {
+            "dtype": "float16",
+            "attn": "sdpa",
+            "quant": "none",
+            "double_quant": True,
+            "compute_dtype": "bfloat16",
+            "placement": "cpu",
+            "static_cache": False,
+        }
+    ) == Candidate(dtype="float16", placement="cpu")
 
 
 def test_memory_forecast_rejects_what_cannot_fit_and_shortens_ladders() -> None:
@@ -94,9 +113,18 @@ def test_bitsandbytes_without_effect_is_not_tried_again(store: Store) -> None:
             if candidate.quant == "none":
                 return super().__call__(store, model, candidate, batch_sizes, **kwargs)
             self.calls.append((candidate, tuple(batch_sizes), kwargs.get("origin", "search")))
-            return [store.record_trial(kwargs["study"].id, candidate, b, "unsupported", feasible=False,
-                                       reason=f"{candidate.quant} did not take effect: none of the linear layers was converted",
-                                       effective={"quantized_layers": 0, "linear_layers": 8}) for b in batch_sizes]
+            return [
+                store.record_trial(
+                    kwargs["study"].id,
+                    candidate,
+                    b,
+                    "unsupported",
+                    feasible=False,
+                    reason=f"{candidate.quant} did not take effect: none of the linear layers was converted",
+                    effective={"quantized_layers": 0, "linear_layers": 8},
+                )
+                for b in batch_sizes
+            ]
 
     measure = NoEffect()
     gpu = Workload(prompt_tokens=16, new_tokens=8, max_batch=2)
@@ -167,6 +195,7 @@ def test_restriction() -> None:
 
 
 # -- the study ------------------------------------------------------------------------------------
+
 
 def test_baselines_first_then_never_the_same_candidate_twice(store: Store) -> None:
     measure = FakeMeasure()
@@ -249,8 +278,9 @@ def test_a_larger_budget_continues_a_study_that_stopped_improving(store: Store) 
 
 
 def test_space_exhausted(store: Store) -> None:
-    settings = SearchSettings(seed=1, patience=50, explore=True,
-                              restrict=parse_restriction("dtype=fp32,bf16,fp16 attn=sdpa,eager quant=none static_cache=false"))
+    settings = SearchSettings(
+        seed=1, patience=50, explore=True, restrict=parse_restriction("dtype=fp32,bf16,fp16 attn=sdpa,eager quant=none static_cache=false")
+    )
     measure = FakeMeasure()
     steps = run_to_end(search(store, measure, settings))
     assert len(measure.calls) == 6 and steps[-1].study.stop_reason == "space exhausted: all 6 candidates measured"
@@ -341,8 +371,9 @@ def test_over_several_gpus_each_gpu_is_held_against_its_own_limit() -> None:
     assert bf16 in space
     peaks = forecast_peaks(LLAMA_8B, bf16, limited, 1, spread, env)
     assert len(peaks) == 2 and 8 * 2**30 < max(peaks) < 10 * 2**30  # 16 GB of bf16 weights over two 10 GiB shares
-    fp32 = [r for r in space.rejected
-            if r.candidate is not None and r.candidate.placement == "multi-gpu" and r.candidate.dtype == "float32"]
+    fp32 = [
+        r for r in space.rejected if r.candidate is not None and r.candidate.placement == "multi-gpu" and r.candidate.dtype == "float32"
+    ]
     assert fp32 and "on cuda:" in fp32[0].reason and "over the limit 10.00 GiB" in fp32[0].reason
 
 
@@ -360,6 +391,7 @@ def test_admission_holds_the_forecast_raised_by_its_safety_margin() -> None:
 
 def test_the_winner_can_change_with_the_prompt_length(store: Store) -> None:
     """One study per workload: short prompts and long prefill-only ones on the same model and GPU."""
+
     def latency(c: Candidate, workload: Workload) -> float:  # a made-up landscape: attention matters with the prompt
         prefill = {"sdpa": 10.0, "flash_attention_4": 9.2, "eager": 14.0}[c.attn] * workload.prompt_tokens / 1000
         return prefill + {"sdpa": 12.0, "flash_attention_4": 19.0, "eager": 12.5}[c.attn] * workload.new_tokens
@@ -367,15 +399,19 @@ def test_the_winner_can_change_with_the_prompt_length(store: Store) -> None:
     h200 = gpu_env(memory=141 * 2**30, **{"flash-attn-4": "4.0.0b36"})
     caps = {**LLAMA_CAPS, "attn_implementations": ["eager", "sdpa", "flash_attention_2", "flash_attention_4", "flex_attention"]}
     config = {**LLAMA_8B, "max_position_embeddings": 131072}
-    settings = SearchSettings(seed=2, patience=50, restrict=parse_restriction("dtype=bf16 attn=sdpa,eager,flash_attention_4 "
-                                                                                "quant=none static_cache=false placement=cuda"))
+    settings = SearchSettings(
+        seed=2,
+        patience=50,
+        restrict=parse_restriction("dtype=bf16 attn=sdpa,eager,flash_attention_4 quant=none static_cache=false placement=cuda"),
+    )
     short = Workload(prompt_tokens=512, new_tokens=128, objective="latency")
     model = add_model(store, "org/llama-8b", short, config=config, caps=caps)
     winners, studies = {}, set()
     for workload in (short, short.with_changes(prompt_tokens=32768, new_tokens=1)):
         if workload is not short:
-            model, _, _ = store.upsert_model(ResolvedModel(name=model.name, source="local", path=model.path, revision=None,
-                                                           config=config), caps, workload)
+            model, _, _ = store.upsert_model(
+                ResolvedModel(name=model.name, source="local", path=model.path, revision=None, config=config), caps, workload
+            )
         s = search(store, FakeMeasure(latency=latency), settings, model=model, env=h200)
         run_to_end(s)
         winners[workload.prompt_tokens] = s.progress().best.candidate.attn

@@ -30,8 +30,15 @@ def cpu_env() -> Environment:
 
 def test_schema_created_on_first_use(store: Store) -> None:
     tables = set(inspect(store.engine).get_table_names())
-    assert {"autotune_environments", "autotune_models", "autotune_studies", "autotune_trials",
-            "autotune_recommendations", "autotune_daemon", VERSION_TABLE} <= tables
+    assert {
+        "autotune_environments",
+        "autotune_models",
+        "autotune_studies",
+        "autotune_trials",
+        "autotune_recommendations",
+        "autotune_daemon",
+        VERSION_TABLE,
+    } <= tables
     assert "alembic_version" not in tables  # Optuna's name stays free
     assert current_revision(store.engine) == HEAD
 
@@ -61,8 +68,14 @@ def test_models_round_trip_update_and_remove(store: Store) -> None:
     assert store.study_for(record, env_id).id == study.id
     trial = store.start_trial(study.id, Candidate(placement="cpu"), 4)
     assert trial.status == "running" and trial.number == 1
-    done = store.finish_trial(trial.id, "ok", metrics={"throughput_tokens_per_s": 123.5, "peak_memory_bytes": 5 * 2**31},
-                              effective={"attn": "sdpa"}, feasible=True, objective_value=123.5)
+    done = store.finish_trial(
+        trial.id,
+        "ok",
+        metrics={"throughput_tokens_per_s": 123.5, "peak_memory_bytes": 5 * 2**31},
+        effective={"attn": "sdpa"},
+        feasible=True,
+        objective_value=123.5,
+    )
     assert done.metrics["throughput_tokens_per_s"] == 123.5 and done.metrics["peak_memory_bytes"] == 5 * 2**31
     assert store.record_trial(study.id, Candidate(placement="cpu", attn="eager"), 1, "unsupported", reason="no").number == 2
 

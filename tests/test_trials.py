@@ -10,11 +10,14 @@ import pytest
 from autotune.api import add_model
 from autotune.candidate import Candidate
 from autotune.environment import Environment, Gpu, probe
+from autotune.memory import DeviceLimits
 from autotune.store import Store
 from autotune.trials import (
-    default_placement, measure_candidate, reference_candidates, reference_path,
+    default_placement,
+    measure_candidate,
+    reference_candidates,
+    reference_path,
 )
-from autotune.memory import DeviceLimits
 from autotune.workload import MemoryLimit, Workload
 
 SMALL = {"prompt_tokens": 16, "new_tokens": 8}
@@ -22,8 +25,9 @@ FAST = {"warmup": 1, "min_repeats": 2, "max_repeats": 3, "time_cap_s": 5.0}
 
 
 def gpu_env(count: int, cc: tuple[int, int] = (9, 0), total: int = 80 * 2**30) -> Environment:
-    gpus = tuple(Gpu(index=i, uuid=f"GPU-{i}", name="H100", total_memory=total, free_memory=total, compute_capability=cc)
-                 for i in range(count))
+    gpus = tuple(
+        Gpu(index=i, uuid=f"GPU-{i}", name="H100", total_memory=total, free_memory=total, compute_capability=cc) for i in range(count)
+    )
     return Environment(gpus=gpus, versions={"torch": "2.11", "transformers": "5.17", "bitsandbytes": "0.50.2"})
 
 
@@ -56,18 +60,29 @@ def test_placement_limits_and_reference_candidates() -> None:
 def test_rejected_candidate_is_recorded_without_a_worker(store: Store, tiny_models: dict[str, Path]) -> None:
     model, environment, environment_id, study = setup(store, tiny_models["llama"])
     spawned: list[int] = []
-    trials = measure_candidate(store, model, Candidate(placement="cuda"), [1, 4], environment=environment,
-                               environment_id=environment_id, study=study, on_spawn=spawned.append, python="/nonexistent")
+    trials = measure_candidate(
+        store,
+        model,
+        Candidate(placement="cuda"),
+        [1, 4],
+        environment=environment,
+        environment_id=environment_id,
+        study=study,
+        on_spawn=spawned.append,
+        python="/nonexistent",
+    )
     assert spawned == [] and [t.status for t in trials] == ["unsupported", "unsupported"]
     assert "no NVIDIA GPU" in trials[0].reason and trials[0].feasible is False and trials[0].details["rejected_before_load"]
     assert [t.batch_size for t in store.trials(study_id=study.id)] == [1, 4]
     with pytest.raises(Exception, match="rising order"):
-        measure_candidate(store, model, Candidate(placement="cpu"), [4, 1], environment=environment,
-                          environment_id=environment_id, study=study)
+        measure_candidate(
+            store, model, Candidate(placement="cpu"), [4, 1], environment=environment, environment_id=environment_id, study=study
+        )
 
 
-def test_rows_are_running_before_the_worker_and_finished_after(tmp_path: Path, tiny_models: dict[str, Path],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rows_are_running_before_the_worker_and_finished_after(
+    tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with Store.open(f"sqlite:///{tmp_path / 'trials.db'}") as store:
@@ -81,21 +96,42 @@ def test_rows_are_running_before_the_worker_and_finished_after(tmp_path: Path, t
                 seen.append((pid, [(r.status, r.worker_pid) for r in s.query(TrialRow).order_by(TrialRow.id)]))
 
         reference = Candidate(dtype="float32", attn="sdpa", placement="cpu")
-        trials = measure_candidate(store, model, reference, [1, 2], environment=environment, environment_id=environment_id,
-                                   study=study, origin="measure", on_spawn=on_spawn, worker_options=FAST)
+        trials = measure_candidate(
+            store,
+            model,
+            reference,
+            [1, 2],
+            environment=environment,
+            environment_id=environment_id,
+            study=study,
+            origin="measure",
+            on_spawn=on_spawn,
+            worker_options=FAST,
+        )
         pid, rows = seen[0]
         assert len(seen) == 1 and rows == [("running", pid), ("running", pid)]  # one worker: it also made the reference
         assert [t.status for t in trials] == ["ok", "ok"] and all(t.origin == "measure" for t in trials)
         assert trials[1].feasible is True and trials[1].objective_value == trials[1].metrics["throughput_tokens_per_s"]
-        assert trials[0].metrics["quality_token_agreement"] == 1.0 and trials[0].details["reference"]["status"] == "made with this candidate"
+        assert (
+            trials[0].metrics["quality_token_agreement"] == 1.0 and trials[0].details["reference"]["status"] == "made with this candidate"
+        )
         assert trials[0].details["worker"]["returncode"] == 0 and trials[0].finished_at is not None
         assert reference_path(model, study.workload, environment, "cpu").exists()
 
         # A second candidate finds the cached reference (no reference worker) and goes on after an OOM.
         seen.clear()
-        trials = measure_candidate(store, model, Candidate(dtype="bfloat16", attn="eager", placement="cpu"), [1, 2, 4],
-                                   environment=environment, environment_id=environment_id, study=study, on_spawn=on_spawn,
-                                   fault="oom", worker_options=FAST)
+        trials = measure_candidate(
+            store,
+            model,
+            Candidate(dtype="bfloat16", attn="eager", placement="cpu"),
+            [1, 2, 4],
+            environment=environment,
+            environment_id=environment_id,
+            study=study,
+            on_spawn=on_spawn,
+            fault="oom",
+            worker_options=FAST,
+        )
         assert len(seen) == 1 and [t.status for t in trials] == ["ok", "oom", "skipped"]
         assert trials[0].details["reference"]["status"] == "cached" and trials[0].metrics["quality_token_agreement"] > 0
         assert trials[1].feasible is False and trials[1].objective_value is None

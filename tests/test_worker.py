@@ -55,10 +55,18 @@ def trained_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_trained_tiny("llama", tmp_path_factory.mktemp("trained") / "llama")
 
 
-def request(path: Path, candidate: Candidate, batches: tuple[int, ...] = (1, 2), *, workload: Workload = WORKLOAD,
-            **fields: object) -> WorkerRequest:
-    return WorkerRequest(model_path=str(path), model_name=path.name, task=workload.task, candidate=candidate,
-                         workload=workload, batch_sizes=batches, **{**FAST, **fields})  # type: ignore[arg-type]
+def request(
+    path: Path, candidate: Candidate, batches: tuple[int, ...] = (1, 2), *, workload: Workload = WORKLOAD, **fields: object
+) -> WorkerRequest:
+    return WorkerRequest(
+        model_path=str(path),
+        model_name=path.name,
+        task=workload.task,
+        candidate=candidate,
+        workload=workload,
+        batch_sizes=batches,
+        **{**FAST, **fields},
+    )  # type: ignore[arg-type]
 
 
 def cpu(dtype: str, attn: str, quant: str = "none", **fields: object) -> Candidate:
@@ -97,15 +105,22 @@ def assert_measured(result: BatchResult, *, generates: bool = True) -> None:
 
 # -- pure parts ---------------------------------------------------------------------------------
 
+
 def test_request_roundtrips_and_refuses_bad_values() -> None:
-    req = request(Path("/m/llama"), cpu("bf16", "sdpa", static_cache=True), (1, 4, 16), max_memory={0: 2**30, 1: 2**29},
-                  fault="oom")
+    req = request(Path("/m/llama"), cpu("bf16", "sdpa", static_cache=True), (1, 4, 16), max_memory={0: 2**30, 1: 2**29}, fault="oom")
     again = WorkerRequest.from_json(req.to_json())
     assert again == req and again.candidate.static_cache and again.workload.padding_share == 0.25
     assert again.max_memory == {0: 2**30, 1: 2**29}  # per GPU, the indices back as numbers
-    for bad in [dict(batch_sizes=(4, 1)), dict(batch_sizes=(0,)), dict(batch_sizes=()), dict(fault="nope"),
-                dict(make_reference=True, reference_path=None), dict(min_repeats=5, max_repeats=2),
-                dict(max_memory={0: 0}), dict(max_memory={})]:
+    for bad in [
+        dict(batch_sizes=(4, 1)),
+        dict(batch_sizes=(0,)),
+        dict(batch_sizes=()),
+        dict(fault="nope"),
+        dict(make_reference=True, reference_path=None),
+        dict(min_repeats=5, max_repeats=2),
+        dict(max_memory={0: 0}),
+        dict(max_memory={}),
+    ]:
         with pytest.raises(InputError):
             WorkerRequest(**{**req.__dict__, **bad})
     assert WorkerRequest(**{**req.__dict__, "batch_sizes": (), "make_reference": True, "reference_path": "/r.pt"}).expected_batches == (0,)
@@ -127,6 +142,7 @@ def test_padding_rows_fall_and_average_to_the_share() -> None:
 
 # -- the launcher against fake interpreters (no torch: fast) -------------------------------------
 
+
 def fake_python(tmp_path: Path, script: str) -> str:
     path = tmp_path / "fake-python"
     path.write_text("#!/bin/sh\n" + script)
@@ -136,7 +152,9 @@ def fake_python(tmp_path: Path, script: str) -> str:
 
 def test_launcher_classifies_exit_status_and_signal(tmp_path: Path) -> None:
     req = request(tmp_path, cpu("fp32", "sdpa"), (1, 2, 4))
-    results = run(req, python=fake_python(tmp_path, 'echo "Traceback (most recent call last):" >&2\necho "ValueError: boom here" >&2\nexit 3\n'))
+    results = run(
+        req, python=fake_python(tmp_path, 'echo "Traceback (most recent call last):" >&2\necho "ValueError: boom here" >&2\nexit 3\n')
+    )
     assert [r.status for r in results] == ["error", "skipped", "skipped"]
     assert "status 3" in results[0].reason and "ValueError: boom here" in results[0].reason
     results = run(req, python=fake_python(tmp_path, "kill -SEGV $$\n"))
@@ -155,8 +173,12 @@ def test_launcher_environment_puts_this_package_first() -> None:
 
 # -- real workers -------------------------------------------------------------------------------
 
-CAUSAL_SET = [cpu("fp32", "eager"), cpu("bf16", "sdpa"), cpu("fp16", "sdpa", "bnb-8bit"),
-              cpu("bf16", "sdpa", "bnb-4bit-nf4", double_quant=True)]
+CAUSAL_SET = [
+    cpu("fp32", "eager"),
+    cpu("bf16", "sdpa"),
+    cpu("fp16", "sdpa", "bnb-8bit"),
+    cpu("bf16", "sdpa", "bnb-4bit-nf4", double_quant=True),
+]
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -244,10 +266,15 @@ def test_quality_separates_faithful_from_broken(trained_llama: Path, tmp_path: P
     made = run(request(trained_llama, cpu("fp32", "sdpa"), (), reference_path=str(reference), make_reference=True))
     assert [(r.status, r.batch_size) for r in made] == [("ok", 0)] and reference.exists()  # a reference-only request
     assert made[0].details["reference"]["input_kind"] == "random-ids" and made[0].details["reference"]["new_tokens"] == 32
-    faithful, broken = (o.results[0] for o in launch_all([
-        request(trained_llama, cpu("bf16", "eager"), (1,), reference_path=str(reference)),
-        request(trained_llama, cpu("fp32", "sdpa"), (1,), reference_path=str(reference), fault="corrupt"),
-    ]))
+    faithful, broken = (
+        o.results[0]
+        for o in launch_all(
+            [
+                request(trained_llama, cpu("bf16", "eager"), (1,), reference_path=str(reference)),
+                request(trained_llama, cpu("fp32", "sdpa"), (1,), reference_path=str(reference), fault="corrupt"),
+            ]
+        )
+    )
     assert faithful.status == broken.status == "ok"  # corrupt weights still run: only quality can tell
     assert faithful.metrics["quality_token_agreement"] >= 0.95 and faithful.metrics["quality_kl"] < 0.05
     assert faithful.details["quality_reference_flatness"] < 0.9  # trained: confident, not flat
@@ -272,6 +299,7 @@ def test_prefill_only_measures_one_series(tiny_models: dict[str, Path]) -> None:
 
 # -- faults -------------------------------------------------------------------------------------
 
+
 def test_injected_oom_stops_the_ladder(tiny_models: dict[str, Path]) -> None:
     results = run(request(tiny_models["llama"], cpu("fp32", "sdpa"), (1, 2, 4), fault="oom"))
     assert [r.status for r in results] == ["ok", "oom", "skipped"]
@@ -292,9 +320,13 @@ def test_a_worker_dies_with_the_process_that_launched_it(tiny_models: dict[str, 
     """``kill -9`` of the tuner must not leave its worker holding a GPU: the kernel ends it too."""
     if not sys.platform.startswith("linux"):
         pytest.skip("parent-death signals are Linux's")
-    (tmp_path / "request.json").write_text(request(tiny_models["llama"], cpu("fp32", "sdpa"), (1,), fault="hang", timeout_s=120.0).to_json())
-    script = ("import sys\nfrom autotune.worker import WorkerRequest, launch\n"
-              "launch(WorkerRequest.from_json(open(sys.argv[1]).read()), on_spawn=lambda pid: print(pid, flush=True))\n")
+    (tmp_path / "request.json").write_text(
+        request(tiny_models["llama"], cpu("fp32", "sdpa"), (1,), fault="hang", timeout_s=120.0).to_json()
+    )
+    script = (
+        "import sys\nfrom autotune.worker import WorkerRequest, launch\n"
+        "launch(WorkerRequest.from_json(open(sys.argv[1]).read()), on_spawn=lambda pid: print(pid, flush=True))\n"
+    )
     tuner = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "request.json")], stdout=subprocess.PIPE, text=True)
     worker = int(tuner.stdout.readline())  # type: ignore[union-attr]
     try:
@@ -331,6 +363,7 @@ def test_hang_times_out_and_kills_the_whole_process_group(tiny_models: dict[str,
 
     def watch(pid: int) -> None:
         """Until the worker is killed: wait for it and its grandchild to be up, both ignoring SIGTERM."""
+
         def poll() -> None:
             while not seen and time.monotonic() - started < 60:
                 members = group_members(pid)
@@ -360,10 +393,12 @@ def test_an_unclassified_error_names_the_model_the_candidate_and_what_to_try(tin
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     # past the tiny GPT-2's 1024 positions: `autotune add` refuses such a workload, a request does not
     too_long = Workload(prompt_tokens=1100, new_tokens=8)
-    unloadable, measured = launch_all([
-        request(broken, cpu("fp32", "sdpa"), (1, 2)),
-        request(tiny_models["gpt2"], cpu("fp32", "eager"), (1, 2), workload=too_long),
-    ])
+    unloadable, measured = launch_all(
+        [
+            request(broken, cpu("fp32", "sdpa"), (1, 2)),
+            request(tiny_models["gpt2"], cpu("fp32", "eager"), (1, 2), workload=too_long),
+        ]
+    )
     assert [r.status for r in unloadable.results] == ["error", "error"]
     reason = unloadable.results[0].reason
     assert reason.startswith("loading broken-llama as fp32 sdpa cpu failed with an error autotune does not recognise (")
@@ -371,18 +406,22 @@ def test_an_unclassified_error_names_the_model_the_candidate_and_what_to_try(tin
     assert "`autotune measure broken-llama --dtype fp32 --placement cpu --attn sdpa --batch 1`" in reason
     assert [r.status for r in measured.results] == ["error", "skipped"]
     reason = measured.results[0].reason
-    assert reason.startswith("measuring batch size 1 of gpt2 as fp32 eager cpu failed with an error autotune does not recognise "
-                             "(IndexError: index out of range in self)"), reason
+    assert reason.startswith(
+        "measuring batch size 1 of gpt2 as fp32 eager cpu failed with an error autotune does not recognise "
+        "(IndexError: index out of range in self)"
+    ), reason
     assert "`autotune measure gpt2 --dtype fp32 --placement cpu --attn eager --batch 1`" in reason
     assert measured.results[0].details["traceback"].rstrip().endswith("IndexError: index out of range in self")
 
 
 def test_import_error_static_cache_on_cpu_and_a_silent_fallback_are_unsupported(tiny_models: dict[str, Path]) -> None:
-    failed, static, fallback = launch_all([
-        request(tiny_models["gpt2"], cpu("fp32", "sdpa"), (1, 2), fault="import"),
-        request(tiny_models["llama"], cpu("fp32", "sdpa", static_cache=True), (1, 2)),
-        request(tiny_models["llama"], cpu("fp32", "sdpa"), (1, 2), fault="fallback"),
-    ])
+    failed, static, fallback = launch_all(
+        [
+            request(tiny_models["gpt2"], cpu("fp32", "sdpa"), (1, 2), fault="import"),
+            request(tiny_models["llama"], cpu("fp32", "sdpa", static_cache=True), (1, 2)),
+            request(tiny_models["llama"], cpu("fp32", "sdpa"), (1, 2), fault="fallback"),
+        ]
+    )
     # the config still says sdpa; the traced forward pass shows the eager function ran under that name
     assert [r.status for r in fallback.results] == ["unsupported", "unsupported"]
     assert fallback.results[0].reason == "attention sdpa did not take effect: a forward pass ran eager"

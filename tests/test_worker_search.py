@@ -17,8 +17,9 @@ FP32 = Candidate(dtype="float32", placement="cpu")
 
 def request(path: Path, batches: tuple[int, ...], **fields: object) -> WorkerRequest:
     options = {"min_repeats": 2, "max_repeats": 3, "timeout_s": 240.0, **fields}
-    return WorkerRequest(model_path=str(path), model_name="tiny", task="text-generation", candidate=FP32, workload=WORKLOAD,
-                         batch_sizes=batches, **options)  # type: ignore[arg-type]
+    return WorkerRequest(
+        model_path=str(path), model_name="tiny", task="text-generation", candidate=FP32, workload=WORKLOAD, batch_sizes=batches, **options
+    )  # type: ignore[arg-type]
 
 
 def test_a_falling_ladder_screens_a_clear_loser_after_one_run(tiny_models: dict[str, Path]) -> None:
@@ -54,18 +55,15 @@ def test_the_compile_cache_is_kept_per_environment_and_reused(tiny_models: dict[
 
 
 def test_compile_cache_lives_under_the_data_dir_per_fingerprint(monkeypatch, tmp_path: Path) -> None:
-    from autotune.environment import Environment
+    from autotune.environment import Environment, Gpu
     from autotune.trials import compile_cache_dir
-
-    from autotune.environment import Gpu
 
     monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path))
     env = Environment(gpus=(), versions={"torch": "2.13.0"})
     assert compile_cache_dir(env) == tmp_path / "compile" / env.kind_fingerprint
 
     def h200(index: int) -> Gpu:
-        return Gpu(index=0, uuid=f"GPU-{index}", name="NVIDIA H200", total_memory=140 * 2**30, free_memory=2**30,
-                   compute_capability=(9, 0))
+        return Gpu(index=0, uuid=f"GPU-{index}", name="NVIDIA H200", total_memory=140 * 2**30, free_memory=2**30, compute_capability=(9, 0))
 
     # two identical GPUs (CUDA_VISIBLE_DEVICES=0 and =1): two studies, one compile cache
     first, second = (Environment(gpus=(h200(i),), versions={"torch": "2.11.0"}) for i in (0, 1))
@@ -74,8 +72,9 @@ def test_compile_cache_lives_under_the_data_dir_per_fingerprint(monkeypatch, tmp
     assert compile_cache_dir(other) != compile_cache_dir(first)
 
 
-def test_a_candidate_still_running_at_the_deadline_is_stopped_and_recorded_as_such(store, tiny_models: dict[str, Path],
-                                                                                   tmp_path: Path, monkeypatch) -> None:
+def test_a_candidate_still_running_at_the_deadline_is_stopped_and_recorded_as_such(
+    store, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
     from autotune.api import add_model
     from autotune.environment import probe
     from autotune.search.results import candidate_results, progress
@@ -87,8 +86,17 @@ def test_a_candidate_still_running_at_the_deadline_is_stopped_and_recorded_as_su
     environment_id = store.record_environment(environment)
     study = store.study_for(model, environment_id)
     # the reference candidate itself (fp32 sdpa on the CPU) makes its reference in the same worker, which hangs
-    rows = measure_candidate(store, model, Candidate(dtype="float32", placement="cpu"), [1, 2], environment=environment,
-                             environment_id=environment_id, study=study, fault="hang", deadline_s=4.0)
+    rows = measure_candidate(
+        store,
+        model,
+        Candidate(dtype="float32", placement="cpu"),
+        [1, 2],
+        environment=environment,
+        environment_id=environment_id,
+        study=study,
+        fault="hang",
+        deadline_s=4.0,
+    )
     assert [t.status for t in rows] == ["timeout", "timeout"]
     assert all(t.reason.startswith("stopped at the study's deadline") and t.details["deadline"] for t in rows)
     state = progress(store.trials(study_id=study.id), study.workload)

@@ -15,7 +15,16 @@ from typing import Any
 from autotune.candidate import Candidate
 from autotune.environment import Environment
 from autotune.memory import (
-    Correction, DeviceLimits, Forecast, Margin, ModelShape, device_kind, forecast_shape, largest_batch, model_shape, with_calibration,
+    Correction,
+    DeviceLimits,
+    Forecast,
+    Margin,
+    ModelShape,
+    device_kind,
+    forecast_shape,
+    largest_batch,
+    model_shape,
+    with_calibration,
 )
 from autotune.units import format_gib
 from autotune.workload import Workload
@@ -77,23 +86,39 @@ class Estimate:
     def to_dict(self) -> dict[str, Any]:
         shape = self.shape
         return {
-            "model": self.name, "registered": self.registered, "architecture": shape.architecture, "model_type": shape.model_type,
-            "parameters": shape.parameters, "weights_bf16_bytes": shape.weight_bytes("bfloat16")[0],
-            "kv_bytes_per_token_bf16": shape.kv_bytes_per_token("bfloat16"), "kv_description": shape.kv_description,
-            "workload": self.workload.to_dict(), "device": "cpu" if self.cpu else "cuda",
-            "limits": [lim.to_dict() for lim in self.limits], "limit_source": self.limit_source,
+            "model": self.name,
+            "registered": self.registered,
+            "architecture": shape.architecture,
+            "model_type": shape.model_type,
+            "parameters": shape.parameters,
+            "weights_bf16_bytes": shape.weight_bytes("bfloat16")[0],
+            "kv_bytes_per_token_bf16": shape.kv_bytes_per_token("bfloat16"),
+            "kv_description": shape.kv_description,
+            "workload": self.workload.to_dict(),
+            "device": "cpu" if self.cpu else "cuda",
+            "limits": [lim.to_dict() for lim in self.limits],
+            "limit_source": self.limit_source,
             "calibration": self.correction.calibration.to_dict() if self.correction.calibration.fits else None,
-            "margins": self.correction.margins.to_dict(), "notes": list(self.notes),
-            "candidates": [{
-                "label": r.candidate.label(), "candidate": r.candidate.to_dict(), "weights_bytes": r.weights_bytes,
-                "quant_state_bytes": r.quant_state_bytes, "forecasts": [f.to_dict() for f in r.forecasts.values()],
-                "largest_batch": r.largest_batch, "margin": r.margin.to_dict(),
-            } for r in self.rows],
+            "margins": self.correction.margins.to_dict(),
+            "notes": list(self.notes),
+            "candidates": [
+                {
+                    "label": r.candidate.label(),
+                    "candidate": r.candidate.to_dict(),
+                    "weights_bytes": r.weights_bytes,
+                    "quant_state_bytes": r.quant_state_bytes,
+                    "forecasts": [f.to_dict() for f in r.forecasts.values()],
+                    "largest_batch": r.largest_batch,
+                    "margin": r.margin.to_dict(),
+                }
+                for r in self.rows
+            ],
         }
 
 
-def size_limits(workload: Workload, environment: Environment | None, gpu_memory: list[int] | None = None,
-                *, gpu_error: str | None = None) -> tuple[list[Limit], str, bool]:
+def size_limits(
+    workload: Workload, environment: Environment | None, gpu_memory: list[int] | None = None, *, gpu_error: str | None = None
+) -> tuple[list[Limit], str, bool]:
     """``(limits, where they come from, on the CPU)`` for ``workload`` here.
 
     ``gpu_memory`` sizes GPUs of those sizes instead of the ones here (the workload's limit not
@@ -103,8 +128,11 @@ def size_limits(workload: Workload, environment: Environment | None, gpu_memory:
     model over all of them, each under its own limit.
     """
     if gpu_memory:
-        return [Limit(f"<={format_gib(s)}", s) for s in gpu_memory], \
-            f"a GPU of {', '.join(format_gib(s) for s in gpu_memory)} (--gpu-memory)", False
+        return (
+            [Limit(f"<={format_gib(s)}", s) for s in gpu_memory],
+            f"a GPU of {', '.join(format_gib(s) for s in gpu_memory)} (--gpu-memory)",
+            False,
+        )
     limit = workload.max_memory
     gpus = environment.gpus if environment is not None and workload.device != "cpu" else ()
     if gpus:
@@ -130,8 +158,10 @@ def size_limits(workload: Workload, environment: Environment | None, gpu_memory:
         source = f"the CPU (the workload runs on the CPU: --device cpu): this machine's RAM, {format_gib(host.total_bytes)}{capped}"
     else:
         why = f"no GPU here ({gpu_error})" if gpu_error else "no GPU here"
-        source = (f"{why} and no --gpu-memory: this machine's RAM, {format_gib(host.total_bytes)}{capped}, for CPU placement "
-                  "(pass --gpu-memory 24GiB to size a GPU)")
+        source = (
+            f"{why} and no --gpu-memory: this machine's RAM, {format_gib(host.total_bytes)}{capped}, for CPU placement "
+            "(pass --gpu-memory 24GiB to size a GPU)"
+        )
     return [Limit("CPU RAM", held, cpu=True)], source, True
 
 
@@ -154,9 +184,18 @@ def estimate_candidates(task: str, cpu: bool) -> list[Candidate]:
     return rows
 
 
-def estimate(name: str, config: dict[str, Any], workload: Workload, batches: tuple[int, ...], *, registered: bool = False,
-             environment: Environment | None = None, gpu_memory: list[int] | None = None, gpu_error: str | None = None,
-             correction: Correction | None = None) -> Estimate:
+def estimate(
+    name: str,
+    config: dict[str, Any],
+    workload: Workload,
+    batches: tuple[int, ...],
+    *,
+    registered: bool = False,
+    environment: Environment | None = None,
+    gpu_memory: list[int] | None = None,
+    gpu_error: str | None = None,
+    correction: Correction | None = None,
+) -> Estimate:
     """Forecast each of :func:`estimate_candidates` at ``batches``, and the largest batch each limit holds.
 
     ``environment`` is this machine (its GPUs, and the CPU's memory). ``correction`` (learned from
@@ -177,17 +216,34 @@ def estimate(name: str, config: dict[str, Any], workload: Workload, batches: tup
         def adjust(peak: int, kind: str = kind, candidate: Candidate = candidate) -> int:
             return correction.admitted(peak, candidate, kind)  # type: ignore[union-attr]
 
-        forecasts = {b: with_calibration(forecast_shape(shape, candidate, workload, b, task=workload.task), calibration, kind)
-                     for b in batches}
+        forecasts = {
+            b: with_calibration(forecast_shape(shape, candidate, workload, b, task=workload.task), calibration, kind) for b in batches
+        }
         fits = {}
         for lim in limits:
             if lim.spread:
                 spread = replace(candidate, placement="multi-gpu")
-                fits[lim.name] = largest_batch(config, spread, workload, list(lim.spread), task=workload.task,
-                                               adjust=lambda peak, c=spread, k=kind: correction.admitted(peak, c, k))
+                fits[lim.name] = largest_batch(
+                    config,
+                    spread,
+                    workload,
+                    list(lim.spread),
+                    task=workload.task,
+                    adjust=lambda peak, c=spread, k=kind: correction.admitted(peak, c, k),
+                )
             else:
                 fits[lim.name] = largest_batch(config, candidate, workload, [lim.bytes], task=workload.task, adjust=adjust)
         rows.append(Row(candidate, forecasts, fits, correction.margin(candidate, kind)))
-    return Estimate(name=name, registered=registered, shape=shape, workload=workload, limits=tuple(limits), limit_source=source,
-                    correction=correction, rows=tuple(rows), batches=tuple(batches), cpu=cpu, notes=tuple(shape.notes))
-
+    return Estimate(
+        name=name,
+        registered=registered,
+        shape=shape,
+        workload=workload,
+        limits=tuple(limits),
+        limit_source=source,
+        correction=correction,
+        rows=tuple(rows),
+        batches=tuple(batches),
+        cpu=cpu,
+        notes=tuple(shape.notes),
+    )

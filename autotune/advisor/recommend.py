@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from itertools import product
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from itertools import product
 from typing import Any
 
 from autotune import registry
@@ -23,7 +23,14 @@ from autotune.environment import Environment
 from autotune.flash import FLASH_ATTENTIONS
 from autotune.memory.limit import DeviceLimits
 from autotune.objective import (
-    Margin, confirmed_trials, format_floor, format_quality, interleaved_rounds, margin, metric_for, score,
+    Margin,
+    confirmed_trials,
+    format_floor,
+    format_quality,
+    interleaved_rounds,
+    margin,
+    metric_for,
+    score,
 )
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.units import format_gib
@@ -59,8 +66,14 @@ class RunnerUp:
     behind_pct: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trial_id": self.trial.id, "candidate": self.trial.candidate.to_dict(), "label": self.trial.candidate.label(),
-                "batch_size": self.trial.batch_size, "value": self.value, "behind_pct": self.behind_pct}
+        return {
+            "trial_id": self.trial.id,
+            "candidate": self.trial.candidate.to_dict(),
+            "label": self.trial.candidate.label(),
+            "batch_size": self.trial.batch_size,
+            "value": self.value,
+            "behind_pct": self.behind_pct,
+        }
 
 
 @dataclass(frozen=True)
@@ -80,8 +93,14 @@ class Verdict:
     behind_pct: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"axis": self.axis, "option": self.option, "kind": self.kind, "reason": self.reason,
-                "trial_id": self.trial_id, "behind_pct": self.behind_pct}
+        return {
+            "axis": self.axis,
+            "option": self.option,
+            "kind": self.kind,
+            "reason": self.reason,
+            "trial_id": self.trial_id,
+            "behind_pct": self.behind_pct,
+        }
 
 
 @dataclass(frozen=True)
@@ -150,11 +169,17 @@ class Recommendation:
             "limit_note": self.limit_note,
             "min_quality": self.workload.min_quality,
             "trials_considered": self.trials_considered,
-            "recommendation": None if best is None else {
-                "trial_id": best.id, "candidate": best.candidate.to_dict(), "label": best.candidate.label(),
-                "batch_size": best.batch_size, "value": self.best_value,
+            "recommendation": None
+            if best is None
+            else {
+                "trial_id": best.id,
+                "candidate": best.candidate.to_dict(),
+                "label": best.candidate.label(),
+                "batch_size": best.batch_size,
+                "value": self.best_value,
                 "metrics": {k: v for k, v in best.metrics.items() if v is not None},
-                "effective": best.effective, "finished_at": best.finished_at,
+                "effective": best.effective,
+                "finished_at": best.finished_at,
             },
             "runners_up": [r.to_dict() for r in self.runners_up],
             "why_not": [v.to_dict() for v in self.verdicts],
@@ -162,15 +187,16 @@ class Recommendation:
             "message": self.message,
             "worker_env": self.worker_env,
             "packages": list(self.packages),
-            "confidence": None if self.margin is None else {
-                "margin": self.margin.margin, "noise": self.margin.noise, "clear": self.margin.clear,
-                "text": self.margin.describe()},
+            "confidence": None
+            if self.margin is None
+            else {"margin": self.margin.margin, "noise": self.margin.noise, "clear": self.margin.clear, "text": self.margin.describe()},
             "busy": list(self.busy),
             "confirmed": list(self.confirmed),
         }
 
 
 # -- choosing ------------------------------------------------------------------------------------
+
 
 def memory_limits(workload: Workload, environment: Environment | None, candidate: Candidate | None = None) -> DeviceLimits:
     """The workload's limit on the devices a trial of ``candidate`` ran on (see
@@ -181,8 +207,9 @@ def memory_limits(workload: Workload, environment: Environment | None, candidate
     return DeviceLimits.resolve(workload.max_memory, environment, placement)
 
 
-def effective_workload(workload: Workload, *, objective: str | None = None, max_memory: str | None = None,
-                       min_quality: float | None = None) -> Workload:
+def effective_workload(
+    workload: Workload, *, objective: str | None = None, max_memory: str | None = None, min_quality: float | None = None
+) -> Workload:
     """``workload`` with the choice-level fields overridden (nothing measured changes)."""
     changes: dict[str, Any] = {}
     if objective:
@@ -198,7 +225,9 @@ def _measured_fields(workload: Workload) -> tuple[Any, ...]:
     return (workload.task, workload.prompt_tokens, workload.new_tokens, workload.padding_share, workload.device)
 
 
-def pick_study(store: Store, model: ModelRecord, current_fingerprint: str | None) -> tuple[StudyRecord | None, list[TrialRecord], bool, list[str]]:
+def pick_study(
+    store: Store, model: ModelRecord, current_fingerprint: str | None
+) -> tuple[StudyRecord | None, list[TrialRecord], bool, list[str]]:
     """The study whose trials to recommend from, its trials, whether it is this environment's, and
     the summaries of other environments that hold measured trials.
 
@@ -214,12 +243,14 @@ def pick_study(store: Store, model: ModelRecord, current_fingerprint: str | None
         fingerprint = store.environment_fingerprint(study.environment_id)
         here = current_fingerprint is not None and fingerprint == current_fingerprint
         same_workload = _measured_fields(study.workload) == _measured_fields(model.workload)
-        ranked.append(((ok > 0, here, same_workload, study.workload_key == model.workload.key(), ok, study.updated_at), study, trials, here))
+        ranked.append(
+            ((ok > 0, here, same_workload, study.workload_key == model.workload.key(), ok, study.updated_at), study, trials, here)
+        )
     if not ranked:
         return None, [], False, []
     ranked.sort(key=lambda r: r[0], reverse=True)
     _, study, trials, here = ranked[0]
-    for key, other, _trials, other_here in ranked[1:]:
+    for key, other, _trials, _other_here in ranked[1:]:
         if key[0] and other.environment_id != study.environment_id:
             others.append(store.environment(other.environment_id).summary())
     return study, trials, here, sorted(set(others))
@@ -246,20 +277,24 @@ def recommend(
         base = replace(model.workload)
     workload = effective_workload(base, objective=objective, max_memory=max_memory, min_quality=min_quality)
     metric, direction = metric_for(workload)
-    rec = Recommendation(model=model, workload=workload, study=study, metric=metric, direction=direction,
-                         other_environments=tuple(others))
+    rec = Recommendation(model=model, workload=workload, study=study, metric=metric, direction=direction, other_environments=tuple(others))
     if study is None or not trials:
         return replace(rec, message=nothing_measured(model.name))
     environment = store.environment(study.environment_id)
-    rec = replace(rec, environment_id=study.environment_id, environment=environment, current_environment=here,
-                  trials_considered=len(trials))
+    rec = replace(
+        rec, environment_id=study.environment_id, environment=environment, current_environment=here, trials_considered=len(trials)
+    )
     notes: list[str] = []
     if _measured_fields(study.workload) != _measured_fields(model.workload):
-        notes.append(f"these trials measured {study.workload.describe()}; the model's workload is now "
-                     f"{model.workload.describe()} (run `autotune tune {model.name}` to measure it)")
+        notes.append(
+            f"these trials measured {study.workload.describe()}; the model's workload is now "
+            f"{model.workload.describe()} (run `autotune tune {model.name}` to measure it)"
+        )
     if not here and current is not None:
-        notes.append(f"measured on {environment.summary()}, not on this machine's current environment; "
-                     f"run `autotune tune {model.name}` here to measure it here")
+        notes.append(
+            f"measured on {environment.summary()}, not on this machine's current environment; "
+            f"run `autotune tune {model.name}` here to measure it here"
+        )
     overall = memory_limits(workload, environment)
     limit_bytes, limit_note = overall.limit_bytes, overall.note
     if limit_note:
@@ -274,15 +309,23 @@ def recommend(
     rec = replace(rec, limit_bytes=limit_bytes, limit_note=limit_note)
     if not scored:
         statuses = _count(t.status for t in trials)
-        return replace(rec, notes=tuple(notes), verdicts=tuple(explain(trials, study, None, workload, environment, model)),
-                       message=f"none of the {len(trials)} trials of {model.name} succeeded ({statuses}); "
-                               f"see `autotune trials {model.name}`, or run `autotune tune {model.name}`")
+        return replace(
+            rec,
+            notes=tuple(notes),
+            verdicts=tuple(explain(trials, study, None, workload, environment, model)),
+            message=f"none of the {len(trials)} trials of {model.name} succeeded ({statuses}); "
+            f"see `autotune trials {model.name}`, or run `autotune tune {model.name}`",
+        )
     if not feasible:
         reasons = _count(r for _, s in scored for r in s.reasons[:1])
-        return replace(rec, notes=tuple(notes), verdicts=tuple(explain(trials, study, None, workload, environment, model)),
-                       message=f"no measured trial of {model.name} meets the constraints "
-                               f"({_constraints_text(workload, limit_bytes)}): {reasons}; relax --max-memory or --min-quality, "
-                               f"or run `autotune tune {model.name}` to measure more")
+        return replace(
+            rec,
+            notes=tuple(notes),
+            verdicts=tuple(explain(trials, study, None, workload, environment, model)),
+            message=f"no measured trial of {model.name} meets the constraints "
+            f"({_constraints_text(workload, limit_bytes)}): {reasons}; relax --max-memory or --min-quality, "
+            f"or run `autotune tune {model.name}` to measure more",
+        )
     best, best_value = _best(feasible, workload)
     notes.extend(search_notes(trials, study, best))
     ups = _runners_up(feasible, best, best_value, workload, runners_up)
@@ -294,9 +337,21 @@ def recommend(
     timed = workload.objective != "memory"  # a busy machine moves timings, not peaks
     busy = [note for note in (busy_note(t) for t in [best, *(u.trial for u in ups[:1])]) if note] if timed else []
     notes += quality_notes(best, workload)
-    return replace(rec, best=best, best_value=best_value, runners_up=tuple(ups), verdicts=tuple(verdicts), notes=tuple(notes),
-                   limit_bytes=limits.limit_bytes, limits=limits, worker_env=best.worker_env,
-                   packages=tuple(packages_for(store, best, environment)), margin=sure, busy=tuple(busy), confirmed=tuple(confirmed))
+    return replace(
+        rec,
+        best=best,
+        best_value=best_value,
+        runners_up=tuple(ups),
+        verdicts=tuple(verdicts),
+        notes=tuple(notes),
+        limit_bytes=limits.limit_bytes,
+        limits=limits,
+        worker_env=best.worker_env,
+        packages=tuple(packages_for(store, best, environment)),
+        margin=sure,
+        busy=tuple(busy),
+        confirmed=tuple(confirmed),
+    )
 
 
 def search_notes(trials: list[TrialRecord], study: StudyRecord, best: TrialRecord) -> list[str]:
@@ -314,27 +369,36 @@ def search_notes(trials: list[TrialRecord], study: StudyRecord, best: TrialRecor
         if best.origin == "baseline":
             notes.append(f"{where}: a baseline")
         elif prior and prior.get("expectation", {}).get("effects"):
-            effects = "; ".join(f"{_effect_label(e)} x{e['factor']:.2f} ({e['source']}: {e['reason']})"
-                                for e in prior["expectation"]["effects"])
+            effects = "; ".join(
+                f"{_effect_label(e)} x{e['factor']:.2f} ({e['source']}: {e['reason']})" for e in prior["expectation"]["effects"]
+            )
             label = "earlier studies on this kind of GPU (warm start)" if best.origin == "warm-start" else "what was known before measuring"
-            notes.append(f"{where}, put early by {label}: expected x{prior['expectation']['factor']:.2f} the plain load from "
-                         f"{effects}")
+            notes.append(f"{where}, put early by {label}: expected x{prior['expectation']['factor']:.2f} the plain load from {effects}")
         else:
             notes.append(f"{where} ({best.origin})")
     if study.stop_reason:
         notes.append(f"the study stopped: {study.stop_reason}")
     screened = sum(1 for t in trials if t.status == "screened")
     if screened:
-        notes.append(f"{screened} trial{'s' * (screened != 1)} {'were' if screened != 1 else 'was'} screened out after one timed run "
-                     f"(far behind the best; `autotune trials` marks them)")
+        notes.append(
+            f"{screened} trial{'s' * (screened != 1)} {'were' if screened != 1 else 'was'} screened out after one timed run "
+            f"(far behind the best; `autotune trials` marks them)"
+        )
     if best.metrics.get("compile_seconds") and best.candidate.static_cache:
-        same = [t for t in trials if t.candidate.key() == best.candidate.key() and t.batch_size == best.batch_size
-                and t.metrics.get("compile_seconds") is not None]
+        same = [
+            t
+            for t in trials
+            if t.candidate.key() == best.candidate.key()
+            and t.batch_size == best.batch_size
+            and t.metrics.get("compile_seconds") is not None
+        ]
         cold = [t for t in same if not (t.details.get("compile_cache") or {}).get("warm")]
         if cold:
             first = min(cold, key=lambda t: t.number)
-            notes.append(f"a cold start compiles before the first request: {first.metrics['compile_seconds']:.0f} s measured in "
-                         f"trial {first.number} (torch.compile's caches, kept on disk, make later starts faster)")
+            notes.append(
+                f"a cold start compiles before the first request: {first.metrics['compile_seconds']:.0f} s measured in "
+                f"trial {first.number} (torch.compile's caches, kept on disk, make later starts faster)"
+            )
         else:
             notes.append(f"compiling took {best.metrics['compile_seconds']:.0f} s with a warm compile cache; a cold start takes longer")
     return notes
@@ -365,8 +429,11 @@ def packages_for(store: Store, trial: TrialRecord, environment: Environment) -> 
             ran = {k: v for k, v in (trial.effective.get("versions") or {}).items() if isinstance(v, str)}
             return WorkerEnvironment(trial.worker_env, "", versions=ran).packages()
     flash = FLASH_ATTENTIONS.get(trial.candidate.attn)
-    wanted = ("torch", "transformers", "accelerate") + (("bitsandbytes",) if trial.candidate.quant != "none" else ()) + \
-        ((flash.package,) if flash else ())
+    wanted = (
+        ("torch", "transformers", "accelerate")
+        + (("bitsandbytes",) if trial.candidate.quant != "none" else ())
+        + ((flash.package,) if flash else ())
+    )
     return WorkerEnvironment("default", "", versions={k: environment.versions.get(k) for k in wanted}).packages()
 
 
@@ -381,9 +448,11 @@ def flat_reference_note(trials: Iterable[TrialRecord]) -> str | None:
     values = [v for v in values if isinstance(v, (int, float))]
     if not values or min(values) < FLAT_REFERENCE:
         return None
-    return (f"the quality reference's next-token distributions are nearly flat (entropy {min(values):.1%} of the largest "
-            f"possible): the weights look random or untrained, so token agreement reflects near-ties, not quality; "
-            f"if that is expected, set the floor with --min-quality")
+    return (
+        f"the quality reference's next-token distributions are nearly flat (entropy {min(values):.1%} of the largest "
+        f"possible): the weights look random or untrained, so token agreement reflects near-ties, not quality; "
+        f"if that is expected, set the floor with --min-quality"
+    )
 
 
 #: Share of the machine's CPU time other processes may take while a trial is timed before its
@@ -404,12 +473,15 @@ def busy_note(trial: TrialRecord) -> str | None:
         what.append(f"other processes took {share:.0%} of the {machine.get('cpus') or '?'} CPUs{load}")
     others = machine.get("gpu_other_processes") or []
     if others and (machine.get("gpu_own_listed", True) or len(others) > 1):
-        what.append(f"{len(others)} other process{'es' * (len(others) != 1)} on its GPU "
-                    f"(pid {', '.join(str(o.get('pid')) for o in others[:3])})")
+        what.append(
+            f"{len(others)} other process{'es' * (len(others) != 1)} on its GPU (pid {', '.join(str(o.get('pid')) for o in others[:3])})"
+        )
     if not what:
         return None
-    return (f"the machine was busy while {trial.candidate.label()} at batch {trial.batch_size} was timed ({'; '.join(what)}): "
-            f"its figures may not hold on a quiet machine")
+    return (
+        f"the machine was busy while {trial.candidate.label()} at batch {trial.batch_size} was timed ({'; '.join(what)}): "
+        f"its figures may not hold on a quiet machine"
+    )
 
 
 def quality_notes(trial: TrialRecord, workload: Workload) -> list[str]:
@@ -426,15 +498,19 @@ def quality_notes(trial: TrialRecord, workload: Workload) -> list[str]:
     low, high = trial.metrics.get("quality_agreement_low"), trial.metrics.get("quality_agreement_high")
     agreement = trial.metrics.get("quality_token_agreement")
     if low is not None and high is not None and agreement is not None and low <= workload.min_quality <= high:
-        notes.append(f"its token agreement {agreement:.1%} (95% interval {low:.1%}-{high:.1%}, "
-                     f"{trial.metrics.get('quality_positions') or '?'} positions) is within the noise of the floor "
-                     f"{workload.min_quality:.0%}: more text would settle it (--quality-prompts with more prompts)")
+        notes.append(
+            f"its token agreement {agreement:.1%} (95% interval {low:.1%}-{high:.1%}, "
+            f"{trial.metrics.get('quality_positions') or '?'} positions) is within the noise of the floor "
+            f"{workload.min_quality:.0%}: more text would settle it (--quality-prompts with more prompts)"
+        )
     return notes
 
 
 def nothing_measured(name: str) -> str:
-    return (f"nothing measured for {name} yet: run `autotune tune {name}` to search and measure, "
-            f"or measure one candidate with `autotune measure {name} --dtype bfloat16 --attn sdpa --batch 1,4,16`")
+    return (
+        f"nothing measured for {name} yet: run `autotune tune {name}` to search and measure, "
+        f"or measure one candidate with `autotune measure {name} --dtype bfloat16 --attn sdpa --batch 1,4,16`"
+    )
 
 
 def _score(workload: Workload, trial: TrialRecord, environment: Environment) -> Any:
@@ -456,7 +532,9 @@ def behind_pct(workload: Workload, winner: float, other: float) -> float:
     return max(delta, 0.0) * 100
 
 
-def _runners_up(feasible: list[tuple[TrialRecord, float]], best: TrialRecord, best_value: float, workload: Workload, n: int) -> list[RunnerUp]:
+def _runners_up(
+    feasible: list[tuple[TrialRecord, float]], best: TrialRecord, best_value: float, workload: Workload, n: int
+) -> list[RunnerUp]:
     by_candidate: dict[str, tuple[TrialRecord, float]] = {}
     for trial, value in feasible:
         key = trial.candidate.key()
@@ -482,12 +560,14 @@ def _constraints_text(workload: Workload, limit_bytes: int | None) -> str:
 
 # -- explaining ----------------------------------------------------------------------------------
 
+
 def option_of(candidate: Candidate, axis: str) -> str | None:
     """The user's name for ``candidate``'s choice on ``axis`` (``None``: the axis does not apply)."""
     c = candidate
     if axis == "quant":
-        return {"none": "no quantization", "bnb-8bit": "bnb 8-bit", "bnb-4bit-nf4": "bnb 4-bit nf4",
-                "bnb-4bit-fp4": "bnb 4-bit fp4"}[c.quant]
+        return {"none": "no quantization", "bnb-8bit": "bnb 8-bit", "bnb-4bit-nf4": "bnb 4-bit nf4", "bnb-4bit-fp4": "bnb 4-bit fp4"}[
+            c.quant
+        ]
     if axis == "attn":
         return c.attn
     if axis == "sdpa_kernel":
@@ -548,8 +628,14 @@ def _what_if(winner: Candidate, change: dict[str, Any]) -> Candidate | None:
         return None
 
 
-def explain(trials: list[TrialRecord], study: StudyRecord, winner: TrialRecord | None, workload: Workload,
-            environment: Environment, model: ModelRecord) -> list[Verdict]:
+def explain(
+    trials: list[TrialRecord],
+    study: StudyRecord,
+    winner: TrialRecord | None,
+    workload: Workload,
+    environment: Environment,
+    model: ModelRecord,
+) -> list[Verdict]:
     """For each option the winner did not take, why it lost — comparing like with like.
 
     An option that was measured is judged by its measurements that differ from the winner in the
@@ -562,8 +648,12 @@ def explain(trials: list[TrialRecord], study: StudyRecord, winner: TrialRecord |
     verdicts: list[Verdict] = []
     rejected = _study_rejections(study)
     best_value = _score(workload, winner, environment).value if winner is not None else None
-    variants = _Variants(environment, model, workload, {t.candidate.placement for t in trials} |
-                         ({winner.candidate.placement} if winner is not None else set()))
+    variants = _Variants(
+        environment,
+        model,
+        workload,
+        {t.candidate.placement for t in trials} | ({winner.candidate.placement} if winner is not None else set()),
+    )
     seen: set[tuple[str, str]] = set()
     for axis in AXES:
         mine = option_of(winner.candidate, axis) if winner is not None else None
@@ -619,12 +709,20 @@ class _Variants:
         self.all: list[tuple[Candidate, str | None]] = []
         for placement in sorted(placements or {"cpu"}):
             for dtype, attn, kernel, quant, double, static in product(
-                    DTYPES, attns, (None, *SDPA_KERNELS), QUANTS, (False, True), (False, True)):
+                DTYPES, attns, (None, *SDPA_KERNELS), QUANTS, (False, True), (False, True)
+            ):
                 if kernel is not None and attn != "sdpa" or double and not str(quant).startswith("bnb-4bit"):
                     continue
                 try:
-                    candidate = Candidate(dtype=dtype, attn=attn, sdpa_kernel=kernel, quant=quant, double_quant=double,
-                                          static_cache=static, placement=placement)
+                    candidate = Candidate(
+                        dtype=dtype,
+                        attn=attn,
+                        sdpa_kernel=kernel,
+                        quant=quant,
+                        double_quant=double,
+                        static_cache=static,
+                        placement=placement,
+                    )
                 except Exception:  # noqa: BLE001 - an attention name this autotune cannot describe
                     continue
                 self.all.append((candidate, rejection(candidate, environment, model.capabilities, workload)))
@@ -651,8 +749,13 @@ def _differences(winner: Candidate, other: Candidate, axis: str) -> list[str]:
 
 
 _OPTION_FIELDS = {
-    "quant": ("quant", "double_quant", "compute_dtype"), "attn": ("attn", "sdpa_kernel"), "sdpa_kernel": ("sdpa_kernel",),
-    "dtype": ("dtype",), "static_cache": ("static_cache",), "double_quant": ("double_quant",), "placement": ("placement",),
+    "quant": ("quant", "double_quant", "compute_dtype"),
+    "attn": ("attn", "sdpa_kernel"),
+    "sdpa_kernel": ("sdpa_kernel",),
+    "dtype": ("dtype",),
+    "static_cache": ("static_cache",),
+    "double_quant": ("double_quant",),
+    "placement": ("placement",),
     "runtime": ("runtime", "provider", "io_binding"),
 }
 
@@ -669,8 +772,9 @@ def _alone(winner: Candidate, axis: str, other: Candidate) -> Candidate | None:
         return None
 
 
-def _unmeasured_verdict(axis: str, option: str, example: Candidate, rejected: list[Any], variants: _Variants,
-                        winner: TrialRecord | None, model: ModelRecord) -> Verdict | None:
+def _unmeasured_verdict(
+    axis: str, option: str, example: Candidate, rejected: list[Any], variants: _Variants, winner: TrialRecord | None, model: ModelRecord
+) -> Verdict | None:
     """Why an option nobody measured is not the winner: unavailable, over memory, or not measured yet."""
     pool = variants.of(axis, option)
     if not pool:  # not a PyTorch loading option (ONNX Runtime): what the search said of it
@@ -689,8 +793,11 @@ def _unmeasured_verdict(axis: str, option: str, example: Candidate, rejected: li
     left_out = [next((reason for c, reason, pattern in memory if _covers(pattern, c, v)), None) for v in valid]
     if memory and all(left_out):
         return Verdict(axis, option, "over-memory", f"over the memory limit by the forecast (not measured): {left_out[0]}")
-    near = example if variants.valid(example) else min(
-        valid, key=lambda c: len(_differences(winner.candidate, c, axis)) if winner is not None else 0)
+    near = (
+        example
+        if variants.valid(example)
+        else min(valid, key=lambda c: len(_differences(winner.candidate, c, axis)) if winner is not None else 0)
+    )
     return Verdict(axis, option, "not-measured", f"not measured yet ({_measure_hint(model.name, near)})")
 
 
@@ -737,9 +844,17 @@ def _study_rejections(study: StudyRecord) -> list[tuple[Candidate, str, str, dic
     return out
 
 
-def _verdict(axis: str, option: str, group: list[TrialRecord], workload: Workload, environment: Environment,
-             best_value: float | None, winner: TrialRecord | None = None, variants: _Variants | None = None,
-             model: ModelRecord | None = None) -> Verdict | None:
+def _verdict(
+    axis: str,
+    option: str,
+    group: list[TrialRecord],
+    workload: Workload,
+    environment: Environment,
+    best_value: float | None,
+    winner: TrialRecord | None = None,
+    variants: _Variants | None = None,
+    model: ModelRecord | None = None,
+) -> Verdict | None:
     if winner is not None:  # like with like: the measurements closest to the winner
         distance = {t.id: len(_differences(winner.candidate, t.candidate, axis)) for t in group}
         nearest = min(distance.values())
@@ -765,10 +880,15 @@ def _verdict(axis: str, option: str, group: list[TrialRecord], workload: Workloa
         trial, value = _best(feasible, workload)
         behind = behind_pct(workload, best_value, value)
         what = "more memory" if workload.objective == "memory" else "slower"
-        return Verdict(axis, option, "slower",
-                       f"{behind:.1f}% {what} ({_figure(metric, value)} vs {_figure(metric, best_value)}; "
-                       f"its best: {trial.candidate.label()} at batch {trial.batch_size}){also(trial)}",
-                       trial.id, behind)
+        return Verdict(
+            axis,
+            option,
+            "slower",
+            f"{behind:.1f}% {what} ({_figure(metric, value)} vs {_figure(metric, best_value)}; "
+            f"its best: {trial.candidate.label()} at batch {trial.batch_size}){also(trial)}",
+            trial.id,
+            behind,
+        )
     if feasible:  # no winner: it was feasible, so it is not why nothing was recommended
         return None
     if ok:
@@ -776,13 +896,28 @@ def _verdict(axis: str, option: str, group: list[TrialRecord], workload: Workloa
         over = [r for r in s.reasons if "over the limit" in r]
         below = [r for r in s.reasons if "below the floor" in r]
         if over and not below:
-            return Verdict(axis, option, "over-memory", f"over the memory limit: {over[0]} at batch {trial.batch_size} "
-                                                         f"({trial.candidate.label()}){also(trial)}", trial.id)
+            return Verdict(
+                axis,
+                option,
+                "over-memory",
+                f"over the memory limit: {over[0]} at batch {trial.batch_size} ({trial.candidate.label()}){also(trial)}",
+                trial.id,
+            )
         if below and not over:
-            return Verdict(axis, option, "below-quality", f"quality below the floor: {below[0]} ({trial.candidate.label()} "
-                                                           f"at batch {trial.batch_size}){also(trial)}", trial.id)
-        return Verdict(axis, option, "infeasible", f"infeasible: {'; '.join(s.reasons)} ({trial.candidate.label()} "
-                                                   f"at batch {trial.batch_size}){also(trial)}", trial.id)
+            return Verdict(
+                axis,
+                option,
+                "below-quality",
+                f"quality below the floor: {below[0]} ({trial.candidate.label()} at batch {trial.batch_size}){also(trial)}",
+                trial.id,
+            )
+        return Verdict(
+            axis,
+            option,
+            "infeasible",
+            f"infeasible: {'; '.join(s.reasons)} ({trial.candidate.label()} at batch {trial.batch_size}){also(trial)}",
+            trial.id,
+        )
     failed = [t for t in group if t.status in FAILED]
     unavailable = [t for t in group if t.status in UNAVAILABLE]
     if unavailable and not failed:
@@ -790,8 +925,9 @@ def _verdict(axis: str, option: str, group: list[TrialRecord], workload: Workloa
         pool = variants.of(axis, option) if variants is not None else []
         if pool and all(why is not None for _, why in pool):
             return Verdict(axis, option, "unavailable", f"not available here: {t.reason or t.status}", t.id)
-        return Verdict(axis, option, "unsupported", f"unsupported as measured ({t.candidate.label()}): {t.reason or t.status}"
-                       f"{also(t)}", t.id)
+        return Verdict(
+            axis, option, "unsupported", f"unsupported as measured ({t.candidate.label()}): {t.reason or t.status}{also(t)}", t.id
+        )
     if failed:
         t = min(failed, key=lambda x: x.batch_size)
         what = "ran out of memory" if t.status == "oom" else {"crash": "crashed", "timeout": "timed out", "error": "failed"}[t.status]
@@ -817,7 +953,10 @@ def describe_metrics(metrics: dict[str, Any], task: str = "text-generation") -> 
     if m.get("sequences_per_s") is not None:
         parts.append(f"{m['sequences_per_s']:.1f} sequences/s")
     if m.get("latency_p50_ms") is not None:
-        parts.append(f"latency p50 {m['latency_p50_ms']:.1f} ms" + (f" (p90 {m['latency_p90_ms']:.1f})" if m.get("latency_p90_ms") is not None else ""))
+        parts.append(
+            f"latency p50 {m['latency_p50_ms']:.1f} ms"
+            + (f" (p90 {m['latency_p90_ms']:.1f})" if m.get("latency_p90_ms") is not None else "")
+        )
     if m.get("ttft_ms") is not None:
         parts.append(f"first token {m['ttft_ms']:.1f} ms")
     if m.get("peak_memory_bytes") is not None:
@@ -895,11 +1034,24 @@ def loader_spec(rec: Recommendation, *, written_at: datetime | None = None) -> L
         measured_on += f", worker environment {best.worker_env}"
     export = best.effective.get("export") if isinstance(best.effective.get("export"), dict) else {}
     return LoaderSpec(
-        model_name=model.name, model_ref=ref, revision=revision, task=rec.workload.task, candidate=best.candidate,
-        batch_size=best.batch_size, new_tokens=rec.workload.new_tokens, prompt_tokens=rec.workload.prompt_tokens,
-        has_tokenizer=has_tokenizer(model), versions=versions, onnx_export=export.get("path"),
-        max_memory=max_memory, measured=dict(best.metrics), measured_on=measured_on,
-        measured_at=best.finished_at or best.started_at, objective=rec.workload.objective,
-        summary=describe_metrics(best.metrics, rec.workload.task), written_at=written_at, gguf_file=model.gguf_file,
+        model_name=model.name,
+        model_ref=ref,
+        revision=revision,
+        task=rec.workload.task,
+        candidate=best.candidate,
+        batch_size=best.batch_size,
+        new_tokens=rec.workload.new_tokens,
+        prompt_tokens=rec.workload.prompt_tokens,
+        has_tokenizer=has_tokenizer(model),
+        versions=versions,
+        onnx_export=export.get("path"),
+        max_memory=max_memory,
+        measured=dict(best.metrics),
+        measured_on=measured_on,
+        measured_at=best.finished_at or best.started_at,
+        objective=rec.workload.objective,
+        summary=describe_metrics(best.metrics, rec.workload.task),
+        written_at=written_at,
+        gguf_file=model.gguf_file,
         gguf_packed_layers=best.effective.get("gguf_packed_layers"),
     )

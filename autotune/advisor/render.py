@@ -34,8 +34,8 @@ from typing import Any
 
 from autotune import __version__
 from autotune.candidate import Candidate
-from autotune.flash import FLASH_ATTENTIONS
 from autotune.errors import AutotuneError
+from autotune.flash import FLASH_ATTENTIONS
 
 _AUTO_CLASSES = {
     "text-generation": "AutoModelForCausalLM",
@@ -50,8 +50,11 @@ _ORT_CLASSES = {
     "text-classification": "ORTModelForSequenceClassification",
     "feature-extraction": "ORTModelForFeatureExtraction",
 }
-_EXPORT_TASKS = {"text-generation": "text-generation-with-past", "text-classification": "text-classification",
-                 "feature-extraction": "feature-extraction"}
+_EXPORT_TASKS = {
+    "text-generation": "text-generation-with-past",
+    "text-classification": "text-classification",
+    "feature-extraction": "feature-extraction",
+}
 #: What an ONNX Runtime loader needs, in the order it is listed.
 ORT_PACKAGES = ("optimum-onnx", "optimum", "onnxruntime", "onnxruntime-gpu", "transformers", "torch")
 
@@ -128,7 +131,11 @@ def requirements(spec: LoaderSpec) -> list[str]:
     """The packages the loader imports or needs at load time, pinned to the measured versions."""
     versions = spec.versions
     if spec.candidate.runtime == "onnxruntime":
-        runtime = "onnxruntime-gpu" if versions.get("onnxruntime-gpu") or (spec.candidate.on_gpu and not versions.get("onnxruntime")) else "onnxruntime"
+        runtime = (
+            "onnxruntime-gpu"
+            if versions.get("onnxruntime-gpu") or (spec.candidate.on_gpu and not versions.get("onnxruntime"))
+            else "onnxruntime"
+        )
         needed = ["optimum-onnx", "optimum", runtime, "transformers", "torch"]
         return [f"{name}=={versions[name]}" if versions.get(name) else name for name in needed]
     needed = ["torch", "transformers"]
@@ -191,7 +198,9 @@ def render_loader(spec: LoaderSpec) -> str:
 
     # load_model -----------------------------------------------------------------------------
     lines.append("def load_model():")
-    lines.append(f'    """Load the model as it was measured; returns (model, tokenizer){", tokenizer None: the model has none" if not tokenizer else ""}."""')
+    lines.append(
+        f'    """Load the model as it was measured; returns (model, tokenizer){", tokenizer None: the model has none" if not tokenizer else ""}."""'
+    )
     if flash is not None:
         what = f"this loader runs attn_implementation={c.attn!r}, which needs the package {flash.package} (not installed here): "
         lines.append("    try:")
@@ -277,25 +286,33 @@ def render_onnx_loader(spec: LoaderSpec) -> str:
     lines.append(f"GENERATE_KWARGS = {generate_kwargs(spec)!r}")
     lines += ["", ""]
     lines.append("def load_model(export_dir=EXPORT_DIR):")
-    lines.append(f'    """Load the ONNX model as it was measured; returns (model, tokenizer){", tokenizer None: the model has none" if not tokenizer else ""}.')
+    lines.append(
+        f'    """Load the ONNX model as it was measured; returns (model, tokenizer){", tokenizer None: the model has none" if not tokenizer else ""}.'
+    )
     lines.append("")
     lines.append("    The first call without an export in export_dir exports MODEL_ID to ONNX and saves it there.")
     lines.append('    """')
     revision = ", revision=REVISION" if spec.revision else ""
-    lines.append("    exported = export_dir is not None and os.path.isdir(export_dir) and any(name.endswith('.onnx') for name in os.listdir(export_dir))")
+    lines.append(
+        "    exported = export_dir is not None and os.path.isdir(export_dir) and any(name.endswith('.onnx') for name in os.listdir(export_dir))"
+    )
     load = f"{cls}.from_pretrained(export_dir, export=False, provider=PROVIDER, use_io_binding=USE_IO_BINDING)"
     if fp16:  # export=True always exports float32: a float16 export is made with main_export, on a GPU
         lines.append("    if not exported:")
         lines.append("        if export_dir is None:")
         lines.append("            raise ValueError('a float16 export needs a directory to write it to (export_dir)')")
-        lines.append(f"        main_export(MODEL_ID, output=export_dir, task={_EXPORT_TASKS.get(spec.task, 'feature-extraction')!r}, "
-                     f"dtype='fp16', device='cuda'{revision})")
+        lines.append(
+            f"        main_export(MODEL_ID, output=export_dir, task={_EXPORT_TASKS.get(spec.task, 'feature-extraction')!r}, "
+            f"dtype='fp16', device='cuda'{revision})"
+        )
         lines.append(f"    model = {load}")
     else:
         lines.append("    if exported:")
         lines.append(f"        model = {load}")
         lines.append("    else:")
-        lines.append(f"        model = {cls}.from_pretrained(MODEL_ID{revision}, export=True, provider=PROVIDER, use_io_binding=USE_IO_BINDING)")
+        lines.append(
+            f"        model = {cls}.from_pretrained(MODEL_ID{revision}, export=True, provider=PROVIDER, use_io_binding=USE_IO_BINDING)"
+        )
         lines.append("        if export_dir is not None:")
         lines.append("            model.save_pretrained(export_dir)")
     lines += _tokenizer_lines(spec, tokenizer)
@@ -317,11 +334,24 @@ def _header(spec: LoaderSpec) -> list[str]:
     c = spec.candidate
     written = (spec.written_at or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     when = spec.measured_at.strftime("%Y-%m-%d %H:%M UTC") if spec.measured_at else "unknown"
-    shown = ORT_PACKAGES if c.runtime == "onnxruntime" else ("torch", "transformers", "bitsandbytes", "accelerate", "flash-attn",
-                                                              "flash-attn-3", "flash-attn-4", "nvidia-cutlass-dsl", "gguf")
+    shown = (
+        ORT_PACKAGES
+        if c.runtime == "onnxruntime"
+        else (
+            "torch",
+            "transformers",
+            "bitsandbytes",
+            "accelerate",
+            "flash-attn",
+            "flash-attn-3",
+            "flash-attn-4",
+            "nvidia-cutlass-dsl",
+            "gguf",
+        )
+    )
     versions = ", ".join(f"{k} {v}" for k, v in spec.versions.items() if v and k in shown)
     use = "generate(model, **batch)" if spec.generates else "forward(model, **batch)"
-    workload = (f"{spec.prompt_tokens} prompt + {spec.new_tokens} new tokens" if spec.generates else f"{spec.prompt_tokens} tokens")
+    workload = f"{spec.prompt_tokens} prompt + {spec.new_tokens} new tokens" if spec.generates else f"{spec.prompt_tokens} tokens"
     out = [
         f"# Loader for {comment(spec.model_name)}, written by autotune {__version__} on {written}.",
         f"# Configuration: {comment(c.label())}, batch size {int(spec.batch_size)} ({comment(spec.task)}, {workload}, objective {comment(spec.objective)}).",
@@ -334,9 +364,12 @@ def _header(spec: LoaderSpec) -> list[str]:
         f"# Needs: {comment(', '.join(requirements(spec)))} (never autotune).",
         "# Use:",
         "#     model, tokenizer = load_model()",
-        ("#     batch = tokenizer(texts[:BATCH_SIZE], return_tensors=\"pt\", padding=True).to(model.device)" if spec.has_tokenizer else
-         "#     batch = {\"input_ids\": ids.to(model.device), \"attention_mask\": mask.to(model.device)}  # from your tokenizer"
-         + (", left-padded" if spec.generates else "")),
+        (
+            '#     batch = tokenizer(texts[:BATCH_SIZE], return_tensors="pt", padding=True).to(model.device)'
+            if spec.has_tokenizer
+            else '#     batch = {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}  # from your tokenizer'
+            + (", left-padded" if spec.generates else "")
+        ),
         f"#     out = {use}",
     ]
     if c.attn in FLASH_ATTENTIONS:
@@ -344,9 +377,12 @@ def _header(spec: LoaderSpec) -> list[str]:
         out.append(f"# {comment(c.attn)} needs the {fa.package} package: {comment(flash_install(spec))}; it runs on {fa.gpus}.")
     if spec.gguf_file:
         kept = spec.gguf_packed_layers
-        how = (f"{kept} layers kept llama.cpp's packed blocks when measured" if kept else
-               f"Transformers dequantizes every weight to {comment(c.dtype)} on load: "
-               f"memory is that of {comment(c.dtype)}, not the file's")
+        how = (
+            f"{kept} layers kept llama.cpp's packed blocks when measured"
+            if kept
+            else f"Transformers dequantizes every weight to {comment(c.dtype)} on load: "
+            f"memory is that of {comment(c.dtype)}, not the file's"
+        )
         out.append(f"# Weights: the GGUF file {comment(spec.gguf_file)}; {how}.")
     if c.static_cache:
         out.append("# The static cache compiles the model on the first generate call on CUDA (seconds); later calls are fast.")
@@ -372,9 +408,11 @@ def _tokenizer_lines(spec: LoaderSpec, tokenizer: bool) -> list[str]:
     revision = ", revision=REVISION" if spec.revision else ""
     revision += ", gguf_file=GGUF_FILE" if spec.gguf_file else ""
     if spec.generates:
-        lines = [f'    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision}, padding_side="left")',
-                 "    if tokenizer.pad_token is None and tokenizer.eos_token is not None:",
-                 "        tokenizer.pad_token = tokenizer.eos_token  # batched generation pads on the left"]
+        lines = [
+            f'    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision}, padding_side="left")',
+            "    if tokenizer.pad_token is None and tokenizer.eos_token is not None:",
+            "        tokenizer.pad_token = tokenizer.eos_token  # batched generation pads on the left",
+        ]
     else:
         lines = [f"    tokenizer = AutoTokenizer.from_pretrained(MODEL_ID{revision})"]
     return [*lines, "    return model, tokenizer"]

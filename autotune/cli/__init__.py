@@ -16,8 +16,14 @@ from autotune import __version__
 from autotune.errors import AutotuneError
 
 #: The modules that add commands, in the order ``autotune --help`` lists them.
-COMMAND_MODULES = ("autotune.cli.setup", "autotune.cli.measure", "autotune.cli.tune", "autotune.cli.advise", "autotune.cli.report",
-                   "autotune.cli.envs")
+COMMAND_MODULES = (
+    "autotune.cli.setup",
+    "autotune.cli.measure",
+    "autotune.cli.tune",
+    "autotune.cli.advise",
+    "autotune.cli.report",
+    "autotune.cli.envs",
+)
 
 
 DB_HELP = "database: a SQLAlchemy URL or a file path (default: $AUTOTUNE_DB, else a SQLite file in your data directory)"
@@ -29,7 +35,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="autotune", description="Find the fastest way to load and run a Transformers model on your GPUs, under your memory limit.")
+    parser = _Parser(
+        prog="autotune", description="Find the fastest way to load and run a Transformers model on your GPUs, under your memory limit."
+    )
     parser.add_argument("--version", action="version", version=f"autotune {__version__}")
     parser.add_argument("--db", metavar="URL", help=DB_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

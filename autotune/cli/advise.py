@@ -25,34 +25,48 @@ DEFAULT_BATCHES = "1,8,32"
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
-        "estimate", help="forecast peak memory per candidate from the config alone, and the largest batch that fits",
+        "estimate",
+        help="forecast peak memory per candidate from the config alone, and the largest batch that fits",
         description="Forecast, from the model's config.json alone (nothing is downloaded or allocated), the peak memory "
-                    "of each way of loading it and the largest batch that fits each GPU's limit. MODEL is a registered "
-                    "model, a directory with config.json, or a Hub id (directory, HF cache, Hub). "
-                    "Example: autotune estimate tiiuae/falcon-7b --batch 1,8,32 --gpu-memory 24GiB")
+        "of each way of loading it and the largest batch that fits each GPU's limit. MODEL is a registered "
+        "model, a directory with config.json, or a Hub id (directory, HF cache, Hub). "
+        "Example: autotune estimate tiiuae/falcon-7b --batch 1,8,32 --gpu-memory 24GiB",
+    )
     p.add_argument("model", metavar="MODEL", help="a registered model, a directory with config.json, or a Hub id")
     p.add_argument("--batch", default=DEFAULT_BATCHES, metavar="N,N,...", help=f"batch sizes to forecast (default {DEFAULT_BATCHES})")
-    p.add_argument("--gpu-memory", metavar="SIZE[,SIZE...]",
-                   help="size a GPU of this much memory (e.g. 24GiB, or 24GiB,80GiB to compare) instead of the GPUs found here")
+    p.add_argument(
+        "--gpu-memory",
+        metavar="SIZE[,SIZE...]",
+        help="size a GPU of this much memory (e.g. 24GiB, or 24GiB,80GiB to compare) instead of the GPUs found here",
+    )
     p.add_argument("--prompt-tokens", type=_positive, help="prompt length (default: the registered workload's, else 512)")
     p.add_argument("--new-tokens", type=_positive, help="tokens generated (default: the registered workload's, else 128)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_estimate)
 
     p = commands.add_parser(
-        "recommend", help="the best measured configuration, why the others lost, and the code that loads it",
+        "recommend",
+        help="the best measured configuration, why the others lost, and the code that loads it",
         description="Pick the best measured trial of a model under its objective, memory limit and quality floor, "
-                    "explain why every other option lost, and print the loading code for the library versions where "
-                    "the trials ran. Without MODEL: every registered model. Exits 1 when a model has no recommendation "
-                    "(nothing measured, or nothing that fits), with the reason. "
-                    "Example: autotune recommend tiiuae/falcon-7b --max-memory 20GiB --write app/loaders/falcon_7b.py")
+        "explain why every other option lost, and print the loading code for the library versions where "
+        "the trials ran. Without MODEL: every registered model. Exits 1 when a model has no recommendation "
+        "(nothing measured, or nothing that fits), with the reason. "
+        "Example: autotune recommend tiiuae/falcon-7b --max-memory 20GiB --write app/loaders/falcon_7b.py",
+    )
     p.add_argument("model", metavar="MODEL", nargs="?", help="a registered model (default: every registered model)")
     p.add_argument("--objective", choices=OBJECTIVES, help="override the workload's objective for this choice")
     p.add_argument("--max-memory", metavar="LIMIT", help="override the per-GPU memory limit for this choice (20GiB, 0.5, or none)")
-    p.add_argument("--min-quality", type=float, metavar="Q", help="override the quality floor in [0, 1]: greedy-token agreement "
-                                                                  "(text generation), cosine similarity (feature extraction) or "
-                                                                  "top-class agreement (classification)")
-    p.add_argument("--write", metavar="PATH", help="write an importable loader module (load_model, generate, BATCH_SIZE, GENERATE_KWARGS) to PATH")
+    p.add_argument(
+        "--min-quality",
+        type=float,
+        metavar="Q",
+        help="override the quality floor in [0, 1]: greedy-token agreement "
+        "(text generation), cosine similarity (feature extraction) or "
+        "top-class agreement (classification)",
+    )
+    p.add_argument(
+        "--write", metavar="PATH", help="write an importable loader module (load_model, generate, BATCH_SIZE, GENERATE_KWARGS) to PATH"
+    )
     p.add_argument("--no-code", action="store_true", help="do not print the loading code")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_recommend)
@@ -69,6 +83,7 @@ def _positive(text: str) -> int:
 
 
 # -- estimate ------------------------------------------------------------------------------------
+
 
 def _find_model(args: argparse.Namespace) -> tuple[str, dict[str, Any], Any, bool, Any]:
     """``(name, config, workload, registered, store-or-None)``; the store is opened only if it exists."""
@@ -124,8 +139,17 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close()
-    result = estimate(name, config, workload, batches, registered=registered, environment=environment, gpu_memory=gpu_memory,
-                      gpu_error=environment.nvml_error, correction=correction)
+    result = estimate(
+        name,
+        config,
+        workload,
+        batches,
+        registered=registered,
+        environment=environment,
+        gpu_memory=gpu_memory,
+        gpu_error=environment.nvml_error,
+        correction=correction,
+    )
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -136,8 +160,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def _print_estimate(result: Any) -> None:
     shape, workload = result.shape, result.workload
     bf16_weights = shape.weight_bytes("bfloat16")[0]
-    print(f"{result.name}: {shape.architecture} ({shape.model_type}), {shape.parameters / 1e9:.2f} B parameters, "
-          f"weights {format_size(bf16_weights)} ({format_gib(bf16_weights)}) in bf16")
+    print(
+        f"{result.name}: {shape.architecture} ({shape.model_type}), {shape.parameters / 1e9:.2f} B parameters, "
+        f"weights {format_size(bf16_weights)} ({format_gib(bf16_weights)}) in bf16"
+    )
     if workload.task == "text-generation":
         per_token = shape.kv_bytes_per_token("bfloat16")
         print(f"KV cache: {per_token / 1024:.2f} KiB per token in bf16: {shape.kv_description}")
@@ -175,6 +201,7 @@ def _fit_text(n: int) -> str:
 
 # -- recommend -----------------------------------------------------------------------------------
 
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from autotune.advisor.recommend import effective_workload, loader_spec, recommend
     from autotune.advisor.render import RenderError, render_loader
@@ -189,7 +216,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         models = [store.get_model(args.model)] if args.model else store.models()
         if write is not None and len(models) != 1:
-            raise InputError(f"--write writes one model's loader; name the model (registered: {', '.join(m.name for m in models) or 'none'})")
+            raise InputError(
+                f"--write writes one model's loader; name the model (registered: {', '.join(m.name for m in models) or 'none'})"
+            )
         if not models:
             if args.json:
                 print_json([])
@@ -199,8 +228,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         current = probe()
         documents = []
         for model in models:
-            rec = recommend(store, model, current=current, objective=args.objective, max_memory=args.max_memory,
-                            min_quality=args.min_quality)
+            rec = recommend(
+                store, model, current=current, objective=args.objective, max_memory=args.max_memory, min_quality=args.min_quality
+            )
             code = None
             if rec.best is not None:
                 try:
@@ -210,11 +240,19 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                     code = f"# {exc}\n"
                 explanation = _jsonable(rec.to_dict())
                 store.add_recommendation(
-                    model_id=model.id, environment_id=rec.environment_id, objective=rec.workload.objective, code=code,
-                    study_id=rec.study.id if rec.study else None, trial_id=rec.best.id,
-                    constraints={"max_memory": rec.workload.max_memory.text if rec.workload.max_memory else None,
-                                 "limit_bytes": rec.limit_bytes, "min_quality": rec.workload.min_quality},
-                    explanation=explanation)
+                    model_id=model.id,
+                    environment_id=rec.environment_id,
+                    objective=rec.workload.objective,
+                    code=code,
+                    study_id=rec.study.id if rec.study else None,
+                    trial_id=rec.best.id,
+                    constraints={
+                        "max_memory": rec.workload.max_memory.text if rec.workload.max_memory else None,
+                        "limit_bytes": rec.limit_bytes,
+                        "min_quality": rec.workload.min_quality,
+                    },
+                    explanation=explanation,
+                )
             if write is not None:
                 if code is None:
                     raise AutotuneError(f"nothing to write for {model.name}: {rec.message}")
@@ -292,21 +330,28 @@ def _print_recommendation(rec: Any, code: str | None, *, show_code: bool) -> Non
     limit = rec.limits.describe() if rec.limits is not None else format_gib(rec.limit_bytes) if rec.limit_bytes else "none"
     print(f"{model.name}: {best.candidate.label()} at batch {best.batch_size}")
     print(f"  measured: {describe_metrics(best.metrics, task)}")
-    print(f"  objective {rec.workload.objective} ({rec.metric}); memory limit {limit}; "
-          f"quality floor {format_floor(task, rec.workload.min_quality)}; {rec.trials_considered} trials in study {rec.study.id}")
+    print(
+        f"  objective {rec.workload.objective} ({rec.metric}); memory limit {limit}; "
+        f"quality floor {format_floor(task, rec.workload.min_quality)}; {rec.trials_considered} trials in study {rec.study.id}"
+    )
     print(f"  trials ran on {rec.where()}; this one finished {when}")
     if rec.other_environments:
         print(f"  also measured on: {'; '.join(rec.other_environments)}")
     if rec.runners_up:
         print("runners-up:")
         for up in rec.runners_up:
-            print(f"  {up.trial.candidate.label()} at batch {up.trial.batch_size}: {describe_metrics(up.trial.metrics, task)} "
-                  f"({up.behind_pct:.1f}% behind)")
+            print(
+                f"  {up.trial.candidate.label()} at batch {up.trial.batch_size}: {describe_metrics(up.trial.metrics, task)} "
+                f"({up.behind_pct:.1f}% behind)"
+            )
     if rec.margin is not None:
         advice = ""
         if not rec.margin.clear:
-            advice = ("; the two could trade places, even measured in alternation" if rec.margin.rounds else
-                      f"; the two could trade places: `autotune tune {model.name}` measures a close finish again, interleaved")
+            advice = (
+                "; the two could trade places, even measured in alternation"
+                if rec.margin.rounds
+                else f"; the two could trade places: `autotune tune {model.name}` measures a close finish again, interleaved"
+            )
         print(f"confidence: {rec.margin.describe()}{advice}")
     if rec.confirmed:
         print(f"re-measured interleaved (each by the median of its re-measurements): {'; '.join(rec.confirmed)}")
@@ -322,8 +367,10 @@ def _print_recommendation(rec: Any, code: str | None, *, show_code: bool) -> Non
         versions = rec.environment.versions if rec.environment else {}
         if best.worker_env and best.worker_env != "default":
             versions = {**versions, **(best.effective.get("versions") or {})}
-        print(f"loading code (torch {versions.get('torch') or '?'}, transformers {versions.get('transformers') or '?'}, "
-              f"as installed where the trials ran):")
+        print(
+            f"loading code (torch {versions.get('torch') or '?'}, transformers {versions.get('transformers') or '?'}, "
+            f"as installed where the trials ran):"
+        )
         print()
         print(code.rstrip())
 

@@ -8,24 +8,36 @@ from autotune.cli._output import print_json, print_table
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    env = commands.add_parser("env", help="other Python environments trials can run in (e.g. one with optimum-onnx)",
-                              description="Worker environments: other Python interpreters autotune runs trials in. "
-                                          "Example: autotune env add ort ~/venvs/ort/bin/python")
+    env = commands.add_parser(
+        "env",
+        help="other Python environments trials can run in (e.g. one with optimum-onnx)",
+        description="Worker environments: other Python interpreters autotune runs trials in. "
+        "Example: autotune env add ort ~/venvs/ort/bin/python",
+    )
     sub = env.add_subparsers(dest="env_command", metavar="COMMAND")
     sub.required = True
-    p = sub.add_parser("add", help="register (or re-check) an interpreter and what it offers",
-                       description="Register an interpreter; autotune asks it for its library versions, runtimes and providers. "
-                                   "Example: autotune env add ort /opt/ort/bin/python")
+    p = sub.add_parser(
+        "add",
+        help="register (or re-check) an interpreter and what it offers",
+        description="Register an interpreter; autotune asks it for its library versions, runtimes and providers. "
+        "Example: autotune env add ort /opt/ort/bin/python",
+    )
     p.add_argument("name", metavar="NAME", help="a name for it, e.g. ort (trials record it)")
     p.add_argument("python", metavar="PYTHON", help="path of the interpreter, e.g. a virtual environment's bin/python")
     p.set_defaults(func=cmd_env_add)
-    p = sub.add_parser("list", help="show the environments, their versions and runtimes",
-                       description="Show the worker environments, the default one first. Example: autotune env list --json")
+    p = sub.add_parser(
+        "list",
+        help="show the environments, their versions and runtimes",
+        description="Show the worker environments, the default one first. Example: autotune env list --json",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--check", action="store_true", help="ask each interpreter again before listing")
     p.set_defaults(func=cmd_env_list)
-    p = sub.add_parser("remove", help="forget an environment (its trials stay)",
-                       description="Forget a worker environment; trials that ran there stay. Example: autotune env remove ort")
+    p = sub.add_parser(
+        "remove",
+        help="forget an environment (its trials stay)",
+        description="Forget a worker environment; trials that ran there stay. Example: autotune env remove ort",
+    )
     p.add_argument("name", metavar="NAME", help="a registered worker environment (see autotune env list)")
     p.set_defaults(func=cmd_env_remove)
 
@@ -43,7 +55,9 @@ def cmd_env_add(args: argparse.Namespace) -> int:
     if env.error:
         raise InputError(f"cannot use {args.python} as worker environment {name}: {env.error}")
     if not env.runtimes:
-        raise InputError(f"{args.python} offers no runtime autotune can use ({'; '.join(env.problems)}); install torch and transformers, or optimum-onnx with onnxruntime, there")
+        raise InputError(
+            f"{args.python} offers no runtime autotune can use ({'; '.join(env.problems)}); install torch and transformers, or optimum-onnx with onnxruntime, there"
+        )
     with open_store(args) as store:
         created = store.save_worker_env(env)
     print(f"{'added' if created else 'updated'} worker environment {name} (python {env.python_version}): {_runtimes(env)}")
@@ -70,8 +84,18 @@ def cmd_env_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json([e.to_dict() for e in envs])
         return 0
-    rows = [[e.name, e.python, e.python_version, e.versions.get("transformers"), e.versions.get("optimum-onnx"),
-             e.versions.get("onnxruntime") or e.versions.get("onnxruntime-gpu"), e.error or _runtimes(e)] for e in envs]
+    rows = [
+        [
+            e.name,
+            e.python,
+            e.python_version,
+            e.versions.get("transformers"),
+            e.versions.get("optimum-onnx"),
+            e.versions.get("onnxruntime") or e.versions.get("onnxruntime-gpu"),
+            e.error or _runtimes(e),
+        ]
+        for e in envs
+    ]
     print_table(["NAME", "PYTHON", "VERSION", "TRANSFORMERS", "OPTIMUM-ONNX", "ONNXRUNTIME", "RUNTIMES"], rows)
     return 0
 

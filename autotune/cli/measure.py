@@ -15,34 +15,55 @@ DEFAULT_LADDER = (1, 4, 16)
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
-        "measure", help="measure one way of loading a registered model, at one or more batch sizes, in a worker process",
+        "measure",
+        help="measure one way of loading a registered model, at one or more batch sizes, in a worker process",
         description="Load a registered model one way (dtype, attention, quantization, placement, cache) in a separate worker "
-                    "process and measure it at each batch size of a rising ladder, which stops at the first out-of-memory. "
-                    "Each batch size is recorded as a trial (origin 'measure'). Exits 0 when at least one batch size "
-                    "measured ok, 1 otherwise. "
-                    "ONNX Runtime: --runtime onnxruntime --provider NAME [--io-binding] exports the model once (cached) and "
-                    "measures it in a worker environment registered with autotune env add. "
-                    "Example: autotune measure tiiuae/falcon-7b --dtype bf16 --attn sdpa --batch 1,8,32 --json")
+        "process and measure it at each batch size of a rising ladder, which stops at the first out-of-memory. "
+        "Each batch size is recorded as a trial (origin 'measure'). Exits 0 when at least one batch size "
+        "measured ok, 1 otherwise. "
+        "ONNX Runtime: --runtime onnxruntime --provider NAME [--io-binding] exports the model once (cached) and "
+        "measures it in a worker environment registered with autotune env add. "
+        "Example: autotune measure tiiuae/falcon-7b --dtype bf16 --attn sdpa --batch 1,8,32 --json",
+    )
     p.add_argument("model", metavar="MODEL", help="a registered model (see autotune models)")
     p.add_argument("--dtype", help="float32, float16 or bfloat16 (fp32, fp16, bf16); default bfloat16 on GPU, float32 on the CPU")
-    p.add_argument("--attn", default="sdpa", help="attention implementation: eager, sdpa, flash_attention_4, flash_attention_2, "
-                                                  "flex_attention, ... (default sdpa)")
+    p.add_argument(
+        "--attn",
+        default="sdpa",
+        help="attention implementation: eager, sdpa, flash_attention_4, flash_attention_2, flex_attention, ... (default sdpa)",
+    )
     p.add_argument("--sdpa-kernel", choices=SDPA_KERNELS, help="pin SDPA to one kernel (with --attn sdpa)")
     p.add_argument("--quant", choices=QUANTS, default="none", help="bitsandbytes quantization (default none)")
     p.add_argument("--double-quant", action="store_true", help="4-bit double quantization")
     p.add_argument("--compute-dtype", help="4-bit compute dtype (default: the same as --dtype)")
-    p.add_argument("--placement", choices=PLACEMENTS, help="cpu, cuda (one GPU) or multi-gpu (device_map=auto with the workload's "
-                                                           "limit per GPU); default cuda where there are GPUs, else cpu")
+    p.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        help="cpu, cuda (one GPU) or multi-gpu (device_map=auto with the workload's "
+        "limit per GPU); default cuda where there are GPUs, else cpu",
+    )
     p.add_argument("--static-cache", action="store_true", help="generate with a static KV cache (compiled with torch.compile on GPU)")
-    p.add_argument("--runtime", choices=RUNTIMES, default="pytorch",
-                   help="pytorch (default), or onnxruntime: an ONNX export through Optimum (cached), run in a registered "
-                        "worker environment that offers the provider (see autotune env)")
-    p.add_argument("--provider", metavar="NAME", help="ONNX Runtime execution provider: CPUExecutionProvider, CUDAExecutionProvider "
-                                                      "or TensorrtExecutionProvider (default: CPU on the CPU, CUDA on a GPU)")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="pytorch",
+        help="pytorch (default), or onnxruntime: an ONNX export through Optimum (cached), run in a registered "
+        "worker environment that offers the provider (see autotune env)",
+    )
+    p.add_argument(
+        "--provider",
+        metavar="NAME",
+        help="ONNX Runtime execution provider: CPUExecutionProvider, CUDAExecutionProvider "
+        "or TensorrtExecutionProvider (default: CPU on the CPU, CUDA on a GPU)",
+    )
     p.add_argument("--io-binding", action="store_true", help="ONNX Runtime IO binding (inputs and outputs stay on the device)")
     p.add_argument("--batch", metavar="SIZES", help="batch sizes, comma-separated (default 1,4,16 up to the workload's max batch)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit of the worker (default 300 s + 150 s per batch size, "
-                                                                         "+ 1800 s for an ONNX Runtime export)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time limit of the worker (default 300 s + 150 s per batch size, + 1800 s for an ONNX Runtime export)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--inject-fault", choices=FAULTS, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_measure)
@@ -63,15 +84,17 @@ def _check_attention(name: str, model: Any) -> None:
     offered = model.capabilities.get("attn_implementations")
     if offered and name not in offered:
         version = model.capabilities.get("transformers")
-        raise InputError(f"--attn {name!r}: {model.capabilities.get('architecture') or model.name} offers {', '.join(offered)} "
-                         f"(transformers {version or '?'}, read when the model was added; `autotune add {model.name}` reads it again)")
+        raise InputError(
+            f"--attn {name!r}: {model.capabilities.get('architecture') or model.name} offers {', '.join(offered)} "
+            f"(transformers {version or '?'}, read when the model was added; `autotune add {model.name}` reads it again)"
+        )
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
     from autotune.candidate import PROVIDER_PLACEMENT, Candidate
     from autotune.cli import open_store
-    from autotune.errors import InputError
     from autotune.environment import probe
+    from autotune.errors import InputError
     from autotune.store import METRICS
     from autotune.trials import default_placement, measure_candidate
 
@@ -91,27 +114,66 @@ def cmd_measure(args: argparse.Namespace) -> int:
             placement = args.placement or default_placement(environment, workload)
         provider = (args.provider or ("CPUExecutionProvider" if placement == "cpu" else "CUDAExecutionProvider")) if ort else None
         candidate = Candidate(
-            dtype=args.dtype or ("float32" if placement == "cpu" else "float16" if ort else "bfloat16"), attn=args.attn,
-            sdpa_kernel=args.sdpa_kernel, quant=args.quant, double_quant=args.double_quant, compute_dtype=args.compute_dtype,
-            placement=placement, static_cache=args.static_cache, runtime=args.runtime, provider=provider, io_binding=args.io_binding,
+            dtype=args.dtype or ("float32" if placement == "cpu" else "float16" if ort else "bfloat16"),
+            attn=args.attn,
+            sdpa_kernel=args.sdpa_kernel,
+            quant=args.quant,
+            double_quant=args.double_quant,
+            compute_dtype=args.compute_dtype,
+            placement=placement,
+            static_cache=args.static_cache,
+            runtime=args.runtime,
+            provider=provider,
+            io_binding=args.io_binding,
         )
         batches = _batches(args.batch, workload.max_batch)
         environment_id = store.record_environment(environment)
         study = store.study_for(model, environment_id)
         if not args.json:
-            print(f"measuring {model.name}: {candidate.label()} at batch {','.join(map(str, batches))} "
-                  f"({study.workload.describe()}) on {environment.summary()}", flush=True)
-        trials = measure_candidate(store, model, candidate, batches, environment=environment, environment_id=environment_id,
-                                   study=study, origin="measure", timeout_s=args.timeout, fault=args.inject_fault)
-    results = [{
-        "trial_id": t.id, "status": t.status, "reason": t.reason, "batch_size": t.batch_size, "worker_env": t.worker_env,
-        **{m: t.metrics.get(m) for m in METRICS}, "feasible": t.feasible, "objective_value": t.objective_value,
-        "effective": t.effective, "details": t.details,
-    } for t in trials]
+            print(
+                f"measuring {model.name}: {candidate.label()} at batch {','.join(map(str, batches))} "
+                f"({study.workload.describe()}) on {environment.summary()}",
+                flush=True,
+            )
+        trials = measure_candidate(
+            store,
+            model,
+            candidate,
+            batches,
+            environment=environment,
+            environment_id=environment_id,
+            study=study,
+            origin="measure",
+            timeout_s=args.timeout,
+            fault=args.inject_fault,
+        )
+    results = [
+        {
+            "trial_id": t.id,
+            "status": t.status,
+            "reason": t.reason,
+            "batch_size": t.batch_size,
+            "worker_env": t.worker_env,
+            **{m: t.metrics.get(m) for m in METRICS},
+            "feasible": t.feasible,
+            "objective_value": t.objective_value,
+            "effective": t.effective,
+            "details": t.details,
+        }
+        for t in trials
+    ]
     if args.json:
-        print_json({"model": model.name, "candidate": candidate.to_dict(), "label": candidate.label(), "study_id": study.id,
-                    "environment": {"fingerprint": environment.fingerprint, "summary": environment.summary()},
-                    "workload": study.workload.to_dict(), "results": results})
+        print_json(
+            {
+                "model": model.name,
+                "candidate": candidate.to_dict(),
+                "label": candidate.label(),
+                "study_id": study.id,
+                "environment": {"fingerprint": environment.fingerprint, "summary": environment.summary()},
+                "workload": study.workload.to_dict(),
+                "results": results,
+            }
+        )
     else:
         if trials and trials[0].worker_env != "default":
             print(f"ran in worker environment {trials[0].worker_env}")
@@ -128,15 +190,37 @@ def _print_results(results: list[dict[str, Any]], task: str) -> None:
 
     if task == "text-generation":
         headers = ["BATCH", "STATUS", "TOK/S", "DECODE TOK/S", "TTFT MS", "P50 MS", "P90 MS", "SPREAD", "PEAK", "AGREE", "KL"]
-        rows = [[r["batch_size"], r["status"], _num(r["throughput_tokens_per_s"]), _num(r["decode_tokens_per_s"]), _num(r["ttft_ms"], 2),
-                 _num(r["latency_p50_ms"], 2), _num(r["latency_p90_ms"], 2), _pct(r["latency_spread"]),
-                 format_size(r["peak_memory_bytes"]) if r["peak_memory_bytes"] else None, _pct(r["quality_token_agreement"]),
-                 _num(r["quality_kl"], 4)] for r in results]
+        rows = [
+            [
+                r["batch_size"],
+                r["status"],
+                _num(r["throughput_tokens_per_s"]),
+                _num(r["decode_tokens_per_s"]),
+                _num(r["ttft_ms"], 2),
+                _num(r["latency_p50_ms"], 2),
+                _num(r["latency_p90_ms"], 2),
+                _pct(r["latency_spread"]),
+                format_size(r["peak_memory_bytes"]) if r["peak_memory_bytes"] else None,
+                _pct(r["quality_token_agreement"]),
+                _num(r["quality_kl"], 4),
+            ]
+            for r in results
+        ]
     else:
         headers = ["BATCH", "STATUS", "SEQ/S", "P50 MS", "P90 MS", "SPREAD", "PEAK", QUALITY_MEASURES[task].upper()]
-        rows = [[r["batch_size"], r["status"], _num(r["sequences_per_s"]), _num(r["latency_p50_ms"], 2), _num(r["latency_p90_ms"], 2),
-                 _pct(r["latency_spread"]), format_size(r["peak_memory_bytes"]) if r["peak_memory_bytes"] else None,
-                 _num(r["quality_token_agreement"], 4)] for r in results]
+        rows = [
+            [
+                r["batch_size"],
+                r["status"],
+                _num(r["sequences_per_s"]),
+                _num(r["latency_p50_ms"], 2),
+                _num(r["latency_p90_ms"], 2),
+                _pct(r["latency_spread"]),
+                format_size(r["peak_memory_bytes"]) if r["peak_memory_bytes"] else None,
+                _num(r["quality_token_agreement"], 4),
+            ]
+            for r in results
+        ]
     print_table(headers, rows)
     for r in results:
         if r["status"] != "ok":
@@ -156,15 +240,21 @@ def _describe_effective(effective: dict[str, Any], load_seconds: float | None) -
     if effective.get("runtime") == "onnxruntime":
         export = effective.get("export") or {}
         files = effective.get("onnx_files") or {}
-        parts = [f"ONNX Runtime {', '.join(effective.get('providers') or [])}", f"IO binding {'on' if effective.get('io_binding') else 'off'}",
-                 f"graph {effective.get('onnx_dtype')} ({', '.join(files) or 'no file'}, {format_size(sum(files.values())) if files else '?'})",
-                 "export " + ("cached" if export.get("cached") else "fresh") +
-                 (f" (made in {export['seconds']:.2f} s)" if export.get("seconds") is not None else "")]
+        parts = [
+            f"ONNX Runtime {', '.join(effective.get('providers') or [])}",
+            f"IO binding {'on' if effective.get('io_binding') else 'off'}",
+            f"graph {effective.get('onnx_dtype')} ({', '.join(files) or 'no file'}, {format_size(sum(files.values())) if files else '?'})",
+            "export "
+            + ("cached" if export.get("cached") else "fresh")
+            + (f" (made in {export['seconds']:.2f} s)" if export.get("seconds") is not None else ""),
+        ]
         if load_seconds is not None:
             parts.append(f"session created in {load_seconds:.2f} s")
         return "; ".join(parts)
-    parts = [f"attention {effective.get('attn_implementation')}" + (f"[{effective['sdpa_kernel']}]" if effective.get("sdpa_kernel") else ""),
-             f"dtype {effective.get('dtype')}"]
+    parts = [
+        f"attention {effective.get('attn_implementation')}" + (f"[{effective['sdpa_kernel']}]" if effective.get("sdpa_kernel") else ""),
+        f"dtype {effective.get('dtype')}",
+    ]
     if effective.get("quantized_layers"):
         kinds = ",".join(effective.get("quant_types", {}))
         parts.append(f"{effective['quantized_layers']}/{effective.get('linear_layers')} linear layers quantized ({kinds})")

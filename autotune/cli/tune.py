@@ -15,78 +15,129 @@ from typing import Any
 from autotune.cli._output import print_json, print_table
 
 SPACE_ENV = "AUTOTUNE_SPACE"
-SPACE_HELP = ("keep only some values of some axes, e.g. 'dtype=fp32,bf16 attn=sdpa,eager quant=none' "
-              "(axes: dtype, attn, quant, double_quant, compute_dtype, placement, static_cache, runtime=pytorch,onnxruntime[:PROVIDER], and batch=1,4,16 for the batch sizes measured; "
-              "default: $AUTOTUNE_SPACE, else all)")
+SPACE_HELP = (
+    "keep only some values of some axes, e.g. 'dtype=fp32,bf16 attn=sdpa,eager quant=none' "
+    "(axes: dtype, attn, quant, double_quant, compute_dtype, placement, static_cache, runtime=pytorch,onnxruntime[:PROVIDER], and batch=1,4,16 for the batch sizes measured; "
+    "default: $AUTOTUNE_SPACE, else all)"
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("tune", help="tune one model now, in the foreground, and print the best configuration",
-                            description="Run the model's study in the foreground: the baselines first, then Optuna's TPE, one "
-                                        "candidate at a time (measured at a ladder of batch sizes, one trial row each), until it "
-                                        "stops improving or a budget is spent. "
-                                        "A study resumes where it stopped. Example: autotune tune tiiuae/falcon-7b --trials 24 --budget-minutes 30")
+    p = commands.add_parser(
+        "tune",
+        help="tune one model now, in the foreground, and print the best configuration",
+        description="Run the model's study in the foreground: the baselines first, then Optuna's TPE, one "
+        "candidate at a time (measured at a ladder of batch sizes, one trial row each), until it "
+        "stops improving or a budget is spent. "
+        "A study resumes where it stopped. Example: autotune tune tiiuae/falcon-7b --trials 24 --budget-minutes 30",
+    )
     p.add_argument("model", metavar="MODEL", help="a registered model (see autotune models)")
     _search_options(p)
     p.add_argument("--seed", type=int, help="sampler seed of a new study (default: random, stored in the study)")
     p.set_defaults(func=cmd_tune)
 
-    p = commands.add_parser("trials", help="list a model's trials, one row per candidate and batch size: metrics, status and reason",
-                            description="List the trials of a model's study in this environment (--all: every study): one row per "
-                                        "candidate and batch size, so a candidate measured at batch sizes 1, 2 and 4 has three. "
-                                        "Example: autotune trials tiiuae/falcon-7b --json")
+    p = commands.add_parser(
+        "trials",
+        help="list a model's trials, one row per candidate and batch size: metrics, status and reason",
+        description="List the trials of a model's study in this environment (--all: every study): one row per "
+        "candidate and batch size, so a candidate measured at batch sizes 1, 2 and 4 has three. "
+        "Example: autotune trials tiiuae/falcon-7b --json",
+    )
     p.add_argument("model", metavar="MODEL", help="a registered model")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--all", action="store_true", help="every study of the model (other environments and workloads too)")
     p.set_defaults(func=cmd_trials)
 
-    p = commands.add_parser("status",
-                            help="each model's study (state, candidates measured, best so far, rejected) and what the daemon is doing",
-                            description="Show each model's study in this environment — state, candidates measured, best so far, "
-                                        "candidates rejected — and what the daemon is doing now. Example: autotune status --json")
+    p = commands.add_parser(
+        "status",
+        help="each model's study (state, candidates measured, best so far, rejected) and what the daemon is doing",
+        description="Show each model's study in this environment — state, candidates measured, best so far, "
+        "candidates rejected — and what the daemon is doing now. Example: autotune status --json",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument("--check-daemon", action="store_true",
-                   help="only check that a daemon (or tune) of this machine heartbeats: one line, exit 0 if so, else 1 "
-                        "(for health checks; reads the lock row only, no GPU probe)")
-    p.add_argument("--max-age", type=float, metavar="S",
-                   help="with --check-daemon: the oldest heartbeat that counts as live, in seconds (default: when the tuning "
-                        "lock counts a tuner as gone, 120 s; a tuner beats every 5 s)")
+    p.add_argument(
+        "--check-daemon",
+        action="store_true",
+        help="only check that a daemon (or tune) of this machine heartbeats: one line, exit 0 if so, else 1 "
+        "(for health checks; reads the lock row only, no GPU probe)",
+    )
+    p.add_argument(
+        "--max-age",
+        type=float,
+        metavar="S",
+        help="with --check-daemon: the oldest heartbeat that counts as live, in seconds (default: when the tuning "
+        "lock counts a tuner as gone, 120 s; a tuner beats every 5 s)",
+    )
     p.set_defaults(func=cmd_status)
 
-    p = commands.add_parser("daemon", help="tune every registered model, one candidate at a time, until stopped",
-                            description="Run until stopped: pick up models as they are added, tune their studies one candidate at a time "
-                                        "(round-robin), keep a heartbeat, start new studies when the environment changes. The first "
-                                        "SIGTERM/SIGINT finishes the current candidate; a second stops at once. One per machine and "
-                                        "database. "
-                                        "Example: autotune daemon --poll 10")
+    p = commands.add_parser(
+        "daemon",
+        help="tune every registered model, one candidate at a time, until stopped",
+        description="Run until stopped: pick up models as they are added, tune their studies one candidate at a time "
+        "(round-robin), keep a heartbeat, start new studies when the environment changes. The first "
+        "SIGTERM/SIGINT finishes the current candidate; a second stops at once. One per machine and "
+        "database. "
+        "Example: autotune daemon --poll 10",
+    )
     p.add_argument("--once", action="store_true", help="exit when no study has work left, instead of waiting for more (cron, CI)")
     p.add_argument("--poll", type=float, default=5.0, metavar="S", help="seconds between looks for new work when idle (default 5)")
-    p.add_argument("--report-dir", metavar="DIR",
-                   help="write a model's HTML report (as autotune report does) into DIR each time one of its studies finishes")
+    p.add_argument(
+        "--report-dir",
+        metavar="DIR",
+        help="write a model's HTML report (as autotune report does) into DIR each time one of its studies finishes",
+    )
     _search_options(p)
     p.set_defaults(func=cmd_daemon)
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trials", type=int, metavar="N",
-                   help="stop a study after N candidates measured in all, counting earlier runs; a larger N continues a finished study "
-                        "(a candidate is one way of loading, measured at its batch sizes; each batch size is one trial row; "
-                        "default: no limit)")
-    p.add_argument("--budget-minutes", type=float, metavar="M",
-                   help="stop a study after M minutes of measuring in all, counting earlier runs; a larger M continues a finished "
-                        "study (default: no limit)")
-    p.add_argument("--patience", type=int, default=8, metavar="N",
-                   help="stop after N candidates in a row without a 1%% improvement, once the baselines are measured (default 8)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        metavar="N",
+        help="stop a study after N candidates measured in all, counting earlier runs; a larger N continues a finished study "
+        "(a candidate is one way of loading, measured at its batch sizes; each batch size is one trial row; "
+        "default: no limit)",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        metavar="M",
+        help="stop a study after M minutes of measuring in all, counting earlier runs; a larger M continues a finished "
+        "study (default: no limit)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=8,
+        metavar="N",
+        help="stop after N candidates in a row without a 1%% improvement, once the baselines are measured (default 8)",
+    )
     p.add_argument("--space", metavar="SPEC", help=SPACE_HELP)
     p.add_argument("--timeout", type=float, metavar="S", help="seconds a worker may take for one candidate (default: the worker's)")
-    p.add_argument("--max-repeats", type=_repeats, metavar="N",
-                   help="timed repeats per batch size at most (default 10; fewer is faster and noisier, at least 2)")
-    p.add_argument("--tolerance", type=_share, default=0.03, metavar="F",
-                   help="measure a candidate only while it could beat the best by more than this share (default 0.03)")
-    p.add_argument("--explore", action="store_true",
-                   help="once nothing left is expected to win, go on with Optuna's TPE until --patience (default: stop)")
-    p.add_argument("--exhaustive", action="store_true",
-                   help="measure every candidate at every batch size, fully: no screens, no early stop but --trials and --budget-minutes")
+    p.add_argument(
+        "--max-repeats",
+        type=_repeats,
+        metavar="N",
+        help="timed repeats per batch size at most (default 10; fewer is faster and noisier, at least 2)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=_share,
+        default=0.03,
+        metavar="F",
+        help="measure a candidate only while it could beat the best by more than this share (default 0.03)",
+    )
+    p.add_argument(
+        "--explore",
+        action="store_true",
+        help="once nothing left is expected to win, go on with Optuna's TPE until --patience (default: stop)",
+    )
+    p.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="measure every candidate at every batch size, fully: no screens, no early stop but --trials and --budget-minutes",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -97,9 +148,15 @@ def _settings(args: argparse.Namespace) -> Any:
     if args.max_repeats:
         options = {"max_repeats": args.max_repeats, "min_repeats": min(3, args.max_repeats)}
     return SearchSettings(
-        patience=args.patience, max_trials=args.trials, budget_minutes=args.budget_minutes,
-        seed=getattr(args, "seed", None), restrict=parse_restriction(args.space or os.environ.get(SPACE_ENV)),
-        timeout_s=args.timeout, worker_options=options, tolerance=args.tolerance, explore=args.explore,
+        patience=args.patience,
+        max_trials=args.trials,
+        budget_minutes=args.budget_minutes,
+        seed=getattr(args, "seed", None),
+        restrict=parse_restriction(args.space or os.environ.get(SPACE_ENV)),
+        timeout_s=args.timeout,
+        worker_options=options,
+        tolerance=args.tolerance,
+        explore=args.explore,
         exhaustive=args.exhaustive,
     )
 
@@ -125,6 +182,7 @@ def _repeats(text: str) -> int:
 
 
 # -- tune -----------------------------------------------------------------------------------------
+
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from autotune.cli import open_store
@@ -176,8 +234,10 @@ def _run(search: Any, name: str, lock: Any, stop: Any) -> None:
     budget += f", at most {settings.budget_minutes:g} minutes" if settings.budget_minutes else ""
     resumed = f"; resuming after {state.measured} candidates" if state.measured else ""
     _note(f"tuning {name} (study {search.study.id}, seed {search.study.sampler_seed}): {search.workload.describe()}")
-    _note(f"space: {space.describe()}; objective {search.metric} ({search.direction}); "
-          f"stops after {settings.patience} candidates without improvement{budget}{resumed}")
+    _note(
+        f"space: {space.describe()}; objective {search.metric} ({search.direction}); "
+        f"stops after {settings.patience} candidates without improvement{budget}{resumed}"
+    )
 
     current = [""]
 
@@ -209,8 +269,11 @@ def _run(search: Any, name: str, lock: Any, stop: Any) -> None:
             horizon = min(limit, done + max(settings.patience - since, baselines_left, 0 if step.finished else 1))
             width = 20
             filled = min(width, round(width * done / max(horizon, 1)))
-            print(f"[{'#' * filled}{'-' * (width - filled)}] {done}/{horizon} candidates  {step.describe(search.metric)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{'#' * filled}{'-' * (width - filled)}] {done}/{horizon} candidates  {step.describe(search.metric)}",
+                file=sys.stderr,
+                flush=True,
+            )
         if step.finished:
             _note(f"study finished: {step.study.stop_reason}")
             break
@@ -228,8 +291,10 @@ def _print_best(search: Any) -> None:
     if best is None:
         print(f"no feasible configuration yet after {state.measured} candidates (see autotune trials {search.model.name})")
         return
-    print(f"best after {state.measured} candidates: {best['label']} at batch {best['batch_size']}: "
-          f"{format_value(best['metric'], best['value'])} ({best['metric']}, trial {best['trial_number']})")
+    print(
+        f"best after {state.measured} candidates: {best['label']} at batch {best['batch_size']}: "
+        f"{format_value(best['metric'], best['value'])} ({best['metric']}, trial {best['trial_number']})"
+    )
     print(f"  candidate: {json.dumps(best['candidate'])}")
     if any(t.origin == CONFIRM_ORIGIN for t in search.store.trials(study_id=search.study.id)):
         print("  a close finish was measured again, interleaved: the recommendation rests on those re-measurements")
@@ -237,6 +302,7 @@ def _print_best(search: Any) -> None:
 
 
 # -- trials ---------------------------------------------------------------------------------------
+
 
 def _current_study(store: Any, model: Any, fingerprint: str) -> Any:
     key = model.workload.key()
@@ -260,25 +326,50 @@ def cmd_trials(args: argparse.Namespace) -> int:
             studies = [study] if study is not None else []
         data = [(study, store.trials(study_id=study.id), store.environment_fingerprint(study.environment_id)) for study in studies]
     if args.json:
-        print_json([{
-            "study": study.id, "environment": fingerprint, "workload": study.workload.to_dict(), "state": study.state,
-            "stop_reason": study.stop_reason, "best_trial_id": study.best_trial_id,
-            "trials": [_trial_json(t) for t in trials],
-        } for study, trials, fingerprint in data])
+        print_json(
+            [
+                {
+                    "study": study.id,
+                    "environment": fingerprint,
+                    "workload": study.workload.to_dict(),
+                    "state": study.state,
+                    "stop_reason": study.stop_reason,
+                    "best_trial_id": study.best_trial_id,
+                    "trials": [_trial_json(t) for t in trials],
+                }
+                for study, trials, fingerprint in data
+            ]
+        )
         return 0
     if not data:
-        print(f"{model.name} has no study in this environment yet; `autotune tune {model.name}` or the daemon starts one"
-              + ("" if args.all else " (--all shows other environments)"))
+        print(
+            f"{model.name} has no study in this environment yet; `autotune tune {model.name}` or the daemon starts one"
+            + ("" if args.all else " (--all shows other environments)")
+        )
         return 0
     for study, trials, fingerprint in data:
         metric, _ = metric_for(study.workload)
         quality = quality_name(study.workload.task).upper()
-        print(f"study {study.id} ({study.state}{': ' + study.stop_reason if study.stop_reason else ''}), environment {fingerprint}, "
-              f"{study.workload.describe()}")
-        rows = [[t.number, t.origin, t.candidate.label(), t.batch_size, t.status, _yes_no(t.feasible),
-                 _number(t.objective_value), _gib(t.metrics.get("peak_memory_bytes")), _number(t.metrics.get("quality_token_agreement")),
-                 _number(t.metrics.get("load_seconds")), ("* " if t.id == study.best_trial_id else "") + _reason(t)]
-                for t in trials]
+        print(
+            f"study {study.id} ({study.state}{': ' + study.stop_reason if study.stop_reason else ''}), environment {fingerprint}, "
+            f"{study.workload.describe()}"
+        )
+        rows = [
+            [
+                t.number,
+                t.origin,
+                t.candidate.label(),
+                t.batch_size,
+                t.status,
+                _yes_no(t.feasible),
+                _number(t.objective_value),
+                _gib(t.metrics.get("peak_memory_bytes")),
+                _number(t.metrics.get("quality_token_agreement")),
+                _number(t.metrics.get("load_seconds")),
+                ("* " if t.id == study.best_trial_id else "") + _reason(t),
+            ]
+            for t in trials
+        ]
         print_table(["#", "ORIGIN", "CANDIDATE", "BATCH", "STATUS", "FEASIBLE", metric.upper(), "PEAK", quality, "LOAD_S", "REASON"], rows)
         if study.best_trial_id:
             print("  * the best trial")
@@ -299,10 +390,22 @@ def _reason(t: Any) -> str:
 
 def _trial_json(t: Any) -> dict[str, Any]:
     return {
-        "id": t.id, "number": t.number, "origin": t.origin, "label": t.candidate.label(), "candidate": t.candidate.to_dict(),
-        "batch_size": t.batch_size, "status": t.status, "reason": t.reason, "feasible": t.feasible,
-        "objective_value": t.objective_value, "metrics": t.metrics, "effective": t.effective, "details": t.details,
-        "worker_env": t.worker_env, "started_at": t.started_at, "finished_at": t.finished_at,
+        "id": t.id,
+        "number": t.number,
+        "origin": t.origin,
+        "label": t.candidate.label(),
+        "candidate": t.candidate.to_dict(),
+        "batch_size": t.batch_size,
+        "status": t.status,
+        "reason": t.reason,
+        "feasible": t.feasible,
+        "objective_value": t.objective_value,
+        "metrics": t.metrics,
+        "effective": t.effective,
+        "details": t.details,
+        "worker_env": t.worker_env,
+        "started_at": t.started_at,
+        "finished_at": t.finished_at,
     }
 
 
@@ -324,6 +427,7 @@ def _gib(value: int | None) -> str | None:
 
 # -- status ---------------------------------------------------------------------------------------
 
+
 def cmd_status(args: argparse.Namespace) -> int:
     if args.check_daemon:
         return _check_daemon(args)
@@ -344,24 +448,48 @@ def cmd_status(args: argparse.Namespace) -> int:
         tuners = holders(store)
         location = store.location
     if args.json:
-        print_json({
-            "database": location,
-            "environment": {"fingerprint": environment.fingerprint, "summary": environment.summary()},
-            "models": [{
-                "name": model.name, "objective": model.workload.objective,
-                "study": None if study is None else {
-                    "id": study.id, "state": study.state, "stop_reason": study.stop_reason, "candidates": state.measured,
-                    "trial_rows": sum(len(r.trials) for r in state.results), "since_improvement": state.since_improvement,
-                    "measuring_seconds": round(state.seconds, 1), "best": summary(state.best, study.workload),
-                    "rejected": sum(int(r.get("count", 1)) for r in study.rejected), "rejected_reasons": study.rejected,
-                    "sampler_seed": study.sampler_seed, "created_at": study.created_at, "finished_at": study.finished_at,
-                },
-            } for model, study, state in entries],
-            "daemons": [{
-                "hostname": h.hostname, "pid": h.pid or None, "running": h.alive(), "started_at": h.started_at,
-                "heartbeat_at": h.heartbeat_at, "heartbeat_age_s": round(h.heartbeat_age(), 1), "activity": h.activity,
-            } for h in tuners],
-        })
+        print_json(
+            {
+                "database": location,
+                "environment": {"fingerprint": environment.fingerprint, "summary": environment.summary()},
+                "models": [
+                    {
+                        "name": model.name,
+                        "objective": model.workload.objective,
+                        "study": None
+                        if study is None
+                        else {
+                            "id": study.id,
+                            "state": study.state,
+                            "stop_reason": study.stop_reason,
+                            "candidates": state.measured,
+                            "trial_rows": sum(len(r.trials) for r in state.results),
+                            "since_improvement": state.since_improvement,
+                            "measuring_seconds": round(state.seconds, 1),
+                            "best": summary(state.best, study.workload),
+                            "rejected": sum(int(r.get("count", 1)) for r in study.rejected),
+                            "rejected_reasons": study.rejected,
+                            "sampler_seed": study.sampler_seed,
+                            "created_at": study.created_at,
+                            "finished_at": study.finished_at,
+                        },
+                    }
+                    for model, study, state in entries
+                ],
+                "daemons": [
+                    {
+                        "hostname": h.hostname,
+                        "pid": h.pid or None,
+                        "running": h.alive(),
+                        "started_at": h.started_at,
+                        "heartbeat_at": h.heartbeat_at,
+                        "heartbeat_age_s": round(h.heartbeat_age(), 1),
+                        "activity": h.activity,
+                    }
+                    for h in tuners
+                ],
+            }
+        )
         return 0
     print(f"environment {environment.fingerprint}: {environment.summary()}")
     if not models:
@@ -374,9 +502,16 @@ def cmd_status(args: argparse.Namespace) -> int:
                 continue
             best = summary(state.best, study.workload)
             rejected = sum(int(r.get("count", 1)) for r in study.rejected)
-            rows.append([model.name, study.state, state.measured,
-                         f"{format_value(best['metric'], best['value'])} ({best['label']} @{best['batch_size']})" if best else None,
-                         rejected, study.stop_reason])
+            rows.append(
+                [
+                    model.name,
+                    study.state,
+                    state.measured,
+                    f"{format_value(best['metric'], best['value'])} ({best['label']} @{best['batch_size']})" if best else None,
+                    rejected,
+                    study.stop_reason,
+                ]
+            )
         print_table(["MODEL", "STATE", "CANDIDATES", "BEST", "REJECTED", "STOP REASON"], rows)
         for model, study, _ in entries:
             if study is not None and study.rejected:
@@ -435,6 +570,7 @@ def _print_tuners(tuners: list[Any]) -> None:
 
 
 # -- daemon ---------------------------------------------------------------------------------------
+
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     from autotune.daemon import Daemon, DaemonOptions

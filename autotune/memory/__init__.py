@@ -22,16 +22,48 @@ Importing this package imports neither torch, Transformers nor SQLAlchemy.
 from __future__ import annotations
 
 from autotune.memory.calibration import (
-    Calibration, CalibrationPoint, Correction, ForecastError, Margin, Margins, calibrate, candidate_group, correction, device_kind,
-    learn_margins, with_calibration,
+    Calibration,
+    CalibrationPoint,
+    Correction,
+    ForecastError,
+    Margin,
+    Margins,
+    calibrate,
+    candidate_group,
+    correction,
+    device_kind,
+    learn_margins,
+    with_calibration,
 )
 from autotune.memory.forecast import PARTS, Forecast, forecast_bytes, forecast_on, forecast_parts, forecast_shape, largest_batch
 from autotune.memory.limit import DeviceLimit, DeviceLimits, host_memory_bytes
 from autotune.memory.shape import ModelShape, model_shape, sdpa_math_fallback, shape_key
 
 __all__ = [
-    "PARTS", "Calibration", "CalibrationPoint", "Correction", "DeviceLimit", "DeviceLimits", "Forecast", "ForecastError",
-    "Margin", "Margins", "ModelShape", "calibrate", "candidate_group", "correction", "device_kind", "forecast_bytes",
-    "forecast_on", "forecast_parts", "forecast_shape", "host_memory_bytes", "learn_margins", "largest_batch", "model_shape",
-    "sdpa_math_fallback", "shape_key", "with_calibration",
+    "PARTS",
+    "Calibration",
+    "CalibrationPoint",
+    "Correction",
+    "DeviceLimit",
+    "DeviceLimits",
+    "Forecast",
+    "ForecastError",
+    "Margin",
+    "Margins",
+    "ModelShape",
+    "calibrate",
+    "candidate_group",
+    "correction",
+    "device_kind",
+    "forecast_bytes",
+    "forecast_on",
+    "forecast_parts",
+    "forecast_shape",
+    "host_memory_bytes",
+    "learn_margins",
+    "largest_batch",
+    "model_shape",
+    "sdpa_math_fallback",
+    "shape_key",
+    "with_calibration",
 ]

@@ -99,10 +99,12 @@ class Calibration:
     def describe(self) -> str:
         if not self.fits:
             return "uncalibrated (no measured trials here)"
-        kinds = "; ".join(f"{kind}: {fit.overhead / 2**30:+.2f} GiB, x{fit.scale:.3f} ({fit.points} trials)"
-                          for kind, fit in self.fits.items())
-        text = (f"calibrated from {self.points} measured trials ({kinds}); error before {self.before.describe()}, "
-                f"after {self.after.describe()}")
+        kinds = "; ".join(
+            f"{kind}: {fit.overhead / 2**30:+.2f} GiB, x{fit.scale:.3f} ({fit.points} trials)" for kind, fit in self.fits.items()
+        )
+        text = (
+            f"calibrated from {self.points} measured trials ({kinds}); error before {self.before.describe()}, after {self.after.describe()}"
+        )
         if self.cross_validated.n:
             text += f", leave-one-out {self.cross_validated.describe()}"
         return text
@@ -110,7 +112,9 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return {
             "fits": {k: {"overhead_bytes": f.overhead, "scale": f.scale, "points": f.points} for k, f in self.fits.items()},
-            "before": self.before.to_dict(), "after": self.after.to_dict(), "cross_validated": self.cross_validated.to_dict(),
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "cross_validated": self.cross_validated.to_dict(),
         }
 
 
@@ -132,7 +136,8 @@ def fit_points(points: Iterable[CalibrationPoint], *, scale: bool = True) -> Fit
         return Fit()
     slopes = [
         (m2 - m1) / (f2 - f1)
-        for i, (f1, m1) in enumerate(pts) for f2, m2 in pts[i + 1:]
+        for i, (f1, m1) in enumerate(pts)
+        for f2, m2 in pts[i + 1 :]
         if scale and abs(f2 - f1) > MIN_SPREAD * max(f1, f2)
     ]
     factor = statistics.median(slopes) if slopes else 1.0
@@ -249,8 +254,7 @@ def margin_keys(device_kind: str, group: tuple[str, ...]) -> list[tuple[str, ...
     then without the quantization, without the cache, the device kind alone, GPU or CPU."""
     attention, cache, quant = (tuple(group) + ("", "", ""))[:3]
     family = "cpu" if device_kind == "cpu" else "gpu"
-    return [(device_kind, attention, cache, quant), (device_kind, attention, cache), (device_kind, attention),
-            (device_kind,), (family,)]
+    return [(device_kind, attention, cache, quant), (device_kind, attention, cache), (device_kind, attention), (device_kind,), (family,)]
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,7 @@ from autotune.memory.shape import DTYPE_BYTES, ModelShape, model_shape, version_
 from autotune.workload import Workload
 
 #: The parts of a forecast, in the order they are shown.
-PARTS = ("weights", "quant_state", "kv_cache", "activations", "logits", "cuda_graphs", "loading", "runtime_context",
-         "allocator_slack")
+PARTS = ("weights", "quant_state", "kv_cache", "activations", "logits", "cuda_graphs", "loading", "runtime_context", "allocator_slack")
 
 #: What a process holds on each GPU beyond torch's caching allocator: the CUDA context, kernels
 #: and library handles (NVML minus torch's reserved memory: about 0.5 GiB on an H100 with torch
@@ -141,9 +140,15 @@ class Forecast:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "total_bytes": self.total_bytes, "peak_bytes": self.peak_bytes, "devices": self.devices,
-            "batch_size": self.batch_size, "parts": dict(self.parts), "parameters": self.parameters,
-            "kv_bytes_per_token": self.kv_bytes_per_token, "cache_bytes": self.cache_bytes, "notes": list(self.notes),
+            "total_bytes": self.total_bytes,
+            "peak_bytes": self.peak_bytes,
+            "devices": self.devices,
+            "batch_size": self.batch_size,
+            "parts": dict(self.parts),
+            "parameters": self.parameters,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "cache_bytes": self.cache_bytes,
+            "notes": list(self.notes),
         }
         if self.device_parts:
             out["device_parts"] = [dict(parts) for parts in self.device_parts]
@@ -178,8 +183,17 @@ def forecast_parts(
         raise InputError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     task = task or workload.task
     shape = model_shape(config, task)
-    return forecast_shape(shape, candidate, workload, batch_size, task=task, gpus=gpus, max_memory=max_memory,
-                          transformers_version=transformers_version, before=before)
+    return forecast_shape(
+        shape,
+        candidate,
+        workload,
+        batch_size,
+        task=task,
+        gpus=gpus,
+        max_memory=max_memory,
+        transformers_version=transformers_version,
+        before=before,
+    )
 
 
 def forecast_bytes(
@@ -196,13 +210,30 @@ def forecast_bytes(
 ) -> int:
     """The forecast peak of the fullest device, in bytes: the one figure a limit is held against
     (arguments as :func:`forecast_parts`)."""
-    return forecast_parts(config, candidate, workload, batch_size, task=task, gpus=gpus, max_memory=max_memory,
-                          transformers_version=transformers_version, before=before).peak_bytes
+    return forecast_parts(
+        config,
+        candidate,
+        workload,
+        batch_size,
+        task=task,
+        gpus=gpus,
+        max_memory=max_memory,
+        transformers_version=transformers_version,
+        before=before,
+    ).peak_bytes
 
 
 def forecast_shape(
-    shape: ModelShape, candidate: Candidate, workload: Workload, batch_size: int, *, task: str, gpus: int | None = None,
-    max_memory: Sequence[int | None] | None = None, transformers_version: str | None = None, before: Sequence[int] = (),
+    shape: ModelShape,
+    candidate: Candidate,
+    workload: Workload,
+    batch_size: int,
+    *,
+    task: str,
+    gpus: int | None = None,
+    max_memory: Sequence[int | None] | None = None,
+    transformers_version: str | None = None,
+    before: Sequence[int] = (),
 ) -> Forecast:
     """:func:`forecast_parts` for a :class:`ModelShape` already read (no torch needed)."""
     c = candidate
@@ -226,24 +257,40 @@ def forecast_shape(
         parts = {key: sum(p[key] for p in device_parts) for key in PARTS}
     else:
         weights, quant_state = shape.weight_bytes(c.dtype, c.quant, c.double_quant)
-        parts = _parts(c, shape, weights, quant_state, running, kv_share=1.0, blocks=shape.blocks, runs_layers=True,
-                       head=True, contexts=n_devices)
+        parts = _parts(
+            c, shape, weights, quant_state, running, kv_share=1.0, blocks=shape.blocks, runs_layers=True, head=True, contexts=n_devices
+        )
     return Forecast(
-        total_bytes=sum(parts.values()), parts=parts, batch_size=batch_size, devices=n_devices, parameters=shape.parameters,
-        kv_bytes_per_token=shape.kv_bytes_per_token(c.dtype) if task == "text-generation" else 0, notes=tuple(notes),
-        device_parts=device_parts, cache_bytes=running.cache,
+        total_bytes=sum(parts.values()),
+        parts=parts,
+        batch_size=batch_size,
+        devices=n_devices,
+        parameters=shape.parameters,
+        kv_bytes_per_token=shape.kv_bytes_per_token(c.dtype) if task == "text-generation" else 0,
+        notes=tuple(notes),
+        device_parts=device_parts,
+        cache_bytes=running.cache,
     )
 
 
-def forecast_on(config: dict[str, Any], candidate: Candidate, workload: Workload, batch_size: int, limits: DeviceLimits, *,
-                transformers_version: str | None = None, before: Sequence[int] = ()) -> Forecast:
+def forecast_on(
+    config: dict[str, Any],
+    candidate: Candidate,
+    workload: Workload,
+    batch_size: int,
+    limits: DeviceLimits,
+    *,
+    transformers_version: str | None = None,
+    before: Sequence[int] = (),
+) -> Forecast:
     """:func:`forecast_parts` on the devices ``limits`` names: a ``multi-gpu`` candidate spread over
     those GPUs (at least two) with their limits as ``max_memory``, as the trial worker loads it."""
     if candidate.placement != "multi-gpu":
         return forecast_parts(config, candidate, workload, batch_size, transformers_version=transformers_version, before=before)
     caps = limits.caps() + [None] * (2 - len(limits.devices))
-    return forecast_parts(config, candidate, workload, batch_size, gpus=len(caps), max_memory=caps,
-                          transformers_version=transformers_version, before=before)
+    return forecast_parts(
+        config, candidate, workload, batch_size, gpus=len(caps), max_memory=caps, transformers_version=transformers_version, before=before
+    )
 
 
 @lru_cache(maxsize=1)
@@ -298,8 +345,9 @@ def _kv_bytes(shape: ModelShape, tokens: int, prompt: int, batch: int, act: int)
     return total
 
 
-def _running(shape: ModelShape, c: Candidate, workload: Workload, b: int, task: str, version: tuple[int, int],
-             notes: list[str]) -> _Running:
+def _running(
+    shape: ModelShape, c: Candidate, workload: Workload, b: int, task: str, version: tuple[int, int], notes: list[str]
+) -> _Running:
     """The peak of running ``generate`` (or an encoder's forward), phase by phase.
 
     Prefill holds the KV cache of the prompt (a static cache: the whole cache, allocated before)
@@ -379,12 +427,31 @@ def _running(shape: ModelShape, c: Candidate, workload: Workload, b: int, task: 
         # are carved from (on an H200, eager kept 1.0 GiB beyond what was allocated where SDPA
         # kept 7.9 on the same model and batch)
         growth = 0 if scores else int(CACHE_GROWTH * classes * kv_full)
-    return _Running(kv=kv, activations=activations, scores=scores, logits=logits, int8_outlier_copies=outlier_copies,
-                    graphs=graphs, cache_growth=growth, cache=kv_full)
+    return _Running(
+        kv=kv,
+        activations=activations,
+        scores=scores,
+        logits=logits,
+        int8_outlier_copies=outlier_copies,
+        graphs=graphs,
+        cache_growth=growth,
+        cache=kv_full,
+    )
 
 
-def _parts(c: Candidate, shape: ModelShape, weights: int, quant_state: int, running: _Running, *, kv_share: float,
-           blocks: int, runs_layers: bool, head: bool, contexts: int) -> dict[str, int]:
+def _parts(
+    c: Candidate,
+    shape: ModelShape,
+    weights: int,
+    quant_state: int,
+    running: _Running,
+    *,
+    kv_share: float,
+    blocks: int,
+    runs_layers: bool,
+    head: bool,
+    contexts: int,
+) -> dict[str, int]:
     """The parts of one device's peak, or of the whole model's on one device.
 
     ``kv_share`` is the device's share of the KV cache, ``blocks`` how many repeated blocks it
@@ -414,8 +481,14 @@ def _parts(c: Candidate, shape: ModelShape, weights: int, quant_state: int, runn
         # number of running maxima of L sizes), one of them the live copies counted above
         slack += (_harmonic(max(blocks, 1)) - 1) * running.int8_outlier_copies
     return {
-        "weights": int(weights), "quant_state": int(quant_state), "kv_cache": kv, "activations": int(activations),
-        "logits": int(logits), "cuda_graphs": graphs, "loading": int(loading), "runtime_context": int(context),
+        "weights": int(weights),
+        "quant_state": int(quant_state),
+        "kv_cache": kv,
+        "activations": int(activations),
+        "logits": int(logits),
+        "cuda_graphs": graphs,
+        "loading": int(loading),
+        "runtime_context": int(context),
         "allocator_slack": int(slack),
     }
 
@@ -442,12 +515,16 @@ def _device_parts(shape: ModelShape, c: Candidate, running: _Running, split: lis
         head = any(u.head for u in units)
     else:
         head = device == len(split) - 1
-    return _parts(c, shape, weights, quant_state, running, kv_share=share, blocks=blocks, runs_layers=runs_layers,
-                  head=head, contexts=1)
+    return _parts(c, shape, weights, quant_state, running, kv_share=share, blocks=blocks, runs_layers=runs_layers, head=head, contexts=1)
 
 
-def device_split(shape: ModelShape, candidate: Candidate, devices: int, max_memory: Sequence[int | None] | None = None,
-                 version: tuple[int, int] | None = None) -> list[list[int]]:
+def device_split(
+    shape: ModelShape,
+    candidate: Candidate,
+    devices: int,
+    max_memory: Sequence[int | None] | None = None,
+    version: tuple[int, int] | None = None,
+) -> list[list[int]]:
     """Which of ``shape.units`` each of ``devices`` GPUs gets under ``device_map="auto"``.
 
     ``max_memory`` is each GPU's cap (``None``, or a ``None`` entry: no cap). Transformers balances
@@ -465,8 +542,7 @@ def device_split(shape: ModelShape, candidate: Candidate, devices: int, max_memo
     sizes = [0 if u.tied_to is not None else weight_bytes(u, c.dtype, c.quant, False)[0] for u in shape.units]
     total = sum(sizes)
     stored = 1.0 if c.quant == "bnb-8bit" else 0.5 if c.is_4bit else DTYPE_BYTES[c.dtype]
-    largest_leaf = max(max((e for e, _ in shape.quantizable), default=0) * stored,
-                       shape.largest_plain_leaf * DTYPE_BYTES[c.dtype])
+    largest_leaf = max(max((e for e, _ in shape.quantizable), default=0) * stored, shape.largest_plain_leaf * DTYPE_BYTES[c.dtype])
     leaf = largest_leaf if version >= (5, 18) else total / max(shape.leaf_modules, 1)
     block = max((size for size, u in zip(sizes, shape.units) if u.block), default=0)
     per_gpu = total // devices + int(BALANCE_MARGIN * max(block, leaf))
@@ -518,8 +594,9 @@ def largest_batch(
     held = list(limits) if spread else list(limits[:1])
 
     def fits(batch: int) -> bool:
-        f = forecast_shape(shape, candidate, workload, batch, task=task, gpus=len(held) if spread else None,
-                           max_memory=held if spread else None)
+        f = forecast_shape(
+            shape, candidate, workload, batch, task=task, gpus=len(held) if spread else None, max_memory=held if spread else None
+        )
         return all((adjust(peak) if adjust else peak) <= limit for peak, limit in zip(f.device_bytes, held))
 
     if not fits(1):
@@ -541,4 +618,3 @@ def _bisect(fits: Any, low: int, high: int) -> int:
         else:
             high = mid
     return low
-

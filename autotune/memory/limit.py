@@ -73,8 +73,9 @@ class DeviceLimits:
     note: str | None = None
 
     @classmethod
-    def resolve(cls, limit: MemoryLimit | None, environment: Environment | None, placement: str, *,
-                host_bytes: int | None = None) -> DeviceLimits:
+    def resolve(
+        cls, limit: MemoryLimit | None, environment: Environment | None, placement: str, *, host_bytes: int | None = None
+    ) -> DeviceLimits:
         """The workload's ``limit`` on the devices a candidate of ``placement`` runs on here.
 
         ``environment`` gives the GPUs (in CUDA order: ``cuda:0`` is its first); ``host_bytes``
@@ -95,10 +96,13 @@ class DeviceLimits:
         gpus = tuple(environment.gpus) if environment is not None else ()
         if placement != "multi-gpu":
             gpus = gpus[:1]
-        return cls(placement, tuple(
-            DeviceLimit(f"cuda:{k}", gpu.name, gpu.total_memory, limit.for_device(gpu.total_memory) if limit else None)
-            for k, gpu in enumerate(gpus)
-        ))
+        return cls(
+            placement,
+            tuple(
+                DeviceLimit(f"cuda:{k}", gpu.name, gpu.total_memory, limit.for_device(gpu.total_memory) if limit else None)
+                for k, gpu in enumerate(gpus)
+            ),
+        )
 
     @classmethod
     def from_trial(cls, placement: str, details: Mapping[str, Any]) -> DeviceLimits | None:
@@ -171,8 +175,10 @@ class DeviceLimits:
     def reasons(self, metrics: Mapping[str, Any], details: Mapping[str, Any] | None = None) -> list[str]:
         """Why a measured result is over the limit, one sentence per device."""
         spread = len(self.devices) > 1
-        return [f"peak {format_gib(peak)}{f' on {device}' if spread else ''} over the limit {format_gib(limit)}"
-                for device, peak, limit in self.over(metrics, details)]
+        return [
+            f"peak {format_gib(peak)}{f' on {device}' if spread else ''} over the limit {format_gib(limit)}"
+            for device, peak, limit in self.over(metrics, details)
+        ]
 
     def excess(self, metrics: Mapping[str, Any], details: Mapping[str, Any] | None = None) -> float:
         """How far over its limit the fullest device is, as a share of that limit (0: within)."""

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.memory.calibration import (
-    Calibration, CalibrationPoint, Correction, calibrate, candidate_group, correction, device_kind,
+    Calibration,
+    CalibrationPoint,
+    Correction,
+    calibrate,
+    candidate_group,
+    correction,
+    device_kind,
 )
 from autotune.memory.forecast import Forecast, forecast_on
 from autotune.memory.limit import DeviceLimits
@@ -37,8 +43,9 @@ class MeasuredPoint:
     workload: Workload
 
 
-def measured_points(store: Store, *, environment_id: int | None = None, fingerprint: str | None = None,
-                    limit: int | None = None) -> list[MeasuredPoint]:
+def measured_points(
+    store: Store, *, environment_id: int | None = None, fingerprint: str | None = None, limit: int | None = None
+) -> list[MeasuredPoint]:
     """Every ``ok`` PyTorch trial with a measured peak (of one environment, if given), oldest first.
 
     Trials whose model can no longer be forecast (a config the installed Transformers refuses)
@@ -51,8 +58,10 @@ def measured_points(store: Store, *, environment_id: int | None = None, fingerpr
         if environment_id is not None and study.environment_id != environment_id:
             continue
         if study.environment_id not in environments:
-            environments[study.environment_id] = (store.environment_fingerprint(study.environment_id),
-                                                  store.environment(study.environment_id))
+            environments[study.environment_id] = (
+                store.environment_fingerprint(study.environment_id),
+                store.environment(study.environment_id),
+            )
         env_fingerprint, env = environments[study.environment_id]
         if fingerprint is not None and env_fingerprint != fingerprint:
             continue
@@ -67,17 +76,38 @@ def measured_points(store: Store, *, environment_id: int | None = None, fingerpr
             if not measured or trial.candidate.runtime != "pytorch":
                 continue
             candidate = trial.candidate
-            ran = DeviceLimits.from_trial(candidate.placement, trial.details) or \
-                DeviceLimits.resolve(study.workload.max_memory, env, candidate.placement)
+            ran = DeviceLimits.from_trial(candidate.placement, trial.details) or DeviceLimits.resolve(
+                study.workload.max_memory, env, candidate.placement
+            )
             try:
-                predicted = forecast_on(model.config, candidate, study.workload, trial.batch_size, ran, transformers_version=version,
-                                        before=ladder_before(trial, trials))
+                predicted = forecast_on(
+                    model.config,
+                    candidate,
+                    study.workload,
+                    trial.batch_size,
+                    ran,
+                    transformers_version=version,
+                    before=ladder_before(trial, trials),
+                )
             except InputError:
                 continue
-            points.append(MeasuredPoint(trial, model, study.environment_id, predicted,
-                                        CalibrationPoint(device_kind(candidate, gpu_names), predicted.peak_bytes, int(measured),
-                                                         candidate.label(), candidate_group(candidate), shape_key(model.config)),
-                                        study.workload))
+            points.append(
+                MeasuredPoint(
+                    trial,
+                    model,
+                    study.environment_id,
+                    predicted,
+                    CalibrationPoint(
+                        device_kind(candidate, gpu_names),
+                        predicted.peak_bytes,
+                        int(measured),
+                        candidate.label(),
+                        candidate_group(candidate),
+                        shape_key(model.config),
+                    ),
+                    study.workload,
+                )
+            )
     points.sort(key=lambda p: p.trial.id)
     return points[-limit:] if limit else points
 
@@ -89,8 +119,16 @@ def ladder_before(trial: TrialRecord, trials: list[TrialRecord]) -> tuple[int, .
     if pid is None:
         return ()
     key = trial.candidate.key()
-    return tuple(sorted(t.batch_size for t in trials if t.candidate.key() == key and t.batch_size < trial.batch_size
-                        and isinstance(t.details.get("worker"), dict) and t.details["worker"].get("pid") == pid))
+    return tuple(
+        sorted(
+            t.batch_size
+            for t in trials
+            if t.candidate.key() == key
+            and t.batch_size < trial.batch_size
+            and isinstance(t.details.get("worker"), dict)
+            and t.details["worker"].get("pid") == pid
+        )
+    )
 
 
 def calibration_for(store: Store, *, environment_id: int | None = None, fingerprint: str | None = None) -> Calibration:

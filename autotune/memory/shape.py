@@ -168,7 +168,6 @@ def _quant_state_4bit(elements: int, double_quant: bool) -> int:
     return blocks + nested * 4 + 256 * 4 + 4 + code  # uint8 absmax, fp32 nested absmax, nested code, offset
 
 
-
 def model_shape(config: dict[str, Any], task: str | None = None) -> ModelShape:
     """Read ``config`` (a ``config.json`` as a dict) into a :class:`ModelShape`.
 
@@ -228,8 +227,10 @@ def shape_key(config: Mapping[str, Any]) -> str:
 
     heads = first("num_attention_heads", "n_head", "num_heads")
     kv_heads = first("num_key_value_heads", "num_kv_heads", default=heads)
-    return (f"{config.get('model_type', '?')} h{first('hidden_size', 'n_embd', 'd_model')} "
-            f"L{first('num_hidden_layers', 'n_layer', 'num_layers')} a{heads}/{kv_heads} v{first('vocab_size')}")
+    return (
+        f"{config.get('model_type', '?')} h{first('hidden_size', 'n_embd', 'd_model')} "
+        f"L{first('num_hidden_layers', 'n_layer', 'num_layers')} a{heads}/{kv_heads} v{first('vocab_size')}"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -299,18 +300,32 @@ def _shape_of(model: Any, cfg: Any, task: str, checkpoint_dtype: str) -> ModelSh
     repeated = 2 * head_dim if kv_heads < heads and not falcon and not getattr(text, "kv_lora_rank", None) else 0
     units, leaf_modules, largest_plain_leaf = _placement_units(model, quantized_names, strict, fp16_only)
     return ModelShape(
-        model_type=str(cfg.model_type), architecture=type(model).__name__, parameters=parameters,
-        quantizable=tuple(quantizable), other_elements=other, fp32_elements_fp16=fp32_fp16,
-        fp32_elements_strict=fp32_strict, buffer_bytes=buffers, checkpoint_dtype=checkpoint_dtype,
-        kv_layers=kv_layers, hidden_size=hidden,
-        mlp_width=width, gated_mlp=gated, attention_heads=heads, vocab_size=vocab,
+        model_type=str(cfg.model_type),
+        architecture=type(model).__name__,
+        parameters=parameters,
+        quantizable=tuple(quantizable),
+        other_elements=other,
+        fp32_elements_fp16=fp32_fp16,
+        fp32_elements_strict=fp32_strict,
+        buffer_bytes=buffers,
+        checkpoint_dtype=checkpoint_dtype,
+        kv_layers=kv_layers,
+        hidden_size=hidden,
+        mlp_width=width,
+        gated_mlp=gated,
+        attention_heads=heads,
+        vocab_size=vocab,
         is_encoder_decoder=bool(getattr(cfg, "is_encoder_decoder", False)),
-        unquantized_linear_classes=tuple(sorted(unquantized_classes)), kv_description=kv_text, notes=notes,
-        units=units, leaf_modules=leaf_modules, largest_plain_leaf=largest_plain_leaf,
-        sdpa_math_fallback=sdpa_math_fallback(text), head_dim=head_dim, repeated_kv_per_head=repeated,
+        unquantized_linear_classes=tuple(sorted(unquantized_classes)),
+        kv_description=kv_text,
+        notes=notes,
+        units=units,
+        leaf_modules=leaf_modules,
+        largest_plain_leaf=largest_plain_leaf,
+        sdpa_math_fallback=sdpa_math_fallback(text),
+        head_dim=head_dim,
+        repeated_kv_per_head=repeated,
     )
-
-
 
 
 #: Model types whose decoder is Falcon's (the config classes Transformers maps them to).
@@ -329,6 +344,7 @@ def sdpa_math_fallback(config: Mapping[str, Any] | Any) -> str | None:
     kernel accepts the call, with or without a mask). Falcon-40B's new decoder broadcasts K/V to
     every head first. Defaults are ``FalconConfig``'s (71 heads, multi-query, old decoder).
     """
+
     def get(name: str, default: Any = None) -> Any:
         value = config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
         return default if value is None else value
@@ -338,13 +354,18 @@ def sdpa_math_fallback(config: Mapping[str, Any] | Any) -> str | None:
         return sdpa_math_fallback(text) if isinstance(text, Mapping) or hasattr(text, "model_type") else None
     heads = int(get("num_attention_heads", get("n_head", 71)) or 1)
     if heads > 1 and get("multi_query", True) and not get("new_decoder_architecture", False):
-        return (f"SDPA gets 1 K/V head for {heads} query heads (Falcon's multi-query attention, no enable_gqa): "
-                "no fused kernel takes that, so it runs its math kernel and materialises the scores")
+        return (
+            f"SDPA gets 1 K/V head for {heads} query heads (Falcon's multi-query attention, no enable_gqa): "
+            "no fused kernel takes that, so it runs its math kernel and materialises the scores"
+        )
     return None
 
 
 def _placement_units(
-    model: Any, quantized: dict[str, tuple[int, int]], strict: set[str], fp16_only: set[str],
+    model: Any,
+    quantized: dict[str, tuple[int, int]],
+    strict: set[str],
+    fp16_only: set[str],
 ) -> tuple[tuple[Unit, ...], int, int]:
     """The modules ``device_map="auto"`` places whole, in its order; leaf modules and the largest.
 
@@ -412,9 +433,16 @@ def _placement_units(
     head_name = next((n for n, m in model.named_modules() if head_module is not None and m is head_module), None)
     head = unit_of(head_name) if head_name is not None else None
     units = tuple(
-        Unit(quantizable=tuple(quantizable[i]), other_elements=plain[i]["other"], fp32_elements_fp16=plain[i]["fp16"],
-             fp32_elements_strict=plain[i]["strict"], buffer_bytes=buffers[i], block=name in blocks, head=i == head,
-             tied_to=tied.get(i))
+        Unit(
+            quantizable=tuple(quantizable[i]),
+            other_elements=plain[i]["other"],
+            fp32_elements_fp16=plain[i]["fp16"],
+            fp32_elements_strict=plain[i]["strict"],
+            buffer_bytes=buffers[i],
+            block=name in blocks,
+            head=i == head,
+            tied_to=tied.get(i),
+        )
         for i, name in enumerate(names)
     )
     return units, len(leaves), max(leaves.values(), default=0)
@@ -436,8 +464,6 @@ def _keys_not_converted(model: Any) -> list[str]:
             pass
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return [n for n, m in model.named_modules() if head is not None and m is head]
-
-
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:

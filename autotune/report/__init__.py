@@ -23,8 +23,18 @@ from autotune.report.data import ModelReport, Report, StudyView, gather
 from autotune.report.page import render_html
 from autotune.store import Store
 
-__all__ = ["ModelReport", "Report", "StudyView", "check_out_path", "check_report_dir", "default_filename", "gather",
-           "refresh_report", "render_html", "write_report"]
+__all__ = [
+    "ModelReport",
+    "Report",
+    "StudyView",
+    "check_out_path",
+    "check_report_dir",
+    "default_filename",
+    "gather",
+    "refresh_report",
+    "render_html",
+    "write_report",
+]
 
 
 def default_filename(model_name: str | None = None) -> str:
@@ -61,8 +71,7 @@ def check_report_dir(directory: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def refresh_report(store: Store, directory: str | os.PathLike[str], model_name: str, *,
-                   current: Environment | None = None) -> str:
+def refresh_report(store: Store, directory: str | os.PathLike[str], model_name: str, *, current: Environment | None = None) -> str:
     """Write ``model_name``'s report into ``directory`` (as :func:`default_filename` names it) and
     return a line for a log: where it wrote, or why it could not. Never raises for a report that
     cannot be written, so that a long-running service goes on."""
@@ -73,8 +82,7 @@ def refresh_report(store: Store, directory: str | os.PathLike[str], model_name: 
         return f"could not write the report of {model_name} to {path}: {exc}"
 
 
-def write_report(store: Store, out: str | os.PathLike[str], model_name: str | None = None, *,
-                 current: Environment | None = None) -> Path:
+def write_report(store: Store, out: str | os.PathLike[str], model_name: str | None = None, *, current: Environment | None = None) -> Path:
     """Write the report of ``model_name`` (default: every registered model) to ``out`` and return
     the path written.
 

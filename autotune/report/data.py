@@ -143,8 +143,13 @@ def gather(store: Store, model_name: str | None = None, *, current: Environment 
     """
     models = [store.get_model(model_name)] if model_name else store.models()
     reports = tuple(model_report(store, model, current=current) for model in models)
-    return Report(models=reports, location=store.location, generated_at=datetime.now(timezone.utc).replace(tzinfo=None),
-                  current=current, model_name=model_name)
+    return Report(
+        models=reports,
+        location=store.location,
+        generated_at=datetime.now(timezone.utc).replace(tzinfo=None),
+        current=current,
+        model_name=model_name,
+    )
 
 
 def model_report(store: Store, model: ModelRecord, *, current: Environment | None = None) -> ModelReport:
@@ -175,11 +180,21 @@ def study_view(store: Store, study: StudyRecord, rec: Recommendation | None = No
     for i, result in enumerate(candidate_results(rows, workload)):
         color, shape = style_for(i)
         trials = tuple(views[t.id] for t in result.trials)
-        candidates.append(CandidateView(
-            candidate=result.candidate, origin=result.origin, color=color, shape=shape, trials=trials,
-            best=_best([v for v in trials if v.feasible], metric, direction), status=result.status, reason=result.reason,
-            running=result.running, seconds=result.seconds, gpus=gpus_used(result.candidate, environment),
-        ))
+        candidates.append(
+            CandidateView(
+                candidate=result.candidate,
+                origin=result.origin,
+                color=color,
+                shape=shape,
+                trials=trials,
+                best=_best([v for v in trials if v.feasible], metric, direction),
+                status=result.status,
+                reason=result.reason,
+                running=result.running,
+                seconds=result.seconds,
+                gpus=gpus_used(result.candidate, environment),
+            )
+        )
 
     if rec is not None and rec.best is not None:
         best = views.get(rec.best.id)
@@ -200,9 +215,18 @@ def study_view(store: Store, study: StudyRecord, rec: Recommendation | None = No
 
     limit = memory_limits(workload, environment).limit_bytes
     return StudyView(
-        study=study, environment=environment, fingerprint=store.environment_fingerprint(study.environment_id),
-        workload=workload, metric=metric, direction=direction, limit_bytes=limit, trials=tuple(views[t.id] for t in rows),
-        candidates=tuple(candidates), progress=tuple(points), best=best, recommended=rec is not None,
+        study=study,
+        environment=environment,
+        fingerprint=store.environment_fingerprint(study.environment_id),
+        workload=workload,
+        metric=metric,
+        direction=direction,
+        limit_bytes=limit,
+        trials=tuple(views[t.id] for t in rows),
+        candidates=tuple(candidates),
+        progress=tuple(points),
+        best=best,
+        recommended=rec is not None,
         time_unit="GPU-minutes" if environment.gpus else "minutes",
     )
 
@@ -229,5 +253,4 @@ def _best(views: list[TrialView], metric: str, direction: str) -> TrialView | No
     if not scored:
         return None
     sign = 1 if direction == "maximize" else -1
-    return max(scored, key=lambda v: (sign * v.trial.metrics[metric], -(v.trial.metrics.get("peak_memory_bytes") or 0),
-                                      -v.trial.id))
+    return max(scored, key=lambda v: (sign * v.trial.metrics[metric], -(v.trial.metrics.get("peak_memory_bytes") or 0), -v.trial.id))

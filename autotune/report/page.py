@@ -88,19 +88,24 @@ def render_html(report: Report) -> str:
     """The whole page."""
     title = f"autotune report: {report.model_name}" if report.model_name else "autotune report"
     parts = [
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>",
         _header(report),
     ]
     if not report.models:
-        parts.append('<div class="card">No models are registered: add one with <code>autotune add MODEL</code>, '
-                     'tune it with <code>autotune tune MODEL</code> (or the daemon), then write the report again.</div>')
+        parts.append(
+            '<div class="card">No models are registered: add one with <code>autotune add MODEL</code>, '
+            "tune it with <code>autotune tune MODEL</code> (or the daemon), then write the report again.</div>"
+        )
     ids = _Ids()
     for i, model in enumerate(report.models):
         parts.append(_model_section(model, i, ids))
-    parts.append(f"<footer>Written by autotune {escape(__version__)} from {escape(report.location)}. "
-                 "Every figure is a measurement stored in that database; hover over a point for its trial.</footer>")
+    parts.append(
+        f"<footer>Written by autotune {escape(__version__)} from {escape(report.location)}. "
+        "Every figure is a measurement stored in that database; hover over a point for its trial.</footer>"
+    )
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"
 
@@ -118,18 +123,24 @@ class _Ids:
 
 # -- header ---------------------------------------------------------------------------------------
 
+
 def _header(report: Report) -> str:
     when = report.generated_at.strftime("%Y-%m-%d %H:%M UTC")
     count = len(report.models)
-    lines = [f'<header><h1>{escape("autotune report" + (": " + report.model_name if report.model_name else ""))}</h1>',
-             f'<p class="meta">{count} model{"s" * (count != 1)} from {escape(report.location)}; written {when} '
-             f"by autotune {escape(__version__)}</p>"]
+    lines = [
+        f"<header><h1>{escape('autotune report' + (': ' + report.model_name if report.model_name else ''))}</h1>",
+        f'<p class="meta">{count} model{"s" * (count != 1)} from {escape(report.location)}; written {when} '
+        f"by autotune {escape(__version__)}</p>",
+    ]
     if report.current is not None:
-        lines.append(f'<p class="meta">this machine: {escape(report.current.summary())}, environment fingerprint '
-                     f"<code>{escape(report.current.fingerprint)}</code></p>")
+        lines.append(
+            f'<p class="meta">this machine: {escape(report.current.summary())}, environment fingerprint '
+            f"<code>{escape(report.current.fingerprint)}</code></p>"
+        )
     if count > 1:
-        items = "".join(f'<li><a href="#model-{i}">{escape(m.model.name)}</a>: {escape(_headline(m))}</li>'
-                        for i, m in enumerate(report.models))
+        items = "".join(
+            f'<li><a href="#model-{i}">{escape(m.model.name)}</a>: {escape(_headline(m))}</li>' for i, m in enumerate(report.models)
+        )
         lines.append(f"<nav><ul>{items}</ul></nav>")
     lines.append("</header>")
     return "\n".join(lines)
@@ -144,15 +155,21 @@ def _headline(m: ModelReport) -> str:
 
 # -- a model --------------------------------------------------------------------------------------
 
+
 def _model_section(m: ModelReport, index: int, ids: _Ids) -> str:
     model = m.model
     what = ", ".join(x for x in (model.architecture, model.model_type, f"from {model.source}") if x)
-    out = [f'<section class="model" id="model-{index}">', f"<h2>{escape(model.name)}</h2>",
-           f'<p class="sub">{escape(what)}; workload: {escape(model.workload.describe())}</p>',
-           _recommendation(m)]
+    out = [
+        f'<section class="model" id="model-{index}">',
+        f"<h2>{escape(model.name)}</h2>",
+        f'<p class="sub">{escape(what)}; workload: {escape(model.workload.describe())}</p>',
+        _recommendation(m),
+    ]
     if not m.studies:
-        out.append(f'<div class="card">No study yet: run <code>autotune tune {escape(model.name)}</code> '
-                   "or start <code>autotune daemon</code>.</div>")
+        out.append(
+            f'<div class="card">No study yet: run <code>autotune tune {escape(model.name)}</code> '
+            "or start <code>autotune daemon</code>.</div>"
+        )
     for view in m.studies:
         out.append(_study_section(view, ids))
     out.append("</section>")
@@ -171,13 +188,18 @@ def _recommendation(m: ModelReport) -> str:
         left.append('<span class="badge win">recommended</span>')
         left.append(f'<div class="rec-title"><strong>{escape(best.candidate.label())}</strong> at batch {best.batch_size}</div>')
         left.append(f"<p>{escape(describe_metrics(best.metrics))}</p>")
-        left.append(f'<p class="meta">objective {escape(rec.workload.objective)} ({escape(rec.metric)}); memory limit '
-                    f"{escape(limit)}; quality floor {rec.workload.min_quality:.0%} token agreement; "
-                    f"{rec.trials_considered} trials in study {rec.study.id if rec.study else '-'}; "
-                    f"trial #{best.number}</p>")
+        left.append(
+            f'<p class="meta">objective {escape(rec.workload.objective)} ({escape(rec.metric)}); memory limit '
+            f"{escape(limit)}; quality floor {rec.workload.min_quality:.0%} token agreement; "
+            f"{rec.trials_considered} trials in study {rec.study.id if rec.study else '-'}; "
+            f"trial #{best.number}</p>"
+        )
         if rec.runners_up:
-            items = "".join(f"<li>{escape(u.trial.candidate.label())} at batch {u.trial.batch_size}: "
-                            f"{escape(describe_metrics(u.trial.metrics))} ({u.behind_pct:.1f}% behind)</li>" for u in rec.runners_up)
+            items = "".join(
+                f"<li>{escape(u.trial.candidate.label())} at batch {u.trial.batch_size}: "
+                f"{escape(describe_metrics(u.trial.metrics))} ({u.behind_pct:.1f}% behind)</li>"
+                for u in rec.runners_up
+            )
             left.append(f"<h4>Runners-up</h4><ul>{items}</ul>")
         if rec.packages:
             left.append(f'<p class="meta">the application needs: <code>{escape(" ".join(rec.packages))}</code></p>')
@@ -192,29 +214,45 @@ def _recommendation(m: ModelReport) -> str:
     right = ""
     if m.code:
         versions = rec.environment.versions if rec.environment else {}
-        right = (f"<div><h4>Loading code</h4><p class=\"meta\">for torch {escape(str(versions.get('torch') or '?'))}, "
-                 f"transformers {escape(str(versions.get('transformers') or '?'))}, as installed where the trials ran "
-                 f"(<code>autotune recommend {escape(m.model.name)} --write loader.py</code> writes it)</p>"
-                 f"<pre><code>{escape(m.code.rstrip())}</code></pre></div>")
-    body = f'<div class="rec"><div>{"".join(left)}</div>{right}</div>' if right else f'<div>{"".join(left)}</div>'
+        right = (
+            f'<div><h4>Loading code</h4><p class="meta">for torch {escape(str(versions.get("torch") or "?"))}, '
+            f"transformers {escape(str(versions.get('transformers') or '?'))}, as installed where the trials ran "
+            f"(<code>autotune recommend {escape(m.model.name)} --write loader.py</code> writes it)</p>"
+            f"<pre><code>{escape(m.code.rstrip())}</code></pre></div>"
+        )
+    body = f'<div class="rec"><div>{"".join(left)}</div>{right}</div>' if right else f"<div>{''.join(left)}</div>"
     return f'<div class="card">{body}{below}</div>'
 
 
 # -- a study --------------------------------------------------------------------------------------
+
 
 def _study_section(view: StudyView, ids: _Ids) -> str:
     study = view.study
     badges = f'<span class="badge">{escape(study.state)}</span>'
     if view.recommended:
         badges += ' <span class="badge win">the recommendation comes from this study</span>'
-    out = ['<div class="card">', f"<h3>Study {study.id}: {escape(view.workload.describe())} {badges}</h3>",
-           '<div class="facts">', _environment(view), _workload(view), _progress(view), "</div>"]
+    out = [
+        '<div class="card">',
+        f"<h3>Study {study.id}: {escape(view.workload.describe())} {badges}</h3>",
+        '<div class="facts">',
+        _environment(view),
+        _workload(view),
+        _progress(view),
+        "</div>",
+    ]
     if view.candidates:
         out.append(_candidates_table(view))
         out.append(_key())
         out.append('<div class="charts">')
-        for chart, caption in (_pareto(view), _quality(view), _by_batch(view, view.throughput_metric),
-                               _by_batch(view, "latency_p50_ms"), _forecast(view), _progress_chart(view)):
+        for chart, caption in (
+            _pareto(view),
+            _quality(view),
+            _by_batch(view, view.throughput_metric),
+            _by_batch(view, "latency_p50_ms"),
+            _forecast(view),
+            _progress_chart(view),
+        ):
             chart.ident = ids()
             out.append(f"<figure>{chart.render()}<figcaption>{escape(caption)}</figcaption></figure>")
         out.append("</div>")
@@ -259,12 +297,19 @@ def _workload(view: StudyView) -> str:
     limit = "none"
     if w.max_memory is not None:
         limit = w.max_memory.text + (f" ({format_gib(view.limit_bytes)} per GPU)" if view.limit_bytes and view.environment.gpus else "")
-    return _facts("Workload", [
-        ("task", w.task), ("tokens", tokens), ("padding share", f"{w.padding_share:.0%}"),
-        ("objective", f"{w.objective}: {'maximise' if view.direction == 'maximize' else 'minimise'} {name} ({unit})"),
-        ("memory limit", limit), ("quality floor", f"{w.min_quality:.0%} token agreement"), ("device", w.device),
-        ("largest batch", w.max_batch),
-    ])
+    return _facts(
+        "Workload",
+        [
+            ("task", w.task),
+            ("tokens", tokens),
+            ("padding share", f"{w.padding_share:.0%}"),
+            ("objective", f"{w.objective}: {'maximise' if view.direction == 'maximize' else 'minimise'} {name} ({unit})"),
+            ("memory limit", limit),
+            ("quality floor", f"{w.min_quality:.0%} token agreement"),
+            ("device", w.device),
+            ("largest batch", w.max_batch),
+        ],
+    )
 
 
 def _progress(view: StudyView) -> str:
@@ -275,34 +320,42 @@ def _progress(view: StudyView) -> str:
         t = best.trial
         best_text = f"{_value(view.metric, t.metrics.get(view.metric))} ({t.candidate.label()} at batch {t.batch_size})"
     measured = sum(1 for c in view.candidates if not c.running)
-    return _facts("Progress", [
-        ("state", study.state + (f": {study.stop_reason}" if study.stop_reason else "")),
-        ("measured", f"{measured} candidates, {len(view.trials)} trial rows"),
-        ("best", best_text),
-        ("time", f"{view.minutes:.1f} {view.time_unit} of measuring"),
-        ("rejected", f"{sum(int(r.get('count', 1)) for r in study.rejected)} candidates before measuring"),
-        ("sampler seed", study.sampler_seed),
-        ("started", _when(study.created_at)),
-        ("finished", _when(study.finished_at) if study.finished_at else None),
-    ])
+    return _facts(
+        "Progress",
+        [
+            ("state", study.state + (f": {study.stop_reason}" if study.stop_reason else "")),
+            ("measured", f"{measured} candidates, {len(view.trials)} trial rows"),
+            ("best", best_text),
+            ("time", f"{view.minutes:.1f} {view.time_unit} of measuring"),
+            ("rejected", f"{sum(int(r.get('count', 1)) for r in study.rejected)} candidates before measuring"),
+            ("sampler seed", study.sampler_seed),
+            ("started", _when(study.created_at)),
+            ("finished", _when(study.finished_at) if study.finished_at else None),
+        ],
+    )
 
 
 def _key() -> str:
     def swatch(filled: bool) -> str:
         return f'<svg width="14" height="14" viewBox="0 0 14 14">{marker("circle", 7, 7, 5, MUTED, filled)}</svg>'
 
-    cross = (f'<svg width="14" height="14" viewBox="0 0 14 14"><path d="M2,2 L12,12 M2,12 L12,2" stroke="{MUTED}" '
-             'stroke-width="2"/></svg>')
-    ring = (f'<svg width="18" height="18" viewBox="0 0 18 18"><circle cx="9" cy="9" r="7" fill="none" stroke="{INK}" '
-            'stroke-width="2"/></svg>')
-    front = (f'<svg width="26" height="10" viewBox="0 0 26 10"><path d="M1,5 L25,5" stroke="{INK}" stroke-dasharray="5 3" '
-             'stroke-width="1.6"/></svg>')
-    return (f'<div class="key"><span>{swatch(True)} feasible</span><span>{swatch(False)} measured, infeasible</span>'
-            f"<span>{cross} failed, no figures</span><span>{ring} recommended (or the study's best)</span>"
-            f"<span>{front} Pareto front of the feasible points</span><span>colour and shape: the candidate (table above)</span></div>")
+    cross = f'<svg width="14" height="14" viewBox="0 0 14 14"><path d="M2,2 L12,12 M2,12 L12,2" stroke="{MUTED}" stroke-width="2"/></svg>'
+    ring = (
+        f'<svg width="18" height="18" viewBox="0 0 18 18"><circle cx="9" cy="9" r="7" fill="none" stroke="{INK}" stroke-width="2"/></svg>'
+    )
+    front = (
+        f'<svg width="26" height="10" viewBox="0 0 26 10"><path d="M1,5 L25,5" stroke="{INK}" stroke-dasharray="5 3" '
+        'stroke-width="1.6"/></svg>'
+    )
+    return (
+        f'<div class="key"><span>{swatch(True)} feasible</span><span>{swatch(False)} measured, infeasible</span>'
+        f"<span>{cross} failed, no figures</span><span>{ring} recommended (or the study's best)</span>"
+        f"<span>{front} Pareto front of the feasible points</span><span>colour and shape: the candidate (table above)</span></div>"
+    )
 
 
 # -- charts ---------------------------------------------------------------------------------------
+
 
 def _num(v: float) -> str:
     if abs(v) >= 1000:
@@ -374,8 +427,12 @@ def _pareto(view: StudyView) -> tuple[Chart, str]:
     metric = "latency_p50_ms" if view.workload.objective == "latency" else view.throughput_metric
     maximize = metric != "latency_p50_ms"
     name = _METRIC_NAMES[metric][0]
-    chart = Chart(f"{name.capitalize()} against peak memory", _axis("peak_memory_bytes"), _axis(metric, zero=True),
-                  empty="no trial measured both figures")
+    chart = Chart(
+        f"{name.capitalize()} against peak memory",
+        _axis("peak_memory_bytes"),
+        _axis(metric, zero=True),
+        empty="no trial measured both figures",
+    )
     feasible = []
     for c in view.candidates:
         for v in c.trials:
@@ -393,16 +450,22 @@ def _pareto(view: StudyView) -> tuple[Chart, str]:
     _callout(view, lambda t: _y("peak_memory_bytes", t), lambda t: _y(metric, t), chart)
     failed = sum(1 for v in view.trials if not v.measured and v.trial.status != "running")
     better = "higher" if maximize else "lower"
-    caption = (f"Every measured candidate x batch size; {better} and further left is better. "
-               f"{len(feasible)} feasible, {len(chart.marks) - len(feasible)} infeasible"
-               + (f"; {failed} trials without figures are listed below." if failed else "."))
+    caption = (
+        f"Every measured candidate x batch size; {better} and further left is better. "
+        f"{len(feasible)} feasible, {len(chart.marks) - len(feasible)} infeasible"
+        + (f"; {failed} trials without figures are listed below." if failed else ".")
+    )
     return chart, caption
 
 
 def _progress_chart(view: StudyView) -> tuple[Chart, str]:
     metric = view.metric
-    chart = Chart(f"Best so far against {view.time_unit}", Axis(f"{view.time_unit} of measuring", fmt=_num, zero=True),
-                  _axis(metric, zero=metric != "peak_memory_bytes"), empty="nothing measured yet")
+    chart = Chart(
+        f"Best so far against {view.time_unit}",
+        Axis(f"{view.time_unit} of measuring", fmt=_num, zero=True),
+        _axis(metric, zero=metric != "peak_memory_bytes"),
+        empty="nothing measured yet",
+    )
     steps: list[tuple[float, float]] = []
     scale = 1 / GiB if metric == "peak_memory_bytes" else 1
     for p in view.progress:
@@ -414,8 +477,9 @@ def _progress_chart(view: StudyView) -> tuple[Chart, str]:
             what = f"{_value(metric, p.measured)}, infeasible ({c.reason or c.status})"
         else:
             what = f"no figure: {c.status}" + (f": {c.reason}" if c.reason else "")
-        chart.marks.append(Mark(p.minutes, y, c.color, c.shape, p.value is not None,
-                                f"after {p.minutes:.1f} {view.time_unit}: {c.label}: {what}"))
+        chart.marks.append(
+            Mark(p.minutes, y, c.color, c.shape, p.value is not None, f"after {p.minutes:.1f} {view.time_unit}: {c.label}: {what}")
+        )
         if p.best is not None:
             steps.append((p.minutes, p.best * scale))
     if steps:
@@ -425,17 +489,22 @@ def _progress_chart(view: StudyView) -> tuple[Chart, str]:
         chart.marks.clear()
         chart.empty = "no candidate produced a figure yet"
     name = _METRIC_NAMES.get(metric, (metric,))[0]
-    caption = (f"One point per candidate (its best batch size), at the {view.time_unit} spent when it finished (a candidate "
-               f"spread over n GPUs counts n); the line is the best feasible {name} so far"
-               + ("." if steps else ": none is feasible yet."))
+    caption = (
+        f"One point per candidate (its best batch size), at the {view.time_unit} spent when it finished (a candidate "
+        f"spread over n GPUs counts n); the line is the best feasible {name} so far" + ("." if steps else ": none is feasible yet.")
+    )
     return chart, caption
 
 
 def _by_batch(view: StudyView, metric: str) -> tuple[Chart, str]:
     name = _METRIC_NAMES[metric][0]
     maximize = metric != "latency_p50_ms"
-    chart = Chart(f"{name.capitalize()} against batch size", Axis("batch size", fmt=_num, log2=True), _axis(metric, zero=True),
-                  empty=f"no {name} measured")
+    chart = Chart(
+        f"{name.capitalize()} against batch size",
+        Axis("batch size", fmt=_num, log2=True),
+        _axis(metric, zero=True),
+        empty=f"no {name} measured",
+    )
     for c in view.candidates:
         points = []
         for v in sorted(c.trials, key=lambda v: v.trial.batch_size):
@@ -453,8 +522,13 @@ def _by_batch(view: StudyView, metric: str) -> tuple[Chart, str]:
 
 def _forecast(view: StudyView) -> tuple[Chart, str]:
     axis = Axis("forecast peak (GiB)", fmt=_gib_tick, min_span=MEMORY_SPAN)
-    chart = Chart("Memory forecast against the measured peak", axis, Axis("measured peak (GiB)", fmt=_gib_tick), diagonal=True,
-                  empty="no forecast stored with these trials")
+    chart = Chart(
+        "Memory forecast against the measured peak",
+        axis,
+        Axis("measured peak (GiB)", fmt=_gib_tick),
+        diagonal=True,
+        empty="no forecast stored with these trials",
+    )
     errors = []
     for c in view.candidates:
         for v in c.trials:
@@ -463,22 +537,37 @@ def _forecast(view: StudyView) -> tuple[Chart, str]:
                 continue
             error = (forecast - peak) / peak
             errors.append(abs(error))
-            chart.marks.append(Mark(forecast / GiB, peak / GiB, c.color, c.shape, v.feasible,
-                                    f"#{v.trial.number} {c.label} at batch {v.trial.batch_size}\nforecast {format_gib(forecast)}, "
-                                    f"measured {format_gib(peak)} ({error:+.1%})"))
+            chart.marks.append(
+                Mark(
+                    forecast / GiB,
+                    peak / GiB,
+                    c.color,
+                    c.shape,
+                    v.feasible,
+                    f"#{v.trial.number} {c.label} at batch {v.trial.batch_size}\nforecast {format_gib(forecast)}, "
+                    f"measured {format_gib(peak)} ({error:+.1%})",
+                )
+            )
     if not errors:
-        return chart, ("The search stores its forecast beside each trial it measures; trials of autotune measure, "
-                       "ONNX Runtime trials and older stores have none.")
-    caption = (f"{len(errors)} trials: median error {statistics.median(errors):.1%}, largest {max(errors):.1%} of the "
-               "measured peak; on the dashed diagonal the forecast is exact.")
+        return chart, (
+            "The search stores its forecast beside each trial it measures; trials of autotune measure, "
+            "ONNX Runtime trials and older stores have none."
+        )
+    caption = (
+        f"{len(errors)} trials: median error {statistics.median(errors):.1%}, largest {max(errors):.1%} of the "
+        "measured peak; on the dashed diagonal the forecast is exact."
+    )
     return chart, caption
 
 
 def _quality(view: StudyView) -> tuple[Chart, str]:
     floor = view.workload.min_quality
-    chart = Chart("Quality against peak memory", _axis("peak_memory_bytes"),
-                  Axis("token agreement with the reference", fmt=lambda v: f"{v:.0%}", bounds=(0.0, 1.0)),
-                  empty="no quality measured")
+    chart = Chart(
+        "Quality against peak memory",
+        _axis("peak_memory_bytes"),
+        Axis("token agreement with the reference", fmt=lambda v: f"{v:.0%}", bounds=(0.0, 1.0)),
+        empty="no quality measured",
+    )
     quantized = set()
     for c in view.candidates:
         for v in c.trials:
@@ -491,14 +580,17 @@ def _quality(view: StudyView) -> tuple[Chart, str]:
     if chart.marks:
         chart.rules.append(Rule("y", floor, f"floor {floor:.0%}"))
     if quantized:
-        caption = (f"Quantized: {', '.join(sorted(quantized))}; the others, unquantized, for comparison. "
-                   "Below the floor a trial is infeasible, however fast.")
+        caption = (
+            f"Quantized: {', '.join(sorted(quantized))}; the others, unquantized, for comparison. "
+            "Below the floor a trial is infeasible, however fast."
+        )
     else:
         caption = "No quantized candidate was measured in this study; the unquantized ones are shown for comparison."
     return chart, caption
 
 
 # -- tables ---------------------------------------------------------------------------------------
+
 
 def _swatch(c: CandidateView) -> str:
     return f'<svg width="16" height="16" viewBox="0 0 16 16">{marker(c.shape, 8, 8, 5, c.color, True)}</svg>'
@@ -520,10 +612,13 @@ def _candidates_table(view: StudyView) -> str:
             f'<td class="num">{escape(format_gib(best.metrics.get("peak_memory_bytes")) if best else "-")}</td>'
             f'<td class="num">{escape(_quality_text(best))}</td>'
             f'<td class="num">{c.seconds * (c.gpus if view.environment.gpus else 1) / 60:.1f}</td>'
-            f'<td{"" if best else " class=why"}>{escape(outcome)}</td></tr>')
+            f"<td{'' if best else ' class=why'}>{escape(outcome)}</td></tr>"
+        )
     name = _METRIC_NAMES.get(view.metric, (view.metric,))[0]
-    return (f"<h4>Candidates</h4><table><tr><th></th><th>candidate</th><th>origin</th><th>batches</th><th>best {escape(name)}</th>"
-            f"<th>its peak</th><th>its quality</th><th>{escape(view.time_unit)}</th><th>outcome</th></tr>{''.join(rows)}</table>")
+    return (
+        f"<h4>Candidates</h4><table><tr><th></th><th>candidate</th><th>origin</th><th>batches</th><th>best {escape(name)}</th>"
+        f"<th>its peak</th><th>its quality</th><th>{escape(view.time_unit)}</th><th>outcome</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def _quality_text(trial: Any) -> str:
@@ -539,39 +634,71 @@ def _apart(view: StudyView) -> str:
             continue
         t = v.trial
         why = v.why or ""
-        rows.append(f"<tr><td class=num>{t.number}</td><td class=label>{escape(t.candidate.label())}</td><td class=num>{t.batch_size}</td>"
-                    f"<td>{escape(t.status)}</td><td class=why>{escape(why)}</td></tr>")
+        rows.append(
+            f"<tr><td class=num>{t.number}</td><td class=label>{escape(t.candidate.label())}</td><td class=num>{t.batch_size}</td>"
+            f"<td>{escape(t.status)}</td><td class=why>{escape(why)}</td></tr>"
+        )
     if not rows:
         return "<h4>Infeasible and failed trials</h4><p class=meta>None: every trial met the constraints.</p>"
-    return (f"<h4>Infeasible and failed trials ({len(rows)})</h4><table><tr><th>#</th><th>candidate</th><th>batch</th>"
-            f"<th>status</th><th>why</th></tr>{''.join(rows)}</table>")
+    return (
+        f"<h4>Infeasible and failed trials ({len(rows)})</h4><table><tr><th>#</th><th>candidate</th><th>batch</th>"
+        f"<th>status</th><th>why</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def _rejected(view: StudyView) -> str:
     rejected = view.study.rejected
     if not rejected:
         return ""
-    rows = "".join(f"<tr><td>{escape(str(r.get('label') or '-'))}</td><td>{escape(str(r.get('kind') or 'rule'))}</td>"
-                   f"<td class=num>{int(r.get('count', 1))}</td><td>{escape(str(r.get('reason') or ''))}</td></tr>" for r in rejected)
-    return (f"<h4>Rejected before measuring ({sum(int(r.get('count', 1)) for r in rejected)} candidates)</h4>"
-            f"<table><tr><th>candidates</th><th>kind</th><th>count</th><th>reason</th></tr>{rows}</table>")
+    rows = "".join(
+        f"<tr><td>{escape(str(r.get('label') or '-'))}</td><td>{escape(str(r.get('kind') or 'rule'))}</td>"
+        f"<td class=num>{int(r.get('count', 1))}</td><td>{escape(str(r.get('reason') or ''))}</td></tr>"
+        for r in rejected
+    )
+    return (
+        f"<h4>Rejected before measuring ({sum(int(r.get('count', 1)) for r in rejected)} candidates)</h4>"
+        f"<table><tr><th>candidates</th><th>kind</th><th>count</th><th>reason</th></tr>{rows}</table>"
+    )
 
 
 def _all_trials(view: StudyView) -> str:
-    heads = ["#", "origin", "candidate", "batch", "status", "feasible", "throughput", "latency p50", "first token", "peak",
-             "forecast", "quality", "load s", "compile s", "reason"]
+    heads = [
+        "#",
+        "origin",
+        "candidate",
+        "batch",
+        "status",
+        "feasible",
+        "throughput",
+        "latency p50",
+        "first token",
+        "peak",
+        "forecast",
+        "quality",
+        "load s",
+        "compile s",
+        "reason",
+    ]
     throughput = view.throughput_metric
     rows = []
     for v in view.trials:
         t, m = v.trial, v.trial.metrics
         cls = ' class="best"' if view.best is not None and view.best.trial.id == t.id else ""
         cells = [
-            f"<td class=num>{t.number}</td>", f"<td>{escape(t.origin)}</td>", f"<td class=label>{escape(t.candidate.label())}</td>",
-            f"<td class=num>{t.batch_size}</td>", f"<td>{escape(t.status)}</td>", f"<td>{'yes' if v.feasible else 'no'}</td>",
-            _cell(_value(throughput, m.get(throughput))), _cell(_value("latency_p50_ms", m.get("latency_p50_ms"))),
+            f"<td class=num>{t.number}</td>",
+            f"<td>{escape(t.origin)}</td>",
+            f"<td class=label>{escape(t.candidate.label())}</td>",
+            f"<td class=num>{t.batch_size}</td>",
+            f"<td>{escape(t.status)}</td>",
+            f"<td>{'yes' if v.feasible else 'no'}</td>",
+            _cell(_value(throughput, m.get(throughput))),
+            _cell(_value("latency_p50_ms", m.get("latency_p50_ms"))),
             _cell(f"{m['ttft_ms']:.1f} ms" if m.get("ttft_ms") is not None else "-"),
-            _cell(format_gib(m.get("peak_memory_bytes"))), _cell(format_gib(m.get("forecast_bytes"))),
-            _cell(_quality_text(t)), _cell(_seconds(m.get("load_seconds"))), _cell(_seconds(m.get("compile_seconds"))),
+            _cell(format_gib(m.get("peak_memory_bytes"))),
+            _cell(format_gib(m.get("forecast_bytes"))),
+            _cell(_quality_text(t)),
+            _cell(_seconds(m.get("load_seconds"))),
+            _cell(_seconds(m.get("compile_seconds"))),
             f"<td>{escape(t.reason or v.why or '')}</td>",
         ]
         rows.append(f'<tr id="trial-{t.id}"{cls}>{"".join(cells)}</tr>')

@@ -113,6 +113,7 @@ class Chart:
 
 # -- scales ---------------------------------------------------------------------------------------
 
+
 def nice_step(span: float, count: int = 5) -> float:
     """A step of 1, 2, 2.5 or 5 times a power of ten that cuts ``span`` into about ``count`` parts."""
     if not span > 0 or not math.isfinite(span):
@@ -142,7 +143,7 @@ def pow2_ticks(lo: float, hi: float) -> list[float]:
     first, last = math.ceil(math.log2(lo) - 1e-9), math.floor(math.log2(hi) + 1e-9)
     exponents = list(range(first, last + 1))
     stride = max(1, math.ceil(len(exponents) / 8))
-    return [2.0 ** e for e in exponents[::stride]]
+    return [2.0**e for e in exponents[::stride]]
 
 
 @dataclass(frozen=True)
@@ -199,17 +200,26 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 70, 22, 40, 52
 
 def _render(chart: Chart) -> str:
     w, h = chart.width, chart.height
-    head = (f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
-            f'role="img" aria-label="{escape(chart.title)}" class="chart">')
+    head = f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{escape(chart.title)}" class="chart">'
     title = f'<text x="{_LEFT}" y="22" class="chart-title">{escape(chart.title)}</text>'
     if not chart.marks and not chart.lines:
-        return (f'{head}{title}<rect x="{_LEFT}" y="{_TOP}" width="{w - _LEFT - _RIGHT}" height="{h - _TOP - _BOTTOM}" '
-                f'fill="#f7f9fb" stroke="{GRID}"/><text x="{(w + _LEFT - _RIGHT) / 2}" y="{(h + _TOP - _BOTTOM) / 2}" '
-                f'text-anchor="middle" class="empty">{escape(chart.empty)}</text></svg>')
-    xs = [m.x for m in chart.marks] + [p[0] for line in chart.lines for p in line.points] + \
-        [r.value for r in chart.rules if r.axis == "x"] + [c.x for c in chart.callouts]
-    ys = [m.y for m in chart.marks if m.y is not None] + [p[1] for line in chart.lines for p in line.points] + \
-        [r.value for r in chart.rules if r.axis == "y"] + [c.y for c in chart.callouts]
+        return (
+            f'{head}{title}<rect x="{_LEFT}" y="{_TOP}" width="{w - _LEFT - _RIGHT}" height="{h - _TOP - _BOTTOM}" '
+            f'fill="#f7f9fb" stroke="{GRID}"/><text x="{(w + _LEFT - _RIGHT) / 2}" y="{(h + _TOP - _BOTTOM) / 2}" '
+            f'text-anchor="middle" class="empty">{escape(chart.empty)}</text></svg>'
+        )
+    xs = (
+        [m.x for m in chart.marks]
+        + [p[0] for line in chart.lines for p in line.points]
+        + [r.value for r in chart.rules if r.axis == "x"]
+        + [c.x for c in chart.callouts]
+    )
+    ys = (
+        [m.y for m in chart.marks if m.y is not None]
+        + [p[1] for line in chart.lines for p in line.points]
+        + [r.value for r in chart.rules if r.axis == "y"]
+        + [c.y for c in chart.callouts]
+    )
     if chart.diagonal:
         both = xs + ys
         xs = ys = both
@@ -219,14 +229,18 @@ def _render(chart: Chart) -> str:
         sy = _Scale(sx.lo, sx.hi, h - _BOTTOM, _TOP, False, sx.ticks)
     out = [head, title]
     clip = f"{chart.ident}-clip"
-    out.append(f'<defs><clipPath id="{clip}"><rect x="{_LEFT}" y="{_TOP}" width="{w - _LEFT - _RIGHT}" '
-               f'height="{h - _TOP - _BOTTOM}"/></clipPath></defs>')
+    out.append(
+        f'<defs><clipPath id="{clip}"><rect x="{_LEFT}" y="{_TOP}" width="{w - _LEFT - _RIGHT}" '
+        f'height="{h - _TOP - _BOTTOM}"/></clipPath></defs>'
+    )
     out.extend(_grid(chart, sx, sy))
     body = []
     if chart.diagonal:
         lo, hi = max(sx.lo, sy.lo), min(sx.hi, sy.hi)
-        body.append(f'<line x1="{sx(lo):.1f}" y1="{sy(lo):.1f}" x2="{sx(hi):.1f}" y2="{sy(hi):.1f}" stroke="{MUTED}" '
-                    f'stroke-dasharray="4 4"><title>forecast = measured</title></line>')
+        body.append(
+            f'<line x1="{sx(lo):.1f}" y1="{sy(lo):.1f}" x2="{sx(hi):.1f}" y2="{sy(hi):.1f}" stroke="{MUTED}" '
+            f'stroke-dasharray="4 4"><title>forecast = measured</title></line>'
+        )
     for rule in chart.rules:
         body.append(_rule(rule, sx, sy))
     for line in chart.lines:
@@ -261,13 +275,17 @@ def _grid(chart: Chart, sx: _Scale, sy: _Scale) -> list[str]:
 def _rule(rule: Rule, sx: _Scale, sy: _Scale) -> str:
     if rule.axis == "x":
         x = sx(rule.value)
-        return (f'<line x1="{x:.1f}" y1="{sy.end}" x2="{x:.1f}" y2="{sy.start}" stroke="{rule.color}" stroke-dasharray="6 4" '
-                f'stroke-width="1.4"/><text x="{x - 5:.1f}" y="{sy.end + 14}" text-anchor="end" class="rule" '
-                f'fill="{rule.color}">{escape(rule.label)}</text>')
+        return (
+            f'<line x1="{x:.1f}" y1="{sy.end}" x2="{x:.1f}" y2="{sy.start}" stroke="{rule.color}" stroke-dasharray="6 4" '
+            f'stroke-width="1.4"/><text x="{x - 5:.1f}" y="{sy.end + 14}" text-anchor="end" class="rule" '
+            f'fill="{rule.color}">{escape(rule.label)}</text>'
+        )
     y = sy(rule.value)
-    return (f'<line x1="{sx.start}" y1="{y:.1f}" x2="{sx.end}" y2="{y:.1f}" stroke="{rule.color}" stroke-dasharray="6 4" '
-            f'stroke-width="1.4"/><text x="{sx.start + 6}" y="{y + 15:.1f}" text-anchor="start" class="rule" '
-            f'fill="{rule.color}">{escape(rule.label)}</text>')
+    return (
+        f'<line x1="{sx.start}" y1="{y:.1f}" x2="{sx.end}" y2="{y:.1f}" stroke="{rule.color}" stroke-dasharray="6 4" '
+        f'stroke-width="1.4"/><text x="{sx.start + 6}" y="{y + 15:.1f}" text-anchor="start" class="rule" '
+        f'fill="{rule.color}">{escape(rule.label)}</text>'
+    )
 
 
 def _line(line: Line, sx: _Scale, sy: _Scale) -> str:
@@ -282,8 +300,10 @@ def _line(line: Line, sx: _Scale, sy: _Scale) -> str:
     path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
     dash = f' stroke-dasharray="{line.dash}"' if line.dash else ""
     title = f"<title>{escape(line.title)}</title>" if line.title else ""
-    return (f'<polyline points="{path}" fill="none" stroke="{line.color}" stroke-width="{line.width}"{dash} '
-            f'stroke-linejoin="round">{title}</polyline>')
+    return (
+        f'<polyline points="{path}" fill="none" stroke="{line.color}" stroke-width="{line.width}"{dash} '
+        f'stroke-linejoin="round">{title}</polyline>'
+    )
 
 
 def marker(shape: str, x: float, y: float, size: float, color: str, filled: bool) -> str:
@@ -307,8 +327,10 @@ def _mark(mark: Mark, sx: _Scale, sy: _Scale) -> str:
     title = f"<title>{escape(mark.title)}</title>" if mark.title else ""
     if mark.y is None:  # no figure: a cross on the bottom edge
         y, s = sy.start - 8, mark.size
-        return (f'<g class="mark">{title}<path d="M{x - s:.1f},{y - s:.1f} L{x + s:.1f},{y + s:.1f} M{x - s:.1f},{y + s:.1f} '
-                f'L{x + s:.1f},{y - s:.1f}" stroke="{mark.color}" stroke-width="2.2"/></g>')
+        return (
+            f'<g class="mark">{title}<path d="M{x - s:.1f},{y - s:.1f} L{x + s:.1f},{y + s:.1f} M{x - s:.1f},{y + s:.1f} '
+            f'L{x + s:.1f},{y - s:.1f}" stroke="{mark.color}" stroke-width="2.2"/></g>'
+        )
     return f'<g class="mark">{title}{marker(mark.shape, x, sy(mark.y), mark.size, mark.color, mark.filled)}</g>'
 
 
@@ -318,5 +340,7 @@ def _callout(callout: Callout, sx: _Scale, sy: _Scale, width: int) -> str:
     tx = x + 14 if right else x - 14
     ty = y - 12 if y > _TOP + 24 else y + 22
     anchor = "start" if right else "end"
-    return (f'<g class="callout"><circle cx="{x:.1f}" cy="{y:.1f}" r="11" fill="none" stroke="{INK}" stroke-width="2"/>'
-            f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="{anchor}" class="callout-text">{escape(callout.text)}</text></g>')
+    return (
+        f'<g class="callout"><circle cx="{x:.1f}" cy="{y:.1f}" r="11" fill="none" stroke="{INK}" stroke-width="2"/>'
+        f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="{anchor}" class="callout-text">{escape(callout.text)}</text></g>'
+    )

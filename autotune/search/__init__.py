@@ -21,6 +21,20 @@ from autotune.search.space import Baseline, Rejection, SearchSpace, build_space,
 from autotune.search.study import SearchSettings, Step, StudySearch, recover_interrupted
 
 __all__ = [
-    "Baseline", "CandidateResult", "Holder", "Progress", "Rejection", "SearchSettings", "SearchSpace", "Step", "StudySearch",
-    "TunerBusyError", "TunerLock", "build_space", "candidate_results", "parse_restriction", "progress", "recover_interrupted",
+    "Baseline",
+    "CandidateResult",
+    "Holder",
+    "Progress",
+    "Rejection",
+    "SearchSettings",
+    "SearchSpace",
+    "Step",
+    "StudySearch",
+    "TunerBusyError",
+    "TunerLock",
+    "build_space",
+    "candidate_results",
+    "parse_restriction",
+    "progress",
+    "recover_interrupted",
 ]

@@ -23,7 +23,13 @@ from typing import Any
 from autotune.candidate import Candidate
 from autotune.environment import Environment
 from autotune.objective import (
-    CONFIRM_ORIGIN, Margin, confirmed_trials, interleaved_pairs, interleaved_rounds, margin, metric_for,
+    CONFIRM_ORIGIN,
+    Margin,
+    confirmed_trials,
+    interleaved_pairs,
+    interleaved_rounds,
+    margin,
+    metric_for,
 )
 from autotune.search.results import interrupted
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
@@ -65,8 +71,11 @@ def close_pair(trials: list[TrialRecord], workload: Workload) -> ClosePair | Non
         if not trial.ok or not trial.feasible or trial.objective_value is None or interrupted(trial):
             continue
         known = best_of.get(trial.candidate.key())
-        if known is None or (trial.objective_value > known.objective_value if maximize  # type: ignore[operator]
-                             else trial.objective_value < known.objective_value):  # type: ignore[operator]
+        if known is None or (
+            trial.objective_value > known.objective_value
+            if maximize  # type: ignore[operator]
+            else trial.objective_value < known.objective_value
+        ):  # type: ignore[operator]
             best_of[trial.candidate.key()] = trial
     if len(best_of) < 2:
         return None
@@ -118,9 +127,23 @@ def confirm_close_pair(
         for round_number in range(done, rounds):
             for trial in (pair.best, pair.runner_up):
                 if on_start is not None:
-                    on_start(trial.candidate, CONFIRM_ORIGIN, f"re-measured, round {round_number + 1} of {rounds}: "
-                             f"{pair.margin.describe()}", (trial.batch_size,))
-                recorded += measure(store, model, trial.candidate, [trial.batch_size], environment=environment,
-                                    environment_id=environment_id, study=study, origin=CONFIRM_ORIGIN, timeout_s=timeout_s,
-                                    on_spawn=on_spawn, **extra)
+                    on_start(
+                        trial.candidate,
+                        CONFIRM_ORIGIN,
+                        f"re-measured, round {round_number + 1} of {rounds}: {pair.margin.describe()}",
+                        (trial.batch_size,),
+                    )
+                recorded += measure(
+                    store,
+                    model,
+                    trial.candidate,
+                    [trial.batch_size],
+                    environment=environment,
+                    environment_id=environment_id,
+                    study=study,
+                    origin=CONFIRM_ORIGIN,
+                    timeout_s=timeout_s,
+                    on_spawn=on_spawn,
+                    **extra,
+                )
     return Confirmation(tuple(pairs), tuple(recorded)) if recorded else None

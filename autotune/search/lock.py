@@ -117,8 +117,16 @@ class TunerLock:
     engine.
     """
 
-    def __init__(self, store: Store, role: str, *, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S,
-                 hostname: str | None = None, pid: int | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        role: str,
+        *,
+        stale_after_s: float = STALE_AFTER_S,
+        heartbeat_s: float = HEARTBEAT_S,
+        hostname: str | None = None,
+        pid: int | None = None,
+    ) -> None:
         self.store = store
         self.role = role
         self.stale_after_s = stale_after_s
@@ -144,8 +152,11 @@ class TunerLock:
             if current is None:
                 try:
                     with self.store.session() as s:
-                        s.add(DaemonRow(id=self.id, hostname=self.hostname, pid=self.pid, started_at=now, heartbeat_at=now,
-                                        activity=self.activity))
+                        s.add(
+                            DaemonRow(
+                                id=self.id, hostname=self.hostname, pid=self.pid, started_at=now, heartbeat_at=now, activity=self.activity
+                            )
+                        )
                 except StoreError:  # another process inserted it first: read it again
                     continue
                 self.held = True
@@ -184,8 +195,11 @@ class TunerLock:
 
     def _write(self, store: Store) -> None:
         with store.session() as s:
-            s.execute(update(DaemonRow).where(DaemonRow.id == self.id, DaemonRow.pid == self.pid)
-                      .values(heartbeat_at=utcnow(), activity=self.activity[:2000]))
+            s.execute(
+                update(DaemonRow)
+                .where(DaemonRow.id == self.id, DaemonRow.pid == self.pid)
+                .values(heartbeat_at=utcnow(), activity=self.activity[:2000])
+            )
 
     def start_heartbeat(self) -> None:
         """Refresh the heartbeat every ``heartbeat_s`` from a thread with its own connection."""
@@ -214,8 +228,11 @@ class TunerLock:
         if not self.held:
             return
         with self.store.session() as s:
-            s.execute(update(DaemonRow).where(DaemonRow.id == self.id, DaemonRow.pid == self.pid)
-                      .values(pid=0, heartbeat_at=utcnow(), activity=f"{self.role}: {activity}"[:2000]))
+            s.execute(
+                update(DaemonRow)
+                .where(DaemonRow.id == self.id, DaemonRow.pid == self.pid)
+                .values(pid=0, heartbeat_at=utcnow(), activity=f"{self.role}: {activity}"[:2000])
+            )
         self.held = False
 
     def __enter__(self) -> TunerLock:

@@ -33,8 +33,16 @@ from autotune.environment import Environment
 from autotune.workload import Workload
 
 #: The value of each axis that effects are relative to (a candidate with all of them is "plain").
-PLAIN = {"dtype": "bfloat16", "attn": "sdpa", "quant": "none", "double_quant": False, "compute_dtype": "same",
-         "placement": "cuda", "static_cache": False, "runtime": "pytorch"}
+PLAIN = {
+    "dtype": "bfloat16",
+    "attn": "sdpa",
+    "quant": "none",
+    "double_quant": False,
+    "compute_dtype": "same",
+    "placement": "cuda",
+    "static_cache": False,
+    "runtime": "pytorch",
+}
 #: Noise of one measured log-ratio when it is used as evidence for an effect in another study:
 #: the same model family, and another one.
 WARM_SAME_FAMILY = 0.08
@@ -86,9 +94,21 @@ class Expectation:
         return f"x{self.factor:.2f} the plain load: " + "; ".join(e.describe() for e in self.effects)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"factor": round(self.factor, 4), "sigma": round(self.sigma, 4),
-                "effects": [{"axis": e.axis, "value": e.value, "factor": round(e.factor, 4), "sigma": round(e.sigma, 4),
-                             "source": e.source, "reason": e.reason} for e in self.effects]}
+        return {
+            "factor": round(self.factor, 4),
+            "sigma": round(self.sigma, 4),
+            "effects": [
+                {
+                    "axis": e.axis,
+                    "value": e.value,
+                    "factor": round(e.factor, 4),
+                    "sigma": round(e.sigma, 4),
+                    "source": e.source,
+                    "reason": e.reason,
+                }
+                for e in self.effects
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -158,7 +178,7 @@ class Knowledge:
             else:
                 effects = tuple(e for e in self.effects(candidate) if e.factor != 1.0 or e.sigma > 0)
                 factor = math.prod(e.factor for e in effects) if effects else 1.0
-                sigma = math.sqrt(sum(e.sigma ** 2 for e in effects))
+                sigma = math.sqrt(sum(e.sigma**2 for e in effects))
                 self._cache[key] = Expectation(factor, sigma, effects)
         return self._cache[key]
 
@@ -168,8 +188,14 @@ class Knowledge:
         if not peak or not plain:
             return Expectation(1.0, 0.5, ())
         factor = plain / peak
-        effect = Effect("memory", candidate.label(), factor, 0.1, "forecast",
-                        f"forecast peak {peak / 2**30:.2f} GiB against {plain / 2**30:.2f} GiB for the plain load")
+        effect = Effect(
+            "memory",
+            candidate.label(),
+            factor,
+            0.1,
+            "forecast",
+            f"forecast peak {peak / 2**30:.2f} GiB against {plain / 2**30:.2f} GiB for the plain load",
+        )
         return Expectation(factor, 0.1, (effect,))
 
     def _rule(self, axis: str, value: Any, candidate: Candidate) -> Effect | None:
@@ -179,25 +205,45 @@ class Knowledge:
             if not gpu:
                 return Effect(axis, value, 1.0, 0.5, "rule", "a static cache compiles only on GPUs; unknown here")
             if latency:
-                return Effect(axis, value, 3.5, 0.35, "rule", "compiled decode without generate's per-token Python work: "
-                              "3.3-4.3x at batch 1 on H200 (1B, 7B, 8B; BENCHMARKS.md)")
+                return Effect(
+                    axis,
+                    value,
+                    3.5,
+                    0.35,
+                    "rule",
+                    "compiled decode without generate's per-token Python work: 3.3-4.3x at batch 1 on H200 (1B, 7B, 8B; BENCHMARKS.md)",
+                )
             return Effect(axis, value, 1.6, 0.3, "rule", "1.7-2.2x at batch 16 and 2.8x at batch 32 on H200 (BENCHMARKS.md)")
         if axis == "attn":
             return self._attention(str(value), candidate)
         if axis == "dtype":
             if value == "float16":
-                return Effect(axis, value, 1.0, 0.02 if gpu else 0.3, "rule",
-                              "same tensor-core rate as bf16 on GPUs of compute capability 8.0 and later" if gpu else "unknown on CPUs")
+                return Effect(
+                    axis,
+                    value,
+                    1.0,
+                    0.02 if gpu else 0.3,
+                    "rule",
+                    "same tensor-core rate as bf16 on GPUs of compute capability 8.0 and later" if gpu else "unknown on CPUs",
+                )
             if value == "float32":
-                return Effect(axis, value, 0.45 if gpu else 1.0, 0.3 if gpu else 0.4, "rule",
-                              "no bf16 tensor cores: several times fewer FLOP/s" if gpu else "CPUs differ: bf16 is faster with AMX only")
+                return Effect(
+                    axis,
+                    value,
+                    0.45 if gpu else 1.0,
+                    0.3 if gpu else 0.4,
+                    "rule",
+                    "no bf16 tensor cores: several times fewer FLOP/s" if gpu else "CPUs differ: bf16 is faster with AMX only",
+                )
             return None
         if axis == "quant":
             if not gpu:
                 return Effect(axis, value, 0.2, 0.6, "rule", "bitsandbytes' CPU kernels: 5-15x slower to measure than unquantized")
-            factors = {"bnb-4bit-nf4": (0.72, 0.2, "nf4 -28% at batch 32 on H200 (Llama-1B)"),
-                       "bnb-4bit-fp4": (0.55, 0.25, "fp4 -20% at batch 1, -54% at batch 32 on H200 (Llama-1B)"),
-                       "bnb-8bit": (0.3, 0.3, "LLM.int8 -70% at batch 32 on H200 (Llama-1B)")}
+            factors = {
+                "bnb-4bit-nf4": (0.72, 0.2, "nf4 -28% at batch 32 on H200 (Llama-1B)"),
+                "bnb-4bit-fp4": (0.55, 0.25, "fp4 -20% at batch 1, -54% at batch 32 on H200 (Llama-1B)"),
+                "bnb-8bit": (0.3, 0.3, "LLM.int8 -70% at batch 32 on H200 (Llama-1B)"),
+            }
             factor, sigma, reason = factors.get(str(value), (0.5, 0.4, "unmeasured quantization"))
             return Effect(axis, value, factor, sigma, "rule", reason)
         if axis == "double_quant" and value:
@@ -219,7 +265,11 @@ class Knowledge:
         kernel = kernel.rstrip("]")
         gpu = self.on_gpu
         if not gpu:
-            return None if attn == "sdpa" and not kernel else Effect("attn", value, 1.0, 0.2, "rule", "attention kernels differ little on CPUs")
+            return (
+                None
+                if attn == "sdpa" and not kernel
+                else Effect("attn", value, 1.0, 0.2, "rule", "attention kernels differ little on CPUs")
+            )
         fallback = self.sdpa_fallback
         if attn == "eager":
             if fallback:
@@ -228,8 +278,12 @@ class Knowledge:
         if attn == "sdpa" and kernel:
             if fallback and kernel != "math":
                 return Effect("attn", value, 0.5, 0.1, "forecast", f"{fallback}: a pinned {kernel} kernel finds no kernel for the call")
-            factors = {"flash": (1.03, 0.05, "+3% to +10% on H200 (Llama-1B)"), "efficient": (1.0, 0.1, "often no kernel for the call"),
-                       "cudnn": (0.97, 0.1, "-10% to +2% on H200 (Llama-1B)"), "math": (0.7, 0.2, "materialises the scores")}
+            factors = {
+                "flash": (1.03, 0.05, "+3% to +10% on H200 (Llama-1B)"),
+                "efficient": (1.0, 0.1, "often no kernel for the call"),
+                "cudnn": (0.97, 0.1, "-10% to +2% on H200 (Llama-1B)"),
+                "math": (0.7, 0.2, "materialises the scores"),
+            }
             factor, sigma, reason = factors.get(kernel, (1.0, 0.2, "unmeasured kernel"))
             return Effect("attn", value, factor, sigma, "rule", reason)
         if attn == "flex_attention":
@@ -245,15 +299,17 @@ class Knowledge:
         observations = list(self._observed(effect.axis, effect.value))
         if not observations:
             return effect
-        precision = 1 / effect.sigma ** 2 if effect.sigma > 0 else 1e6
+        precision = 1 / effect.sigma**2 if effect.sigma > 0 else 1e6
         total = precision * math.log(effect.factor)
         for log_ratio, noise in observations:
-            precision += 1 / noise ** 2
-            total += log_ratio / noise ** 2
+            precision += 1 / noise**2
+            total += log_ratio / noise**2
         factor = math.exp(total / precision)
         studies = len({s for s, _, _ in self._pairs(effect.axis, effect.value)})
-        reason = (f"{len(observations)} measured pair{'s' * (len(observations) != 1)} in {studies} earlier "
-                  f"stud{'ies' if studies != 1 else 'y'} on {self.device_kind} (rule alone: x{effect.factor:.2f})")
+        reason = (
+            f"{len(observations)} measured pair{'s' * (len(observations) != 1)} in {studies} earlier "
+            f"stud{'ies' if studies != 1 else 'y'} on {self.device_kind} (rule alone: x{effect.factor:.2f})"
+        )
         return Effect(effect.axis, effect.value, factor, math.sqrt(1 / precision), "warm start", reason)
 
     @property

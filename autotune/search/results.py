@@ -80,8 +80,9 @@ class CandidateResult:
         return tuple(t.batch_size for t in self.trials)
 
 
-def candidate_results(trials: list[TrialRecord], workload: Workload,
-                      limit_for: Callable[[Candidate], DeviceLimits | None] | None = None) -> list[CandidateResult]:
+def candidate_results(
+    trials: list[TrialRecord], workload: Workload, limit_for: Callable[[Candidate], DeviceLimits | None] | None = None
+) -> list[CandidateResult]:
     """Group a study's rows into one result per measured candidate, in the order measured.
 
     Interrupted rows are left out (their candidate counts as not measured), and so are the
@@ -126,9 +127,17 @@ def _result(rows: list[TrialRecord], direction: str, workload: Workload, limit: 
     screens = [t.objective_value for t in rows if t.status == "screened" and t.objective_value is not None]
     pick = max if direction == "maximize" else min
     return CandidateResult(
-        candidate=rows[0].candidate, origin=rows[0].origin, trials=tuple(rows), value=best.objective_value if best else None,
-        best=best, violation=violation, status=status, reason=reason, running=running,
-        started_at=min(t.started_at for t in rows), finished_at=None if running or not finished else max(finished),
+        candidate=rows[0].candidate,
+        origin=rows[0].origin,
+        trials=tuple(rows),
+        value=best.objective_value if best else None,
+        best=best,
+        violation=violation,
+        status=status,
+        reason=reason,
+        running=running,
+        started_at=min(t.started_at for t in rows),
+        finished_at=None if running or not finished else max(finished),
         screen_value=pick(screens) if screens else None,
     )
 
@@ -167,8 +176,12 @@ class Progress:
         return {r.key for r in self.results}
 
 
-def progress(trials: list[TrialRecord], workload: Workload, min_improvement: float = 0.01,
-             limit_for: Callable[[Candidate], DeviceLimits | None] | None = None) -> Progress:
+def progress(
+    trials: list[TrialRecord],
+    workload: Workload,
+    min_improvement: float = 0.01,
+    limit_for: Callable[[Candidate], DeviceLimits | None] | None = None,
+) -> Progress:
     """Replay a study's results in order: the best so far, and trials since it last improved.
 
     A result improves on the best when it is feasible and better by at least ``min_improvement``
@@ -234,7 +247,12 @@ def summary(result: CandidateResult | None, workload: Workload) -> dict[str, Any
         return None
     metric, direction = metric_for(workload)
     return {
-        "candidate": result.candidate.to_dict(), "label": result.candidate.label(), "batch_size": result.best.batch_size,
-        "metric": metric, "direction": direction, "value": result.value, "trial_id": result.best.id,
+        "candidate": result.candidate.to_dict(),
+        "label": result.candidate.label(),
+        "batch_size": result.best.batch_size,
+        "metric": metric,
+        "direction": direction,
+        "value": result.value,
+        "trial_id": result.best.id,
         "trial_number": result.best.number,
     }

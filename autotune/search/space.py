@@ -16,8 +16,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from autotune.candidate import (
-    ATTENTIONS, DTYPE_SHORT, DTYPES, ORT_DTYPES, PLACEMENTS, PROVIDER_PLACEMENT, PROVIDER_SHORT, QUANTS, SDPA_KERNELS, Candidate,
-    normalize_dtype, rejection,
+    ATTENTIONS,
+    DTYPE_SHORT,
+    DTYPES,
+    ORT_DTYPES,
+    PLACEMENTS,
+    PROVIDER_PLACEMENT,
+    PROVIDER_SHORT,
+    QUANTS,
+    SDPA_KERNELS,
+    Candidate,
+    normalize_dtype,
+    rejection,
 )
 from autotune.environment import Environment
 from autotune.errors import InputError
@@ -40,6 +50,7 @@ ORT_FIELDS = ("runtime", "provider", "io_binding", "placement")
 #: The ``runtime`` axis: ``pytorch``, or ``onnxruntime:<provider>`` with ``+io-binding`` when bound.
 PYTORCH = "pytorch"
 
+
 @dataclass(frozen=True)
 class Rejection:
     """Candidates left out of the space for one reason.
@@ -57,8 +68,14 @@ class Rejection:
     pattern: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "reason": self.reason, "kind": self.kind, "count": self.count,
-                "candidate": self.candidate.to_dict() if self.candidate else None, "pattern": self.pattern}
+        return {
+            "label": self.label,
+            "reason": self.reason,
+            "kind": self.kind,
+            "count": self.count,
+            "candidate": self.candidate.to_dict() if self.candidate else None,
+            "pattern": self.pattern,
+        }
 
 
 @dataclass(frozen=True)
@@ -94,11 +111,14 @@ class SearchSpace:
 
     def describe(self) -> str:
         reasons = len(self.rejected)
-        return (f"{len(self.candidates)} candidates, {self.rejected_count} rejected ({reasons} reason{'s' * (reasons != 1)}), "
-                f"{len(self.baselines)} baseline{'s' * (len(self.baselines) != 1)}")
+        return (
+            f"{len(self.candidates)} candidates, {self.rejected_count} rejected ({reasons} reason{'s' * (reasons != 1)}), "
+            f"{len(self.baselines)} baseline{'s' * (len(self.baselines) != 1)}"
+        )
 
 
 # -- parameters the sampler sees --------------------------------------------------------------
+
 
 def params_of(candidate: Candidate) -> dict[str, Any]:
     """The sampler's view of ``candidate``: one value per axis of :data:`AXES`."""
@@ -131,21 +151,32 @@ def candidate_from(params: Mapping[str, Any]) -> Candidate:
     runtime = str(params.get("runtime", PYTORCH))
     if runtime != PYTORCH:
         provider, _, binding = runtime.partition(":")[2].partition("+")
-        return Candidate(dtype=params["dtype"], placement=params["placement"], runtime="onnxruntime", provider=provider,
-                         io_binding=binding == "io-binding")
+        return Candidate(
+            dtype=params["dtype"],
+            placement=params["placement"],
+            runtime="onnxruntime",
+            provider=provider,
+            io_binding=binding == "io-binding",
+        )
     attn, _, kernel = str(params["attn"]).partition("[")
     quant = params["quant"]
     four_bit = str(quant).startswith("bnb-4bit")
     compute = params.get("compute_dtype", SAME)
     compute = None if compute in (SAME, None) or not four_bit or compute == params["dtype"] else compute
     return Candidate(
-        dtype=params["dtype"], attn=attn, sdpa_kernel=kernel.rstrip("]") or None, quant=quant,
-        double_quant=bool(params.get("double_quant")) and four_bit, compute_dtype=compute,
-        placement=params["placement"], static_cache=bool(params.get("static_cache")),
+        dtype=params["dtype"],
+        attn=attn,
+        sdpa_kernel=kernel.rstrip("]") or None,
+        quant=quant,
+        double_quant=bool(params.get("double_quant")) and four_bit,
+        compute_dtype=compute,
+        placement=params["placement"],
+        static_cache=bool(params.get("static_cache")),
     )
 
 
 # -- restricting the space ----------------------------------------------------------------------
+
 
 def parse_restriction(text: str | None) -> dict[str, tuple[Any, ...]]:
     """Parse ``"dtype=fp32,bf16 attn=sdpa,eager quant=none"`` (spaces or ``;`` between axes).
@@ -208,6 +239,7 @@ def _allowed(axis: str, value: Any, allowed: tuple[Any, ...]) -> bool:
 
 # -- building the space ---------------------------------------------------------------------
 
+
 def checkpoint_dtype(config: dict[str, Any]) -> str:
     """The dtype the checkpoint was saved in (what Transformers 5 loads by default)."""
     for source in (config, config.get("text_config") or {}):
@@ -236,7 +268,11 @@ def allowed_placements(workload: Workload, environment: Environment) -> tuple[li
             if placement == "cpu":
                 why = "the workload runs on GPUs when there are any (--device auto or cuda); register it with --device cpu to tune for the CPU"
             else:
-                why = "the workload is pinned to the CPU (--device cpu)" if workload.device == "cpu" else "no NVIDIA GPU is visible here (autotune gpus shows what NVML sees)"
+                why = (
+                    "the workload is pinned to the CPU (--device cpu)"
+                    if workload.device == "cpu"
+                    else "no NVIDIA GPU is visible here (autotune gpus shows what NVML sees)"
+                )
             out.append((placement, why))
         elif placement == "cuda" and not gpus:
             out.append((placement, "no NVIDIA GPU is visible here (autotune gpus shows what NVML sees)"))
@@ -267,21 +303,29 @@ def batch_ladder(workload: Workload, only: Iterable[int] | None = None) -> tuple
         sizes = [b for b in sizes if b in set(only)]
         if not sizes:
             allowed = "batch 1" if workload.objective != "throughput" else f"batch sizes up to {workload.max_batch} (--max-batch)"
-            raise InputError(f"space restriction batch={','.join(map(str, sorted(set(only))))} leaves no batch size to measure: "
-                             f"the {workload.objective} objective measures {allowed}")
+            raise InputError(
+                f"space restriction batch={','.join(map(str, sorted(set(only))))} leaves no batch size to measure: "
+                f"the {workload.objective} objective measures {allowed}"
+            )
     return tuple(sizes)
 
 
-def forecast_peaks(config: dict[str, Any], candidate: Candidate, workload: Workload, batch_size: int, limits: DeviceLimits,
-                   environment: Environment, before: Iterable[int] = ()) -> tuple[int, ...]:
+def forecast_peaks(
+    config: dict[str, Any],
+    candidate: Candidate,
+    workload: Workload,
+    batch_size: int,
+    limits: DeviceLimits,
+    environment: Environment,
+    before: Iterable[int] = (),
+) -> tuple[int, ...]:
     """The raw forecast peak of each device ``limits`` names, for the Transformers version of
     ``environment``; ``before`` are the batch sizes the same worker measures first (its ladder).
 
     Raises :class:`~autotune.errors.InputError` where the memory model cannot read the config.
     """
     version = environment.versions.get("transformers")
-    return forecast_on(config, candidate, workload, batch_size, limits, transformers_version=version,
-                       before=tuple(before)).device_bytes
+    return forecast_on(config, candidate, workload, batch_size, limits, transformers_version=version, before=tuple(before)).device_bytes
 
 
 def _over(raw: tuple[int, ...], held: tuple[int, ...], limits: DeviceLimits, batch: int, margin: float) -> str:
@@ -289,10 +333,15 @@ def _over(raw: tuple[int, ...], held: tuple[int, ...], limits: DeviceLimits, bat
     for device, peak, need in zip(limits.devices, raw, held):
         if device.admission_bytes is not None and need > device.admission_bytes:
             where = f" on {device.device}" if len(limits.devices) > 1 else ""
-            what = f"the limit {format_gib(device.limit_bytes)}" if device.limit_bytes is not None else \
-                f"the {format_gib(device.total_bytes)} of {device.device}"
-            return (f"forecast {format_gib(peak)}{where} at batch {batch} ({format_gib(need)} with its {margin:+.0%} safety margin) "
-                    f"is over {what}")
+            what = (
+                f"the limit {format_gib(device.limit_bytes)}"
+                if device.limit_bytes is not None
+                else f"the {format_gib(device.total_bytes)} of {device.device}"
+            )
+            return (
+                f"forecast {format_gib(peak)}{where} at batch {batch} ({format_gib(need)} with its {margin:+.0%} safety margin) "
+                f"is over {what}"
+            )
     return f"forecast {format_gib(max(raw))} at batch {batch} is over the limit"
 
 
@@ -314,8 +363,16 @@ def enumerate_candidates(placements: Iterable[str], attentions: Iterable[str], w
     ):
         if compute == dtype:
             continue
-        candidate = Candidate(dtype=dtype, attn=attn, sdpa_kernel=kernel, quant=quant, double_quant=double,
-                              compute_dtype=compute, placement=placement, static_cache=static)
+        candidate = Candidate(
+            dtype=dtype,
+            attn=attn,
+            sdpa_kernel=kernel,
+            quant=quant,
+            double_quant=double,
+            compute_dtype=compute,
+            placement=placement,
+            static_cache=static,
+        )
         out.setdefault(candidate.key(), candidate)
     return list(out.values())
 
@@ -323,8 +380,9 @@ def enumerate_candidates(placements: Iterable[str], attentions: Iterable[str], w
 def onnxruntime_candidates(placements: Iterable[str], worker_envs: list[WorkerEnvironment]) -> list[Candidate]:
     """ONNX Runtime candidates for the providers the worker environments offer, on the allowed placements:
     float32 and float16 exports, IO binding on and off (the rules then refuse what cannot run)."""
-    providers = sorted({p for e in worker_envs for p in e.runtimes.get("onnxruntime") or () if p in PROVIDER_PLACEMENT},
-                       key=list(PROVIDER_PLACEMENT).index)
+    providers = sorted(
+        {p for e in worker_envs for p in e.runtimes.get("onnxruntime") or () if p in PROVIDER_PLACEMENT}, key=list(PROVIDER_PLACEMENT).index
+    )
     out = []
     for placement in placements:
         for provider in providers:
@@ -381,8 +439,16 @@ def build_space(
     ladders: dict[str, tuple[int, ...]] = {}
     ort = onnxruntime_candidates(placements, worker_envs) if worker_envs is not None else []
     if worker_envs is not None and not ort and _allowed("runtime", "onnxruntime", restrict.get("runtime", ("onnxruntime",))):
-        reason = rejection(Candidate(dtype="float32", placement="cpu", runtime="onnxruntime", provider="CPUExecutionProvider"),
-                           environment, capabilities, None, worker_envs) or "runtime onnxruntime: no worker environment offers a provider for these placements"
+        reason = (
+            rejection(
+                Candidate(dtype="float32", placement="cpu", runtime="onnxruntime", provider="CPUExecutionProvider"),
+                environment,
+                capabilities,
+                None,
+                worker_envs,
+            )
+            or "runtime onnxruntime: no worker environment offers a provider for these placements"
+        )
         rejected.append((None, reason, "rule", {"runtime": "onnxruntime"}))
     for candidate in [*enumerate_candidates(placements, attentions, workload), *ort]:
         params = params_of(candidate)
@@ -412,8 +478,11 @@ def build_space(
 
     choices = {axis: _ordered({params_of(c)[axis] for c in valid}, axis) for axis in AXES}
     return SearchSpace(
-        candidates=tuple(valid), ladders=ladders, baselines=tuple(_baselines(config, capabilities, placements, ladders)),
-        rejected=tuple(_group(rejected)), choices=choices,
+        candidates=tuple(valid),
+        ladders=ladders,
+        baselines=tuple(_baselines(config, capabilities, placements, ladders)),
+        rejected=tuple(_group(rejected)),
+        choices=choices,
     )
 
 
@@ -456,11 +525,21 @@ def _baselines(config: dict[str, Any], capabilities: dict[str, Any], placements:
         ("bf16 + FlashAttention-2", [Candidate(dtype="bfloat16", attn="flash_attention_2", placement=placement)]),
         ("bf16 + FlashAttention-4", [Candidate(dtype="bfloat16", attn="flash_attention_4", placement=placement)]),
         ("bf16 + SDPA flash kernel", [Candidate(dtype="bfloat16", attn="sdpa", sdpa_kernel="flash", placement=placement)]),
-        ("4-bit nf4, bf16 compute", [Candidate(dtype="bfloat16", attn=default_attn, quant="bnb-4bit-nf4", placement=placement),
-                                     Candidate(dtype="float16", attn=default_attn, quant="bnb-4bit-nf4", placement=placement)]),
+        (
+            "4-bit nf4, bf16 compute",
+            [
+                Candidate(dtype="bfloat16", attn=default_attn, quant="bnb-4bit-nf4", placement=placement),
+                Candidate(dtype="float16", attn=default_attn, quant="bnb-4bit-nf4", placement=placement),
+            ],
+        ),
         ("8-bit, fp16", [Candidate(dtype="float16", attn=default_attn, quant="bnb-8bit", placement=placement)]),
-        ("ONNX Runtime", [Candidate(dtype="float16", placement=placement, runtime="onnxruntime", provider="CUDAExecutionProvider", io_binding=True),
-                          Candidate(dtype="float32", placement=placement, runtime="onnxruntime", provider="CPUExecutionProvider")]),
+        (
+            "ONNX Runtime",
+            [
+                Candidate(dtype="float16", placement=placement, runtime="onnxruntime", provider="CUDAExecutionProvider", io_binding=True),
+                Candidate(dtype="float32", placement=placement, runtime="onnxruntime", provider="CPUExecutionProvider"),
+            ],
+        ),
     ]
     if placement == "cpu":
         options = [(name, tries) for name, tries in options if not any(c.quant != "none" for c in tries)]
@@ -514,7 +593,9 @@ def _pattern_label(shared: dict[str, Any]) -> str:
         parts.append(DTYPE_SHORT[shared["dtype"]])
     if "attn" in shared:
         kernel = shared.get("sdpa_kernel")
-        parts.append(shared["attn"] + (f"[{kernel}]" if kernel else "" if "sdpa_kernel" in shared else "[*]" if shared["attn"] == "sdpa" else ""))
+        parts.append(
+            shared["attn"] + (f"[{kernel}]" if kernel else "" if "sdpa_kernel" in shared else "[*]" if shared["attn"] == "sdpa" else "")
+        )
     if "quant" in shared:
         quant = {"none": "unquantized", "bnb-8bit": "int8", "bnb-4bit-nf4": "nf4", "bnb-4bit-fp4": "fp4"}[shared["quant"]]
         if shared.get("double_quant") and shared["quant"].startswith("bnb-4bit"):

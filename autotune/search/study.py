@@ -52,11 +52,11 @@ from sqlalchemy import select
 from autotune.candidate import Candidate
 from autotune.environment import Environment
 from autotune.errors import InputError
+from autotune.memory import Correction, DeviceLimits
 from autotune.objective import metric_for
 from autotune.search.confirm import confirm_close_pair
 from autotune.search.prior import Knowledge, PastResult, Prediction
 from autotune.search.results import INTERRUPTED, INTERRUPTED_REASON, CandidateResult, Progress, progress
-from autotune.memory import Correction, DeviceLimits
 from autotune.search.space import AXES, Baseline, SearchSpace, build_space, candidate_from, forecast_peaks, params_of
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
 from autotune.store.schema import TrialRow, utcnow
@@ -174,11 +174,13 @@ def known_failure(candidate: Candidate, state: Progress) -> str | None:
     for result in state.results:
         if result.status != "unsupported":
             continue
-        if candidate.quant != "none" and result.candidate.quant != "none" and any(
-                t.effective.get("quantized_layers") == 0 for t in result.trials):
+        if (
+            candidate.quant != "none"
+            and result.candidate.quant != "none"
+            and any(t.effective.get("quantized_layers") == 0 for t in result.trials)
+        ):
             return f"bitsandbytes converted no layer of this model ({result.candidate.label()})"
-        if candidate.sdpa_kernel and candidate.sdpa_kernel == result.candidate.sdpa_kernel \
-                and "found no kernel" in (result.reason or ""):
+        if candidate.sdpa_kernel and candidate.sdpa_kernel == result.candidate.sdpa_kernel and "found no kernel" in (result.reason or ""):
             return f"SDPA kernel {candidate.sdpa_kernel}: PyTorch found no kernel for this model's call ({result.candidate.label()})"
     return None
 
@@ -234,10 +236,16 @@ class StudySearch:
     def space(self) -> SearchSpace:
         """The study's space, built once; its rejections are written to the study row."""
         if self._space is None:
-            self._space = build_space(self.model.config, self.model.capabilities, self.workload, self.environment,
-                                      restrict=self.settings.restrict, worker_envs=self.store.worker_envs(),
-                                      limits={p: self.limit_for(Candidate(placement=p)) for p in ("cpu", "cuda", "multi-gpu")},
-                                      correction=self.correction)
+            self._space = build_space(
+                self.model.config,
+                self.model.capabilities,
+                self.workload,
+                self.environment,
+                restrict=self.settings.restrict,
+                worker_envs=self.store.worker_envs(),
+                limits={p: self.limit_for(Candidate(placement=p)) for p in ("cpu", "cuda", "multi-gpu")},
+                correction=self.correction,
+            )
             rejected = [r.to_dict() for r in self._space.rejected]
             if rejected != self.study.rejected:
                 self.study = self.store.update_study(self.study.id, rejected=rejected)
@@ -278,8 +286,10 @@ class StudySearch:
             return None
         if s.knowledge and not s.explore and self._defaults_done(state) and self._knowledge_pick(state) is None:
             best = f"; the best is {state.best.candidate.label()}" if state.best else ""
-            return (f"knowledge exhausted: no unmeasured candidate is expected to beat the best by more than "
-                    f"{s.tolerance:.0%}{best} (--explore measures more)")
+            return (
+                f"knowledge exhausted: no unmeasured candidate is expected to beat the best by more than "
+                f"{s.tolerance:.0%}{best} (--explore measures more)"
+            )
         # Patience counts from the last improvement, or from where a larger budget reopened the study.
         since = min(state.since_improvement, state.measured - self._patience_from)
         baselines_done = not s.baselines or all(b.candidate.key() in state.measured_keys for b in self._forced_baselines())
@@ -308,13 +318,21 @@ class StudySearch:
         state = state or self.progress()
         budget = self.settings.budget_minutes
         if budget is None or state.seconds < budget * 60:  # a spent time budget leaves no time to re-measure
-            confirm_close_pair(self.store, self.model, self.environment, self.environment_id, self.study,
-                               measure=self._measure or _default_measure(), timeout_s=self.settings.timeout_s,
-                               on_spawn=self.on_spawn, on_start=self.on_start, worker_options=self.settings.worker_options)
+            confirm_close_pair(
+                self.store,
+                self.model,
+                self.environment,
+                self.environment_id,
+                self.study,
+                measure=self._measure or _default_measure(),
+                timeout_s=self.settings.timeout_s,
+                on_spawn=self.on_spawn,
+                on_start=self.on_start,
+                worker_options=self.settings.worker_options,
+            )
             state = self.progress()
         best = state.best.best.id if state.best and state.best.best else None
-        self.study = self.store.update_study(self.study.id, state="finished", stop_reason=reason, finished_at=utcnow(),
-                                             best_trial_id=best)
+        self.study = self.store.update_study(self.study.id, state="finished", stop_reason=reason, finished_at=utcnow(), best_trial_id=best)
         return self.study
 
     def reopen(self) -> bool:
@@ -329,8 +347,11 @@ class StudySearch:
         self.study = self.store.get_study(self.study.id)
         state = self.progress()
         s = self.settings
-        if self.stop_reason(state) is not None and self._limit_reached(state) is None \
-                and (s.max_trials is not None or s.budget_minutes is not None):
+        if (
+            self.stop_reason(state) is not None
+            and self._limit_reached(state) is None
+            and (s.max_trials is not None or s.budget_minutes is not None)
+        ):
             self._patience_from = state.measured
         if self.stop_reason(state) is not None:
             return self.study.state != "finished"
@@ -414,15 +435,21 @@ class StudySearch:
     def knowledge(self) -> Knowledge:
         """What is known before measuring (rules, the forecast's facts, earlier studies here)."""
         if self._knowledge is None:
+
             def peak(candidate: Candidate) -> int | None:
                 try:
-                    return max(forecast_peaks(self.model.config, candidate, self.workload, 1, self.limit_for(candidate),
-                                              self.environment))
+                    return max(forecast_peaks(self.model.config, candidate, self.workload, 1, self.limit_for(candidate), self.environment))
                 except Exception:  # a forecast that cannot size this model leaves the memory objective unordered
                     return None
 
-            self._knowledge = Knowledge(self.workload, self.environment, model_type=str(self.model.config.get("model_type", "")),
-                                        sdpa_fallback=sdpa_fallback(self.model.config), past=self._past_results(), forecast=peak)
+            self._knowledge = Knowledge(
+                self.workload,
+                self.environment,
+                model_type=str(self.model.config.get("model_type", "")),
+                sdpa_fallback=sdpa_fallback(self.model.config),
+                past=self._past_results(),
+                forecast=peak,
+            )
         return self._knowledge
 
     def _past_results(self) -> list[PastResult]:
@@ -432,15 +459,18 @@ class StudySearch:
         environments: dict[int, str] = {}
         out: list[PastResult] = []
         for study in self.store.studies():
-            if study.id == self.study.id or study.workload.objective != self.workload.objective or \
-                    study.workload.generates != self.workload.generates:
+            if (
+                study.id == self.study.id
+                or study.workload.objective != self.workload.objective
+                or study.workload.generates != self.workload.generates
+            ):
                 continue
             if study.environment_id not in environments:
                 environments[study.environment_id] = _device_kind(self.store.environment(study.environment_id))
             if environments[study.environment_id] != kind:
                 continue
             model = models.get(study.model_id)
-            for candidate, value in _figures(self.store.trials(study_id=study.id), self.metric).items():
+            for _candidate, value in _figures(self.store.trials(study_id=study.id), self.metric).items():
                 speed = speed_of(self.direction, value[1])
                 if speed is not None:
                     out.append(PastResult(study.id, str(model.config.get("model_type", "")) if model else "", value[0], speed))
@@ -497,10 +527,14 @@ class StudySearch:
             feasible = result.feasible
             if result.status == "screened" and result.screen_value is not None:
                 value, feasible = result.screen_value, True  # slow, not infeasible: TPE learns its figure
-            frozen.append(optuna.trial.create_trial(
-                params=params_of(result.candidate), distributions=distributions, value=value,
-                constraints={"feasible": 0.0 if feasible else max(result.violation, 1e-6)},
-            ))
+            frozen.append(
+                optuna.trial.create_trial(
+                    params=params_of(result.candidate),
+                    distributions=distributions,
+                    value=value,
+                    constraints={"feasible": 0.0 if feasible else max(result.violation, 1e-6)},
+                )
+            )
         study.add_trials(frozen)
         left_keys = {c.key(): c for c in left}
         first: dict[str, Any] | None = None
@@ -522,9 +556,21 @@ class StudySearch:
             ran = [t.batch_size for t in trials if t.status not in ("unsupported", "skipped")]
             falling = self.workload.objective == "throughput" and not self.settings.exhaustive
             # the sizes the same worker ran before this one: larger ones on a falling ladder
-            values = {t.id: max(forecast_peaks(self.model.config, candidate, self.workload, t.batch_size, limits, self.environment,
-                                               [b for b in ran if (b > t.batch_size if falling else b < t.batch_size)]))
-                      for t in trials if t.status not in ("unsupported", "skipped")}
+            values = {
+                t.id: max(
+                    forecast_peaks(
+                        self.model.config,
+                        candidate,
+                        self.workload,
+                        t.batch_size,
+                        limits,
+                        self.environment,
+                        [b for b in ran if (b > t.batch_size if falling else b < t.batch_size)],
+                    )
+                )
+                for t in trials
+                if t.status not in ("unsupported", "skipped")
+            }
             self.store.set_forecasts(values)
         except Exception:  # a forecast that cannot size this model must not stop the search
             return
@@ -561,9 +607,20 @@ class StudySearch:
         extra: dict[str, Any] = {"worker_options": dict(self.settings.worker_options)} if self.settings.worker_options else {}
         extra.update(self._measuring_plan(candidate, origin, before))
         try:
-            measured = measure(self.store, self.model, candidate, list(self.space.ladder(candidate)), environment=self.environment,
-                               environment_id=self.environment_id, study=self.study, origin=origin,
-                               timeout_s=self.settings.timeout_s, on_spawn=self.on_spawn, limits=self.limit_for(candidate), **extra)
+            measured = measure(
+                self.store,
+                self.model,
+                candidate,
+                list(self.space.ladder(candidate)),
+                environment=self.environment,
+                environment_id=self.environment_id,
+                study=self.study,
+                origin=origin,
+                timeout_s=self.settings.timeout_s,
+                on_spawn=self.on_spawn,
+                limits=self.limit_for(candidate),
+                **extra,
+            )
             self._record_forecasts(candidate, measured)
         except Exception as exc:  # a broken measurement must not end the search: record it, go on
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
@@ -590,8 +647,9 @@ class StudySearch:
             plan["ladder"] = "falling"
         if self.metric in SCREEN_METRICS and not self.settings.exhaustive:
             beat = state.best.value if state.best is not None else None
-            plan["screen"] = Screen(self.metric, beat=beat if beat and beat > 0 else None, margin=self.settings.screen_margin,
-                                    contend=self.settings.tolerance)
+            plan["screen"] = Screen(
+                self.metric, beat=beat if beat and beat > 0 else None, margin=self.settings.screen_margin, contend=self.settings.tolerance
+            )
         budget = self.settings.budget_minutes
         if budget is not None:
             plan["deadline_s"] = max(1.0, budget * 60 - state.seconds)
@@ -608,16 +666,18 @@ class StudySearch:
         """Mark this step's rows of ``candidate`` as cut short, whatever the worker glue made of them."""
         for trial in self.store.trials(study_id=self.study.id):
             if trial.number > after_number and trial.candidate.key() == candidate.key():
-                self.store.finish_trial(trial.id, "crash", reason=STOPPED_REASON, feasible=False,
-                                        details={**trial.details, INTERRUPTED: True})
+                self.store.finish_trial(
+                    trial.id, "crash", reason=STOPPED_REASON, feasible=False, details={**trial.details, INTERRUPTED: True}
+                )
 
     def _fail_running(self, candidate: Candidate, error: str) -> None:
         for trial in self.store.trials(study_id=self.study.id, status="running"):
             if trial.candidate.key() == candidate.key():
                 self.store.finish_trial(trial.id, "error", reason=f"measuring failed: {error}", feasible=False)
         if not any(t.candidate.key() == candidate.key() for t in self.store.trials(study_id=self.study.id)):
-            self.store.record_trial(self.study.id, candidate, self.space.ladder(candidate)[0], "error",
-                                    reason=f"measuring failed: {error}", feasible=False)
+            self.store.record_trial(
+                self.study.id, candidate, self.space.ladder(candidate)[0], "error", reason=f"measuring failed: {error}", feasible=False
+            )
 
     def run(self, *, should_stop: Callable[[], bool] = lambda: False, on_step: Callable[[Step], None] | None = None) -> StudyRecord:
         """Step until the study finishes or ``should_stop()`` says so (checked between trials)."""
@@ -683,9 +743,15 @@ def recover_interrupted(store: Store, hostname: str | None = None, worker_pids: 
         pid = pids.get(trial.id)
         if isinstance(pid, int) and pid_alive(pid) and _is_worker(pid):
             kill_worker(pid)
-        recovered.append(store.finish_trial(trial.id, "crash", reason=INTERRUPTED_REASON,
-                                            details={INTERRUPTED: True, "interrupted_at": utcnow().isoformat(timespec="seconds") + "Z"},
-                                            feasible=False))
+        recovered.append(
+            store.finish_trial(
+                trial.id,
+                "crash",
+                reason=INTERRUPTED_REASON,
+                details={INTERRUPTED: True, "interrupted_at": utcnow().isoformat(timespec="seconds") + "Z"},
+                feasible=False,
+            )
+        )
     return recovered
 
 
@@ -699,6 +765,7 @@ def _is_worker(pid: int) -> bool:
 
 def _nearest(params: dict[str, Any], left: list[Candidate], rng: random.Random) -> Candidate:
     """The unmeasured candidate differing from ``params`` on the fewest axes (ties: seeded pick)."""
+
     def distance(candidate: Candidate) -> int:
         values = params_of(candidate)
         return sum(1 for axis in AXES if values[axis] != params.get(axis))

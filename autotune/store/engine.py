@@ -50,7 +50,9 @@ def create(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise InputError(f"cannot read database URL {url!r}: write e.g. sqlite:///path/autotune.db or postgresql+psycopg://host/db") from None
+        raise InputError(
+            f"cannot read database URL {url!r}: write e.g. sqlite:///path/autotune.db or postgresql+psycopg://host/db"
+        ) from None
     try:
         if parsed.get_backend_name() == "sqlite":
             engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
@@ -58,7 +60,9 @@ def create(url: str) -> Engine:
         else:
             engine = create_engine(parsed, pool_pre_ping=True)
     except NoSuchModuleError:
-        raise InputError(f"unknown database kind {parsed.drivername!r} in {describe(url)}: use sqlite:/// or postgresql+psycopg://") from None
+        raise InputError(
+            f"unknown database kind {parsed.drivername!r} in {describe(url)}: use sqlite:/// or postgresql+psycopg://"
+        ) from None
     except ModuleNotFoundError as exc:
         if parsed.get_backend_name() == "postgresql":
             raise DependencyError(f"a PostgreSQL store needs the driver {exc.name} (pip install 'autotune[postgres]')") from None
@@ -78,7 +82,9 @@ def _prepare_sqlite_file(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StoreError(f"cannot create the database directory {path.parent}: {exc.strerror} (choose another with --db or AUTOTUNE_DB)") from None
+        raise StoreError(
+            f"cannot create the database directory {path.parent}: {exc.strerror} (choose another with --db or AUTOTUNE_DB)"
+        ) from None
     if not os.access(path.parent, os.W_OK):
         raise StoreError(f"cannot write the database {path}: {path.parent} is not writable (choose another with --db or AUTOTUNE_DB)")
 

@@ -58,11 +58,28 @@ class StudyRecord:
 
 #: The measured figures a trial may carry, in the order they are shown.
 METRICS = (
-    "load_seconds", "compile_seconds", "ttft_ms", "decode_tokens_per_s", "throughput_tokens_per_s",
-    "sequences_per_s", "latency_p50_ms", "latency_p90_ms", "latency_spread", "repeats",
-    "peak_memory_bytes", "torch_allocated_bytes", "torch_reserved_bytes", "nvml_used_bytes", "rss_bytes",
-    "forecast_bytes", "quality_token_agreement", "quality_kl", "quality_positions", "quality_agreement_low",
-    "quality_agreement_high", "quality_perplexity_change",
+    "load_seconds",
+    "compile_seconds",
+    "ttft_ms",
+    "decode_tokens_per_s",
+    "throughput_tokens_per_s",
+    "sequences_per_s",
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "latency_spread",
+    "repeats",
+    "peak_memory_bytes",
+    "torch_allocated_bytes",
+    "torch_reserved_bytes",
+    "nvml_used_bytes",
+    "rss_bytes",
+    "forecast_bytes",
+    "quality_token_agreement",
+    "quality_kl",
+    "quality_positions",
+    "quality_agreement_low",
+    "quality_agreement_high",
+    "quality_perplexity_change",
 )
 
 

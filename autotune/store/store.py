@@ -11,16 +11,22 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from autotune import prompts as quality_text
 from autotune.candidate import Candidate
 from autotune.environment import Environment
 from autotune.errors import AutotuneError, InputError, ModelNotFoundError, NotAnAutotuneDatabaseError, StoreError
-from autotune import prompts as quality_text
 from autotune.registry import ResolvedModel, gguf_in, looks_like_path
 from autotune.store import engine as engines
 from autotune.store.migrate import ensure_schema
 from autotune.store.records import METRICS, ModelRecord, StudyRecord, TrialRecord
 from autotune.store.schema import (
-    EnvironmentRow, ModelRow, RecommendationRow, StudyRow, TrialRow, WorkerEnvRow, utcnow,
+    EnvironmentRow,
+    ModelRow,
+    RecommendationRow,
+    StudyRow,
+    TrialRow,
+    WorkerEnvRow,
+    utcnow,
 )
 from autotune.worker_env import WorkerEnvironment
 from autotune.workload import MemoryLimit, Workload
@@ -54,7 +60,9 @@ class Store:
             engine.dispose()
             message = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
             if "file is not a database" in message:
-                raise NotAnAutotuneDatabaseError(f"{where} is not an autotune database ({message}); choose another with --db or AUTOTUNE_DB") from None
+                raise NotAnAutotuneDatabaseError(
+                    f"{where} is not an autotune database ({message}); choose another with --db or AUTOTUNE_DB"
+                ) from None
             raise StoreError(f"cannot open the database {where}: {message}") from None
         return cls(engine, resolved)
 
@@ -103,9 +111,14 @@ class Store:
             row = s.scalar(select(EnvironmentRow).where(EnvironmentRow.fingerprint == environment.fingerprint))
             if row is None:
                 row = EnvironmentRow(
-                    fingerprint=environment.fingerprint, hostname=environment.hostname, summary=environment.summary(),
-                    gpus=data["gpus"], versions=environment.versions, driver_version=environment.driver_version,
-                    cuda_driver_version=environment.cuda_driver_version, python=environment.python,
+                    fingerprint=environment.fingerprint,
+                    hostname=environment.hostname,
+                    summary=environment.summary(),
+                    gpus=data["gpus"],
+                    versions=environment.versions,
+                    driver_version=environment.driver_version,
+                    cuda_driver_version=environment.cuda_driver_version,
+                    python=environment.python,
                 )
                 s.add(row)
             else:
@@ -118,10 +131,16 @@ class Store:
             row = s.get(EnvironmentRow, environment_id)
             if row is None:
                 raise StoreError(f"no environment with id {environment_id} in {self.location}")
-            return Environment.from_dict({
-                "gpus": row.gpus, "versions": row.versions, "driver_version": row.driver_version,
-                "cuda_driver_version": row.cuda_driver_version, "python": row.python, "hostname": row.hostname,
-            })
+            return Environment.from_dict(
+                {
+                    "gpus": row.gpus,
+                    "versions": row.versions,
+                    "driver_version": row.driver_version,
+                    "cuda_driver_version": row.cuda_driver_version,
+                    "python": row.python,
+                    "hostname": row.hostname,
+                }
+            )
 
     def environment_fingerprint(self, environment_id: int) -> str:
         with self.session() as s:
@@ -131,7 +150,10 @@ class Store:
     # -- models ---------------------------------------------------------------------------------
 
     def upsert_model(
-        self, resolved: ResolvedModel, capabilities: dict[str, Any], workload: Workload,
+        self,
+        resolved: ResolvedModel,
+        capabilities: dict[str, Any],
+        workload: Workload,
         quality_prompts: tuple[str, ...] | None = None,
     ) -> tuple[ModelRecord, bool, dict[str, tuple[Any, Any]]]:
         """Register a model or update its workload.
@@ -158,9 +180,7 @@ class Store:
             row.updated_at = utcnow()
             row.removed_at = None
             s.flush()
-            changes = {} if old is None else {
-                k: (v, workload.to_dict()[k]) for k, v in old.to_dict().items() if workload.to_dict()[k] != v
-            }
+            changes = {} if old is None else {k: (v, workload.to_dict()[k]) for k, v in old.to_dict().items() if workload.to_dict()[k] != v}
             return _model(row), created, changes
 
     def get_model(self, name: str) -> ModelRecord:
@@ -210,12 +230,23 @@ class Store:
         """The study of ``model``'s current workload in ``environment_id``, created if new."""
         key = model.workload.key()
         with self.session() as s:
-            row = s.scalar(select(StudyRow).where(
-                StudyRow.model_id == model.id, StudyRow.workload_key == key, StudyRow.environment_id == environment_id,
-            ))
+            row = s.scalar(
+                select(StudyRow).where(
+                    StudyRow.model_id == model.id,
+                    StudyRow.workload_key == key,
+                    StudyRow.environment_id == environment_id,
+                )
+            )
             if row is None:
-                row = StudyRow(model_id=model.id, environment_id=environment_id, workload_key=key,
-                               workload=model.workload.to_dict(), state="pending", sampler_seed=seed, rejected=[])
+                row = StudyRow(
+                    model_id=model.id,
+                    environment_id=environment_id,
+                    workload_key=key,
+                    workload=model.workload.to_dict(),
+                    state="pending",
+                    sampler_seed=seed,
+                    rejected=[],
+                )
                 s.add(row)
                 s.flush()
             return _study(row)
@@ -247,14 +278,32 @@ class Store:
 
     # -- trials ---------------------------------------------------------------------------------
 
-    def start_trial(self, study_id: int, candidate: Candidate, batch_size: int, *, origin: str = "search",
-                    worker_env: str = "default", worker_pid: int | None = None) -> TrialRecord:
+    def start_trial(
+        self,
+        study_id: int,
+        candidate: Candidate,
+        batch_size: int,
+        *,
+        origin: str = "search",
+        worker_env: str = "default",
+        worker_pid: int | None = None,
+    ) -> TrialRecord:
         """Record a trial as running before it is measured, so a crash leaves a trace."""
         with self.session() as s:
             number = (s.scalar(select(func.max(TrialRow.number)).where(TrialRow.study_id == study_id)) or 0) + 1
-            row = TrialRow(study_id=study_id, number=number, origin=origin, candidate_key=candidate.key(),
-                           params=candidate.to_dict(), batch_size=batch_size, status="running",
-                           worker_env=worker_env, worker_pid=worker_pid, effective={}, details={})
+            row = TrialRow(
+                study_id=study_id,
+                number=number,
+                origin=origin,
+                candidate_key=candidate.key(),
+                params=candidate.to_dict(),
+                batch_size=batch_size,
+                status="running",
+                worker_env=worker_env,
+                worker_pid=worker_pid,
+                effective={},
+                details={},
+            )
             s.add(row)
             s.flush()
             return _trial(row)
@@ -271,9 +320,18 @@ class Store:
             for row in s.scalars(select(TrialRow).where(TrialRow.id.in_(list(forecasts)))):
                 row.forecast_bytes = forecasts[row.id]
 
-    def finish_trial(self, trial_id: int, status: str, *, reason: str | None = None, metrics: dict[str, Any] | None = None,
-                     effective: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
-                     feasible: bool | None = None, objective_value: float | None = None) -> TrialRecord:
+    def finish_trial(
+        self,
+        trial_id: int,
+        status: str,
+        *,
+        reason: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        effective: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+        feasible: bool | None = None,
+        objective_value: float | None = None,
+    ) -> TrialRecord:
         with self.session() as s:
             row = s.get(TrialRow, trial_id)
             if row is None:
@@ -316,17 +374,32 @@ class Store:
 
     # -- recommendations ------------------------------------------------------------------------
 
-    def add_recommendation(self, *, model_id: int, environment_id: int, objective: str, code: str,
-                           study_id: int | None = None, trial_id: int | None = None,
-                           constraints: dict[str, Any] | None = None, explanation: dict[str, Any] | None = None) -> int:
+    def add_recommendation(
+        self,
+        *,
+        model_id: int,
+        environment_id: int,
+        objective: str,
+        code: str,
+        study_id: int | None = None,
+        trial_id: int | None = None,
+        constraints: dict[str, Any] | None = None,
+        explanation: dict[str, Any] | None = None,
+    ) -> int:
         with self.session() as s:
-            row = RecommendationRow(model_id=model_id, environment_id=environment_id, objective=objective, code=code,
-                                    study_id=study_id, trial_id=trial_id, constraints=constraints or {},
-                                    explanation=explanation or {})
+            row = RecommendationRow(
+                model_id=model_id,
+                environment_id=environment_id,
+                objective=objective,
+                code=code,
+                study_id=study_id,
+                trial_id=trial_id,
+                constraints=constraints or {},
+                explanation=explanation or {},
+            )
             s.add(row)
             s.flush()
             return row.id
-
 
     # -- worker environments --------------------------------------------------------------------
 
@@ -352,7 +425,9 @@ class Store:
             row = s.scalar(select(WorkerEnvRow).where(WorkerEnvRow.name == name))
             if row is None:
                 known = s.scalars(select(WorkerEnvRow.name).order_by(WorkerEnvRow.name)).all()
-                raise InputError(f"worker environment {name} is not registered (registered: {', '.join(['default', *known])}); add it with `autotune env add {name} PYTHON`")
+                raise InputError(
+                    f"worker environment {name} is not registered (registered: {', '.join(['default', *known])}); add it with `autotune env add {name} PYTHON`"
+                )
             return _worker_env(row)
 
     def remove_worker_env(self, name: str) -> None:
@@ -364,9 +439,15 @@ class Store:
 
 
 def _worker_env(row: WorkerEnvRow) -> WorkerEnvironment:
-    return WorkerEnvironment(name=row.name, python=row.python, python_version=row.python_version,
-                             versions=dict(row.versions or {}), runtimes=dict(row.runtimes or {}),
-                             problems=tuple(row.problems or ()), error=row.error)
+    return WorkerEnvironment(
+        name=row.name,
+        python=row.python,
+        python_version=row.python_version,
+        versions=dict(row.versions or {}),
+        runtimes=dict(row.runtimes or {}),
+        problems=tuple(row.problems or ()),
+        error=row.error,
+    )
 
 
 def _workload(row: ModelRow) -> Workload:
@@ -377,27 +458,57 @@ def _workload(row: ModelRow) -> Workload:
 
 def _model(row: ModelRow) -> ModelRecord:
     return ModelRecord(
-        id=row.id, name=row.name, source=row.source, path=row.path, revision=row.revision, model_type=row.model_type,
-        architecture=row.architecture, config=dict(row.config), capabilities=dict(row.capabilities),
-        workload=_workload(row), created_at=row.created_at, updated_at=row.updated_at, gguf_file=row.gguf_file,
+        id=row.id,
+        name=row.name,
+        source=row.source,
+        path=row.path,
+        revision=row.revision,
+        model_type=row.model_type,
+        architecture=row.architecture,
+        config=dict(row.config),
+        capabilities=dict(row.capabilities),
+        workload=_workload(row),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        gguf_file=row.gguf_file,
         quality_prompts=tuple(row.quality_prompts) if row.quality_prompts else None,
     )
 
 
 def _study(row: StudyRow) -> StudyRecord:
     return StudyRecord(
-        id=row.id, model_id=row.model_id, environment_id=row.environment_id, workload_key=row.workload_key,
-        workload=Workload.from_dict(row.workload), state=row.state, stop_reason=row.stop_reason,
-        sampler_seed=row.sampler_seed, best_trial_id=row.best_trial_id, rejected=list(row.rejected or []),
-        created_at=row.created_at, updated_at=row.updated_at, finished_at=row.finished_at,
+        id=row.id,
+        model_id=row.model_id,
+        environment_id=row.environment_id,
+        workload_key=row.workload_key,
+        workload=Workload.from_dict(row.workload),
+        state=row.state,
+        stop_reason=row.stop_reason,
+        sampler_seed=row.sampler_seed,
+        best_trial_id=row.best_trial_id,
+        rejected=list(row.rejected or []),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
     )
 
 
 def _trial(row: TrialRow) -> TrialRecord:
     return TrialRecord(
-        id=row.id, study_id=row.study_id, number=row.number, origin=row.origin, candidate=Candidate.from_dict(row.params),
-        batch_size=row.batch_size, status=row.status, reason=row.reason, feasible=row.feasible,
-        objective_value=row.objective_value, metrics={m: getattr(row, m) for m in METRICS},
-        effective=dict(row.effective or {}), details=dict(row.details or {}), worker_env=row.worker_env,
-        started_at=row.started_at, finished_at=row.finished_at,
+        id=row.id,
+        study_id=row.study_id,
+        number=row.number,
+        origin=row.origin,
+        candidate=Candidate.from_dict(row.params),
+        batch_size=row.batch_size,
+        status=row.status,
+        reason=row.reason,
+        feasible=row.feasible,
+        objective_value=row.objective_value,
+        metrics={m: getattr(row, m) for m in METRICS},
+        effective=dict(row.effective or {}),
+        details=dict(row.details or {}),
+        worker_env=row.worker_env,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
     )

@@ -40,8 +40,12 @@ from autotune.worker.measure import input_device, synthetic_ids
 SDPA_KERNEL = "torch.nn.functional.scaled_dot_product_attention"
 #: Transformers' attention functions by name, and the implementation each stands for (``None``:
 #: the flash kernel it calls tells which FlashAttention ran).
-FUNCTIONS = {"eager_attention_forward": "eager", "sdpa_attention_forward": "sdpa",
-             "flex_attention_forward": "flex_attention", "flash_attention_forward": None}
+FUNCTIONS = {
+    "eager_attention_forward": "eager",
+    "sdpa_attention_forward": "sdpa",
+    "flex_attention_forward": "flex_attention",
+    "flash_attention_forward": None,
+}
 #: The module globals of ``transformers.modeling_flash_attention_utils`` that hold the loaded flash kernels.
 FLASH_GLOBALS = ("_flash_fn", "_flash_varlen_fn", "_flash_with_kvcache_fn")
 #: Tokens of the traced forward pass.
@@ -172,7 +176,7 @@ def register_fallback(model: Any) -> None:
     replacement: Any = sdpa_attention_forward
     if name == "sdpa":
         modules = (sys.modules.get(type(m).__module__) for m in model.modules())
-        replacement = next(getattr(m, "eager_attention_forward") for m in modules if hasattr(m, "eager_attention_forward"))
+        replacement = next(m.eager_attention_forward for m in modules if hasattr(m, "eager_attention_forward"))
     ALL_ATTENTION_FUNCTIONS[name] = replacement
 
 

@@ -87,9 +87,11 @@ def unclassified(request: WorkerRequest, doing: str, error: str) -> str:
     first line with its type.
     """
     name = request.model_name
-    return (f"{doing} {name} as {request.candidate.label()} failed with an error autotune does not recognise ({error}); "
-            f"the traceback is kept with the trial (autotune trials {name} --json); try the candidate alone with "
-            f"`autotune measure {name} {request.candidate.measure_args()} --batch 1`, or another dtype or attention")
+    return (
+        f"{doing} {name} as {request.candidate.label()} failed with an error autotune does not recognise ({error}); "
+        f"the traceback is kept with the trial (autotune trials {name} --json); try the candidate alone with "
+        f"`autotune measure {name} {request.candidate.measure_args()} --batch 1`, or another dtype or attention"
+    )
 
 
 def run(request: WorkerRequest, report: Reporter) -> None:
@@ -103,7 +105,9 @@ def run(request: WorkerRequest, report: Reporter) -> None:
 
     def finish_all(status: str, reason: str, **extra: Any) -> None:
         for batch in batches:
-            report.result(BatchResult(status, reason, batch, extra.get("metrics", {}), extra.get("effective", {}), extra.get("details", {})))
+            report.result(
+                BatchResult(status, reason, batch, extra.get("metrics", {}), extra.get("effective", {}), extra.get("details", {}))
+            )
 
     backend = for_request(request)
     if backend is None:
@@ -229,8 +233,17 @@ def _fault_batch(request: WorkerRequest) -> int | None:
     return order[min(1, len(order) - 1)]
 
 
-def _measure_one(request: WorkerRequest, model: Any, batch: int, probe: Any, fault_at: int | None, load_metrics: dict[str, Any],
-                 effective: dict[str, Any], quality_metrics: dict[str, Any], quality_details: dict[str, Any]) -> BatchResult:
+def _measure_one(
+    request: WorkerRequest,
+    model: Any,
+    batch: int,
+    probe: Any,
+    fault_at: int | None,
+    load_metrics: dict[str, Any],
+    effective: dict[str, Any],
+    quality_metrics: dict[str, Any],
+    quality_details: dict[str, Any],
+) -> BatchResult:
     """Measure one batch size; every exception becomes a classified result."""
     import torch
 

@@ -71,8 +71,10 @@ class Ladder:
         if status == "oom":
             return  # falling: the next smaller size may fit
         if status == "screened":
-            self._stop = ("skipped", f"not measured: batch size {batch} was screened out (far behind the best so far), "
-                                     f"and a smaller batch is slower still")
+            self._stop = (
+                "skipped",
+                f"not measured: batch size {batch} was screened out (far behind the best so far), and a smaller batch is slower still",
+            )
             return
         if status != "ok":
             self._stop = ("skipped", f"not measured: batch size {batch} ended the ladder ({status})")
@@ -84,16 +86,24 @@ class Ladder:
         self._last_ok = (batch, value)
         screen = self.screen
         if previous is not None and screen is not None and not screen.better(value, previous[1]):
-            self._stop = ("skipped", f"not measured: batch size {batch} was no faster than batch size {previous[0]}, "
-                                     f"so smaller sizes are not expected to gain")
+            self._stop = (
+                "skipped",
+                f"not measured: batch size {batch} was no faster than batch size {previous[0]}, so smaller sizes are not expected to gain",
+            )
             return
         if screen is None:
-            self._stop = ("skipped", f"not measured: batch size {batch} was measured, and without an objective to compare "
-                                     f"a smaller size is not expected to gain")
+            self._stop = (
+                "skipped",
+                f"not measured: batch size {batch} was measured, and without an objective to compare "
+                f"a smaller size is not expected to gain",
+            )
             return
         if screen.beat is not None and screen.behind(value) > screen.contend:
-            self._stop = ("skipped", f"not measured: batch size {batch} was {screen.behind(value):.0%} behind the best so far "
-                                     f"(not a contender), so a smaller size is not expected to win")
+            self._stop = (
+                "skipped",
+                f"not measured: batch size {batch} was {screen.behind(value):.0%} behind the best so far "
+                f"(not a contender), so a smaller size is not expected to win",
+            )
 
     def leftover(self) -> list[Leftover]:
         """The sizes never measured, in rising order, each with its status and reason."""

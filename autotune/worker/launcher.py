@@ -32,14 +32,16 @@ STDERR_TAIL_CHARS = 4000
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-def run(request: WorkerRequest, *, python: str | None = None,
-        on_spawn: Callable[[int], None] | None = None, env: dict[str, str] | None = None) -> list[BatchResult]:
+def run(
+    request: WorkerRequest, *, python: str | None = None, on_spawn: Callable[[int], None] | None = None, env: dict[str, str] | None = None
+) -> list[BatchResult]:
     """Measure ``request`` in a child process; one :class:`BatchResult` per batch size, in order."""
     return list(launch(request, python=python, on_spawn=on_spawn, env=env).results)
 
 
-def launch(request: WorkerRequest, *, python: str | None = None,
-           on_spawn: Callable[[int], None] | None = None, env: dict[str, str] | None = None) -> WorkerOutcome:
+def launch(
+    request: WorkerRequest, *, python: str | None = None, on_spawn: Callable[[int], None] | None = None, env: dict[str, str] | None = None
+) -> WorkerOutcome:
     """Like :func:`run`, with the exit status, timing and output of the worker.
 
     ``python`` is the interpreter that runs the child (default: this one); ``on_spawn`` is
@@ -61,9 +63,15 @@ def launch(request: WorkerRequest, *, python: str | None = None,
         timed_out = False
         with open(log_file, "wb") as log:
             try:
-                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        env=child_environment(env, isolated_in=workdir if foreign else None),
-                                        start_new_session=True, close_fds=True)
+                proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=child_environment(env, isolated_in=workdir if foreign else None),
+                    start_new_session=True,
+                    close_fds=True,
+                )
             except OSError as exc:
                 reason = f"cannot start the worker ({command[0]}): {exc.strerror or exc}"
                 results = _all_failed(request, "error", reason, {})
@@ -216,13 +224,18 @@ def _where(phase: dict[str, Any] | None) -> str:
     name = phase.get("phase")
     if name == "batch":
         return f"measuring batch size {phase.get('batch_size')}"
-    return {"loading": "loading the model", "exporting": "exporting the model to ONNX", "reference": "writing the quality reference",
-            "quality": "comparing outputs with the quality reference",
-            "attention": "reading back which attention runs (a traced forward pass)"}.get(str(name), str(name))
+    return {
+        "loading": "loading the model",
+        "exporting": "exporting the model to ONNX",
+        "reference": "writing the quality reference",
+        "quality": "comparing outputs with the quality reference",
+        "attention": "reading back which attention runs (a traced forward pass)",
+    }.get(str(name), str(name))
 
 
-def classify(request: WorkerRequest, events: list[dict[str, Any]], returncode: int | None, timed_out: bool,
-             tail: str) -> tuple[list[BatchResult], dict[str, Any] | None]:
+def classify(
+    request: WorkerRequest, events: list[dict[str, Any]], returncode: int | None, timed_out: bool, tail: str
+) -> tuple[list[BatchResult], dict[str, Any] | None]:
     """One result per expected batch size from the child's events and how it ended.
 
     Reported batches keep what the child said. The first batch size without a report gets what
@@ -283,8 +296,16 @@ def classify(request: WorkerRequest, events: list[dict[str, Any]], returncode: i
             culprit = batch
             results.append(BatchResult(failure[0], failure[1], batch, dict(base_metrics), base_effective, details))
         else:
-            results.append(BatchResult("skipped", f"not measured: the worker ended at batch size {culprit} ({failure[0]})",
-                                       batch, {}, base_effective, {"returncode": returncode}))
+            results.append(
+                BatchResult(
+                    "skipped",
+                    f"not measured: the worker ended at batch size {culprit} ({failure[0]})",
+                    batch,
+                    {},
+                    base_effective,
+                    {"returncode": returncode},
+                )
+            )
     return results, reference
 
 

@@ -29,8 +29,6 @@ _MODEL_CLASSES = {
 }
 
 
-
-
 def transformers_version() -> tuple[int, int]:
     major, minor = transformers.__version__.split(".")[:2]
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
@@ -79,8 +77,11 @@ def describe_kwargs(kwargs: dict[str, Any]) -> dict[str, str]:
     for key, value in kwargs.items():
         if key == "quantization_config":
             raw = value.to_dict()
-            keep = ("load_in_8bit",) if raw.get("load_in_8bit") else \
-                ("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+            keep = (
+                ("load_in_8bit",)
+                if raw.get("load_in_8bit")
+                else ("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+            )
             data = {k: raw[k] for k in keep if k in raw}
             out[key] = "BitsAndBytesConfig(" + ", ".join(f"{k}={v!r}" for k, v in data.items()) + ")"
         else:
@@ -103,8 +104,9 @@ def check_importable(candidate: Candidate) -> None:
     try:
         importlib.import_module(fa.module)
     except Exception as exc:  # a missing package, a missing dependency, a library that fails to initialise
-        raise OptionNotInEffect("unsupported", f"{candidate.attn}: {fa.module} does not import here ({first_line(exc)}); "
-                                               f"{fa.install_hint()}") from None
+        raise OptionNotInEffect(
+            "unsupported", f"{candidate.attn}: {fa.module} does not import here ({first_line(exc)}); {fa.install_hint()}"
+        ) from None
 
 
 def load(request: WorkerRequest) -> Loaded:
@@ -128,8 +130,7 @@ def load(request: WorkerRequest) -> Loaded:
         except ImportError:
             pass
     if request.fault == "import":
-        raise ModuleNotFoundError("No module named 'autotune_injected_fault' (a fault injected by a test)",
-                                  name="autotune_injected_fault")
+        raise ModuleNotFoundError("No module named 'autotune_injected_fault' (a fault injected by a test)", name="autotune_injected_fault")
     # Weights missing from the checkpoint (a classifier head) are initialised alike in every worker.
     torch.manual_seed(request.seed)
     synchronize()
@@ -141,6 +142,7 @@ def load(request: WorkerRequest) -> Loaded:
 
 
 # -- what was really loaded -----------------------------------------------------------------------
+
 
 def _is_bnb(module: Any) -> bool:
     return type(module).__module__.startswith("bitsandbytes") and type(module).__name__ in ("Linear4bit", "Linear8bitLt")
@@ -170,15 +172,17 @@ def read_effective(model: Any, candidate: Candidate, gguf_file: str | None = Non
     # the name rule alone: a layer the quantizer meant to convert and left alone is a finding
     by_design = [n for n, _ in plain if quantizer is not None and not should_convert(n, skip)]
     missed = [(n, m) for n, m in plain if quantizer is not None and should_convert(n, skip)]
-    effective.update({
-        "linear_layers": len(linear),
-        "quantized_layers": len(quantized),
-        "layer_classes": dict(Counter(type(m).__name__ for _, m in linear)),
-        "kept_unquantized": by_design[:20],
-        "unquantized_layers": len(missed),
-        "unquantized_examples": [f"{n} ({type(m).__name__})" for n, m in missed[:5]],
-        "is_quantized": bool(getattr(model, "is_quantized", False)),
-    })
+    effective.update(
+        {
+            "linear_layers": len(linear),
+            "quantized_layers": len(quantized),
+            "layer_classes": dict(Counter(type(m).__name__ for _, m in linear)),
+            "kept_unquantized": by_design[:20],
+            "unquantized_layers": len(missed),
+            "unquantized_examples": [f"{n} ({type(m).__name__})" for n, m in missed[:5]],
+            "is_quantized": bool(getattr(model, "is_quantized", False)),
+        }
+    )
     if quantized:
         quant_types = Counter()
         nested = set()
@@ -239,8 +243,10 @@ def check_effective(candidate: Candidate, effective: dict[str, Any], max_memory:
     if attn != c.attn:
         why = ""
         if c.attn in FLASH_ATTENTIONS and "/" in str(attn):
-            why = (f", a kernel from the Hugging Face Hub that transformers {transformers.__version__} loads when the package "
-                   f"{FLASH_ATTENTIONS[c.attn].package} is missing and `kernels` is installed")
+            why = (
+                f", a kernel from the Hugging Face Hub that transformers {transformers.__version__} loads when the package "
+                f"{FLASH_ATTENTIONS[c.attn].package} is missing and `kernels` is installed"
+            )
         raise OptionNotInEffect("unsupported", f"attention {c.attn} did not take effect: the loaded model runs {attn}{why}")
 
     if c.quant != "none":
@@ -249,8 +255,11 @@ def check_effective(candidate: Candidate, effective: dict[str, Any], max_memory:
         if done == 0 or missed:
             classes = sorted({e.split(" (")[1].rstrip(")") for e in effective["unquantized_examples"]})
             meant = missed + done
-            what = f"none of the {meant} linear layers meant to be quantized was converted" if done == 0 else \
-                f"{missed} of the {meant} linear layers meant to be quantized were left as they were"
+            what = (
+                f"none of the {meant} linear layers meant to be quantized was converted"
+                if done == 0
+                else f"{missed} of the {meant} linear layers meant to be quantized were left as they were"
+            )
             raise OptionNotInEffect(
                 "unsupported",
                 f"{c.quant} did not take effect: {what} ({', '.join(classes)} stayed {effective.get('dtype')}, "
@@ -261,7 +270,9 @@ def check_effective(candidate: Candidate, effective: dict[str, Any], max_memory:
             want = _QUANT_TYPES[c.quant]
             types = set(effective.get("quant_types", {}))
             if types != {want}:
-                raise OptionNotInEffect("unsupported", f"{c.quant} did not take effect: the layers hold {', '.join(sorted(map(str, types)))}")
+                raise OptionNotInEffect(
+                    "unsupported", f"{c.quant} did not take effect: the layers hold {', '.join(sorted(map(str, types)))}"
+                )
             if effective.get("double_quant") not in (c.double_quant, None):
                 raise OptionNotInEffect("unsupported", f"double quantization {'on' if c.double_quant else 'off'} did not take effect")
         elif set(effective.get("quant_types", {})) != {"int8"}:
@@ -279,13 +290,16 @@ def check_effective(candidate: Candidate, effective: dict[str, Any], max_memory:
         if offloaded:
             caps = ", ".join(f"{i}: {cap / 2**30:.2f} GiB" for i, cap in sorted((max_memory or {}).items()))
             limit = f" under max_memory {{{caps}}}" if caps else ""
-            raise OptionNotInEffect("oom", f"the weights do not fit the GPUs{limit}: accelerate offloaded modules to {', '.join(offloaded)}")
+            raise OptionNotInEffect(
+                "oom", f"the weights do not fit the GPUs{limit}: accelerate offloaded modules to {', '.join(offloaded)}"
+            )
         gpus = {d for d in effective.get("param_devices", {}) if d.startswith("cuda")}
         if c.placement == "cuda" and len(gpus) != 1:
             raise OptionNotInEffect("unsupported", f"placement cuda did not take effect: weights on {', '.join(sorted(gpus))}")
 
 
 # -- errors while loading -------------------------------------------------------------------------
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
@@ -335,8 +349,20 @@ def _raised_in(exc: BaseException, package: str) -> bool:
     return bool(last) and (last == package or str(last).startswith(package + "."))
 
 
-_UNSUPPORTED_HINTS = ("attn", "attention", "quantiz", "bitsandbytes", "not supported", "does not support",
-                      "not available", "flash", "sdpa", "requires", "dtype", "compute capability")
+_UNSUPPORTED_HINTS = (
+    "attn",
+    "attention",
+    "quantiz",
+    "bitsandbytes",
+    "not supported",
+    "does not support",
+    "not available",
+    "flash",
+    "sdpa",
+    "requires",
+    "dtype",
+    "compute capability",
+)
 
 
 def classify_load_error(exc: BaseException, candidate: Candidate) -> tuple[str, str]:

@@ -42,6 +42,7 @@ class Measured:
 
 # -- statistics -----------------------------------------------------------------------------------
 
+
 def percentile(values: list[float], q: float) -> float:
     """Linear-interpolation percentile (``q`` in [0, 100]) of a non-empty list."""
     ordered = sorted(values)
@@ -90,11 +91,20 @@ def repeat(call: Callable[[], Any], request: WorkerRequest, first: list[float] |
 
 # -- inputs ---------------------------------------------------------------------------------------
 
+
 def special_ids(model: Any) -> set[int]:
     ids: set[int] = set()
     for source in (model.config, getattr(model, "generation_config", None)):
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "sep_token_id", "cls_token_id",
-                     "mask_token_id", "unk_token_id"):
+        for name in (
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+            "decoder_start_token_id",
+            "sep_token_id",
+            "cls_token_id",
+            "mask_token_id",
+            "unk_token_id",
+        ):
             value = getattr(source, name, None)
             for item in value if isinstance(value, (list, tuple)) else [value]:
                 if isinstance(item, int):
@@ -171,6 +181,7 @@ def input_device(model: Any) -> torch.device:
 
 
 # -- memory ---------------------------------------------------------------------------------------
+
 
 def current_rss() -> int | None:
     try:
@@ -257,7 +268,6 @@ class GpuMemoryProbe:
             except Exception:
                 continue
         return out
-
 
     def other_processes(self, gpus: list[int]) -> dict[str, Any]:
         """Other processes NVML lists on the given GPUs (torch indices): ``{"processes": [...], "own_listed": bool}``.
@@ -409,16 +419,20 @@ def memory_pass(model: Any, probe: GpuMemoryProbe | None) -> Iterator[dict[str, 
         metrics["torch_reserved_bytes"] = max(reserved.values())
         metrics["nvml_used_bytes"] = max(nvml.values()) if nvml else None
         metrics["peak_memory_bytes"] = metrics["nvml_used_bytes"] or metrics["torch_reserved_bytes"]
-        details["memory_per_gpu"] = {f"cuda:{i}": {"torch_allocated": allocated[i], "torch_reserved": reserved[i],
-                                                    "nvml_used": nvml.get(i)} for i in gpus}
+        details["memory_per_gpu"] = {
+            f"cuda:{i}": {"torch_allocated": allocated[i], "torch_reserved": reserved[i], "nvml_used": nvml.get(i)} for i in gpus
+        }
         details["peak_source"] = probe.source if nvml and probe is not None else "torch_reserved (no NVML: CUDA context not included)"
     elif gpus:
         nvml = {i: sampler.gpu_peaks[i] for i in gpus if i in sampler.gpu_peaks}
         metrics.update(torch_allocated_bytes=None, torch_reserved_bytes=None, nvml_used_bytes=max(nvml.values()) if nvml else None)
         metrics["peak_memory_bytes"] = metrics["nvml_used_bytes"]
         details["memory_per_gpu"] = {f"cuda:{i}": {"nvml_used": nvml.get(i)} for i in gpus}
-        details["peak_source"] = (probe.source if nvml and probe is not None else
-                                  "none: NVML could not see this process, and torch does not see ONNX Runtime's memory")
+        details["peak_source"] = (
+            probe.source
+            if nvml and probe is not None
+            else "none: NVML could not see this process, and torch does not see ONNX Runtime's memory"
+        )
     else:
         metrics.update(torch_allocated_bytes=None, torch_reserved_bytes=None, nvml_used_bytes=None, peak_memory_bytes=peak_rss())
         details["peak_source"] = "peak RSS of the worker process since it started (loading included)"
@@ -426,6 +440,7 @@ def memory_pass(model: Any, probe: GpuMemoryProbe | None) -> Iterator[dict[str, 
 
 
 # -- attention kernel -----------------------------------------------------------------------------
+
 
 def sdpa_context(candidate: Candidate) -> contextlib.AbstractContextManager[Any]:
     """``torch.nn.attention.sdpa_kernel`` pinning the candidate's SDPA backend, if it pins one."""
@@ -437,6 +452,7 @@ def sdpa_context(candidate: Candidate) -> contextlib.AbstractContextManager[Any]
 
 
 # -- text generation ------------------------------------------------------------------------------
+
 
 class StopAfterFirstToken(StoppingCriteria):
     """A stopping criterion that ends ``generate`` once the first new token is there.
@@ -538,14 +554,17 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
 
 # -- screening ------------------------------------------------------------------------------------
 
+
 def screen_memory(request: WorkerRequest, memory_metrics: dict[str, Any]) -> str | None:
     """The screening verdict of a memory objective, from the memory pass alone (no timed run)."""
     screen = request.screen
     peak = memory_metrics.get("peak_memory_bytes")
     if screen is None or screen.metric != "peak_memory_bytes" or peak is None or not screen.hopeless(float(peak)):
         return None
-    return (f"screened out after the memory pass: peak {peak / 2**30:.2f} GiB is {screen.behind(float(peak)):.0%} above the "
-            f"smallest so far ({screen.beat / 2**30:.2f} GiB); not timed")  # type: ignore[operator]
+    return (
+        f"screened out after the memory pass: peak {peak / 2**30:.2f} GiB is {screen.behind(float(peak)):.0%} above the "
+        f"smallest so far ({screen.beat / 2**30:.2f} GiB); not timed"
+    )  # type: ignore[operator]
 
 
 def screen_timing(request: WorkerRequest, per_second: float, milliseconds: float) -> str | None:
@@ -561,22 +580,40 @@ def screen_timing(request: WorkerRequest, per_second: float, milliseconds: float
     if not screen.hopeless(value):
         return None
     unit = "ms" if screen.metric == "latency_p50_ms" else "/s"
-    return (f"screened out after one timed run: {value:,.1f} {unit} is {screen.behind(value):.0%} behind the best so far "
-            f"({screen.beat:,.1f} {unit}, margin {screen.margin:.0%}); a screen, not a measurement")
+    return (
+        f"screened out after one timed run: {value:,.1f} {unit} is {screen.behind(value):.0%} behind the best so far "
+        f"({screen.beat:,.1f} {unit}, margin {screen.margin:.0%}); a screen, not a measurement"
+    )
 
 
-def _screened_generation(request: WorkerRequest, batch: int, generated: int, runs: list[float], memory: dict[str, Any],
-                         effective: dict[str, Any], first_call: float, lengths: list[int], reason: str) -> Measured:
+def _screened_generation(
+    request: WorkerRequest,
+    batch: int,
+    generated: int,
+    runs: list[float],
+    memory: dict[str, Any],
+    effective: dict[str, Any],
+    first_call: float,
+    lengths: list[int],
+    reason: str,
+) -> Measured:
     metrics: dict[str, Any] = {**memory["metrics"], "repeats": len(runs)}
     if runs:
         seconds = runs[0]
         metrics.update(latency_p50_ms=seconds * 1e3, throughput_tokens_per_s=batch * generated / seconds)
-    details = {"e2e_ms": [round(t * 1e3, 3) for t in runs], "first_call_seconds": first_call, "generated_tokens": generated,
-               "prompt_lengths": lengths, "screen": request.screen.to_dict() if request.screen else None, **memory["details"]}
+    details = {
+        "e2e_ms": [round(t * 1e3, 3) for t in runs],
+        "first_call_seconds": first_call,
+        "generated_tokens": generated,
+        "prompt_lengths": lengths,
+        "screen": request.screen.to_dict() if request.screen else None,
+        **memory["details"],
+    }
     return Measured(metrics, effective, details, screened=reason)
 
 
 # -- encoders -------------------------------------------------------------------------------------
+
 
 def measure_encoder(model: Any, request: WorkerRequest, batch: int, probe: GpuMemoryProbe | None) -> Measured:
     inputs, lengths = batch_inputs(model, batch, request, left=False)
@@ -602,8 +639,13 @@ def measure_encoder(model: Any, request: WorkerRequest, batch: int, probe: GpuMe
         metrics = {**memory["metrics"], "repeats": len(runs)}
         if runs:
             metrics.update(latency_p50_ms=runs[0] * 1e3, sequences_per_s=batch / runs[0])
-        details = {"forward_ms": [round(t * 1e3, 3) for t in runs], "first_call_seconds": first_call, "prompt_lengths": lengths,
-                   "screen": request.screen.to_dict() if request.screen else None, **memory["details"]}
+        details = {
+            "forward_ms": [round(t * 1e3, 3) for t in runs],
+            "first_call_seconds": first_call,
+            "prompt_lengths": lengths,
+            "screen": request.screen.to_dict() if request.screen else None,
+            **memory["details"],
+        }
         return Measured(metrics, {}, details, screened=screened)
     p50 = percentile(times, 50)
     metrics = {

@@ -42,11 +42,17 @@ from autotune.worker.backends._base import LoadFailed
 from autotune.worker.protocol import WorkerRequest
 
 #: The optimum export task of each autotune task (decoders export with their KV cache).
-EXPORT_TASKS = {"text-generation": "text-generation-with-past", "feature-extraction": "feature-extraction",
-                "text-classification": "text-classification"}
+EXPORT_TASKS = {
+    "text-generation": "text-generation-with-past",
+    "feature-extraction": "feature-extraction",
+    "text-classification": "text-classification",
+}
 #: The ``optimum.onnxruntime`` class that runs each task.
-ORT_CLASSES = {"text-generation": "ORTModelForCausalLM", "feature-extraction": "ORTModelForFeatureExtraction",
-               "text-classification": "ORTModelForSequenceClassification"}
+ORT_CLASSES = {
+    "text-generation": "ORTModelForCausalLM",
+    "feature-extraction": "ORTModelForFeatureExtraction",
+    "text-classification": "ORTModelForSequenceClassification",
+}
 EXPORT_DTYPES = {"float32": "fp32", "float16": "fp16"}
 METADATA = "autotune-export.json"
 FORMAT = 1
@@ -71,7 +77,11 @@ def version(dist: str) -> str | None:
 def missing_packages() -> str | None:
     """What this interpreter lacks for ONNX Runtime candidates, in words; ``None`` if nothing."""
     missing = []
-    for module, dist in (("onnxruntime", "onnxruntime"), ("optimum.onnxruntime", "optimum-onnx"), ("optimum.exporters.onnx", "optimum-onnx")):
+    for module, dist in (
+        ("onnxruntime", "onnxruntime"),
+        ("optimum.onnxruntime", "optimum-onnx"),
+        ("optimum.exporters.onnx", "optimum-onnx"),
+    ):
         try:
             found = find_spec(module) is not None
         except (ImportError, ValueError):
@@ -95,6 +105,7 @@ def cache_root(request: WorkerRequest) -> Path:
 
 # -- the export and its key -----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ExportSpec:
     """What to export and how; :meth:`key` is its identity in the cache."""
@@ -114,9 +125,15 @@ class ExportSpec:
         path = Path(self.model_path)
         config = path / "config.json"
         return {
-            "format": FORMAT, "model": self.model_name, "path": self.model_path, "revision": self.revision,
+            "format": FORMAT,
+            "model": self.model_name,
+            "path": self.model_path,
+            "revision": self.revision,
             "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
-            "files": _content_stamp(path), "task": self.task, "dtype": self.dtype, "versions": self.versions,
+            "files": _content_stamp(path),
+            "task": self.task,
+            "dtype": self.dtype,
+            "versions": self.versions,
         }
 
     def key(self) -> str:
@@ -136,9 +153,17 @@ def _content_stamp(path: Path) -> list[Any]:
 
 def export_spec(request: WorkerRequest) -> ExportSpec:
     c = request.candidate
-    return ExportSpec(model_path=request.model_path, model_name=request.model_name, revision=request.model_revision,
-                      task=EXPORT_TASKS[request.task], dtype=c.dtype, device="cuda" if c.dtype == "float16" else "cpu",
-                      seed=request.seed, versions={d: version(d) for d in EXPORT_PACKAGES}, fail=request.fault == "export")
+    return ExportSpec(
+        model_path=request.model_path,
+        model_name=request.model_name,
+        revision=request.model_revision,
+        task=EXPORT_TASKS[request.task],
+        dtype=c.dtype,
+        device="cuda" if c.dtype == "float16" else "cpu",
+        seed=request.seed,
+        versions={d: version(d) for d in EXPORT_PACKAGES},
+        fail=request.fault == "export",
+    )
 
 
 @dataclass(frozen=True)
@@ -161,10 +186,18 @@ class Export:
 
     def describe(self) -> dict[str, Any]:
         meta = self.metadata
-        return {"path": self.path, "cached": self.cached, "seconds": meta.get("export_seconds"), "task": meta.get("task"),
-                "dtype": meta.get("dtype"), "device": meta.get("device"), "key": meta.get("key"),
-                "optimum_onnx": (meta.get("versions") or {}).get("optimum-onnx"), "exported_at": meta.get("exported_at"),
-                "wall_seconds": self.wall_seconds}
+        return {
+            "path": self.path,
+            "cached": self.cached,
+            "seconds": meta.get("export_seconds"),
+            "task": meta.get("task"),
+            "dtype": meta.get("dtype"),
+            "device": meta.get("device"),
+            "key": meta.get("key"),
+            "optimum_onnx": (meta.get("versions") or {}).get("optimum-onnx"),
+            "exported_at": meta.get("exported_at"),
+            "wall_seconds": self.wall_seconds,
+        }
 
 
 def read_metadata(directory: Path) -> dict[str, Any] | None:
@@ -177,8 +210,9 @@ def read_metadata(directory: Path) -> dict[str, Any] | None:
 class ExportJob:
     """An export that is either in the cache already or running in its own process."""
 
-    def __init__(self, spec: ExportSpec, root: Path, target: Path, proc: subprocess.Popen[bytes] | None,
-                 workdir: Path | None, started: float) -> None:
+    def __init__(
+        self, spec: ExportSpec, root: Path, target: Path, proc: subprocess.Popen[bytes] | None, workdir: Path | None, started: float
+    ) -> None:
         self.spec, self.root, self.target, self.proc, self.workdir, self.started = spec, root, target, proc, workdir, started
 
     def wait(self) -> Export:
@@ -215,8 +249,13 @@ def start_export(request: WorkerRequest) -> ExportJob:
     workdir.mkdir()
     (workdir / "spec.json").write_text(json.dumps({**asdict(spec), "target": str(target), "key": spec.key()}))
     with open(workdir / "export.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "autotune.worker.onnx", str(workdir / "spec.json")],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autotune.worker.onnx", str(workdir / "spec.json")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+        )
     return ExportJob(spec, root, target, proc, workdir, started)
 
 
@@ -238,14 +277,26 @@ def _tail(path: Path, limit: int = 4000) -> str:
     return data[-limit:].decode("utf-8", errors="replace")
 
 
-_EXPORT_UNSUPPORTED = ("only supports the tasks", "is not supported yet", "custom or unsupported architecture",
-                       "not supported", "does not support", "could not infer the pad token id")
+_EXPORT_UNSUPPORTED = (
+    "only supports the tasks",
+    "is not supported yet",
+    "custom or unsupported architecture",
+    "not supported",
+    "does not support",
+    "could not infer the pad token id",
+)
 
 
 def _classify_export_failure(returncode: int, log: str) -> tuple[str, str]:
     lines = [line.strip() for line in log.splitlines() if line.strip()]
-    error = next((line for line in reversed(lines) if ("Error" in line.split(":")[0] or "Exception" in line.split(":")[0])
-                  and not line.startswith("File ")), None) or (lines[-1] if lines else "no output")
+    error = next(
+        (
+            line
+            for line in reversed(lines)
+            if ("Error" in line.split(":")[0] or "Exception" in line.split(":")[0]) and not line.startswith("File ")
+        ),
+        None,
+    ) or (lines[-1] if lines else "no output")
     if len(error) > 400:
         error = error[:397] + "..."
     if returncode < 0:
@@ -279,9 +330,18 @@ def _export_main(spec_file: str) -> int:
     if data.get("fail"):
         raise RuntimeError("the ONNX exporter failed (a fault injected by a test)")
     started = time.perf_counter()
-    main_export(data["model_path"], output=out, task=data["task"], dtype=EXPORT_DTYPES[data["dtype"]], device=data["device"],
-                do_validation=False, no_post_process=True, library_name="transformers", pad_token_id=pad,
-                local_files_only=offline)
+    main_export(
+        data["model_path"],
+        output=out,
+        task=data["task"],
+        dtype=EXPORT_DTYPES[data["dtype"]],
+        device=data["device"],
+        do_validation=False,
+        no_post_process=True,
+        library_name="transformers",
+        pad_token_id=pad,
+        local_files_only=offline,
+    )
     seconds = time.perf_counter() - started
     try:
         from optimum.utils.save_utils import maybe_save_preprocessors
@@ -289,10 +349,19 @@ def _export_main(spec_file: str) -> int:
         maybe_save_preprocessors(data["model_path"], out)
     except Exception:  # a tokenizer is a convenience for apps, not needed to measure
         pass
-    meta = {"format": FORMAT, "key": data["key"], "model": data["model_name"], "model_path": data["model_path"],
-            "revision": data["revision"], "task": data["task"], "dtype": data["dtype"], "device": data["device"],
-            "versions": {**data["versions"], "onnxruntime": version("onnxruntime") or version("onnxruntime-gpu")},
-            "export_seconds": round(seconds, 3), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meta = {
+        "format": FORMAT,
+        "key": data["key"],
+        "model": data["model_name"],
+        "model_path": data["model_path"],
+        "revision": data["revision"],
+        "task": data["task"],
+        "dtype": data["dtype"],
+        "device": data["device"],
+        "versions": {**data["versions"], "onnxruntime": version("onnxruntime") or version("onnxruntime-gpu")},
+        "export_seconds": round(seconds, 3),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     (out / METADATA).write_text(json.dumps(meta, indent=1))
     try:
         os.rename(out, target)
@@ -305,6 +374,7 @@ def _export_main(spec_file: str) -> int:
 
 
 # -- loading and reading back ---------------------------------------------------------------------
+
 
 @dataclass
 class Loaded:
@@ -355,12 +425,16 @@ def check_effective(candidate: Candidate, effective: dict[str, Any]) -> None:
     from autotune.worker.loading import OptionNotInEffect
 
     if effective["provider"] != candidate.provider:
-        raise OptionNotInEffect("unsupported", f"execution provider {candidate.provider} did not take effect: the session runs "
-                                               f"{', '.join(effective['providers'])}")
+        raise OptionNotInEffect(
+            "unsupported",
+            f"execution provider {candidate.provider} did not take effect: the session runs {', '.join(effective['providers'])}",
+        )
     if effective["io_binding"] != bool(candidate.io_binding):
         raise OptionNotInEffect("unsupported", f"IO binding {'on' if candidate.io_binding else 'off'} did not take effect")
     if effective["dtype"] != candidate.dtype:
-        raise OptionNotInEffect("unsupported", f"dtype {candidate.dtype} did not take effect: the exported graph computes in {effective['dtype']}")
+        raise OptionNotInEffect(
+            "unsupported", f"dtype {candidate.dtype} did not take effect: the exported graph computes in {effective['dtype']}"
+        )
 
 
 def classify_load_error(exc: BaseException, candidate: Candidate) -> tuple[str, str]:
@@ -374,9 +448,15 @@ def classify_load_error(exc: BaseException, candidate: Candidate) -> tuple[str, 
     if isinstance(exc, ImportError):
         return "unsupported", f"loading {candidate.label()} needs a package that is not usable here: {message}"
     if "available execution providers" in text or "execution provider" in text.lower():
-        return "unsupported", f"ONNX Runtime {version('onnxruntime') or version('onnxruntime-gpu')} cannot use {candidate.provider}: {message}"
+        return (
+            "unsupported",
+            f"ONNX Runtime {version('onnxruntime') or version('onnxruntime-gpu')} cannot use {candidate.provider}: {message}",
+        )
     if type(exc).__module__.startswith("onnxruntime"):
-        return "unsupported", f"ONNX Runtime {version('onnxruntime') or version('onnxruntime-gpu')} refused the exported graph with {candidate.provider}: {message}"
+        return (
+            "unsupported",
+            f"ONNX Runtime {version('onnxruntime') or version('onnxruntime-gpu')} refused the exported graph with {candidate.provider}: {message}",
+        )
     return "error", f"loading the ONNX export failed: {message}"
 
 

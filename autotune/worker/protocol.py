@@ -26,8 +26,12 @@ STATUSES = ("ok", "oom", "crash", "timeout", "unsupported", "error", "skipped", 
 #: The orders a worker measures its batch sizes in (see :class:`WorkerRequest`).
 LADDERS = ("rising", "falling")
 #: The objective figures a worker can screen on, and which way is better.
-SCREEN_METRICS = {"throughput_tokens_per_s": "maximize", "sequences_per_s": "maximize", "latency_p50_ms": "minimize",
-                  "peak_memory_bytes": "minimize"}
+SCREEN_METRICS = {
+    "throughput_tokens_per_s": "maximize",
+    "sequences_per_s": "maximize",
+    "latency_p50_ms": "minimize",
+    "peak_memory_bytes": "minimize",
+}
 
 #: Test-only faults the child can inject: an out-of-memory error at the second batch size it
 #: measures, a segfault there, a hang at start-up (ignoring SIGTERM, with a grandchild process),
@@ -65,8 +69,9 @@ class Screen:
         if self.metric not in SCREEN_METRICS:
             raise InputError(f"cannot screen on {self.metric!r}: choose one of {', '.join(SCREEN_METRICS)}")
         if not 0 < self.margin < 1 or not 0 <= self.contend < 1:
-            raise InputError(f"the screening margin must be in (0, 1) and the contender margin in [0, 1), "
-                             f"got {self.margin!r} and {self.contend!r}")
+            raise InputError(
+                f"the screening margin must be in (0, 1) and the contender margin in [0, 1), got {self.margin!r} and {self.contend!r}"
+            )
         if self.beat is not None and not self.beat > 0:
             raise InputError(f"the figure to beat must be above zero, got {self.beat!r}")
 
@@ -173,8 +178,10 @@ class WorkerRequest:
                 f"min_repeats={self.min_repeats}, max_repeats={self.max_repeats}"
             )
         if self.timeout_s <= 0 or self.time_cap_s <= 0 or self.target_spread < 0:
-            raise InputError(f"timeout_s and time_cap_s must be above zero and target_spread not negative, "
-                             f"got {self.timeout_s}, {self.time_cap_s}, {self.target_spread}")
+            raise InputError(
+                f"timeout_s and time_cap_s must be above zero and target_spread not negative, "
+                f"got {self.timeout_s}, {self.time_cap_s}, {self.target_spread}"
+            )
         if self.max_memory is not None:
             caps = {int(k): int(v) for k, v in dict(self.max_memory).items()}  # JSON gives the indices as text
             if not caps or any(k < 0 or v <= 0 for k, v in caps.items()):
@@ -244,8 +251,11 @@ class BatchResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchResult:
         return cls(
-            status=str(data["status"]), reason=data.get("reason"), batch_size=int(data["batch_size"]),
-            metrics=dict(data.get("metrics") or {}), effective=dict(data.get("effective") or {}),
+            status=str(data["status"]),
+            reason=data.get("reason"),
+            batch_size=int(data["batch_size"]),
+            metrics=dict(data.get("metrics") or {}),
+            effective=dict(data.get("effective") or {}),
             details=dict(data.get("details") or {}),
         )
 

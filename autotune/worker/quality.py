@@ -79,6 +79,7 @@ def quality_shape(request: WorkerRequest) -> tuple[int, int]:
 
 # -- the rows ---------------------------------------------------------------------------------------
 
+
 def _tokenizer(request: WorkerRequest) -> tuple[Any, str | None]:
     """The model's tokenizer, or ``None`` and why not."""
     if not has_tokenizer(request.model_path, request.gguf_file):
@@ -124,8 +125,8 @@ def _left_padded(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torc
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = row
+        mask[i, width - len(row) :] = 1
     return ids, mask
 
 
@@ -139,7 +140,7 @@ def _greedy(model: Any, rows: list[torch.Tensor], new_tokens: int) -> list[torch
     device = input_device(model)
     with torch.no_grad():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-    return list(out[:, ids.shape[1]:].cpu())
+    return list(out[:, ids.shape[1] :].cpu())
 
 
 def _forward(model: Any, ids: torch.Tensor) -> Any:
@@ -159,12 +160,18 @@ def _logprobs(model: Any, ids: torch.Tensor) -> torch.Tensor:
 
 # -- the reference ----------------------------------------------------------------------------------
 
+
 def write_reference(model: Any, request: WorkerRequest) -> dict[str, Any]:
     """Run the quality rows through ``model`` and save what candidates are compared with."""
     rows, source = _input(model, request)
     _, new = quality_shape(request)
-    payload: dict[str, Any] = {"format": FORMAT, "task": request.task, "label": request.candidate.label(),
-                               "model": request.model_name, "input": source}
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "task": request.task,
+        "label": request.candidate.label(),
+        "model": request.model_name,
+        "input": source,
+    }
     info: dict[str, Any] = {"label": request.candidate.label(), **{f"input_{k}": v for k, v in source.items()}}
     if request.task == "text-generation":
         continuations = _greedy(model, rows, new)
@@ -176,13 +183,18 @@ def write_reference(model: Any, request: WorkerRequest) -> dict[str, Any]:
             vocab = logprobs.shape[-1]
             top = logprobs.topk(min(TOP, vocab), dim=-1)
             entropy = -(logprobs.exp() * logprobs).nan_to_num().sum(-1)
-            stored.append({
-                "ids": ids, "prompt": len(prompt), "text": source["kind"] == "text",
-                "predicted": logprobs.argmax(-1).cpu(),
-                "top_ids": top.indices.to(torch.int32).cpu(), "top_logprobs": top.values.cpu(),
-                "nll": (-logprobs.gather(-1, ids[1:, None].to(logprobs.device))[:, 0]).cpu(),
-                "entropy": entropy.cpu(),
-            })
+            stored.append(
+                {
+                    "ids": ids,
+                    "prompt": len(prompt),
+                    "text": source["kind"] == "text",
+                    "predicted": logprobs.argmax(-1).cpu(),
+                    "top_ids": top.indices.to(torch.int32).cpu(),
+                    "top_logprobs": top.values.cpu(),
+                    "nll": (-logprobs.gather(-1, ids[1:, None].to(logprobs.device))[:, 0]).cpu(),
+                    "entropy": entropy.cpu(),
+                }
+            )
         payload.update(rows=stored, vocab=vocab, first=(len(stored) + 1) // 2, new_tokens=new)
         info.update(new_tokens=new, positions=sum(len(r["ids"]) - r["prompt"] for r in stored))
     else:
@@ -214,6 +226,7 @@ def flatness(entropy: torch.Tensor, vocab: int) -> float | None:
 
 
 # -- a candidate ------------------------------------------------------------------------------------
+
 
 class _Tally:
     """Sums over scored positions (text generation)."""
@@ -302,10 +315,15 @@ def compare(model: Any, request: WorkerRequest) -> tuple[dict[str, Any], dict[st
             low, high = tally.interval()
         ppl_reference, ppl = tally.perplexities()
         quality.update(
-            rows=len(rows) if extended else first, positions=tally.positions, extended=extended,
-            within_noise_of_floor=within_noise(low, high, floor), floor=floor,
+            rows=len(rows) if extended else first,
+            positions=tally.positions,
+            extended=extended,
+            within_noise_of_floor=within_noise(low, high, floor),
+            floor=floor,
             prompt_agreement=tally.prompt_matches / tally.prompt_positions if tally.prompt_positions else None,
-            prompt_positions=tally.prompt_positions, perplexity_reference=ppl_reference, perplexity=ppl,
+            prompt_positions=tally.prompt_positions,
+            perplexity_reference=ppl_reference,
+            perplexity=ppl,
         )
         if tally.nonfinite:
             quality["nonfinite_positions"] = tally.nonfinite
@@ -314,8 +332,11 @@ def compare(model: Any, request: WorkerRequest) -> tuple[dict[str, Any], dict[st
         details["quality_reference_flatness"] = flatness(torch.cat(tally.entropy), int(reference.get("vocab") or 0))
         change = ppl / ppl_reference - 1 if ppl is not None and ppl_reference else None
         return {
-            "quality_token_agreement": tally.agreement, "quality_kl": tally.kl_sum / tally.kl_positions if tally.kl_positions else None,
-            "quality_positions": tally.positions, "quality_agreement_low": low, "quality_agreement_high": high,
+            "quality_token_agreement": tally.agreement,
+            "quality_kl": tally.kl_sum / tally.kl_positions if tally.kl_positions else None,
+            "quality_positions": tally.positions,
+            "quality_agreement_low": low,
+            "quality_agreement_high": high,
             "quality_perplexity_change": change,
         }, details
     if request.task == "feature-extraction":
@@ -328,8 +349,11 @@ def compare(model: Any, request: WorkerRequest) -> tuple[dict[str, Any], dict[st
         quality.update(measure="mean cosine similarity of last hidden states", rows=len(rows), positions=int(values.numel()))
         details["quality"] = quality
         details["quality_measure"] = quality["measure"]
-        return {"quality_token_agreement": None if math.isnan(value) else value, "quality_kl": None,
-                "quality_positions": int(values.numel())}, details
+        return {
+            "quality_token_agreement": None if math.isnan(value) else value,
+            "quality_kl": None,
+            "quality_positions": int(values.numel()),
+        }, details
     agree = 0
     kls = []
     for row in rows:
@@ -343,14 +367,19 @@ def compare(model: Any, request: WorkerRequest) -> tuple[dict[str, Any], dict[st
     quality.update(measure="top-class agreement and KL of class distributions", rows=len(rows), positions=len(rows))
     details["quality"] = quality
     details["quality_measure"] = quality["measure"]
-    return {"quality_token_agreement": agree / len(rows), "quality_kl": max(0.0, sum(finite) / len(finite)) if finite else None,
-            "quality_positions": len(rows), "quality_agreement_low": low, "quality_agreement_high": high}, details
+    return {
+        "quality_token_agreement": agree / len(rows),
+        "quality_kl": max(0.0, sum(finite) / len(finite)) if finite else None,
+        "quality_positions": len(rows),
+        "quality_agreement_low": low,
+        "quality_agreement_high": high,
+    }, details
 
 
 def _free_running(model: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The candidate's own greedy continuation of each row against the reference's, position by position."""
     prompts = [r["ids"][: r["prompt"]] for r in rows]
-    expected = [r["ids"][r["prompt"]:] for r in rows]
+    expected = [r["ids"][r["prompt"] :] for r in rows]
     new = min(len(e) for e in expected)
     if new == 0:
         return {}
