@@ -358,12 +358,11 @@ def outgrown_classes(first_bytes: int, last_bytes: int) -> int:
     its block each time it crosses a 2 MiB boundary, and the freed block, alone in its segment,
     fits no later (larger) size. Below 10 MiB blocks are carved from shared 20 MiB segments and
     an outgrown block merges with its free neighbours into room for the next size: nothing is
-    left behind. (A replay of the allocator's rules — best fit, a block split when more than
-    1 MiB is left over, merged with its free neighbours when freed, segments never released —
-    over the 127 decode steps of 512 + 128 tokens, the K and V of Falcon-7B, Llama-8B and the
-    Llama-3.2-1B, Qwen2-1.5B and SmolLM2-like shapes at batch 1-32: where a layer's K stayed under 10 MiB less than 20 MiB was
-    left behind in all; from 10 MiB up every size class outgrown was left, 1.1-27 GiB. In a whole
-    ``generate`` the blocks the prompt's pass freed take in part of it: :data:`CACHE_GROWTH`.)
+    left behind. (Replaying those rules — best fit, a block split when more than 1 MiB is left
+    over, merged with its free neighbours when freed — over the decode steps alone, as the tests
+    do: from 10 MiB up every size class outgrown is left, with one spare block per class; below,
+    less than one 20 MiB segment. In a whole ``generate`` the blocks the prompt's pass freed take
+    in part of what is left: :data:`CACHE_GROWTH`.)
     """
     if last_bytes < ALLOCATOR_OWN_SEGMENT:
         return 0
