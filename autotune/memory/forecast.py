@@ -79,12 +79,15 @@ GRAPH_POOL_FACTOR = 1.5
 COMPILED_BYTES = 96 * 2**20
 #: A dynamic cache on a GPU: what the caching allocator keeps of the K/V blocks each decode step
 #: outgrows, per 2 MiB size class a layer's K and V move up beyond the first (see
-#: :func:`outgrown_classes`), as a share of their final size. On an H200 (torch 2.11, 512 prompt
+#: :func:`outgrown_classes`), as a share of their final size. On an H200 (torch 2.11, 512 + 128
 #: tokens): in fresh processes a 24-layer model with 32 K/V heads kept 0.55-1.5x its cache beyond
 #: what was allocated at batch 8-48 (K growing 32-192 KiB a step), about 0.14 per class crossed;
-#: in the trial worker, after batch 1 and 8, it kept 2.1x at batch 32, about 0.29 per class. 0.2
-#: lies between. The least certain term of the forecast: it depends on which batch sizes the same
-#: process ran before.
+#: in the trial worker, beyond the rest of the slack, 0.27 at batch 32 after batch 1 and 8 (7
+#: classes), 0.11 at batch 8; Llama-8B at batch 16 0.12 and 0.20 (two runs), a Llama-3.2-1B
+#: shape at batch 32 none (2 classes each). 0.2 lies between the fresh processes and the worker,
+#: at the top of what the shapes other than the 32-head one show. The least certain term: the blocks
+#: the prompt's pass freed take in part of the outgrown ones, and how much depends on the order
+#: of allocations and on the batch sizes the same process ran before.
 CACHE_GROWTH = 0.2
 #: PyTorch's caching allocator (``CUDACachingAllocator``) rounds a request of 10 MiB or more up to
 #: a multiple of 2 MiB and gives it a segment of its own; a request of 1-10 MiB is carved from a
