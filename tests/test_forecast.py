@@ -615,6 +615,107 @@ def test_cuda_graph_pools_are_held_only_by_a_compiled_static_cache_on_a_gpu() ->
     assert after - alone >= 9 * 639 * 32 * 1024  # the caches of batch 1 and 8: 32 KiB per token each
 
 
+def test_a_dynamic_cache_leaves_the_size_classes_its_own_segments_outgrew() -> None:
+    """Every decode step re-allocates each layer's K and V one token longer. From 10 MiB up each
+    size is a segment of its own rounded up to 2 MiB, and every 2 MiB boundary crossed leaves one
+    behind; below 10 MiB the blocks share 20 MiB segments and nothing is left."""
+    mib = 2**20
+    assert fc.outgrown_classes(64 * mib, 80 * mib - 256 * 1024) == 8  # 64 MiB -> 79.75: 66, 68, ... 80
+    assert fc.outgrown_classes(16 * mib, 20 * mib - 32 * 1024) == 2  # 16 -> 19.97 MiB: 18, 20
+    assert fc.outgrown_classes(4 * mib, 9 * mib) == 0  # shared 20 MiB segments
+    assert fc.outgrown_classes(8 * mib, 11 * mib) == 1  # own segments from 10 MiB: 10, then 12
+    assert fc.outgrown_classes(30 * mib, 30 * mib) == 0
+
+    doc, _ = h200_runs()
+    smol, workload = doc["shapes"]["smol"], Workload(prompt_tokens=512, new_tokens=128)
+
+    sdpa = Candidate()
+
+    def growth(batch: int, workload: Workload = workload, candidate: Candidate = sdpa) -> int:
+        """The allocator slack beyond the share of what runs and of the weights: the blocks a dynamic cache leaves."""
+        parts = fc.forecast_parts(smol, candidate, workload, batch, transformers_version="5.17.0").parts
+        run = parts["kv_cache"] + parts["activations"] + parts["logits"]
+        share = fc.SLACK_STATIC if candidate.static_cache else fc.SLACK_RUNNING
+        scores = fc.SCORE_SLACK * batch * 32 * 512 * 512 * 10 if candidate.attn == "eager" else 0
+        return parts["allocator_slack"] - int(share * run + fc.SLACK_WEIGHTS * parts["weights"] + scores)
+
+    # batch 32: a layer's K is 32 heads x 64 x 32 x 2 B = 128 KiB a token, 64 MiB for the prompt and
+    # 79.875 MiB for the 639 tokens the cache holds: 8 classes outgrown, 7 beyond the first, kept at
+    # CACHE_GROWTH of the final size, for the K and V of 24 layers
+    last = 639 * 128 * 1024
+    assert abs(growth(32) - 24 * int(fc.CACHE_GROWTH * 7 * 2 * last)) <= 1
+    # batch 4: K reaches 639 x 16 KiB = 9.98 MiB, always in shared segments: nothing kept
+    assert abs(growth(4)) <= 1
+    # a long generation of small blocks keeps nothing either: 2000 new tokens at batch 1 take K from 2 to
+    # 9.8 MiB (the rule before counted the 2 MiB classes crossed at any size: 0.58x the cache here)
+    assert abs(growth(1, Workload(prompt_tokens=512, new_tokens=2000))) <= 1
+    # eager attention's scores leave blocks the K/V are carved from: nothing counted there
+    assert abs(growth(32, candidate=Candidate(attn="eager"))) <= 1
+    assert fc.forecast_parts(smol, Candidate(), workload, 32).cache_bytes == 24 * 2 * last  # the cache generate leaves
+
+
+class _LargePool:
+    """PyTorch's caching allocator for blocks over 1 MiB, as far as a growing cache needs it: a request
+    rounded to 512 B takes the smallest free block that holds it (then the lowest address), split when
+    more than 1 MiB is left over; without one, a new segment (20 MiB under 10 MiB, else the request
+    rounded up to 2 MiB). A freed block merges with free neighbours in its segment; nothing is released."""
+
+    def __init__(self) -> None:
+        self.segments: list[list[list[int]]] = []  # per segment, its blocks in address order: [size, in use]
+        self.reserved = self.allocated = 0
+
+    def malloc(self, size: int) -> tuple[int, int]:
+        size = -(-size // 512) * 512
+        free = [(b[0], s, i) for s, seg in enumerate(self.segments) for i, b in enumerate(seg) if not b[1] and b[0] >= size]
+        if free:
+            _, s, i = min(free)
+        else:
+            segment = 20 * 2**20 if size < 10 * 2**20 else -(-size // (2 * 2**20)) * 2 * 2**20
+            self.segments.append([[segment, 0]])
+            self.reserved += segment
+            s, i = len(self.segments) - 1, 0
+        block = self.segments[s][i]
+        if block[0] - size > 2**20:
+            self.segments[s].insert(i + 1, [block[0] - size, 0])
+            block[0] = size
+        block[1] = 1
+        self.allocated += block[0]
+        return s, id(block)
+
+    def free(self, handle: tuple[int, int]) -> None:
+        seg = self.segments[handle[0]]
+        i = next(k for k, b in enumerate(seg) if id(b) == handle[1])
+        seg[i][1] = 0
+        self.allocated -= seg[i][0]
+        if i + 1 < len(seg) and not seg[i + 1][1]:
+            seg[i][0] += seg.pop(i + 1)[0]
+        if i > 0 and not seg[i - 1][1]:
+            seg[i - 1][0] += seg.pop(i)[0]
+
+
+def test_outgrown_classes_are_what_the_allocator_leaves_behind() -> None:
+    """Replaying the allocator's rules over a dynamic cache's decode steps (each layer's K and V
+    re-allocated a token longer, the old block freed): below 10 MiB nothing is left behind, from 10 MiB
+    up every 2 MiB size class outgrown is (:func:`outgrown_classes`)."""
+    for tensors, per_token, prompt, new in ((48, 128 * 1024, 512, 64), (32, 32 * 1024, 512, 128), (48, 16 * 1024, 512, 128)):
+        pool = _LargePool()
+        blocks = [pool.malloc(prompt * per_token) for _ in range(tensors)]
+        for t in range(prompt + 1, prompt + new):
+            for k in range(tensors):
+                grown = pool.malloc(t * per_token)
+                pool.free(blocks[k])
+                blocks[k] = grown
+        first, last = prompt * per_token, (prompt + new - 1) * per_token
+        classes = fc.outgrown_classes(first, last)
+        # the sizes left behind: each 2 MiB class entered before the last, for every tensor
+        sizes = [-(-(max(first, 10 * 2**20)) // (2 * 2**20)) * 2 * 2**20 + 2 * 2**20 * k for k in range(classes)]
+        left = pool.reserved - pool.allocated
+        # and a spare of each size: the first tensor's grown block is allocated before any old one is freed
+        spare = 20 * 2**20 if last < 10 * 2**20 else -(-last // (2 * 2**20)) * 2 * 2**20
+        assert tensors * sum(sizes) <= left <= tensors * sum(sizes) + (classes + 1) * spare, (tensors, per_token, classes, left / 2**20)
+        assert classes == {128 * 1024: 4, 32 * 1024: 2, 16 * 1024: 0}[per_token]
+
+
 def test_margins_are_learned_per_group_with_coarser_groups_behind() -> None:
     h200 = "NVIDIA H200"
 
