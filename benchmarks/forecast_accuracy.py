@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,9 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.make_cpu_trials:
         make_cpu_trials(args.db, args.make_cpu_trials, args.prompt_tokens, args.new_tokens)
 
-    with Store.open(args.db) as store:
-        points = measured_points(store, environment_id=args.environment)
-        environments = {p.environment_id: store.environment(p.environment_id) for p in points}
+    # a store file is read from a copy: opening one upgrades its schema, and results/ keeps them as measured
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.db if "://" in args.db or args.make_cpu_trials else shutil.copy(args.db, Path(tmp) / "store.db")
+        with Store.open(str(url)) as store:
+            points = measured_points(store, environment_id=args.environment)
+            environments = {p.environment_id: store.environment(p.environment_id) for p in points}
     if not points:
         print(f"no ok trials with a measured peak in {args.db}: measure some first (autotune tune MODEL, or --make-cpu-trials DIR)")
         return 1
