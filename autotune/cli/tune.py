@@ -187,9 +187,10 @@ def _repeats(text: str) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from autotune.cli import open_store
     from autotune.environment import probe
-    from autotune.search.interrupt import GracefulStop, StopNow
-    from autotune.search.lock import TunerLock
-    from autotune.search.study import StudySearch, recover_interrupted
+    from autotune.search.study import StudySearch
+    from autotune.service.interrupt import GracefulStop, StopNow
+    from autotune.service.lock import TunerLock
+    from autotune.service.recovery import recover_interrupted
 
     settings = _settings(args)
     with open_store(args) as store:
@@ -433,9 +434,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _check_daemon(args)
     from autotune.cli import open_store
     from autotune.environment import probe
-    from autotune.search.lock import holders
     from autotune.search.results import progress, summary
     from autotune.search.study import format_value
+    from autotune.service.lock import holders
 
     environment = probe()
     with open_store(args) as store:
@@ -528,7 +529,7 @@ def _check_daemon(args: argparse.Namespace) -> int:
 
     from autotune.cli import open_store
     from autotune.errors import AutotuneError, InputError
-    from autotune.search.lock import STALE_AFTER_S, format_age, holders
+    from autotune.service.lock import STALE_AFTER_S, format_age, holders
 
     max_age = STALE_AFTER_S if args.max_age is None else args.max_age
     if not max_age > 0:
@@ -558,7 +559,7 @@ def _check_daemon(args: argparse.Namespace) -> int:
 
 
 def _print_tuners(tuners: list[Any]) -> None:
-    from autotune.search.lock import format_age
+    from autotune.service.lock import format_age
 
     live = [h for h in tuners if h.alive()]
     for h in live:
@@ -573,7 +574,7 @@ def _print_tuners(tuners: list[Any]) -> None:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from autotune.daemon import Daemon, DaemonOptions
+    from autotune.service.daemon import Daemon, DaemonOptions
 
     if not args.poll > 0:
         from autotune.errors import InputError
