@@ -659,8 +659,9 @@ class StudySearch:
         return None
 
     def _finish_once(self, reason: str, state: Progress, busy: set[str]) -> Step:
-        """Finish the study, unless other workers still measure in it or one of them is finishing it."""
-        if busy:
+        """Finish the study, unless other workers still measure in it (or left trials running that
+        are not recovered yet), or one of them is finishing it."""
+        if busy or self.claims is not None and any(r.running for r in state.results):
             return Step(self.study, state, waiting=True)
         if self.claims is None:
             return Step(self.finish(reason, state), state)

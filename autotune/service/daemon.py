@@ -75,10 +75,10 @@ class DaemonOptions:
 class _Worker:
     """One worker of the daemon: its slot, its row and claims in the store, its searches."""
 
-    def __init__(self, slot: Slot, store: Store, row_id: int, stale_after_s: float, environ: dict[str, str] | None) -> None:
+    def __init__(self, slot: Slot, store: Store, row_id: int, environ: dict[str, str] | None) -> None:
         self.slot = slot
         self.store = store
-        self.claims = StoreClaims(store, row_id, stale_after_s)
+        self.claims = StoreClaims(store, row_id)
         self.environ = environ
         self.searches: dict[tuple[int, str, int], StudySearch] = {}
         self.activity = "starting"
@@ -117,6 +117,7 @@ class Daemon:
         self._idle_logged = False
         self._passes = 0
         self._mutex = threading.RLock()
+        self._building = threading.Lock()
         self._gate = DeviceGate()
         self._slots: tuple[Slot, ...] = ()
         self._owns_host = True
@@ -218,13 +219,13 @@ class Daemon:
                     ) from None
                 if one and n > 0:  # --one-at-a-time: one worker measures; the other rows keep its GPUs its own
                     store.beat_worker(row.id, "one at a time: the first worker measures on all this daemon's GPUs")
-                    workers.append(_Worker(slot, store, row.id, self.options.stale_after_s, None))
+                    workers.append(_Worker(slot, store, row.id, None))
                     continue
                 if one:
                     environ = worker_environ(None, shares[0], slots) if self.options.gpus else None
                 else:
                     environ = worker_environ(slot, shares[n])
-                workers.append(_Worker(slot, store, row.id, self.options.stale_after_s, environ))
+                workers.append(_Worker(slot, store, row.id, environ))
         except BaseException:
             for worker in workers:
                 store.remove_worker(worker.row_id, lock.pid)
@@ -398,11 +399,16 @@ class Daemon:
         key = (model.id, model.workload.key(), environment_id)
         search = worker.searches.get(key)
         if search is None:
-            search = StudySearch(worker.store, model, environment, environment_id, self.options.settings, measure=self.measure)
-            search.claims = worker.claims
-            if not self._owns_host:  # a multi-GPU candidate needs every GPU of the host: leave it to a daemon that has them
-                worker.claims.never |= {c.key() for c in search.space.candidates if c.placement == "multi-gpu"}
-            search.reopen()  # a finished study goes on if this daemon's settings allow more (a larger --trials, say)
+            # One at a time: the space and the forecasts that order it import transformers lazily,
+            # and its lazy module is not safe to first touch from two threads at once (seen here:
+            # "module 'transformers' has no attribute 'AutoModelForCausalLM'" in one of two workers).
+            with self._building:
+                search = StudySearch(worker.store, model, environment, environment_id, self.options.settings, measure=self.measure)
+                search.claims = worker.claims
+                if not self._owns_host:  # a multi-GPU candidate needs every GPU of the host: leave it to a daemon that has them
+                    worker.claims.never |= {c.key() for c in search.space.candidates if c.placement == "multi-gpu"}
+                search.reopen()  # a finished study goes on if this daemon's settings allow more (a larger --trials, say)
+                search.next_candidate(search.progress())  # the forecasts it orders by touch transformers too
             worker.searches[key] = search
         else:
             search.study = worker.store.get_study(search.study.id)

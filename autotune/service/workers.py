@@ -92,10 +92,9 @@ def worker_environ(slot: Slot | None, cores: list[int], gpus: tuple[Slot, ...] =
 class StoreClaims:
     """:class:`autotune.search.study.Claims` through the store, for the worker row ``worker_id``."""
 
-    def __init__(self, store: Store, worker_id: int, stale_after_s: float) -> None:
+    def __init__(self, store: Store, worker_id: int) -> None:
         self.store = store
         self.worker_id = worker_id
-        self.stale_after_s = stale_after_s
         #: Keys this worker passes over whatever the store says (a multi-GPU candidate it cannot run).
         self.never: set[str] = set()
 
@@ -108,13 +107,8 @@ class StoreClaims:
         self.store.release_claim(self.worker_id)
 
     def elsewhere(self, study_id: int) -> set[str]:
-        from autotune.service.recovery import worker_alive
-
-        return {
-            key
-            for key, worker in self.store.claims(study_id).items()
-            if worker.id != self.worker_id and worker_alive(worker, stale_after_s=self.stale_after_s)
-        } | self.never
+        # Dead workers' claims count until a pass recovers them (and marks their trials).
+        return {key for key, worker in self.store.claims(study_id).items() if worker.id != self.worker_id} | self.never
 
 
 class DeviceGate:
