@@ -127,7 +127,7 @@ class Claims(Protocol):
         ...
 
     def elsewhere(self, study_id: int) -> set[str]:
-        """The keys of ``study_id`` that other live workers claim now."""
+        """The keys of ``study_id`` that other workers claim now (a dead worker's, until it is recovered)."""
         ...
 
 

@@ -124,6 +124,7 @@ class Daemon:
         self._failure: BaseException | None = None
         self._threads: list[threading.Thread] = []
         self._probed: Environment | None = None
+        self._started: set[int] = set()
 
     def run(self) -> int:
         store = Store.open(self.url)
@@ -158,16 +159,15 @@ class Daemon:
         )
         if previous is not None:
             self.log(f"took over the lock of a tuner that is gone: {previous.describe()}")
+        if not one:
+            lock.activity = f"daemon: {len(workers)} workers ({', '.join(w.name for w in workers)})"
         lock.on_beat = lambda beat_store: self._beat(beat_store, lock, workers)
         lock.start_heartbeat()
         self.fingerprint = store.last_fingerprint(lock.hostname)
         ending = "stopped"
         try:
             for trial in recover_interrupted(store, lock.hostname, previous.worker_pids if previous else ()):
-                self.log(
-                    f"trial {trial.number} of study {trial.study_id} ({trial.candidate.label()}, batch {trial.batch_size}) "
-                    "was left running by a tuner that died: marked crash, its candidate will be measured again"
-                )
+                self._log_left_running(trial)
             if one:
                 self._loop(workers[0], lock, stop)
             else:
@@ -347,7 +347,10 @@ class Daemon:
 
         def started(candidate: Candidate, origin: str, baseline: str | None, ladder: tuple[int, ...]) -> None:
             nonlocal label
-            if state == "pending" and not cut:
+            with self._mutex:
+                first = state == "pending" and search.study.id not in self._started
+                self._started.add(search.study.id)
+            if first:
                 self.log(f"study {search.study.id} of {model.name} starts ({model.workload.describe()}); space: {search.space.describe()}")
             sizes = ",".join(map(str, ladder))
             label = f"{label}: {candidate.label()}{f' [{baseline}]' if baseline else ''}, batch {sizes}"
@@ -423,10 +426,14 @@ class Daemon:
         return after + [item for item in work if item[0].id <= self._last_model]
 
     def _log_recovered(self, dead: WorkerRecord, trials: list[TrialRecord]) -> None:
+        self.log(f"worker {dead.gpu} of {dead.hostname} (daemon pid {dead.pid}) stopped heartbeating: its claim is freed")
+        for trial in trials:
+            self._log_left_running(trial)
+
+    def _log_left_running(self, trial: TrialRecord) -> None:
         self.log(
-            f"worker {dead.gpu} of {dead.hostname} (daemon pid {dead.pid}) stopped "
-            f"heartbeating: its claim is freed"
-            + (f", {len(trials)} running trial{'s' * (len(trials) != 1)} marked interrupted and measured again" if trials else "")
+            f"trial {trial.number} of study {trial.study_id} ({trial.candidate.label()}, batch {trial.batch_size}) "
+            "was left running by a tuner that died: marked crash, its candidate will be measured again"
         )
 
     def _note_models(self, models: list[ModelRecord]) -> None:

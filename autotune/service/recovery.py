@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from autotune.search.results import INTERRUPTED, INTERRUPTED_REASON
 from autotune.service.interrupt import kill_worker
-from autotune.service.lock import pid_alive
+from autotune.service.lock import holders, pid_alive
 from autotune.store import Store, TrialRecord, WorkerRecord, utcnow
 
 #: A trial still ``running`` after this long is abandoned, wherever it ran (no worker takes so long).
@@ -53,7 +53,14 @@ def recover_interrupted(store: Store, hostname: str | None = None, worker_pids: 
     pids = store.running_worker_pids()
     local = store.sqlite_path is not None
     mine = os.getpid()  # this process's own workers are stopping: their trials are cut short too
-    claimed = {(w.study_id, w.candidate_key) for w in store.workers() if w.candidate_key and w.pid != mine and worker_alive(w, hostname)}
+    workers = [w for w in store.workers() if w.candidate_key]
+    claimed = {(w.study_id, w.candidate_key) for w in workers if w.pid != mine and worker_alive(w, hostname)}
+    own = {(w.study_id, w.candidate_key) for w in workers if w.pid == mine}
+    # Another live tuner of this host (a daemon given other --gpus, a `tune`) may be measuring the
+    # running trials no worker claims: leave those to it.
+    shared_host = not local and any(
+        h.hostname == hostname and h.pid not in (0, mine) and h.alive(hostname=hostname) for h in holders(store)
+    )
     abandoned = utcnow() - timedelta(seconds=STALE_TRIAL_S)
     recovered = []
     for trial in running:
@@ -61,6 +68,8 @@ def recover_interrupted(store: Store, hostname: str | None = None, worker_pids: 
             if not local and hosts.get(trial.study_id) != hostname:
                 continue
             if (trial.study_id, trial.candidate.key()) in claimed:  # a live worker of another daemon measures it
+                continue
+            if shared_host and (trial.study_id, trial.candidate.key()) not in own:
                 continue
         pid = pids.get(trial.id)
         if isinstance(pid, int) and pid_alive(pid) and _is_worker(pid):

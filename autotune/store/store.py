@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,11 @@ from autotune.worker_env import WorkerEnvironment
 from autotune.workload import MemoryLimit, Workload
 
 _WORKLOAD_COLUMNS = ("task", "prompt_tokens", "new_tokens", "padding_share", "objective", "device", "min_quality", "max_batch")
+
+
+#: A daemon's workers are threads of one process: they number their trials one at a time (across
+#: processes, a server database's row lock does it, and SQLite has one daemon).
+_NUMBERING = threading.Lock()
 
 
 class Conflict(StoreError):
@@ -310,7 +316,7 @@ class Store:
         worker_pid: int | None = None,
     ) -> TrialRecord:
         """Record a trial as running before it is measured, so a crash leaves a trace."""
-        with self.session() as s:
+        with _NUMBERING, self.session() as s:
             # Workers of several daemons start trials in one study: on a server database, the study
             # row's lock makes their numbers follow one another (SQLite writes one at a time anyway).
             if self.sqlite_path is None:
