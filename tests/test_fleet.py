@@ -212,3 +212,55 @@ def test_two_workers_in_one_daemon_share_the_work_and_survive_a_killed_daemon(pg
     text = (tmp_path / "daemon1.log").read_text()
     assert "2 workers: cpu2, cpu3" in text
     assert "[cpu2] org/" in text and "[cpu3] org/" in text  # both workers measured
+
+
+# -- one daemon, in process: its workers side by side, or one at a time -----------------------------
+
+
+def _concurrency(tmp_path: Path, one_at_a_time: bool) -> tuple[int, list[str]]:
+    import threading
+
+    from fleet_daemon import SPACE
+    from search_fakes import FakeMeasure
+
+    from autotune.search.space import parse_restriction
+    from autotune.search.study import SearchSettings
+    from autotune.service.daemon import Daemon, DaemonOptions
+
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    with Store.open(url) as store:
+        add_model(store, "org/a")
+        add_model(store, "org/b")
+    lock, now, most = threading.Lock(), [0], [0]
+
+    def during(_index: int) -> None:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        time.sleep(0.3)
+        with lock:
+            now[0] -= 1
+
+    settings = SearchSettings(seed=0, patience=50, exhaustive=True, restrict=parse_restriction(SPACE))
+    options = DaemonOptions(poll_s=0.01, once=True, settings=settings, heartbeat_s=0.05, gpus="cpu0,cpu1", one_at_a_time=one_at_a_time)
+    lines: list[str] = []
+    assert Daemon(url, options, probe=cpu_env, measure=FakeMeasure(during=during), log=lines.append).run() == 0
+    with Store.open(url) as store:
+        for study in store.studies():
+            assert study.state == "finished" and study.stop_reason == f"space exhausted: all {CANDIDATES} candidates measured"
+            rows = [t for t in store.trials(study_id=study.id) if t.origin != CONFIRM_ORIGIN]
+            assert not [k for k, n in Counter((t.candidate.key(), t.batch_size) for t in rows).items() if n > 1]
+            assert sorted(t.number for t in store.trials(study_id=study.id)) == list(range(1, len(store.trials(study_id=study.id)) + 1))
+        assert store.trials(status="running") == [] and store.workers() == []
+    return most[0], lines
+
+
+def test_two_workers_of_one_daemon_measure_side_by_side_on_sqlite(tmp_path: Path) -> None:
+    most, lines = _concurrency(tmp_path, one_at_a_time=False)
+    assert most == 2 and any("2 workers: cpu0, cpu1" in line for line in lines)
+    assert sum(" starts (" in line for line in lines) == 2  # one line per study, whichever worker starts it
+
+
+def test_one_at_a_time_keeps_one_worker(tmp_path: Path) -> None:
+    most, lines = _concurrency(tmp_path, one_at_a_time=True)
+    assert most == 1 and any("one worker on cpu0, cpu1" in line for line in lines)

@@ -147,7 +147,7 @@ class Daemon:
             lock.release("could not start its workers")
             raise
         stop = GracefulStop(self.log).install()
-        one = len(workers) == 1
+        one = self.options.one_at_a_time or len(workers) == 1
         self.log(
             f"started on {lock.hostname} (pid {lock.pid}), database {store.location}, poll every {self.options.poll_s:g} s, "
             + (
@@ -217,9 +217,10 @@ class Daemon:
                     raise TunerBusyError(
                         f"{slot.name} of {lock.hostname} already has a worker in {store.location} ({who}); give this daemon other --gpus"
                     ) from None
-                if one and n > 0:  # --one-at-a-time: one worker measures; the other rows keep its GPUs its own
-                    store.beat_worker(row.id, "one at a time: the first worker measures on all this daemon's GPUs")
-                    workers.append(_Worker(slot, store, row.id, None))
+                if one and n > 0:  # --one-at-a-time: the first worker measures; the other rows keep its GPUs its own
+                    worker = _Worker(slot, store, row.id, None)
+                    worker.activity = f"one at a time: the worker on {slots[0].name} measures on all this daemon's GPUs"
+                    workers.append(worker)
                     continue
                 if one:
                     environ = worker_environ(None, shares[0], slots) if self.options.gpus else None
@@ -230,7 +231,7 @@ class Daemon:
             for worker in workers:
                 store.remove_worker(worker.row_id, lock.pid)
             raise
-        return workers[:1] if one else workers
+        return workers
 
     def _beat(self, store: Store, lock: TunerLock, workers: list[_Worker]) -> None:
         """From the heartbeat thread: every worker's row, with what it does."""

@@ -92,13 +92,15 @@ def recover_dead_workers(store: Store, stale_after_s: float, hostname: str | Non
             continue
         if not store.remove_worker(worker.id, worker.pid):
             continue
-        if worker.hostname == hostname and worker.worker_pid and pid_alive(worker.worker_pid) and _is_worker(worker.worker_pid):
-            kill_worker(worker.worker_pid)
         trials = []
         if worker.study_id is not None and worker.candidate_key:
-            for trial in store.trials(study_id=worker.study_id, status="running"):
-                if trial.candidate.key() == worker.candidate_key:
-                    trials.append(_mark(store, trial, DEAD_WORKER_REASON, worker))
+            trials = [t for t in store.trials(study_id=worker.study_id, status="running") if t.candidate.key() == worker.candidate_key]
+        if worker.hostname == hostname:  # a trial worker it left behind on this host goes too
+            pids = store.running_worker_pids()
+            for pid in {worker.worker_pid, *(pids.get(t.id) for t in trials)}:
+                if isinstance(pid, int) and pid_alive(pid) and _is_worker(pid):
+                    kill_worker(pid)
+        trials = [_mark(store, trial, DEAD_WORKER_REASON, worker) for trial in trials]
         out.append((worker, trials))
     return out
 
