@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +68,12 @@ def store_points(path: Path) -> list[Point]:
     from autotune.memory.measured import measured_points
     from autotune.store import Store
 
-    with Store.open(str(path)) as store:
-        found = measured_points(store)
-        return [Point(p.point, p.trial.candidate, p.trial.batch_size, path.name, p.workload.prompt_tokens) for p in found]
+    # A copy: opening a store upgrades its schema, and the stored results stay as they were written.
+    with tempfile.TemporaryDirectory() as work:
+        copy = shutil.copy(path, Path(work) / path.name)
+        with Store.open(str(copy)) as store:
+            found = measured_points(store)
+    return [Point(p.point, p.trial.candidate, p.trial.batch_size, path.name, p.workload.prompt_tokens) for p in found]
 
 
 def run_points(path: Path) -> list[Point]:
