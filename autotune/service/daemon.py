@@ -125,6 +125,7 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._probed: Environment | None = None
         self._started: set[int] = set()
+        self._exiting = False
 
     def run(self) -> int:
         store = Store.open(self.url)
@@ -258,7 +259,10 @@ class Daemon:
             if done == "measured":
                 continue
             if done == "idle" and self.options.once:
-                self.log("no study has work left; exiting (--once)")
+                with self._mutex:
+                    if not self._exiting:  # one line, whichever worker sees it first
+                        self.log("no study has work left; exiting (--once)")
+                    self._exiting = True
                 break
             stop.wait(self.options.poll_s)
 
