@@ -159,6 +159,7 @@ def ensure_reference(
     python: str | None = None,
     timeout_s: float | None = None,
     on_spawn: Callable[[int], None] | None = None,
+    environ: dict[str, str] | None = None,
 ) -> Reference:
     """The cached quality reference for ``model``, made now (in a worker) if it is not there yet.
 
@@ -182,7 +183,7 @@ def ensure_reference(
             max_memory=max_memory if candidate.placement == "multi-gpu" else None,
             timeout_s=timeout_s or BASE_TIMEOUT_S,
         )
-        outcome = launch(request, python=python, on_spawn=on_spawn)
+        outcome = launch(request, python=python, on_spawn=on_spawn, env={**os.environ, **environ} if environ else None)
         result = outcome.results[0]
         attempts.append({"label": candidate.label(), "status": result.status, "reason": result.reason})
         if result.ok and path.exists():
@@ -230,6 +231,7 @@ def measure_candidate(
     deadline_s: float | None = None,
     details: dict[str, Any] | None = None,
     limits: DeviceLimits | None = None,
+    environ: dict[str, str] | None = None,
 ) -> list[TrialRecord]:
     """Measure ``candidate`` of ``model`` at each batch size in one worker; one finished trial per size.
 
@@ -323,6 +325,7 @@ def measure_candidate(
                 python=python,
                 timeout_s=timeout,
                 on_spawn=spawned,
+                environ=environ,
             )
         from autotune.worker import launch
 
@@ -344,7 +347,7 @@ def measure_candidate(
             compile_cache=compile_cache,
             **(worker_options or {}),
         )
-        outcome = launch(request, python=candidate_python, on_spawn=spawned)
+        outcome = launch(request, python=candidate_python, on_spawn=spawned, env={**os.environ, **environ} if environ else None)
         if make_reference and outcome.reference and outcome.reference.get("status") == "ok":
             _write_label(path, candidate.label())
         elif make_reference:

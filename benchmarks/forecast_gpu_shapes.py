@@ -35,8 +35,10 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -216,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     # the calibration and margins come from the other shapes: the stores of the repository
     points = []
     for path in sorted(args.results.glob("*.db")):
-        with Store.open(str(path)) as other:
-            points += [p.point for p in measured_points(other)]
+        with tempfile.TemporaryDirectory() as work:  # a copy: opening a store upgrades its schema
+            with Store.open(str(shutil.copy(path, Path(work) / path.name))) as other:
+                points += [p.point for p in measured_points(other)]
     fitted = correction(points)
 
     db = out / "forecast_gpu_shapes.db"

@@ -106,7 +106,7 @@ def test_trials_and_status_do_not_import_torch(tmp_path) -> None:
 
 
 def test_tune_refuses_while_another_tuner_holds_the_lock(cli, fake: FakeMeasure) -> None:
-    from autotune.search.lock import TunerLock
+    from autotune.service.lock import TunerLock
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -124,7 +124,7 @@ def test_tune_refuses_while_another_tuner_holds_the_lock(cli, fake: FakeMeasure)
 def test_status_check_daemon_is_a_health_check(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import update
 
-    from autotune.search.lock import TunerLock
+    from autotune.service.lock import TunerLock
     from autotune.store.schema import DaemonRow, utcnow
 
     def check(*more: str):  # type: ignore[no-untyped-def]

@@ -17,6 +17,9 @@ ALLOWED = {
     "advisor": {"memory", "environment", "store", "objective", "worker_env", "registry"},
     "worker": {"memory", "environment"},
     "trials": {"memory", "environment", "store", "objective", "worker_env", "worker"},
+    # process control beside the daemon: runs studies, writes a report when one finishes, and hands
+    # its trial workers their GPU and cores (autotune.worker.protocol's variable name)
+    "service": {"search", "store", "environment", "report", "worker"},
 }
 BOTTOM = {"", "errors", "units", "workload", "candidate", "flash", "stats", "files"}  # "": the package itself (its version)
 
@@ -62,6 +65,32 @@ def test_the_search_imports_only_the_worker_s_protocol() -> None:
 def test_the_worker_imports_only_the_conversion_rule_of_the_memory_model() -> None:
     used = {target for source, target, _ in edges() if part(source) == "worker" and part(target) == "memory"}
     assert used == {"autotune.memory.bnb"}
+
+
+def test_only_the_store_and_the_migrations_touch_the_tables() -> None:
+    """Every query goes through :class:`autotune.store.Store`: no other part imports the ORM rows."""
+    wrong = sorted(
+        f"{where}: {source} imports {target}"
+        for source, target, where in edges()
+        if target == "autotune.store.schema" and part(source) != "store"
+    )
+    assert not wrong, "\n".join(wrong)
+    migrations = ROOT.parent / "migrations"
+    assert any("autotune.store.schema" in p.read_text() for p in migrations.rglob("*.py"))  # env.py: the metadata
+
+
+def test_nothing_but_the_cli_imports_process_control() -> None:
+    wrong = sorted(
+        f"{where}: {source} imports {target}"
+        for source, target, where in edges()
+        if part(target) == "service" and part(source) not in ("service", "cli")
+    )
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_service_hands_the_worker_only_its_protocol() -> None:
+    used = {target for source, target, _ in edges() if part(source) == "service" and part(target) == "worker"}
+    assert used <= {"autotune.worker.protocol"}
 
 
 def test_no_cycle_between_parts() -> None:

@@ -65,7 +65,7 @@ def test_wheel_carries_migrations_and_entry_point(tmp_path: Path) -> None:
 
 
 def test_dockerfile_pins_the_tested_versions() -> None:
-    """torch 2.11.0+cu130 and transformers 5.17.0 as on the GPU runs; the rest as requirements/dev.txt pins them."""
+    """torch 2.11.0+cu130 and transformers 5.17.0 as on the GPU runs; the rest as requirements/dev.txt pins them (its test tools, pytest and ruff, stay out of the image)."""
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "torch==2.11.0 --index-url" in dockerfile and "ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130" in dockerfile
     # FlashAttention-2 cannot build on a runtime image (no CUDA toolkit): no build path for it

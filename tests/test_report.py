@@ -15,12 +15,12 @@ from conftest import REPO
 from search_fakes import FakeMeasure, add_model, cpu_env
 
 from autotune.candidate import Candidate
-from autotune.daemon import Daemon, DaemonOptions
 from autotune.report import default_filename, write_report
 from autotune.report.page import _front
 from autotune.report.svg import Axis, Chart, Mark, nice_ticks, pow2_ticks
 from autotune.search.space import parse_restriction
 from autotune.search.study import SearchSettings
+from autotune.service.daemon import Daemon, DaemonOptions
 from autotune.store import Store
 
 SPACE = "dtype=fp32,bf16 attn=sdpa,eager quant=none static_cache=false"

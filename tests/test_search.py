@@ -13,7 +13,8 @@ from autotune.memory import DeviceLimits
 from autotune.registry import ResolvedModel
 from autotune.search.results import INTERRUPTED, candidate_results, progress
 from autotune.search.space import AXES, batch_ladder, build_space, candidate_from, forecast_peaks, params_of, parse_restriction
-from autotune.search.study import SearchSettings, StudySearch, recover_interrupted
+from autotune.search.study import SearchSettings, StudySearch
+from autotune.service.recovery import recover_interrupted
 from autotune.store import Store
 from autotune.workload import MemoryLimit, Workload
 

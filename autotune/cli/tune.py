@@ -72,15 +72,28 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser(
         "daemon",
-        help="tune every registered model, one candidate at a time, until stopped",
-        description="Run until stopped: pick up models as they are added, tune their studies one candidate at a time "
-        "(round-robin), keep a heartbeat, start new studies when the environment changes. The first "
-        "SIGTERM/SIGINT finishes the current candidate; a second stops at once. One per machine and "
-        "database. "
-        "Example: autotune daemon --poll 10",
+        help="tune every registered model until stopped, one worker per GPU",
+        description="Run until stopped: pick up models as they are added, tune their studies (round-robin) with one "
+        "worker per GPU, each measuring a different candidate it claimed in the database, keep a heartbeat, start "
+        "new studies when the environment changes. The first SIGTERM/SIGINT finishes the current candidates; a "
+        "second stops at once. One per SQLite database; on PostgreSQL, one per host (or per --gpus set), and "
+        "daemons of many hosts share the work. "
+        "Example: autotune daemon --gpus 0,1 --poll 10",
     )
     p.add_argument("--once", action="store_true", help="exit when no study has work left, instead of waiting for more (cron, CI)")
     p.add_argument("--poll", type=float, default=5.0, metavar="S", help="seconds between looks for new work when idle (default 5)")
+    p.add_argument(
+        "--gpus",
+        metavar="LIST",
+        help="the GPUs to run a worker on: NVML indices or UUIDs, e.g. 0,1 (default: every visible GPU; one CPU worker "
+        "on a machine without one, and cpu0,cpu1,... for several); each worker measures its own candidate, pinned to "
+        "its share of the CPU cores",
+    )
+    p.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="one worker: one candidate at a time on all the daemon's GPUs (when concurrent trials disturb each other's timings)",
+    )
     p.add_argument(
         "--report-dir",
         metavar="DIR",
@@ -187,9 +200,10 @@ def _repeats(text: str) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from autotune.cli import open_store
     from autotune.environment import probe
-    from autotune.search.interrupt import GracefulStop, StopNow
-    from autotune.search.lock import TunerLock
-    from autotune.search.study import StudySearch, recover_interrupted
+    from autotune.search.study import StudySearch
+    from autotune.service.interrupt import GracefulStop, StopNow
+    from autotune.service.lock import TunerLock
+    from autotune.service.recovery import recover_interrupted
 
     settings = _settings(args)
     with open_store(args) as store:
@@ -433,9 +447,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _check_daemon(args)
     from autotune.cli import open_store
     from autotune.environment import probe
-    from autotune.search.lock import holders
     from autotune.search.results import progress, summary
     from autotune.search.study import format_value
+    from autotune.service.lock import holders
 
     environment = probe()
     with open_store(args) as store:
@@ -446,6 +460,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             state = progress(store.trials(study_id=study.id), study.workload) if study else None
             entries.append((model, study, state))
         tuners = holders(store)
+        workers = store.workers()
         location = store.location
     if args.json:
         print_json(
@@ -488,6 +503,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     }
                     for h in tuners
                 ],
+                "workers": [_worker_json(w) for w in workers],
             }
         )
         return 0
@@ -519,7 +535,52 @@ def cmd_status(args: argparse.Namespace) -> int:
                 for r in study.rejected:
                     print(f"  {r.get('reason')}" + (f"  [{r.get('label')}]" if r.get("candidate") else ""))
     _print_tuners(tuners)
+    _print_workers(workers)
     return 0
+
+
+def _worker_json(worker: Any) -> dict[str, Any]:
+    from autotune.service.recovery import worker_alive
+    from autotune.store import utcnow
+
+    return {
+        "hostname": worker.hostname,
+        "gpu": worker.gpu,
+        "pid": worker.pid,
+        "running": worker_alive(worker),
+        "started_at": worker.started_at,
+        "study_id": worker.study_id,
+        "measuring": worker.candidate,
+        "since": worker.claimed_at,
+        "heartbeat_at": worker.heartbeat_at,
+        "heartbeat_age_s": round(max(0.0, (utcnow() - worker.heartbeat_at).total_seconds()), 1),
+        "trial_pid": worker.worker_pid,
+        "activity": worker.activity,
+    }
+
+
+def _print_workers(workers: list[Any]) -> None:
+    from autotune.service.lock import format_age
+    from autotune.store import utcnow
+
+    if not workers:
+        return
+    rows = []
+    for worker in workers:
+        data = _worker_json(worker)
+        since = f"{format_age(max(0.0, (utcnow() - worker.claimed_at).total_seconds()))} ago" if worker.claimed_at else None
+        rows.append(
+            [
+                worker.hostname,
+                worker.gpu,
+                worker.pid,
+                (f"study {worker.study_id}: {worker.candidate}" if worker.candidate else worker.activity)
+                + ("" if data["running"] else " (dead)"),
+                since,
+                f"{format_age(data['heartbeat_age_s'])} ago",
+            ]
+        )
+    print_table(["HOST", "GPU", "PID", "MEASURING", "SINCE", "HEARTBEAT"], rows)
 
 
 def _check_daemon(args: argparse.Namespace) -> int:
@@ -528,7 +589,7 @@ def _check_daemon(args: argparse.Namespace) -> int:
 
     from autotune.cli import open_store
     from autotune.errors import AutotuneError, InputError
-    from autotune.search.lock import STALE_AFTER_S, format_age, holders
+    from autotune.service.lock import STALE_AFTER_S, format_age, holders
 
     max_age = STALE_AFTER_S if args.max_age is None else args.max_age
     if not max_age > 0:
@@ -558,7 +619,7 @@ def _check_daemon(args: argparse.Namespace) -> int:
 
 
 def _print_tuners(tuners: list[Any]) -> None:
-    from autotune.search.lock import format_age
+    from autotune.service.lock import format_age
 
     live = [h for h in tuners if h.alive()]
     for h in live:
@@ -573,7 +634,7 @@ def _print_tuners(tuners: list[Any]) -> None:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from autotune.daemon import Daemon, DaemonOptions
+    from autotune.service.daemon import Daemon, DaemonOptions
 
     if not args.poll > 0:
         from autotune.errors import InputError
@@ -583,5 +644,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         from autotune.report import check_report_dir
 
         check_report_dir(args.report_dir)
-    options = DaemonOptions(poll_s=args.poll, once=args.once, settings=_settings(args), report_dir=args.report_dir)
+    options = DaemonOptions(
+        poll_s=args.poll,
+        once=args.once,
+        settings=_settings(args),
+        report_dir=args.report_dir,
+        gpus=args.gpus,
+        one_at_a_time=args.one_at_a_time,
+    )
     return Daemon(args.db, options).run()

@@ -1,4 +1,4 @@
-"""The search: a model's candidate space, its study, and the lock that lets one tuner run.
+"""The search: a model's candidate space and its study.
 
 - :mod:`autotune.search.space` — the candidate space of a model in an environment, the
   baselines, and what was rejected before measuring (validity rules, the memory forecast of
@@ -7,34 +7,28 @@
   (baselines, then Optuna's TPE rebuilt from the store), with its stop rules.
 - :mod:`autotune.search.results` — a study's trial rows read as one result per candidate (no
   Optuna, torch or transformers: the status commands use it).
-- :mod:`autotune.search.lock` and :mod:`autotune.search.interrupt` — one tuner per machine and
-  database, its heartbeat, and stopping gently then at once.
 
 Importing this package imports neither torch, transformers nor Optuna.
 """
 
 from __future__ import annotations
 
-from autotune.search.lock import Holder, TunerBusyError, TunerLock
 from autotune.search.results import CandidateResult, Progress, candidate_results, progress
 from autotune.search.space import Baseline, Rejection, SearchSpace, build_space, parse_restriction
-from autotune.search.study import SearchSettings, Step, StudySearch, recover_interrupted
+from autotune.search.study import Claims, SearchSettings, Step, StudySearch
 
 __all__ = [
     "Baseline",
     "CandidateResult",
-    "Holder",
+    "Claims",
     "Progress",
     "Rejection",
     "SearchSettings",
     "SearchSpace",
     "Step",
     "StudySearch",
-    "TunerBusyError",
-    "TunerLock",
     "build_space",
     "candidate_results",
     "parse_restriction",
     "progress",
-    "recover_interrupted",
 ]

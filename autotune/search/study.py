@@ -44,10 +44,7 @@ import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
-
-from sqlalchemy import select
+from typing import Any, Protocol
 
 from autotune.candidate import Candidate
 from autotune.environment import Environment
@@ -56,10 +53,9 @@ from autotune.memory import Correction, DeviceLimits
 from autotune.objective import metric_for
 from autotune.search.confirm import confirm_close_pair
 from autotune.search.prior import Knowledge, PastResult, Prediction
-from autotune.search.results import INTERRUPTED, INTERRUPTED_REASON, CandidateResult, Progress, progress
+from autotune.search.results import INTERRUPTED, CandidateResult, Progress, progress
 from autotune.search.space import AXES, Baseline, SearchSpace, build_space, candidate_from, forecast_peaks, params_of
-from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord
-from autotune.store.schema import TrialRow, utcnow
+from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord, utcnow
 from autotune.units import format_gib
 from autotune.worker.protocol import SCREEN_METRICS, Screen
 
@@ -71,8 +67,6 @@ ASKS_PER_STEP = 16
 #: One search step in this many chooses among all candidates; the others among the best's neighbours.
 GLOBAL_EVERY = 4
 STOPPED_REASON = "stopped at once during the trial; the candidate is measured again"
-#: A trial still ``running`` after this long is abandoned, wherever it ran (no worker takes so long).
-STALE_TRIAL_S = 6 * 3600
 
 
 @dataclass(frozen=True)
@@ -119,6 +113,28 @@ class SearchSettings:
             raise InputError(f"--screen-margin must be in (0, 1), got {self.screen_margin!r}")
 
 
+class Claims(Protocol):
+    """How workers that share a study keep out of each other's way (a daemon's workers, through
+    the store). A worker holds at most one claim; a claim is atomic: of two workers asking for the
+    same key of a study, one gets ``True``."""
+
+    def take(self, study_id: int, key: str, label: str) -> bool:
+        """Claim ``key`` of ``study_id`` for this worker (dropping its previous claim); whether it got it."""
+        ...
+
+    def release(self) -> None:
+        """Drop this worker's claim."""
+        ...
+
+    def elsewhere(self, study_id: int) -> set[str]:
+        """The keys of ``study_id`` that other workers claim now (a dead worker's, until it is recovered)."""
+        ...
+
+
+#: The claim key of finishing a study (its stop reason, the close pair's re-measurement): one worker does it.
+FINISH_KEY = "finish"
+
+
 @dataclass(frozen=True)
 class Step:
     """What one step did: the candidate measured (if any), and whether the study finished."""
@@ -129,6 +145,9 @@ class Step:
     baseline: str | None = None
     improved: bool = False
     error: str | None = None
+    #: Nothing for this worker to take now: every candidate left is claimed by other workers, or
+    #: the study is done and the others are still measuring (the last of them finishes it).
+    waiting: bool = False
 
     @property
     def finished(self) -> bool:
@@ -219,6 +238,10 @@ class StudySearch:
         self.on_spawn = on_spawn
         #: Called as ``on_start(candidate, origin, baseline name, batch sizes)`` before a measurement.
         self.on_start: Callable[[Candidate, str, str | None, tuple[int, ...]], None] | None = None
+        #: Set when several workers share this study: each takes the next candidate nobody claimed.
+        self.claims: Claims | None = None
+        #: Variables the trial worker's process gets on top of this process's (its GPU, its CPU threads).
+        self.worker_environ: dict[str, str] | None = None
         seed = self.settings.seed if self.settings.seed is not None else secrets.randbelow(2**31 - 1)
         self.study = store.study_for(model, environment_id, seed=seed)
         self.workload = self.study.workload
@@ -377,15 +400,16 @@ class StudySearch:
 
     # -- choosing ---------------------------------------------------------------------------
 
-    def next_candidate(self, state: Progress) -> tuple[Candidate, str, str | None] | None:
+    def next_candidate(self, state: Progress, skip: frozenset[str] | set[str] = frozenset()) -> tuple[Candidate, str, str | None] | None:
         """``(candidate, origin, baseline name)`` to measure next, or ``None`` if none is left.
 
         The defaults first; then, knowledge first, the candidate expected to do best while one
         could still beat the best (origin ``prior``, or ``warm-start`` when earlier studies'
-        measurements shaped the expectation); then, only with ``explore``, TPE.
+        measurements shaped the expectation); then, only with ``explore``, TPE. Candidates in
+        ``skip`` (claimed by other workers) are passed over as if measured.
         """
         space = self.space
-        measured = state.measured_keys
+        measured = state.measured_keys | set(skip)
         for baseline in self._forced_baselines():
             if baseline.candidate.key() not in measured and not known_failure(baseline.candidate, state):
                 return baseline.candidate, "baseline", baseline.name
@@ -398,7 +422,7 @@ class StudySearch:
             ranked = sorted(left, key=lambda c: -self.knowledge.expect(c).factor)
             return ranked[0], "prior", self._baseline_name(ranked[0])
         if self.settings.knowledge:
-            pick = self._knowledge_pick(state)
+            pick = self._knowledge_pick(state, skip)
             if pick is not None:
                 candidate, _ = pick
                 origin = "warm-start" if "warm start" in self.knowledge.expect(candidate).sources else "prior"
@@ -486,9 +510,9 @@ class StudySearch:
                 out[key] = (candidate, speed)
         return out
 
-    def _knowledge_pick(self, state: Progress) -> tuple[Candidate, Prediction] | None:
+    def _knowledge_pick(self, state: Progress, skip: frozenset[str] | set[str] = frozenset()) -> tuple[Candidate, Prediction] | None:
         """The unmeasured candidate expected to do best, if one could still beat the best by the tolerance."""
-        measured = state.measured_keys
+        measured = state.measured_keys | set(skip)
         speeds = self.measured_speeds(state)
         best = speed_of(self.direction, state.best.value) if state.best is not None else None
         bar = best * (1 + self.settings.tolerance) if best is not None else None
@@ -584,20 +608,77 @@ class StudySearch:
     # -- stepping ---------------------------------------------------------------------------
 
     def step(self) -> Step:
-        """Measure the next candidate, or finish the study; never opens a transaction across a trial."""
+        """Measure the next candidate, or finish the study; never opens a transaction across a trial.
+
+        With :attr:`claims` set, the candidate is claimed first (the next one nobody else claimed),
+        a study whose stop rule holds is finished only once no other worker measures in it, and a
+        candidate budget counts the candidates other workers are measuring.
+        """
         self.study = self.store.get_study(self.study.id)
         if self.study.state == "finished":
             return Step(self.study, self.progress())
         rows = self.store.trials(study_id=self.study.id)
         before = progress(rows, self.workload, self.settings.min_improvement, self.limit_for)
-        last_number = max((t.number for t in rows), default=0)
+        busy = self.claims.elsewhere(self.study.id) if self.claims is not None else set()
         reason = self.stop_reason(before)
         if reason is not None:
-            return Step(self.finish(reason, before), before)
-        pick = self.next_candidate(before)
-        if pick is None:  # the stop rules cover this; kept for safety
-            return Step(self.finish(f"space exhausted: all {len(self.space)} candidates measured", before), before)
+            return self._finish_once(reason, before, busy)
+        if busy and self.settings.max_trials is not None and before.measured + len(busy) >= self.settings.max_trials:
+            return Step(self.study, before, waiting=True)  # the budget is spoken for by what the others measure
+        pick = self._claim_next(before, busy)
+        if pick is None:
+            if busy or self.claims is not None and self.claims.elsewhere(self.study.id):
+                return Step(self.study, before, waiting=True)
+            # the stop rules cover this; kept for safety
+            return self._finish_once(f"space exhausted: all {len(self.space)} candidates measured", before, set())
         candidate, origin, baseline = pick
+        try:
+            return self._measure_step(candidate, origin, baseline)
+        finally:
+            if self.claims is not None:
+                self.claims.release()
+
+    def _claim_next(self, state: Progress, busy: set[str]) -> tuple[Candidate, str, str | None] | None:
+        """The next candidate, claimed when workers share the study (``None``: nothing left to take)."""
+        skip = set(busy)
+        for _ in range(len(self.space) + 2):
+            pick = self.next_candidate(state, frozenset(skip))
+            if pick is None or self.claims is None:
+                return pick
+            key = pick[0].key()
+            if not self.claims.take(self.study.id, key, pick[0].label()):
+                skip.add(key)
+                continue
+            # Claimed. A worker that measured it may have dropped its claim between our read and
+            # our claim: its rows are written before it drops the claim, so read them again.
+            state = progress(self.store.trials(study_id=self.study.id), self.workload, self.settings.min_improvement, self.limit_for)
+            if key not in state.measured_keys:
+                return pick
+            self.claims.release()
+            skip.add(key)
+        return None
+
+    def _finish_once(self, reason: str, state: Progress, busy: set[str]) -> Step:
+        """Finish the study, unless other workers still measure in it (or left trials running that
+        are not recovered yet), or one of them is finishing it."""
+        if busy or self.claims is not None and any(r.running for r in state.results):
+            return Step(self.study, state, waiting=True)
+        if self.claims is None:
+            return Step(self.finish(reason, state), state)
+        if not self.claims.take(self.study.id, FINISH_KEY, "finishing the study"):
+            return Step(self.study, state, waiting=True)
+        try:
+            self.study = self.store.get_study(self.study.id)
+            if self.study.state == "finished":
+                return Step(self.study, self.progress())
+            return Step(self.finish(reason, self.progress()), state)
+        finally:
+            self.claims.release()
+
+    def _measure_step(self, candidate: Candidate, origin: str, baseline: str | None) -> Step:
+        rows = self.store.trials(study_id=self.study.id)
+        before = progress(rows, self.workload, self.settings.min_improvement, self.limit_for)
+        last_number = max((t.number for t in rows), default=0)
         if self.study.state != "running":
             self.study = self.store.update_study(self.study.id, state="running")
         measure = self._measure or _default_measure()
@@ -606,6 +687,8 @@ class StudySearch:
         error = None
         extra: dict[str, Any] = {"worker_options": dict(self.settings.worker_options)} if self.settings.worker_options else {}
         extra.update(self._measuring_plan(candidate, origin, before))
+        if self.worker_environ:
+            extra["environ"] = dict(self.worker_environ)
         try:
             measured = measure(
                 self.store,
@@ -636,7 +719,11 @@ class StudySearch:
             self.study = self.store.update_study(self.study.id, best_trial_id=best_id)
         reason = self.stop_reason(after)
         if reason is not None:
-            self.finish(reason, after)
+            if self.claims is not None:
+                self.claims.release()
+                self.study = self._finish_once(reason, after, self.claims.elsewhere(self.study.id)).study
+            else:
+                self.finish(reason, after)
         return Step(self.study, after, result, baseline, improved, error)
 
     def _measuring_plan(self, candidate: Candidate, origin: str, state: Progress) -> dict[str, Any]:
@@ -703,64 +790,6 @@ def format_value(metric: str, value: float | None) -> str:
     if metric.endswith("_bytes"):
         return format_gib(int(value))
     return f"{value:.4g}"
-
-
-def recover_interrupted(store: Store, hostname: str | None = None, worker_pids: tuple[int, ...] = ()) -> list[TrialRecord]:
-    """Mark trials left ``running`` by a dead tuner of this host as cut short, and return them.
-
-    Call it holding the tuning lock (so no live tuner of this host is measuring). In a SQLite
-    store every running trial is this machine's; in a shared (server) store, a trial is this
-    host's when its study's environment was recorded here, and any trial running for longer than
-    ``STALE_TRIAL_S`` is taken as abandoned wherever it ran. Each keeps its row, with status
-    ``crash``, the reason, and ``details["interrupted"]``; its candidate counts as not measured,
-    so the search measures it again. A worker it left behind (the rows' ``worker_pid``, or
-    ``worker_pids`` the dead tuner reported) is killed.
-    """
-    import socket
-
-    from autotune.search.interrupt import kill_worker
-    from autotune.search.lock import pid_alive
-
-    hostname = hostname or socket.gethostname()
-    for pid in worker_pids:
-        if pid_alive(pid) and _is_worker(pid):
-            kill_worker(pid)
-    running = store.trials(status="running")
-    if not running:
-        return []
-    hosts: dict[int, str] = {}
-    for study in store.studies():
-        if study.id in {t.study_id for t in running}:
-            hosts[study.id] = store.environment(study.environment_id).hostname
-    with store.session() as s:
-        pids = dict(s.execute(select(TrialRow.id, TrialRow.worker_pid).where(TrialRow.status == "running")).all())
-    recovered = []
-    local = store.sqlite_path is not None
-    abandoned = utcnow() - timedelta(seconds=STALE_TRIAL_S)
-    for trial in running:
-        if not local and hosts.get(trial.study_id) != hostname and trial.started_at > abandoned:
-            continue
-        pid = pids.get(trial.id)
-        if isinstance(pid, int) and pid_alive(pid) and _is_worker(pid):
-            kill_worker(pid)
-        recovered.append(
-            store.finish_trial(
-                trial.id,
-                "crash",
-                reason=INTERRUPTED_REASON,
-                details={INTERRUPTED: True, "interrupted_at": utcnow().isoformat(timespec="seconds") + "Z"},
-                feasible=False,
-            )
-        )
-    return recovered
-
-
-def _is_worker(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"autotune.worker" in handle.read()
-    except OSError:
-        return False
 
 
 def _nearest(params: dict[str, Any], left: list[Candidate], rng: random.Random) -> Candidate:

@@ -7,7 +7,20 @@ frozen records (:mod:`autotune.store.records`), never ORM rows.
 
 from __future__ import annotations
 
-from autotune.store.records import CONFIRM_ORIGIN, METRICS, ModelRecord, StudyRecord, TrialRecord
-from autotune.store.store import Store
+from autotune.store.records import CONFIRM_ORIGIN, METRICS, LockRecord, ModelRecord, StudyRecord, TrialRecord, WorkerRecord
+from autotune.store.schema import utcnow
+from autotune.store.store import Conflict, DeviceTaken, Store
 
-__all__ = ["CONFIRM_ORIGIN", "METRICS", "ModelRecord", "Store", "StudyRecord", "TrialRecord"]
+__all__ = [
+    "CONFIRM_ORIGIN",
+    "METRICS",
+    "Conflict",
+    "DeviceTaken",
+    "LockRecord",
+    "ModelRecord",
+    "Store",
+    "StudyRecord",
+    "TrialRecord",
+    "WorkerRecord",
+    "utcnow",
+]

@@ -106,3 +106,33 @@ class TrialRecord:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    """A row of ``autotune_daemon``: who holds (or last held) a tuning lock, and its heartbeat."""
+
+    id: int
+    hostname: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    activity: str | None
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A row of ``autotune_workers``: one worker of a daemon, its GPU, heartbeat and claim."""
+
+    id: int
+    hostname: str
+    gpu: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    study_id: int | None
+    candidate_key: str | None
+    candidate: str | None
+    claimed_at: datetime | None
+    worker_pid: int | None
+    activity: str | None

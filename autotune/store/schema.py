@@ -159,6 +159,32 @@ class DaemonRow(Base):
     activity: Mapped[str | None] = mapped_column(Text)
 
 
+class WorkerRow(Base):
+    """One row per worker of a running daemon: its GPU, its heartbeat, and the candidate it claimed.
+
+    ``(hostname, gpu)`` is unique, so two daemons cannot drive one GPU; ``(study_id,
+    candidate_key)`` is unique, so two workers cannot claim one candidate of a study (NULLs, an
+    idle worker, never collide). A claim is set before the candidate's trial rows are written and
+    cleared after they are finished.
+    """
+
+    __tablename__ = "autotune_workers"
+    __table_args__ = (UniqueConstraint("hostname", "gpu"), UniqueConstraint("study_id", "candidate_key"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    gpu: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    study_id: Mapped[int | None] = mapped_column(Integer)
+    candidate_key: Mapped[str | None] = mapped_column(String(32))
+    candidate: Mapped[str | None] = mapped_column(String(255))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
+    activity: Mapped[str | None] = mapped_column(Text)
+
+
 class WorkerEnvRow(Base):
     """A registered Python interpreter trials can run in (``autotune env add``)."""
 

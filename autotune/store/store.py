@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from autotune import prompts as quality_text
@@ -18,20 +19,35 @@ from autotune.errors import AutotuneError, InputError, ModelNotFoundError, NotAn
 from autotune.registry import ResolvedModel, gguf_in, looks_like_path
 from autotune.store import engine as engines
 from autotune.store.migrate import ensure_schema
-from autotune.store.records import METRICS, ModelRecord, StudyRecord, TrialRecord
+from autotune.store.records import METRICS, LockRecord, ModelRecord, StudyRecord, TrialRecord, WorkerRecord
 from autotune.store.schema import (
+    DaemonRow,
     EnvironmentRow,
     ModelRow,
     RecommendationRow,
     StudyRow,
     TrialRow,
     WorkerEnvRow,
+    WorkerRow,
     utcnow,
 )
 from autotune.worker_env import WorkerEnvironment
 from autotune.workload import MemoryLimit, Workload
 
 _WORKLOAD_COLUMNS = ("task", "prompt_tokens", "new_tokens", "padding_share", "objective", "device", "min_quality", "max_batch")
+
+
+#: A daemon's workers are threads of one process: they number their trials one at a time (across
+#: processes, a server database's row lock does it, and SQLite has one daemon).
+_NUMBERING = threading.Lock()
+
+
+class Conflict(StoreError):
+    """A unique key refused the write: another process wrote the same row first."""
+
+
+class DeviceTaken(Conflict):
+    """Another worker row already names this host and GPU."""
 
 
 class Store:
@@ -95,7 +111,8 @@ class Store:
             session.rollback()
             orig = getattr(exc, "orig", None)
             message = str(orig or exc).splitlines()[0]
-            raise StoreError(f"database error in {self.location}: {message}") from None
+            error = Conflict if isinstance(exc, IntegrityError) else StoreError
+            raise error(f"database error in {self.location}: {message}") from None
         except BaseException:
             session.rollback()
             raise
@@ -140,6 +157,16 @@ class Store:
                     "python": row.python,
                     "hostname": row.hostname,
                 }
+            )
+
+    def last_fingerprint(self, hostname: str) -> str | None:
+        """The fingerprint of the environment ``hostname`` was last seen in (``None``: never seen)."""
+        with self.session() as s:
+            return s.scalar(
+                select(EnvironmentRow.fingerprint)
+                .where(EnvironmentRow.hostname == hostname)
+                .order_by(EnvironmentRow.last_seen.desc(), EnvironmentRow.id.desc())
+                .limit(1)
             )
 
     def environment_fingerprint(self, environment_id: int) -> str:
@@ -289,7 +316,11 @@ class Store:
         worker_pid: int | None = None,
     ) -> TrialRecord:
         """Record a trial as running before it is measured, so a crash leaves a trace."""
-        with self.session() as s:
+        with _NUMBERING, self.session() as s:
+            # Workers of several daemons start trials in one study: on a server database, the study
+            # row's lock makes their numbers follow one another (SQLite writes one at a time anyway).
+            if self.sqlite_path is None:
+                s.execute(select(StudyRow.id).where(StudyRow.id == study_id).with_for_update())
             number = (s.scalar(select(func.max(TrialRow.number)).where(TrialRow.study_id == study_id)) or 0) + 1
             row = TrialRow(
                 study_id=study_id,
@@ -313,6 +344,11 @@ class Store:
         with self.session() as s:
             for row in s.scalars(select(TrialRow).where(TrialRow.id.in_(trial_ids))):
                 row.worker_pid = pid
+
+    def running_worker_pids(self) -> dict[int, int | None]:
+        """The worker process noted for each running trial (trial id -> pid, ``None`` if none was)."""
+        with self.session() as s:
+            return dict(s.execute(select(TrialRow.id, TrialRow.worker_pid).where(TrialRow.status == "running")).all())
 
     def set_forecasts(self, forecasts: dict[int, int]) -> None:
         """Note the memory forecast (bytes) of each trial id given."""
@@ -401,6 +437,124 @@ class Store:
             s.flush()
             return row.id
 
+    # -- tuning locks (autotune_daemon) --------------------------------------------------------
+
+    def locks(self) -> list[LockRecord]:
+        """Every tuning lock row, by host name."""
+        with self.session() as s:
+            return [_lock(r) for r in s.scalars(select(DaemonRow).order_by(DaemonRow.hostname, DaemonRow.id)).all()]
+
+    def lock(self, lock_id: int) -> LockRecord | None:
+        with self.session() as s:
+            row = s.get(DaemonRow, lock_id)
+            return _lock(row) if row is not None else None
+
+    def insert_lock(self, lock_id: int, hostname: str, pid: int, activity: str) -> bool:
+        """Create lock row ``lock_id`` held by ``pid``; ``False`` if it exists (another process was first)."""
+        now = utcnow()
+        try:
+            with self.session() as s:
+                s.add(DaemonRow(id=lock_id, hostname=hostname, pid=pid, started_at=now, heartbeat_at=now, activity=activity))
+        except Conflict:
+            return False
+        return True
+
+    def take_lock(self, lock_id: int, previous: LockRecord, hostname: str, pid: int, activity: str) -> bool:
+        """Take lock row ``lock_id`` over from ``previous`` (only if it still holds it); whether it was taken."""
+        now = utcnow()
+        with self.session() as s:
+            taken = s.execute(
+                update(DaemonRow)
+                .where(DaemonRow.id == lock_id, DaemonRow.pid == previous.pid, DaemonRow.started_at == previous.started_at)
+                .values(hostname=hostname, pid=pid, started_at=now, heartbeat_at=now, activity=activity)
+            ).rowcount
+        return taken == 1
+
+    def beat_lock(self, lock_id: int, pid: int, activity: str, *, release: bool = False) -> None:
+        """Refresh the heartbeat (and activity) of the lock ``pid`` holds; ``release`` frees it (pid 0)."""
+        values: dict[str, Any] = {"heartbeat_at": utcnow(), "activity": activity[:2000]}
+        if release:
+            values["pid"] = 0
+        with self.session() as s:
+            s.execute(update(DaemonRow).where(DaemonRow.id == lock_id, DaemonRow.pid == pid).values(**values))
+
+    # -- workers and their claims (autotune_workers) -------------------------------------------
+
+    def add_worker(self, hostname: str, gpu: str, pid: int, activity: str = "starting") -> WorkerRecord:
+        """Register a worker of daemon ``pid`` on ``gpu`` of ``hostname``; :class:`DeviceTaken` if a row names them."""
+        now = utcnow()
+        try:
+            with self.session() as s:
+                row = WorkerRow(hostname=hostname, gpu=gpu, pid=pid, started_at=now, heartbeat_at=now, activity=activity)
+                s.add(row)
+                s.flush()
+                return _worker(row)
+        except Conflict:
+            raise DeviceTaken(f"GPU {gpu} of {hostname} already has a worker in {self.location}") from None
+
+    def workers(self) -> list[WorkerRecord]:
+        """Every worker row, by host, GPU."""
+        with self.session() as s:
+            return [_worker(r) for r in s.scalars(select(WorkerRow).order_by(WorkerRow.hostname, WorkerRow.gpu)).all()]
+
+    def remove_worker(self, worker_id: int, pid: int | None = None) -> bool:
+        """Delete a worker row (only if daemon ``pid`` still owns it, when given); whether it was deleted."""
+        with self.session() as s:
+            query = delete(WorkerRow).where(WorkerRow.id == worker_id)
+            if pid is not None:
+                query = query.where(WorkerRow.pid == pid)
+            return s.execute(query).rowcount == 1
+
+    def beat_worker(self, worker_id: int, activity: str | None = None, worker_pid: int | None = None) -> bool:
+        """Refresh a worker's heartbeat (and activity, child pid); ``False`` if its row is gone (recovered by another)."""
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if activity is not None:
+            values["activity"] = activity[:2000]
+        if worker_pid is not None:
+            values["worker_pid"] = worker_pid
+        with self.session() as s:
+            return s.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(**values)).rowcount == 1
+
+    def claim(self, worker_id: int, study_id: int, key: str, label: str) -> bool:
+        """Claim the candidate ``key`` (``label`` in words) of ``study_id`` for this worker: atomic on
+        every database (a unique key). ``False`` when another worker holds it. The caller then checks that the candidate was not
+        measured meanwhile (:meth:`trials`): a claim is cleared only after its trial rows are written.
+        """
+        now = utcnow()
+        try:
+            with self.session() as s:
+                done = s.execute(
+                    update(WorkerRow)
+                    .where(WorkerRow.id == worker_id)
+                    .values(
+                        study_id=study_id,
+                        candidate_key=key,
+                        candidate=label[:255],
+                        claimed_at=now,
+                        heartbeat_at=now,
+                        worker_pid=None,
+                    )
+                ).rowcount
+        except Conflict:  # the unique key: someone else's claim
+            return False
+        if done != 1:
+            raise StoreError(f"worker {worker_id} has no row in {self.location}: another daemon recovered it as dead")
+        return True
+
+    def release_claim(self, worker_id: int) -> None:
+        with self.session() as s:
+            s.execute(
+                update(WorkerRow)
+                .where(WorkerRow.id == worker_id)
+                .values(study_id=None, candidate_key=None, candidate=None, claimed_at=None, worker_pid=None)
+            )
+
+    def claims(self, study_id: int) -> dict[str, WorkerRecord]:
+        """The live claims on ``study_id``: candidate key -> the worker holding it."""
+        with self.session() as s:
+            rows = s.scalars(select(WorkerRow).where(WorkerRow.study_id == study_id)).all()
+            return {r.candidate_key: _worker(r) for r in rows if r.candidate_key}
+
     # -- worker environments --------------------------------------------------------------------
 
     def save_worker_env(self, env: WorkerEnvironment) -> bool:
@@ -436,6 +590,27 @@ class Store:
             if row is None:
                 raise InputError(f"worker environment {name} is not registered")
             s.delete(row)
+
+
+def _lock(row: DaemonRow) -> LockRecord:
+    return LockRecord(row.id, row.hostname, row.pid, row.started_at, row.heartbeat_at, row.activity)
+
+
+def _worker(row: WorkerRow) -> WorkerRecord:
+    return WorkerRecord(
+        id=row.id,
+        hostname=row.hostname,
+        gpu=row.gpu,
+        pid=row.pid,
+        started_at=row.started_at,
+        heartbeat_at=row.heartbeat_at,
+        study_id=row.study_id,
+        candidate_key=row.candidate_key,
+        candidate=row.candidate,
+        claimed_at=row.claimed_at,
+        worker_pid=row.worker_pid,
+        activity=row.activity,
+    )
 
 
 def _worker_env(row: WorkerEnvRow) -> WorkerEnvironment:

@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Any, TextIO
 
-from autotune.worker.protocol import PARENT_ENV, BatchResult, WorkerRequest
+from autotune.worker.protocol import CPUS_ENV, PARENT_ENV, BatchResult, WorkerRequest
 
 
 class Reporter:
@@ -361,11 +361,26 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def pin_cpus(cores: str | None) -> None:
+    """Run on ``cores`` (``0-3`` or ``0,2``) only, where the OS allows it; a bad list changes nothing."""
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        return
+    chosen: set[int] = set()
+    try:
+        for part in cores.split(","):
+            low, _, high = part.partition("-")
+            chosen.update(range(int(low), int(high or low) + 1))
+        os.sched_setaffinity(0, chosen)
+    except (ValueError, OSError):
+        return
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m autotune.worker.child REQUEST.json RESULTS.jsonl", file=sys.stderr)
         return 2
     die_with_parent()
+    pin_cpus(os.environ.get(CPUS_ENV))
     with open(argv[0], encoding="utf-8") as fh:
         request = WorkerRequest.from_json(fh.read())
     report = Reporter(argv[1])

@@ -45,6 +45,9 @@ FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export", "fallback", "co
 
 #: The launcher's pid, in the worker's environment: the worker dies with it (Linux).
 PARENT_ENV = "AUTOTUNE_WORKER_PARENT"
+#: CPU cores the worker may run on (``0-7`` or ``0,2,4``), set by a daemon that runs several
+#: workers on one host; the worker pins itself to them before importing torch.
+CPUS_ENV = "AUTOTUNE_WORKER_CPUS"
 
 
 @dataclass(frozen=True)

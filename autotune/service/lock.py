@@ -4,8 +4,10 @@ Two processes measuring on the same machine would spoil each other's timings, so
 ``autotune tune`` take the same lock: a row of ``autotune_daemon`` taken by inserting or
 conditionally updating it (its primary key makes that atomic on SQLite and PostgreSQL alike). A
 SQLite file lives on one machine, so it has one row (id 1) whatever the host name says (a
-container gets a new one on every start); a server database, which several machines share, has
-one row per host (id derived from the host name). A holder refreshes ``heartbeat_at`` and
+container gets a new one on every start): one tuner per SQLite store. A server database, which
+several machines share, has one row per host (id derived from the host name), or per host and
+GPU set for a daemon given ``--gpus`` (its GPUs themselves are kept its own by the workers'
+rows, :mod:`autotune.service.workers`). A holder refreshes ``heartbeat_at`` and
 ``activity`` from a thread, each write its own short transaction. A row is free when its pid is
 0 (released), its process is gone (same host), or its heartbeat is older than ``stale_after_s``.
 """
@@ -17,14 +19,12 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
-
 from autotune.errors import AutotuneError, StoreError
-from autotune.store import Store
-from autotune.store.schema import DaemonRow, utcnow
+from autotune.store import LockRecord, Store, utcnow
 
 STALE_AFTER_S = 120.0
 HEARTBEAT_S = 5.0
@@ -36,11 +36,13 @@ class TunerBusyError(AutotuneError):
     exit_code = 2
 
 
-def lock_id(hostname: str, shared: bool = True) -> int:
-    """The ``autotune_daemon`` row id: 1 for a local (SQLite) store, else stable per host (31 bits)."""
+def lock_id(hostname: str, shared: bool = True, scope: str = "") -> int:
+    """The ``autotune_daemon`` row id: 1 for a local (SQLite) store, else stable per host and
+    ``scope`` (a daemon's ``--gpus``; empty: the whole host) (31 bits)."""
     if not shared:
         return 1
-    return int.from_bytes(hashlib.sha256(hostname.encode()).digest()[:4], "big") & 0x7FFFFFFF or 2
+    name = f"{hostname}/{scope}" if scope else hostname
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") & 0x7FFFFFFF or 2
 
 
 def pid_alive(pid: int) -> bool:
@@ -101,11 +103,10 @@ def format_age(seconds: float) -> str:
 
 def holders(store: Store) -> list[Holder]:
     """Every lock row: the tuners of every host that used this database, live or not."""
-    with store.session() as s:
-        return [_holder(r) for r in s.scalars(select(DaemonRow).order_by(DaemonRow.hostname)).all()]
+    return [_holder(r) for r in store.locks()]
 
 
-def _holder(row: DaemonRow) -> Holder:
+def _holder(row: LockRecord) -> Holder:
     return Holder(row.hostname, row.pid, row.started_at, row.heartbeat_at, row.activity)
 
 
@@ -126,6 +127,7 @@ class TunerLock:
         heartbeat_s: float = HEARTBEAT_S,
         hostname: str | None = None,
         pid: int | None = None,
+        scope: str = "",
     ) -> None:
         self.store = store
         self.role = role
@@ -133,10 +135,12 @@ class TunerLock:
         self.heartbeat_s = heartbeat_s
         self.hostname = hostname or socket.gethostname()
         self.pid = pid or os.getpid()
-        self.id = lock_id(self.hostname, shared=store.sqlite_path is None)
+        self.id = lock_id(self.hostname, shared=store.sqlite_path is None, scope=scope)
         self.activity = f"{role}: starting"
         self.held = False
         self.previous: Holder | None = None
+        #: Called with the heartbeat thread's store after each beat (a daemon refreshes its workers' rows).
+        self.on_beat: Callable[[Store], None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -147,44 +151,31 @@ class TunerLock:
         that died may have left trials ``running``.
         """
         for _ in range(3):
-            current = self._read()
-            now = utcnow()
-            if current is None:
-                try:
-                    with self.store.session() as s:
-                        s.add(
-                            DaemonRow(
-                                id=self.id, hostname=self.hostname, pid=self.pid, started_at=now, heartbeat_at=now, activity=self.activity
-                            )
-                        )
-                except StoreError:  # another process inserted it first: read it again
-                    continue
+            record = self.store.lock(self.id)
+            current = _holder(record) if record is not None else None
+            if record is None or current is None:
+                if not self.store.insert_lock(self.id, self.hostname, self.pid, self.activity):
+                    continue  # another process inserted it first: read it again
                 self.held = True
                 return None
             if current.pid == self.pid and current.hostname == self.hostname:
                 self.held = True
                 return None
             if current.alive(self.stale_after_s, self.hostname):
+                more = (
+                    "; a SQLite store takes one tuner: for several daemons, share one PostgreSQL database (--db postgresql+psycopg://...)"
+                    if self.store.sqlite_path is not None
+                    else ""
+                )
                 raise TunerBusyError(
                     f"another autotune tuner holds this machine's lock on {self.store.location}: {current.describe()}, "
-                    f"doing: {current.activity or 'nothing reported'}; stop it first (kill -TERM {current.pid} on {current.hostname})"
+                    f"doing: {current.activity or 'nothing reported'}; stop it first (kill -TERM {current.pid} on {current.hostname}){more}"
                 )
-            with self.store.session() as s:
-                taken = s.execute(
-                    update(DaemonRow)
-                    .where(DaemonRow.id == self.id, DaemonRow.pid == current.pid, DaemonRow.started_at == current.started_at)
-                    .values(hostname=self.hostname, pid=self.pid, started_at=now, heartbeat_at=now, activity=self.activity)
-                ).rowcount
-            if taken == 1:
+            if self.store.take_lock(self.id, record, self.hostname, self.pid, self.activity):
                 self.held = True
                 self.previous = current if current.pid > 0 else None
                 return self.previous
         raise TunerBusyError(f"cannot take this machine's tuning lock on {self.store.location}: another process keeps taking it")
-
-    def _read(self) -> Holder | None:
-        with self.store.session() as s:
-            row = s.get(DaemonRow, self.id)
-            return _holder(row) if row is not None else None
 
     def beat(self, activity: str | None = None) -> None:
         """Write the heartbeat (and ``activity``, if given) now."""
@@ -194,12 +185,7 @@ class TunerLock:
             self._write(self.store)
 
     def _write(self, store: Store) -> None:
-        with store.session() as s:
-            s.execute(
-                update(DaemonRow)
-                .where(DaemonRow.id == self.id, DaemonRow.pid == self.pid)
-                .values(heartbeat_at=utcnow(), activity=self.activity[:2000])
-            )
+        store.beat_lock(self.id, self.pid, self.activity)
 
     def start_heartbeat(self) -> None:
         """Refresh the heartbeat every ``heartbeat_s`` from a thread with its own connection."""
@@ -216,6 +202,8 @@ class TunerLock:
         while not self._stop.wait(self.heartbeat_s):
             try:
                 self._write(store)
+                if self.on_beat is not None:
+                    self.on_beat(store)
             except StoreError:  # a busy database must not kill the heartbeat: try again next beat
                 continue
 
@@ -227,12 +215,7 @@ class TunerLock:
             self._thread = None
         if not self.held:
             return
-        with self.store.session() as s:
-            s.execute(
-                update(DaemonRow)
-                .where(DaemonRow.id == self.id, DaemonRow.pid == self.pid)
-                .values(pid=0, heartbeat_at=utcnow(), activity=f"{self.role}: {activity}"[:2000])
-            )
+        self.store.beat_lock(self.id, self.pid, f"{self.role}: {activity}", release=True)
         self.held = False
 
     def __enter__(self) -> TunerLock:

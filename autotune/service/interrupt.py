@@ -50,6 +50,10 @@ class GracefulStop:
         self.signals = signals
         self.signum: int | None = None
         self.worker_pid: int | None = None
+        #: Trial workers of a daemon's other worker threads, by thread: a second signal kills them too.
+        self.worker_pids: dict[str, int] = {}
+        #: Set by the second signal before it kills anything: a cut-short measurement is not a result.
+        self.now = False
         self._event = threading.Event()
         self._previous: dict[int, Any] = {}
 
@@ -72,6 +76,10 @@ class GracefulStop:
         pid = getattr(process, "pid", process)
         self.worker_pid = int(pid) if pid is not None else None
 
+    def request(self) -> None:
+        """Ask for a gentle stop, as a first signal does (a worker thread that failed, say)."""
+        self._event.set()
+
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking at the first signal; ``True`` if a stop was asked."""
         return self._event.wait(seconds)
@@ -83,9 +91,12 @@ class GracefulStop:
             self._event.set()
             self.log(f"{name}: finishing the current trial, then stopping (send it again to stop at once)")
             return
-        if self.worker_pid is not None:
-            self.log(f"{name} again: killing the worker (pid {self.worker_pid}) and stopping now")
-            kill_worker(self.worker_pid)
+        self.now = True
+        pids = [p for p in (self.worker_pid, *self.worker_pids.values()) if p is not None]
+        if pids:
+            self.log(f"{name} again: killing the worker{'s' * (len(pids) > 1)} (pid {', '.join(map(str, pids))}) and stopping now")
+            for pid in pids:
+                kill_worker(pid)
         else:
             self.log(f"{name} again: stopping now")
         raise StopNow(signum)
