@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,18 +131,29 @@ def _drop_postgres_database(url: str) -> None:
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL of a fresh, empty database: a SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'autotune.db'}"
-        return
+def _fresh_postgres() -> Iterator[str]:
+    """A new PostgreSQL database's URL, dropped afterwards; skips, with the reason, where no server answers."""
     try:
         url = _postgres_database()
     except Exception as exc:  # no server, no driver: skip with the reason
         pytest.skip(f"no PostgreSQL at {PG_URL}: {str(exc).splitlines()[0]}")
     yield url
     _drop_postgres_database(url)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL of a fresh, empty PostgreSQL database (for tests that need a server store)."""
+    yield from _fresh_postgres()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of a fresh, empty database: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'autotune.db'}"
+        return
+    yield from _fresh_postgres()
 
 
 @pytest.fixture

@@ -32,18 +32,6 @@ from autotune.store import CONFIRM_ORIGIN, DeviceTaken, Store
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture
-def pg_url():  # type: ignore[no-untyped-def]
-    from conftest import PG_URL, _drop_postgres_database, _postgres_database
-
-    try:
-        url = _postgres_database()
-    except Exception as exc:  # no server, no driver: skip with the reason
-        pytest.skip(f"no PostgreSQL at {PG_URL}: {str(exc).splitlines()[0]}")
-    yield url
-    _drop_postgres_database(url)
-
-
 # -- the store's side: claims and dead workers ----------------------------------------------------
 
 
