@@ -8,6 +8,7 @@ from typing import Any
 from autotune import prompts as quality_text
 from autotune import registry
 from autotune.errors import InputError, ModelNotFoundError
+from autotune.files import has_tokenizer
 from autotune.store import ModelRecord, Store
 from autotune.workload import Workload
 
@@ -40,7 +41,7 @@ def add_model(store: Store | None, name: str, options: dict[str, Any], *, open_s
     new_prompts: tuple[str, ...] | None = None
     if prompts_file is not None and str(prompts_file) != quality_text.BUILTIN:
         new_prompts = quality_text.load_file(prompts_file)
-        if not registry.has_tokenizer(resolved.path, resolved.gguf_file):
+        if not has_tokenizer(resolved.path, resolved.gguf_file):
             raise InputError(
                 f"--quality-prompts: {resolved.name} has no tokenizer among its files, so its quality is "
                 f"measured on seeded token ids; add the tokenizer's files to the model directory first"

@@ -15,13 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from autotune.stats import (  # noqa: F401 - the objective's own vocabulary
-    MEDIAN_ERROR_PER_SPREAD,
-    Z95,
-    timing_error,
-    wilson_interval,
-    within_noise,
-)
+from autotune.stats import Z95, timing_error
 from autotune.store.records import CONFIRM_ORIGIN
 from autotune.workload import Workload
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import InputError, ModelNotFoundError
-from autotune.files import TOKENIZER_FILES, has_tokenizer  # noqa: F401 - the registry's answer to "does it have a tokenizer"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

@@ -45,24 +45,12 @@ for entry in (REPO, REPO / "benchmarks"):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
+from e2e_gpu import LLAMA_8B as LLAMA_8B_CONFIG  # noqa: E402
 from e2e_gpu import Autotune, log  # noqa: E402  (the same way of running autotune as a user)
 
-#: Llama-3-8B's shape with Llama-3.1's context, so that 32k prompts are within it.
-LLAMA_8B = dict(
-    vocab_size=128256,
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    max_position_embeddings=131072,
-    rope_theta=500000.0,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=False,
-    bos_token_id=128000,
-    eos_token_id=128001,
-    architectures=["LlamaForCausalLM"],
-)
+#: Llama-3-8B's shape (the end-to-end run's) with Llama-3.1's context, so that 32k prompts are
+#: within it; built here with ``LlamaConfig``, which takes neither the model type nor a dtype.
+LLAMA_8B = {k: v for k, v in LLAMA_8B_CONFIG.items() if k not in ("model_type", "dtype")} | {"max_position_embeddings": 131072}
 ATTENTIONS = ("flash_attention_4", "sdpa", "eager")
 #: (prompt tokens, new tokens, batch sizes); --tiny uses TINY_GRID.
 GRID = ((512, 128, (1, 16)), (8192, 16, (1,)), (32768, 16, (1,)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from search_fakes import FakeMeasure, add_model, gpu_env
+from search_fakes import TINY_LLAMA, FakeMeasure, add_model, gpu_env
 
 from autotune.candidate import Candidate
 from autotune.search.prior import Knowledge
@@ -128,17 +128,7 @@ def test_earlier_studies_on_the_same_gpu_warm_start_the_next(store: Store) -> No
     latency = Workload(objective="latency", prompt_tokens=512, new_tokens=128, max_batch=1, min_quality=0.5)
     past = study(store, latency, FakeMeasure(landscape=llama_speed), explore=True, patience=20)
     run(past)
-    llama = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": 512,
-        "dtype": "bfloat16",
-    }
+    llama = {**TINY_LLAMA, "dtype": "bfloat16"}
     caps = {"architecture": "LlamaForCausalLM", "attn_implementations": ["eager", "sdpa"]}
     model = add_model(store, "org/llama", latency, config=llama, caps=caps)
     env = gpu_env()

@@ -20,7 +20,8 @@ import pytest
 from autotune import prompts
 from autotune.candidate import Candidate
 from autotune.errors import InputError
-from autotune.objective import margin, timing_error, wilson_interval, within_noise
+from autotune.objective import margin
+from autotune.stats import timing_error, wilson_interval, within_noise
 from autotune.worker import BatchResult, WorkerOutcome, WorkerRequest, launch
 from autotune.workload import Workload
 

@@ -16,10 +16,10 @@ from datetime import datetime
 from itertools import product
 from typing import Any
 
-from autotune import registry
 from autotune.advisor.render import LoaderSpec
 from autotune.candidate import ATTENTIONS, DTYPE_SHORT, DTYPES, QUANTS, SDPA_KERNELS, Candidate, rejection
 from autotune.environment import Environment
+from autotune.files import has_tokenizer as files_have_tokenizer
 from autotune.flash import FLASH_ATTENTIONS
 from autotune.memory.limit import DeviceLimits
 from autotune.objective import (
@@ -995,7 +995,7 @@ def model_reference(model: ModelRecord) -> tuple[str, str | None]:
 
 def has_tokenizer(model: ModelRecord) -> bool:
     """Whether the model's files on this machine include a tokenizer (a GGUF file carries its own)."""
-    return registry.has_tokenizer(model.path, model.gguf_file)
+    return files_have_tokenizer(model.path, model.gguf_file)
 
 
 def loader_max_memory(trial: TrialRecord, environment: Environment | None) -> dict[int, str] | None:

@@ -55,8 +55,6 @@ def parse_gpus(text: str | None, environment: Environment) -> tuple[Slot, ...]:
     visible = ", ".join(f"{g.index} ({g.uuid})" for g in gpus) or "none: this machine has no NVIDIA GPU; name CPU workers cpu0,cpu1,..."
     if not all(items):
         raise InputError(f"--gpus {text!r}: an empty entry; give GPU indices or UUIDs separated by commas (visible: {visible})")
-    if len(set(items)) != len(items):
-        raise InputError(f"--gpus {text!r}: a GPU is named twice (visible: {visible})")
     slots = []
     for item in items:
         if item.startswith("cpu"):
