@@ -11,9 +11,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_flash_attention_grid_on_the_cpu(tmp_path: Path) -> None:
+def test_flash_attention_on_the_cpu(tmp_path: Path) -> None:
+    """Every part of benchmarks/flash_attention.py with a tiny Llama (and SmolLM2, trained) on the CPU,
+    where FlashAttention-4 is refused with its reason and the rest is measured."""
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [
             sys.executable,
@@ -22,29 +24,67 @@ def test_flash_attention_grid_on_the_cpu(tmp_path: Path) -> None:
             str(out),
             "--tiny",
             "--parts",
-            "grid,static",
+            "grid,static,quality,study,trained",
             "--max-repeats",
             "2",
         ],
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("flash_attn.cute is not importable (ModuleNotFoundError: ")  # one line, and it goes on
-    rows = json.loads((out / "flash_attention_tiny.json").read_text())["rows"]
+    document = json.loads((out / "flash_attention_tiny.json").read_text())
+    rows = document["rows"]
     assert len(rows) == 2 * 3 * 4  # with and without a static cache, three attentions, four shapes
     by = {(r["attn"], r["static_cache"], r["prompt_tokens"], r["batch_size"]): r for r in rows}
+    refused = "refused by autotune's rules: flash_attention_4: FlashAttention runs only on NVIDIA GPUs, not on the CPU"
     fa4 = by[("flash_attention_4", False, 64, 1)]
-    assert fa4["status"] == "unsupported" and fa4["reason"] == (
-        "refused by autotune's rules: flash_attention_4: FlashAttention runs only on NVIDIA GPUs, not on the CPU"
-    )
+    assert fa4["status"] == "unsupported" and fa4["reason"] == refused
+    assert by[("sdpa", False, 512, 1)]["new_tokens"] == 1  # the long prompts are prefill alone
     for attn in ("sdpa", "eager"):
         for prompt, batch in ((64, 1), (64, 4), (512, 1), (1024, 1)):
             row = by[(attn, False, prompt, batch)]
             assert row["status"] == "ok" and row["attention_ran"] == [attn], row
             assert row["metrics"]["latency_p50_ms"] > 0 and row["forecast_bytes"] > 0
         assert "static cache: transformers compiles static-cache generate only on CUDA" in by[(attn, True, 64, 1)]["reason"]
+
+    # the flat list: one object per row, with the figures asked for
+    flat = json.loads((out / "flash_attention_tiny_rows.json").read_text())
+    assert len(flat) == len(rows)
+    prefill = next(r for r in flat if r["attn"] == "sdpa" and r["prompt_tokens"] == 1024 and not r["static_cache"])
+    assert {"gpu", "attn", "prompt_tokens", "new_tokens", "batch_size", "ms", "tokens_per_s", "peak_bytes", "status"} <= set(prefill)
+    assert prefill["gpu"] == "CPU" and prefill["tokens_counted"] == "prompt"
+    assert abs(prefill["tokens_per_s"] - 1024 / (prefill["ms"] / 1e3)) < 1e-6 * prefill["tokens_per_s"]
+
+    # quality on the same weights, by the guard's code: random weights (flat), then SmolLM2 (trained) on text
+    quality = {(q["weights"], q["reference"], q["candidate"]): q for q in document["quality"] + document["trained"]["quality"]}
+    assert quality[("random", "bf16 sdpa cpu", "bf16 flash_attention_4 cpu")]["reason"] == refused
+    random_eager = quality[("random", "bf16 sdpa cpu", "bf16 eager cpu")]
+    assert random_eager["status"] == "ok" and random_eager["flatness"] > 0.9
+    for reference, candidate in (
+        ("fp32 sdpa cpu", "bf16 sdpa cpu"),
+        ("fp32 sdpa cpu", "bf16 eager cpu"),
+        ("bf16 sdpa cpu", "bf16 eager cpu"),
+    ):
+        q = quality[("trained", reference, candidate)]
+        assert q["status"] == "ok" and q["positions"] >= 200 and q["flatness"] < 0.5, q  # real text, a trained model
+        assert q["agreement_low"] <= q["token_agreement"] <= q["agreement_high"] and q["kl"] >= 0
+
+    # the studies: a recommendation, set against the grid; FlashAttention-4 refused with the rule's reason
+    studies = {s["name"]: s for s in document["studies"] + [document["trained"]["study"]]}
+    assert set(studies) == {"short", "long", "trained"}
+    for name in ("short", "long"):
+        study = studies[name]
+        assert study["recommendation"]["candidate"]["attn"] in ("sdpa", "eager"), study
+        assert study["regret"]["regret"] >= 0 and "agreement" in study["regret"]
+        assert study["measured_after"] is None  # refused here, so nothing to measure after
+        assert any(r["reason"].endswith("not on the CPU") for r in study["rejected"])
+        assert study["loader_run"]["new_tokens"] == study["new_tokens"]
+    trained = studies["trained"]
+    assert trained["floor"] is None and trained["exhaustive"] and trained["recommendation"]
+    assert all(t["metrics"]["quality_token_agreement"] for t in trained["trials"] if t["status"] == "ok")
     table = (out / "flash_attention_tiny.md").read_text()
-    assert "## 1,024 prompt + 4 new tokens, batch 1" in table and "| sdpa | dynamic |" in table
+    assert "## 1,024 prompt + 1 new token, batch 1" in table and "| sdpa | dynamic |" in table
+    assert "## Quality on the same weights" in table and "## Study `trained`" in table and "regret" in table
