@@ -142,6 +142,42 @@ def test_earlier_studies_on_the_same_gpu_warm_start_the_next(store: Store) -> No
     assert measure.calls[1][0].label() == "bf16 eager cuda static" and measure.calls[1][2] == "warm-start"
 
 
+def test_an_attention_measured_on_short_prompts_does_not_warm_start_a_long_prompt_study(store: Store) -> None:
+    """As on one H100 (Llama-3-8B shape, BENCHMARKS.md §9): FlashAttention-4 lost to SDPA at 512 + 128
+    tokens and won prefilling 32,768. A long-prompt study on the same GPU kind must not take the
+    short study's loss as its own: it expects FlashAttention-4 by the long-prompt rule, measures it
+    and picks it. A study of the short study's class still warm-starts from it."""
+    llama = {**TINY_LLAMA, "dtype": "bfloat16", "max_position_embeddings": 131072}
+    caps = {"architecture": "LlamaForCausalLM", "attn_implementations": ["eager", "sdpa", "flash_attention_4"]}
+    env = gpu_env(**{"flash-attn-4": "4.0.0b36", "nvidia-cutlass-dsl": "4.8.1"})
+    restrict = parse_restriction("dtype=bf16 attn=sdpa,flash_attention_4 quant=none static_cache=false placement=cuda")
+
+    def latency(fa4: float, sdpa: float):
+        return lambda c, workload: fa4 if c.attn == "flash_attention_4" else sdpa
+
+    def search(name: str, workload: Workload, measure: FakeMeasure, **settings) -> StudySearch:
+        model = add_model(store, name, workload, config=llama, caps=caps)
+        options = {"seed": 0, "restrict": restrict, **settings}
+        return StudySearch(store, model, env, store.record_environment(env), SearchSettings(**options), measure=measure)
+
+    short = Workload(objective="latency", prompt_tokens=512, new_tokens=128, max_batch=1, min_quality=0.0)
+    run(search("org/llama-short", short, FakeMeasure(latency=latency(7164.0, 5185.0)), exhaustive=True))
+
+    long = Workload(objective="latency", prompt_tokens=32768, new_tokens=1, max_batch=1, min_quality=0.0)
+    measure = FakeMeasure(latency=latency(1375.6, 1405.5))
+    s = search("org/llama-long", long, measure)
+    fa4 = Candidate(dtype="bfloat16", attn="flash_attention_4")
+    assert s.knowledge.expect(fa4).sources == {"rule"} and s.knowledge.expect(fa4).factor > 1
+    run(s)
+    assert [(c.attn, origin) for c, _, origin in measure.calls][:2] == [("sdpa", "baseline"), ("flash_attention_4", "prior")]
+    assert s.progress().best.candidate.attn == "flash_attention_4"
+
+    # the same class as the short study (a short prompt, many new tokens): its loss is evidence here
+    again = search("org/llama-short-2", Workload(objective="latency", prompt_tokens=1024, new_tokens=64, max_batch=1), FakeMeasure())
+    expectation = again.knowledge.expect(fa4)
+    assert "warm start" in expectation.sources and expectation.factor < 0.8
+
+
 def test_expectations_multiply_their_effects() -> None:
     env = gpu_env()
     k = Knowledge(Workload(objective="latency", max_batch=1), env, sdpa_fallback="one K/V head")

@@ -47,6 +47,19 @@ PLAIN = {
 #: the same model family, and another one.
 WARM_SAME_FAMILY = 0.08
 WARM_OTHER_FAMILY = 0.2
+#: Prompts of this many tokens and more are long: attention's share of the work grows with the
+#: prompt, and the fastest implementation changes (FlashAttention-4 against SDPA: -28% at 512 + 128
+#: tokens, +2% prefilling 32,768 on one H100, Llama-3-8B shape; BENCHMARKS.md §9).
+LONG_PROMPT = 4096
+
+
+def workload_class(workload: Workload) -> tuple[bool, bool]:
+    """What an effect measured on one workload must share with another to say anything about it:
+    whether the prompt is long (:data:`LONG_PROMPT`), and whether a call decodes more than the
+    first token. An attention implementation or a compiled static cache that loses on a short
+    prompt and many new tokens can win prefilling a long one, so earlier studies warm-start only
+    studies of their own class (as well as their own objective and kind of GPU)."""
+    return workload.prompt_tokens >= LONG_PROMPT, workload.new_tokens > 1
 
 
 @dataclass(frozen=True)
@@ -289,9 +302,11 @@ class Knowledge:
         if attn == "flex_attention":
             return Effect("attn", value, 0.7, 0.2, "rule", "flex_attention -35% to -40% on H200 (small Llama)")
         if attn.startswith("flash_attention"):
-            if self.workload.prompt_tokens >= 4096:
-                return Effect("attn", value, 1.1, 0.2, "rule", "FlashAttention-4 +8% on 8k-32k prompts on H200 (Llama-1B)")
-            return Effect("attn", value, 0.75, 0.25, "rule", "FlashAttention-4 -36% at 512+128 tokens on H200 (Llama-1B)")
+            if self.workload.prompt_tokens >= LONG_PROMPT:
+                reason = "FlashAttention-4 +8% on 8k-32k prompts on H200 (Llama-1B), -1% to +2% on H100 (Llama-3-8B shape)"
+                return Effect("attn", value, 1.04, 0.1, "rule", reason)
+            reason = "FlashAttention-4 -36% at 512+128 tokens on H200 (Llama-1B), -28% at batch 1 and -20% at 16 on H100 (8B)"
+            return Effect("attn", value, 0.75, 0.25, "rule", reason)
         return None if attn == "sdpa" else Effect("attn", value, 0.8, 0.3, "rule", "unmeasured attention implementation")
 
     def _warm(self, effect: Effect) -> Effect:

@@ -52,7 +52,7 @@ from autotune.errors import InputError
 from autotune.memory import Correction, DeviceLimits
 from autotune.objective import metric_for
 from autotune.search.confirm import confirm_close_pair
-from autotune.search.prior import Knowledge, PastResult, Prediction
+from autotune.search.prior import Knowledge, PastResult, Prediction, workload_class
 from autotune.search.results import INTERRUPTED, CandidateResult, Progress, progress
 from autotune.search.space import AXES, Baseline, SearchSpace, build_space, candidate_from, forecast_peaks, params_of
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord, utcnow
@@ -477,7 +477,8 @@ class StudySearch:
         return self._knowledge
 
     def _past_results(self) -> list[PastResult]:
-        """Measured candidates of this store's other studies on the same kind of device, for the same objective."""
+        """Measured candidates of this store's other studies on the same kind of device, for the same
+        objective and the same class of workload (:func:`autotune.search.prior.workload_class`)."""
         kind = _device_kind(self.environment)
         models = {m.id: m for m in self.store.models()}
         environments: dict[int, str] = {}
@@ -487,6 +488,7 @@ class StudySearch:
                 study.id == self.study.id
                 or study.workload.objective != self.workload.objective
                 or study.workload.generates != self.workload.generates
+                or workload_class(study.workload) != workload_class(self.workload)
             ):
                 continue
             if study.environment_id not in environments:
