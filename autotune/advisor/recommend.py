@@ -16,6 +16,7 @@ from datetime import datetime
 from itertools import product
 from typing import Any
 
+from autotune import axes
 from autotune.advisor.render import LoaderSpec
 from autotune.candidate import ATTENTIONS, DTYPE_SHORT, DTYPES, QUANTS, SDPA_KERNELS, Candidate, rejection
 from autotune.environment import Environment
@@ -41,8 +42,6 @@ FAILED = ("oom", "crash", "timeout", "error")
 #: Statuses of candidates that could not be tried here.
 UNAVAILABLE = ("unsupported", "rejected")
 
-#: The options users ask about, as one-option changes of the winner, in the order they are explained.
-AXES = ("quant", "attn", "sdpa_kernel", "dtype", "static_cache", "double_quant", "placement", "runtime")
 
 BETTERTRANSFORMER = (
     "BetterTransformer: not available: to_bettertransformer() is gone from Transformers 5 and Optimum 2; "
@@ -562,68 +561,48 @@ def _constraints_text(workload: Workload, limit_bytes: int | None) -> str:
 
 
 def option_of(candidate: Candidate, axis: str) -> str | None:
-    """The user's name for ``candidate``'s choice on ``axis`` (``None``: the axis does not apply)."""
-    c = candidate
-    if axis == "quant":
-        return {"none": "no quantization", "bnb-8bit": "bnb 8-bit", "bnb-4bit-nf4": "bnb 4-bit nf4", "bnb-4bit-fp4": "bnb 4-bit fp4"}[
-            c.quant
-        ]
-    if axis == "attn":
-        return c.attn
-    if axis == "sdpa_kernel":
-        if c.attn != "sdpa":
-            return None
-        return f"SDPA kernel {c.sdpa_kernel} (pinned)" if c.sdpa_kernel else "SDPA kernel left to PyTorch"
-    if axis == "dtype":
-        return DTYPE_SHORT[c.dtype]
-    if axis == "static_cache":
-        return "static cache (torch.compile)" if c.static_cache else "dynamic cache"
-    if axis == "double_quant":
-        if not c.is_4bit:
-            return None
-        return "4-bit double quantization" if c.double_quant else "4-bit without double quantization"
-    if axis == "placement":
-        return {"cpu": "CPU", "cuda": "one GPU", "multi-gpu": "several GPUs (device_map=auto)"}[c.placement]
-    if axis == "runtime":
-        return "PyTorch" if c.runtime == "pytorch" else f"ONNX Runtime ({c.provider or 'default provider'})"
-    raise ValueError(axis)
+    """The user's name for ``candidate``'s choice on ``axis`` (``None``: the axis does not apply),
+    as the axis declares it (:attr:`autotune.axes.Axis.option`)."""
+    try:
+        declared = axes.axis(axis)
+    except KeyError:
+        raise ValueError(axis) from None
+    point = candidate.to_dict()
+    if declared.name not in axes.BUILT_IN and not declared.applies(point):
+        return None
+    return declared.option(point)
 
 
-#: One-option changes of a winner to ask :func:`autotune.candidate.rejection` about, when no trial tried them.
-_WHAT_IFS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("quant", {"quant": "bnb-4bit-nf4", "double_quant": True}),
-    ("quant", {"quant": "bnb-8bit"}),
-    ("attn", {"attn": "flash_attention_2", "sdpa_kernel": None}),
-    ("attn", {"attn": "flash_attention_4", "sdpa_kernel": None}),
-    ("attn", {"attn": "sdpa"}),
-    ("attn", {"attn": "eager", "sdpa_kernel": None}),
-    ("dtype", {"dtype": "float32"}),
-    ("dtype", {"dtype": "bfloat16"}),
-    ("static_cache", {"static_cache": True}),
-)
+def explained_axes() -> tuple[str, ...]:
+    """The options users ask about, as one-option changes of the winner, in the order they are explained."""
+    return axes.explained_axes()
+
+
+def _what_ifs() -> list[tuple[str, dict[str, Any]]]:
+    """One-option changes of a winner to ask :func:`autotune.candidate.rejection` about, when no
+    trial tried them: each explained axis's :attr:`~autotune.axes.Axis.what_ifs`."""
+    return [(name, change) for name in explained_axes() for change in axes.axis(name).what_ifs]
 
 
 def _what_if(winner: Candidate, change: dict[str, Any]) -> Candidate | None:
+    """The winner changed by ``change``, moved to the nearest candidate the search would try, in
+    canonical form (:func:`autotune.axes.canonical`, the form the space's candidates have)."""
     data = {**winner.to_dict(), **change}
     if winner.runtime == "onnxruntime":  # the what-ifs are PyTorch loading options: ask about them in PyTorch
-        data.update(runtime="pytorch", provider=None, io_binding=False)
+        data.update(runtime="pytorch")
     if data["quant"] == "bnb-8bit":
-        data.update(double_quant=False, compute_dtype=None, static_cache=False)
+        data["static_cache"] = False
         if data["dtype"] == "bfloat16":
             data["dtype"] = "float16"
     elif str(data["quant"]).startswith("bnb-4bit"):
         data["static_cache"] = False
-    else:
-        data.update(double_quant=False, compute_dtype=None)
     if change.get("static_cache"):
-        data.update(quant="none", double_quant=False, compute_dtype=None)
-    if data["attn"] != "sdpa":
-        data["sdpa_kernel"] = None
+        data["quant"] = "none"
     if str(data["attn"]).startswith("flash_attention") and "float32" in (data["dtype"], data.get("compute_dtype")):
         # FlashAttention is only ever tried in half precision: ask about that
         data.update(dtype="float16" if data["quant"] == "bnb-8bit" else "bfloat16", compute_dtype=None)
     try:
-        return Candidate.from_dict(data)
+        return Candidate.from_dict(axes.canonical(data))
     except Exception:  # noqa: BLE001 - an impossible combination is simply not asked about
         return None
 
@@ -655,7 +634,7 @@ def explain(
         {t.candidate.placement for t in trials} | ({winner.candidate.placement} if winner is not None else set()),
     )
     seen: set[tuple[str, str]] = set()
-    for axis in AXES:
+    for axis in explained_axes():
         mine = option_of(winner.candidate, axis) if winner is not None else None
         if winner is not None and mine is None and axis == "double_quant":
             continue  # the winner is not 4-bit: "bnb 4-bit" already says why 4-bit lost
@@ -681,7 +660,7 @@ def explain(
             if option is not None and option != mine and option not in groups:
                 unmeasured.setdefault(option, candidate)
         if winner is not None:
-            for what_axis, change in _WHAT_IFS:
+            for what_axis, change in _what_ifs():
                 candidate = _what_if(winner.candidate, change) if what_axis == axis else None
                 option = option_of(candidate, axis) if candidate is not None else None
                 if option is not None and option != mine and option not in groups and candidate.key() != winner.candidate.key():
@@ -694,7 +673,7 @@ def explain(
                 verdicts.append(verdict)
                 seen.add((axis, option))
     verdicts.append(Verdict("runtime", "BetterTransformer", "unavailable", BETTERTRANSFORMER.split(": ", 1)[1]))
-    order = {axis: i for i, axis in enumerate(AXES)}
+    order = {axis: i for i, axis in enumerate(explained_axes())}
     return sorted(verdicts, key=lambda v: order.get(v.axis, len(order)))
 
 
@@ -707,9 +686,10 @@ class _Variants:
         # what the search enumerates (the others are left out with their reason, in the study's rejections)
         attns = [a for a in ATTENTIONS if a in supported or a == "flash_attention_2"]
         self.all: list[tuple[Candidate, str | None]] = []
+        extra = [a for a in axes.extra_axes() if a.owner in (None, "pytorch")]
         for placement in sorted(placements or {"cpu"}):
-            for dtype, attn, kernel, quant, double, static in product(
-                DTYPES, attns, (None, *SDPA_KERNELS), QUANTS, (False, True), (False, True)
+            for dtype, attn, kernel, quant, double, static, *more in product(
+                DTYPES, attns, (None, *SDPA_KERNELS), QUANTS, (False, True), (False, True), *(a.values for a in extra)
             ):
                 if kernel is not None and attn != "sdpa" or double and not str(quant).startswith("bnb-4bit"):
                     continue
@@ -722,6 +702,7 @@ class _Variants:
                         double_quant=double,
                         static_cache=static,
                         placement=placement,
+                        extra=tuple((a.name, v) for a, v in zip(extra, more)),
                     )
                 except Exception:  # noqa: BLE001 - an attention name this autotune cannot describe
                     continue
@@ -737,7 +718,7 @@ class _Variants:
 def _differences(winner: Candidate, other: Candidate, axis: str) -> list[str]:
     """How ``other`` differs from ``winner`` apart from ``axis``, in words (``dtype fp16``, ...)."""
     out = []
-    for name in AXES:
+    for name in explained_axes():
         if name == axis or name == "double_quant" and axis == "quant":
             continue
         theirs, mine = option_of(other, name), option_of(winner, name)
@@ -748,22 +729,11 @@ def _differences(winner: Candidate, other: Candidate, axis: str) -> list[str]:
     return out
 
 
-_OPTION_FIELDS = {
-    "quant": ("quant", "double_quant", "compute_dtype"),
-    "attn": ("attn", "sdpa_kernel"),
-    "sdpa_kernel": ("sdpa_kernel",),
-    "dtype": ("dtype",),
-    "static_cache": ("static_cache",),
-    "double_quant": ("double_quant",),
-    "placement": ("placement",),
-    "runtime": ("runtime", "provider", "io_binding"),
-}
-
-
 def _alone(winner: Candidate, axis: str, other: Candidate) -> Candidate | None:
-    """The winner with only ``axis`` taken from ``other`` (the measurement that would compare like with like)."""
+    """The winner with only ``axis`` (and the fields it covers) taken from ``other`` (the
+    measurement that would compare like with like)."""
     data = winner.to_dict()
-    data.update({name: getattr(other, name) for name in _OPTION_FIELDS[axis]})
+    data.update({name: other.value(name) for name in axes.axis(axis).covers or (axis,)})
     if data["attn"] != "sdpa":
         data["sdpa_kernel"] = None
     try:
@@ -805,21 +775,25 @@ def _covers(pattern: dict[str, Any], example: Candidate, candidate: Candidate) -
     """Whether a rejection (its shared ``pattern``, or its one ``example``) covers ``candidate``."""
     if not pattern:
         return example.key() == candidate.key()
-    data = candidate.to_dict()
-    return all(data.get(k) == v for k, v in pattern.items())
+    return all(_value(candidate, k) == v for k, v in pattern.items())
+
+
+def _value(candidate: Candidate, name: str) -> Any:
+    try:
+        return candidate.value(name)
+    except KeyError:  # a field a later autotune wrote
+        return None
+
+
+#: The axes whose flags :func:`_measure_hint` leaves out: the dtype is written in full, the
+#: placement and the compute dtype are the workload's and the winner's, the runtime is PyTorch's.
+_HINT_SKIPS = ("dtype", "placement", "compute_dtype", "runtime", "provider", "io_binding")
 
 
 def _measure_hint(name: str, c: Candidate) -> str:
-    args = [f"autotune measure {name}", f"--dtype {c.dtype}", f"--attn {c.attn}"]
-    if c.sdpa_kernel:
-        args.append(f"--sdpa-kernel {c.sdpa_kernel}")
-    if c.quant != "none":
-        args.append(f"--quant {c.quant}")
-    if c.double_quant:
-        args.append("--double-quant")
-    if c.static_cache:
-        args.append("--static-cache")
-    return " ".join(args)
+    point = c.to_dict()
+    flags = [a.measure_flag(point) for a in axes.in_order(axes.FLAG_ORDER) if a.name not in _HINT_SKIPS]
+    return " ".join([f"autotune measure {name}", f"--dtype {c.dtype}", *(f for f in flags if f)])
 
 
 def _study_rejections(study: StudyRecord) -> list[tuple[Candidate, str, str, dict[str, Any]]]:

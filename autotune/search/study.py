@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from autotune.axes import sampler_axes
 from autotune.candidate import Candidate
 from autotune.environment import Environment
 from autotune.errors import InputError
@@ -54,7 +55,7 @@ from autotune.objective import metric_for
 from autotune.search.confirm import confirm_close_pair
 from autotune.search.prior import Knowledge, PastResult, Prediction
 from autotune.search.results import INTERRUPTED, CandidateResult, Progress, progress
-from autotune.search.space import AXES, Baseline, SearchSpace, build_space, candidate_from, forecast_peaks, params_of
+from autotune.search.space import Baseline, SearchSpace, build_space, candidate_from, forecast_peaks, params_of
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord, utcnow
 from autotune.units import format_gib
 from autotune.worker.protocol import SCREEN_METRICS, Screen
@@ -539,7 +540,7 @@ class StudySearch:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         space = self.space
         seed = (self.study.sampler_seed + 7919 * state.measured) % (2**32)
-        distributions = {axis: CategoricalDistribution(space.choices[axis]) for axis in AXES}
+        distributions = {axis: CategoricalDistribution(values) for axis, values in space.choices.items()}
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.settings.startup_trials)
         study = optuna.create_study(direction=self.direction, sampler=sampler)
         worst = self._worst(state)
@@ -564,7 +565,7 @@ class StudySearch:
         first: dict[str, Any] | None = None
         for _ in range(ASKS_PER_STEP):
             trial = study.ask()
-            params = {axis: trial.suggest_categorical(axis, space.choices[axis]) for axis in AXES}
+            params = {axis: trial.suggest_categorical(axis, values) for axis, values in space.choices.items()}
             first = first or params
             candidate = candidate_from(params)
             if candidate.key() in left_keys:
@@ -797,7 +798,7 @@ def _nearest(params: dict[str, Any], left: list[Candidate], rng: random.Random) 
 
     def distance(candidate: Candidate) -> int:
         values = params_of(candidate)
-        return sum(1 for axis in AXES if values[axis] != params.get(axis))
+        return sum(1 for axis in sampler_axes() if values[axis] != params.get(axis))
 
     best = min(distance(c) for c in left)
     return rng.choice([c for c in left if distance(c) == best])
