@@ -60,9 +60,38 @@ from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord, utcnow
 from autotune.units import format_gib
 from autotune.worker.protocol import SCREEN_METRICS, Screen
 
-#: ``measure(store, model, candidate, batch_sizes, *, environment, environment_id, study, origin,
-#: timeout_s, on_spawn, limits) -> list[TrialRecord]`` — :func:`autotune.trials.measure_candidate`.
-Measure = Callable[..., list[TrialRecord]]
+
+class Measure(Protocol):
+    """Measures one candidate of a model at each batch size and records one finished trial per size.
+
+    :func:`autotune.trials.measure_candidate` is autotune's; :class:`StudySearch` and the
+    close-pair re-measurement (:mod:`autotune.search.confirm`) call whatever they are given with
+    these arguments, and the tests give an instant fake. Rows are ``running`` before anything is measured and finished
+    after; the returned trials are in rising batch order.
+    """
+
+    def __call__(
+        self,
+        store: Store,
+        model: ModelRecord,
+        candidate: Candidate,
+        batch_sizes: list[int] | tuple[int, ...],
+        *,
+        environment: Environment,
+        environment_id: int,
+        study: StudyRecord,
+        origin: str = "search",
+        timeout_s: float | None = None,
+        on_spawn: Callable[[int], None] | None = None,
+        worker_options: dict[str, Any] | None = None,
+        ladder: str = "rising",
+        screen: Screen | None = None,
+        deadline_s: float | None = None,
+        details: dict[str, Any] | None = None,
+        limits: DeviceLimits | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> list[TrialRecord]: ...
+
 
 ASKS_PER_STEP = 16
 #: One search step in this many chooses among all candidates; the others among the best's neighbours.
