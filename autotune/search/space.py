@@ -422,7 +422,8 @@ def build_space(
         valid.append(candidate)
         ladders[candidate.key()] = fits
 
-    choices = {name: axes.axis(name).ordered({params_of(c)[name] for c in valid}) for name in sampler_axes()}
+    points = [params_of(c) for c in valid]
+    choices = {name: axes.axis(name).ordered({p[name] for p in points}) for name in sampler_axes()}
     return SearchSpace(
         candidates=tuple(valid),
         ladders=ladders,
