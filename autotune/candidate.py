@@ -10,9 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from autotune import axes
+from autotune.axes import (
+    ATTENTIONS,
+    DTYPE_ALIASES,
+    DTYPE_SHORT,
+    DTYPES,
+    ORT_DTYPES,
+    PLACEMENTS,
+    PROVIDER_PLACEMENT,
+    PROVIDER_SHORT,
+    QUANTS,
+    RUNTIMES,
+    SDPA_KERNELS,
+    normalize_dtype,
+)
 from autotune.errors import InputError
 from autotune.flash import FLASH_ATTENTIONS
 
@@ -21,42 +36,42 @@ if TYPE_CHECKING:
     from autotune.worker_env import WorkerEnvironment
     from autotune.workload import Workload
 
-DTYPES = ("float32", "float16", "bfloat16")
-DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
-DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-#: Attention implementations autotune knows how to reason about. What a given model accepts is
-#: read from the installed Transformers at ``autotune add`` time (the model's capabilities).
-ATTENTIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
-SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
-QUANTS = ("none", "bnb-8bit", "bnb-4bit-nf4", "bnb-4bit-fp4")
-PLACEMENTS = ("cpu", "cuda", "multi-gpu")
-RUNTIMES = ("pytorch", "onnxruntime")
-
-#: ONNX Runtime execution providers autotune can place, and the placement each one runs on.
-PROVIDER_PLACEMENT = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
-PROVIDER_SHORT = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA", "TensorrtExecutionProvider": "TensorRT"}
-#: The dtypes an ONNX export is made in (bfloat16 graphs do not run on ONNX Runtime's CPU and CUDA providers).
-ORT_DTYPES = ("float32", "float16")
 #: What to do when no worker environment offers ONNX Runtime.
 REGISTER_ORT_HINT = "register one: autotune env add ort /path/to/python with optimum-onnx installed"
 
-
-def normalize_dtype(name: str) -> str:
-    value = DTYPE_ALIASES.get(str(name).lower(), str(name).lower())
-    if value not in DTYPES:
-        raise InputError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)} (or fp32, fp16, bf16)")
-    return value
+__all__ = [
+    "ATTENTIONS",
+    "DTYPES",
+    "DTYPE_ALIASES",
+    "DTYPE_SHORT",
+    "ORT_DTYPES",
+    "PLACEMENTS",
+    "PROVIDER_PLACEMENT",
+    "PROVIDER_SHORT",
+    "QUANTS",
+    "REGISTER_ORT_HINT",
+    "RUNTIMES",
+    "SDPA_KERNELS",
+    "Candidate",
+    "choose_worker_env",
+    "flash_rejection",
+    "normalize_dtype",
+    "onnxruntime_rejection",
+    "rejection",
+]
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A loading configuration, batch size aside.
+    """A loading configuration, batch size aside; its levers are declared in :mod:`autotune.axes`.
 
     ``compute_dtype`` applies to 4-bit quantization (``bnb_4bit_compute_dtype``); ``None``
     means "the same as ``dtype``". ``placement`` is ``cpu``, ``cuda`` (one GPU) or
     ``multi-gpu`` (``device_map="auto"`` over every GPU, each capped by the workload's limit).
     ``runtime`` ``onnxruntime`` runs an ONNX export through Optimum with the execution
-    ``provider`` (e.g. ``CPUExecutionProvider``) and optionally IO binding.
+    ``provider`` (e.g. ``CPUExecutionProvider``) and optionally IO binding. ``extra`` holds the
+    values of axes declared beyond these fields (:func:`autotune.axes.extra_axes`), only those
+    off their default, sorted by name; read any axis with :meth:`value`.
     """
 
     dtype: str = "bfloat16"
@@ -70,6 +85,7 @@ class Candidate:
     runtime: str = "pytorch"
     provider: str | None = None
     io_binding: bool = False
+    extra: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
@@ -85,6 +101,16 @@ class Candidate:
             raise InputError(f"unknown runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}")
         if not self.attn or not isinstance(self.attn, str):
             raise InputError(f"attention implementation must be a name such as sdpa, got {self.attn!r}")
+        if self.extra:
+            declared = {a.name: a for a in axes.extra_axes()}
+            unknown = [name for name, _ in self.extra if name not in declared]
+            if unknown:
+                raise InputError(f"unknown axis {unknown[0]!r}: declared ones are {', '.join(axes.names())}")
+            for name, value in self.extra:
+                if declared[name].values and value not in declared[name].values:
+                    raise InputError(f"unknown {name} {value!r}: choose one of {', '.join(map(str, declared[name].values))}")
+            kept = tuple(sorted((n, v) for n, v in dict(self.extra).items() if v != declared[n].default))
+            object.__setattr__(self, "extra", kept)
 
     @property
     def is_4bit(self) -> bool:
@@ -98,13 +124,25 @@ class Candidate:
     def on_gpu(self) -> bool:
         return self.placement != "cpu"
 
+    def value(self, name: str) -> Any:
+        """The candidate's value on the axis ``name`` (a field, or an axis declared beyond them)."""
+        if name in axes.BUILT_IN:
+            return getattr(self, name)
+        extra = dict(self.extra)
+        return extra[name] if name in extra else axes.axis(name).default
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, then the axes declared beyond them that are off their default: what
+        :meth:`key` hashes, so an axis added later leaves the keys of earlier candidates as they were."""
+        data = {name: getattr(self, name) for name in axes.BUILT_IN}
+        data.update(self.extra)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        known = {f.name for f in fields(cls)} - {"extra"}
+        extra = tuple((a.name, data[a.name]) for a in axes.extra_axes() if a.name in data)
+        return cls(**{k: v for k, v in data.items() if k in known}, extra=extra)
 
     def key(self) -> str:
         """A stable identity: two candidates with the same key load the same way."""
@@ -117,42 +155,11 @@ class Candidate:
 
     def measure_args(self) -> str:
         """The ``autotune measure`` options that measure this candidate (batch sizes aside)."""
-        args = [f"--dtype {DTYPE_SHORT[self.dtype]}", f"--placement {self.placement}"]
-        if self.is_onnxruntime:
-            args += ["--runtime onnxruntime"] + ([f"--provider {self.provider}"] if self.provider else [])
-            return " ".join(args + (["--io-binding"] if self.io_binding else []))
-        args.append(f"--attn {self.attn}")
-        if self.sdpa_kernel:
-            args.append(f"--sdpa-kernel {self.sdpa_kernel}")
-        if self.quant != "none":
-            args.append(f"--quant {self.quant}")
-        if self.double_quant:
-            args.append("--double-quant")
-        if self.compute_dtype and self.compute_dtype != self.dtype:
-            args.append(f"--compute-dtype {DTYPE_SHORT[self.compute_dtype]}")
-        if self.static_cache:
-            args.append("--static-cache")
-        return " ".join(args)
+        return axes.measure_args(self.to_dict())
 
     def label(self) -> str:
         """Short human text, e.g. ``bf16 sdpa[flash] nf4+dq(bf16) cuda static`` or ``fp32 onnxruntime[CPU] cpu``."""
-        if self.is_onnxruntime:
-            provider = PROVIDER_SHORT.get(self.provider or "", self.provider or "no provider")
-            parts = [DTYPE_SHORT[self.dtype], f"onnxruntime[{provider}]"] + (["io-binding"] if self.io_binding else [])
-            return " ".join([*parts, self.placement])
-        attn = self.attn + (f"[{self.sdpa_kernel}]" if self.sdpa_kernel else "")
-        parts = [DTYPE_SHORT[self.dtype], attn]
-        if self.quant != "none":
-            quant = {"bnb-8bit": "int8", "bnb-4bit-nf4": "nf4", "bnb-4bit-fp4": "fp4"}[self.quant]
-            if self.double_quant:
-                quant += "+dq"
-            if self.is_4bit and self.compute_dtype and self.compute_dtype != self.dtype:
-                quant += f"({DTYPE_SHORT[self.compute_dtype]})"
-            parts.append(quant)
-        parts.append(self.placement)
-        if self.static_cache:
-            parts.append("static")
-        return " ".join(parts)
+        return axes.label(self.to_dict())
 
 
 def rejection(
@@ -179,7 +186,7 @@ def rejection(
     if gguf and c.is_onnxruntime:
         return f"runtime onnxruntime: the model is the GGUF file {gguf}, which Optimum's ONNX export does not read"
     if c.is_onnxruntime:
-        return onnxruntime_rejection(c, worker_envs) or _workload_rejection(c, workload)
+        return onnxruntime_rejection(c, worker_envs) or _extra_rejection(c) or _workload_rejection(c, workload)
     if c.provider is not None or c.io_binding:
         what = f"execution provider {c.provider}" if c.provider is not None else "IO binding"
         return f"{what}: applies only to runtime onnxruntime, not pytorch"
@@ -235,7 +242,7 @@ def rejection(
 
     if workload is not None and c.static_cache and not workload.generates:
         return f"static cache: applies only to text generation, not {workload.task}"
-    return _workload_rejection(c, workload)
+    return _extra_rejection(c) or _workload_rejection(c, workload)
 
 
 def flash_rejection(candidate: Candidate, environment: Environment) -> str | None:
@@ -263,6 +270,15 @@ def flash_rejection(candidate: Candidate, environment: Environment) -> str | Non
     return None
 
 
+def _extra_rejection(c: Candidate) -> str | None:
+    """Why an axis declared beyond the candidate's fields does not apply where it is set."""
+    data = c.to_dict()
+    for axis in axes.extra_axes():
+        if c.value(axis.name) != axis.default and not axis.applies(data):
+            return axis.why_not(data) or f"{axis.name}: applies only to runtime {axis.owner}, not {c.runtime}"
+    return None
+
+
 def _workload_rejection(c: Candidate, workload: Workload | None) -> str | None:
     if workload is not None:
         if workload.device == "cpu" and c.on_gpu:
@@ -285,20 +301,12 @@ def onnxruntime_rejection(candidate: Candidate, worker_envs: list[WorkerEnvironm
     if c.provider not in PROVIDER_PLACEMENT:
         known = ", ".join(f"{p} ({where})" for p, where in PROVIDER_PLACEMENT.items())
         return f"execution provider {c.provider}: autotune places only {known}"
-    defaults = Candidate()
-    for name, what in (
-        ("attn", "attention"),
-        ("sdpa_kernel", "SDPA kernel"),
-        ("quant", "quantization"),
-        ("double_quant", "double quantization"),
-        ("compute_dtype", "compute dtype"),
-        ("static_cache", "static cache"),
-    ):
-        value = getattr(c, name)
-        if value != getattr(defaults, name):
+    for option in axes.owned_by("pytorch"):
+        value = c.value(option.name)
+        if value != option.default:
             return (
-                f"{what} {value}: a PyTorch loading option; ONNX Runtime runs the exported graph as it is "
-                f"(leave it at its default, {getattr(defaults, name)}, for runtime onnxruntime)"
+                f"{option.what or option.name} {value}: a PyTorch loading option; ONNX Runtime runs the exported graph as it is "
+                f"(leave it at its default, {option.default}, for runtime onnxruntime)"
             )
     if c.dtype not in ORT_DTYPES:
         return f"dtype {c.dtype}: ONNX Runtime candidates are exported in float32 or float16 (its CPU and CUDA providers lack bfloat16 kernels)"

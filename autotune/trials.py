@@ -5,6 +5,13 @@ trial row is written *before* the worker starts (with the worker's pid once it e
 caller killed mid-way leaves a trace that can be recovered. The quality reference is made once
 per (model, workload, environment) and cached on disk; the worker's results then finish each
 row with its status, metrics, effective configuration, feasibility and objective value.
+
+Measuring one candidate is two steps: :func:`plan_trials`, a pure function of what the store and
+the disk say, decides everything (the batch sizes, the limits, the timeouts cut to the study's
+deadline, the worker environment and interpreter, whether this candidate writes the quality
+reference, or why nothing runs) into a frozen :class:`TrialPlan`; :func:`run_plan` only starts
+the rows, launches the workers and finishes the rows. :func:`measure_candidate` gathers the
+facts and does both.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +217,128 @@ def _reference_label(path: Path) -> str | None:
 # -- measuring a candidate ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrialPlan:
+    """What measuring one candidate will do, decided before anything runs (:func:`plan_trials`).
+
+    ``rejected``: why nothing is launched (every batch size is recorded ``unsupported`` with it).
+    Otherwise the candidate's worker runs in ``python`` (``None``: this interpreter) and its rows
+    record ``worker_env``; ``reference_timeout_s`` bounds the worker that makes the quality
+    reference (in ``reference_python``) and ``timeout_s`` the candidate's, both already cut to
+    the study's deadline (``capped``: the deadline, not the candidate's own limit, stops it);
+    ``make_reference``: this candidate is the reference configuration and writes the reference
+    at ``reference_path`` itself. ``request`` are the worker request's fields besides the
+    reference and the timeout; ``details`` join every row's details.
+    """
+
+    model: ModelRecord
+    study: StudyRecord
+    environment: Environment
+    candidate: Candidate
+    batch_sizes: tuple[int, ...]
+    origin: str
+    worker_env: str
+    details: dict[str, Any] = field(default_factory=dict)
+    rejected: str | None = None
+    python: str | None = None
+    worker_python: str | None = None
+    reference_python: str | None = None
+    limits: DeviceLimits | None = None
+    reference_path: str | None = None
+    make_reference: bool = False
+    reference_timeout_s: float = BASE_TIMEOUT_S
+    timeout_s: float = BASE_TIMEOUT_S
+    deadline_s: float | None = None
+    capped: bool = False
+    request: dict[str, Any] = field(default_factory=dict)
+    environ: dict[str, str] | None = None
+
+    @property
+    def workload(self) -> Workload:
+        return self.study.workload
+
+
+def plan_trials(
+    model: ModelRecord,
+    candidate: Candidate,
+    batch_sizes: tuple[int, ...],
+    *,
+    study: StudyRecord,
+    environment: Environment,
+    limits: DeviceLimits,
+    worker_envs: list[WorkerEnvironment] | None,
+    interpreters: dict[str, bool],
+    reference_path: str,
+    reference_exists: bool,
+    compile_cache: str | None,
+    origin: str = "search",
+    timeout_s: float | None = None,
+    fault: str | None = None,
+    python: str | None = None,
+    worker_options: dict[str, Any] | None = None,
+    ladder: str = "rising",
+    screen: Screen | None = None,
+    deadline_s: float | None = None,
+    details: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> TrialPlan:
+    """The :class:`TrialPlan` of measuring ``candidate`` at ``batch_sizes``: a pure function of what
+    it is given. What the disk and the store hold is given as facts: the registered worker
+    environments (``None``: not asked, a PyTorch candidate), which of their interpreters exist
+    (``interpreters``), where the quality reference is cached and whether it is there, the
+    torch.compile cache of a PyTorch candidate, and the limit on its devices."""
+    workload = study.workload
+    worker_env = choose_worker_env(candidate, worker_envs or [])
+    reason = rejection(candidate, environment, model.capabilities, workload, worker_envs)
+    if reason is None and worker_env is not None and not interpreters.get(worker_env.python, False):
+        reason = (
+            f"worker environment {worker_env.name}: its interpreter {worker_env.python} is gone "
+            f"(register it again: autotune env add {worker_env.name} PYTHON)"
+        )
+    plan = TrialPlan(
+        model,
+        study,
+        environment,
+        candidate,
+        batch_sizes,
+        origin,
+        worker_env.name if worker_env is not None else DEFAULT_ENV,
+        details=dict(details or {}),
+        rejected=reason,
+    )
+    if reason is not None:
+        return plan
+    timeout = timeout_s or default_timeout(batch_sizes)
+    candidate_timeout = timeout_s or timeout + (ONNX_EXPORT_TIMEOUT_S if worker_env is not None else 0.0)
+    capped = deadline_s is not None and deadline_s < candidate_timeout
+    if deadline_s is not None:
+        timeout = max(1.0, min(timeout, deadline_s))
+        candidate_timeout = max(1.0, min(candidate_timeout, deadline_s))
+    make_reference = not reference_exists and candidate == reference_candidates(model, environment, candidate.placement)[0]
+    return replace(
+        plan,
+        python=worker_env.python if worker_env is not None else python,
+        worker_python=worker_env.python if worker_env is not None else None,
+        reference_python=python,
+        limits=limits,
+        reference_path=reference_path,
+        make_reference=make_reference,
+        reference_timeout_s=timeout,
+        timeout_s=candidate_timeout,
+        deadline_s=deadline_s,
+        capped=capped,
+        request={
+            "max_memory": limits.max_memory(),
+            "fault": fault,
+            "ladder": ladder,
+            "screen": screen,
+            "compile_cache": compile_cache if candidate.runtime == "pytorch" else None,
+            **(worker_options or {}),
+        },
+        environ=environ,
+    )
+
+
 def measure_candidate(
     store: Store,
     model: ModelRecord,
@@ -233,7 +362,9 @@ def measure_candidate(
     limits: DeviceLimits | None = None,
     environ: dict[str, str] | None = None,
 ) -> list[TrialRecord]:
-    """Measure ``candidate`` of ``model`` at each batch size in one worker; one finished trial per size.
+    """Measure ``candidate`` of ``model`` at each batch size in one worker; one finished trial per size
+    (the :class:`autotune.search.study.Measure` autotune uses): gathers what the disk and the store say, plans the
+    trials (:func:`plan_trials`), and runs the plan (:func:`run_plan`).
 
     A candidate that :func:`autotune.candidate.rejection` refuses is recorded as ``unsupported``
     with its reason and nothing is launched. ``worker_options`` passes timing knobs
@@ -263,133 +394,90 @@ def measure_candidate(
         raise InputError(f"batch sizes must be whole numbers above zero in rising order, got {list(batch_sizes)}")
     if study.environment_id != environment_id:
         raise InputError(f"study {study.id} belongs to environment {study.environment_id}, not {environment_id}")
-    workload = study.workload
     envs = None
     if candidate.runtime == "onnxruntime":
         envs = store.worker_envs() if worker_envs is None else list(worker_envs)
-    reason = rejection(candidate, environment, model.capabilities, workload, envs)
-    worker_env = choose_worker_env(candidate, envs or [])
-    env_name = worker_env.name if worker_env is not None else DEFAULT_ENV
-    if reason is None and worker_env is not None and not Path(worker_env.python).exists():
-        reason = (
-            f"worker environment {worker_env.name}: its interpreter {worker_env.python} is gone "
-            f"(register it again: autotune env add {worker_env.name} PYTHON)"
-        )
-    extra = dict(details or {})
-    if reason is not None:
+    path = reference_path(model, study.workload, environment, candidate.placement)
+    plan = plan_trials(
+        model,
+        candidate,
+        sizes,
+        study=study,
+        environment=environment,
+        limits=limits or DeviceLimits.resolve(study.workload.max_memory, environment, candidate.placement),
+        worker_envs=envs,
+        interpreters={e.python: Path(e.python).exists() for e in envs or []},
+        reference_path=str(path),
+        reference_exists=path.exists(),
+        compile_cache=str(compile_cache_dir(environment)) if candidate.runtime == "pytorch" else None,
+        origin=origin,
+        timeout_s=timeout_s,
+        fault=fault,
+        python=python,
+        worker_options=worker_options,
+        ladder=ladder,
+        screen=screen,
+        deadline_s=deadline_s,
+        details=details,
+        environ=environ,
+    )
+    return run_plan(store, plan, on_spawn=on_spawn)
+
+
+def run_plan(store: Store, plan: TrialPlan, *, on_spawn: Callable[[int], None] | None = None) -> list[TrialRecord]:
+    """Run ``plan``: start one ``running`` row per batch size, launch the workers (the quality
+    reference's, if it must be made first, then the candidate's), and finish every row with what
+    came back; a row the workers left unfinished (an exception, a signal) ends ``error`` and
+    ``interrupted``. A rejected plan records its rows ``unsupported`` and launches nothing."""
+    c, study = plan.candidate, plan.study
+    if plan.rejected is not None:
         return [
             store.record_trial(
                 study.id,
-                candidate,
+                c,
                 b,
                 "unsupported",
-                origin=origin,
-                reason=reason,
+                origin=plan.origin,
+                reason=plan.rejected,
                 feasible=False,
-                worker_env=env_name,
-                details={**extra, "rejected_before_load": True},
+                worker_env=plan.worker_env,
+                details={**plan.details, "rejected_before_load": True},
             )
-            for b in sizes
+            for b in plan.batch_sizes
         ]
-    candidate_python = worker_env.python if worker_env is not None else python
-
     began = time.monotonic()
-    trials = [store.start_trial(study.id, candidate, b, origin=origin, worker_env=env_name) for b in sizes]
+    trials = [store.start_trial(study.id, c, b, origin=plan.origin, worker_env=plan.worker_env) for b in plan.batch_sizes]
     finished: dict[int, TrialRecord] = {}
     try:
-        limits = limits or DeviceLimits.resolve(workload.max_memory, environment, candidate.placement)
-        multi_limit = limits.max_memory()
 
         def spawned(pid: int) -> None:
             store.set_worker_pid([t.id for t in trials], pid)
             if on_spawn is not None:
                 on_spawn(pid)
 
-        timeout = timeout_s or default_timeout(sizes)
-        candidate_timeout = timeout_s or timeout + (ONNX_EXPORT_TIMEOUT_S if worker_env is not None else 0.0)
-        capped = deadline_s is not None and deadline_s < candidate_timeout
-        if deadline_s is not None:
-            timeout = max(1.0, min(timeout, deadline_s))
-            candidate_timeout = max(1.0, min(candidate_timeout, deadline_s))
-        path = reference_path(model, workload, environment, candidate.placement)
-        make_reference = not path.exists() and candidate == reference_candidates(model, environment, candidate.placement)[0]
-        if make_reference:
-            reference = Reference(str(path), candidate.label(), "made with this candidate")
-        else:
-            reference = ensure_reference(
-                model,
-                workload,
-                environment,
-                placement=candidate.placement,
-                max_memory=multi_limit,
-                python=python,
-                timeout_s=timeout,
-                on_spawn=spawned,
-                environ=environ,
-            )
+        reference = _reference_for(plan, spawned)
+        timeout = plan.timeout_s
+        if plan.deadline_s is not None and reference.status != "cached":
+            timeout = max(1.0, timeout - (time.monotonic() - began))
         from autotune.worker import launch
 
-        if deadline_s is not None and reference.status != "cached":
-            candidate_timeout = max(1.0, candidate_timeout - (time.monotonic() - began))
-        compile_cache = str(compile_cache_dir(environment)) if candidate.runtime == "pytorch" else None
         request = _request(
-            model,
-            workload,
-            candidate,
-            sizes,
-            max_memory=multi_limit,
+            plan.model,
+            plan.workload,
+            c,
+            plan.batch_sizes,
             reference_path=reference.path,
-            make_reference=make_reference,
-            timeout_s=candidate_timeout,
-            fault=fault,
-            ladder=ladder,
-            screen=screen,
-            compile_cache=compile_cache,
-            **(worker_options or {}),
+            make_reference=plan.make_reference,
+            timeout_s=timeout,
+            **plan.request,
         )
-        outcome = launch(request, python=candidate_python, on_spawn=spawned, env={**os.environ, **environ} if environ else None)
-        if make_reference and outcome.reference and outcome.reference.get("status") == "ok":
-            _write_label(path, candidate.label())
-        elif make_reference:
+        outcome = launch(request, python=plan.python, on_spawn=spawned, env={**os.environ, **plan.environ} if plan.environ else None)
+        if plan.make_reference and outcome.reference and outcome.reference.get("status") == "ok":
+            _write_label(Path(str(plan.reference_path)), c.label())
+        elif plan.make_reference:
             reference = Reference(None, None, "failed", (outcome.reference or {}).get("reason") or "the worker did not write it")
-        worker = {
-            "pid": outcome.pid,
-            "returncode": outcome.returncode,
-            "wall_seconds": round(outcome.wall_seconds, 3),
-            "timed_out": outcome.timed_out,
-            "environment": env_name,
-        }
-        if worker_env is not None:
-            worker["python"] = worker_env.python
         for trial, result in zip(trials, outcome.results):
-            verdict = score(workload, result.status, result.metrics, limits, result.details)
-            row = {
-                **extra,
-                **result.details,
-                "worker": worker,
-                "reference": reference.to_dict(),
-                "memory_limit_bytes": limits.limit_bytes,
-                "memory_limits": limits.to_dict(),
-            }
-            status, why = result.status, result.reason
-            if capped and outcome.timed_out and status in ("timeout", "skipped"):
-                status, why = "timeout", f"stopped at the study's deadline (its time budget ran out): {result.reason}"
-                row.update(deadline=True, interrupted=True)
-            if not verdict.feasible:
-                row["infeasible"] = list(verdict.reasons)
-            value = verdict.value
-            if status == "screened":
-                value = _screen_value(workload, result.metrics)
-            finished[trial.id] = store.finish_trial(
-                trial.id,
-                status,
-                reason=why,
-                metrics=result.metrics,
-                effective=result.effective,
-                details=row,
-                feasible=verdict.feasible,
-                objective_value=value,
-            )
+            finished[trial.id] = _finish(store, plan, trial, result, outcome, reference)
     finally:
         for trial in trials:
             if trial.id not in finished:
@@ -401,6 +489,67 @@ def measure_candidate(
                     details={"interrupted": True},
                 )
     return [finished[t.id] for t in trials]
+
+
+def _reference_for(plan: TrialPlan, spawned: Callable[[int], None]) -> Reference:
+    """The quality reference the candidate's worker compares with: made by the candidate itself
+    when it is the reference configuration, else cached or made now in a worker of its own."""
+    if plan.make_reference:
+        return Reference(plan.reference_path, plan.candidate.label(), "made with this candidate")
+    return ensure_reference(
+        plan.model,
+        plan.workload,
+        plan.environment,
+        placement=plan.candidate.placement,
+        max_memory=plan.request.get("max_memory"),
+        python=plan.reference_python,
+        timeout_s=plan.reference_timeout_s,
+        on_spawn=spawned,
+        environ=plan.environ,
+    )
+
+
+def _finish(store: Store, plan: TrialPlan, trial: TrialRecord, result: Any, outcome: Any, reference: Reference) -> TrialRecord:
+    """Finish ``trial`` with the worker's ``result`` for its batch size, scored under the study's workload."""
+    workload, limits = plan.workload, plan.limits
+    assert limits is not None  # a plan that launches has its limits
+    worker = {
+        "pid": outcome.pid,
+        "returncode": outcome.returncode,
+        "wall_seconds": round(outcome.wall_seconds, 3),
+        "timed_out": outcome.timed_out,
+        "environment": plan.worker_env,
+    }
+    if plan.worker_python is not None:
+        worker["python"] = plan.worker_python
+    verdict = score(workload, result.status, result.metrics, limits, result.details)
+    row = {
+        **plan.details,
+        **result.details,
+        "worker": worker,
+        "reference": reference.to_dict(),
+        "memory_limit_bytes": limits.limit_bytes,
+        "memory_limits": limits.to_dict(),
+    }
+    status, why = result.status, result.reason
+    if plan.capped and outcome.timed_out and status in ("timeout", "skipped"):
+        status, why = "timeout", f"stopped at the study's deadline (its time budget ran out): {result.reason}"
+        row.update(deadline=True, interrupted=True)
+    if not verdict.feasible:
+        row["infeasible"] = list(verdict.reasons)
+    value = verdict.value
+    if status == "screened":
+        value = _screen_value(workload, result.metrics)
+    return store.finish_trial(
+        trial.id,
+        status,
+        reason=why,
+        metrics=result.metrics,
+        effective=result.effective,
+        details=row,
+        feasible=verdict.feasible,
+        objective_value=value,
+    )
 
 
 def _screen_value(workload: Workload, metrics: dict[str, Any]) -> float | None:

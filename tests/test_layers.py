@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "autotune"
 
-#: Each part and the parts it may import (besides the bottom: errors, units, workload, candidate).
+#: Each part and the parts it may import (besides the bottom: errors, units, workload, axes, candidate).
 ALLOWED = {
     "memory": {"environment", "registry", "store"},
     # the search sends the worker its plain request types (autotune.worker.protocol), nothing more
@@ -21,7 +21,7 @@ ALLOWED = {
     # its trial workers their GPU and cores (autotune.worker.protocol's variable name)
     "service": {"search", "store", "environment", "report", "worker"},
 }
-BOTTOM = {"", "errors", "units", "workload", "candidate", "flash", "stats", "files"}  # "": the package itself (its version)
+BOTTOM = {"", "errors", "units", "workload", "axes", "candidate", "flash", "stats", "files"}  # "": the package itself (its version)
 
 
 def part(module: str) -> str:

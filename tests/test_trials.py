@@ -137,3 +137,46 @@ def test_rows_are_running_before_the_worker_and_finished_after(
         assert trials[1].feasible is False and trials[1].objective_value is None
         assert [t.status for t in store.trials(study_id=study.id)] == ["ok", "ok", "ok", "oom", "skipped"]
         assert os.environ["AUTOTUNE_CACHE"] in trials[0].details["reference"]["path"]
+
+
+def test_the_plan_of_a_candidate_s_trials_is_decided_before_anything_runs(tmp_path: Path) -> None:
+    """:func:`plan_trials` is pure: the same facts give the same plan, and nothing is started or launched."""
+    from search_fakes import add_model as add_fake_model
+    from search_fakes import cpu_env
+
+    from autotune.trials import plan_trials
+    from autotune.worker_env import WorkerEnvironment
+
+    with Store.open(f"sqlite:///{tmp_path / 'plan.db'}") as store:
+        model = add_fake_model(store)
+        environment = cpu_env()
+        study = store.study_for(model, store.record_environment(environment))
+        limits = DeviceLimits.resolve(None, environment, "cpu", host_bytes=64 * 2**30)
+        facts = {
+            "study": study,
+            "environment": environment,
+            "limits": limits,
+            "worker_envs": None,
+            "interpreters": {},
+            "reference_path": "/cache/ref.pt",
+            "reference_exists": False,
+            "compile_cache": "/cache/compile",
+        }
+        reference = Candidate(dtype="float32", placement="cpu")
+        plan = plan_trials(model, reference, (1, 2), **facts)
+        assert plan == plan_trials(model, reference, (1, 2), **facts) and not store.trials(study_id=study.id)
+        assert plan.rejected is None and plan.make_reference and plan.worker_env == "default" and plan.python is None
+        assert plan.timeout_s == plan.reference_timeout_s == 300 + 150 * 2 and not plan.capped
+        assert plan.request["compile_cache"] == "/cache/compile" and plan.request["ladder"] == "rising"
+        # the cached reference is used by every candidate; the study's deadline cuts the worker short
+        other = plan_trials(model, Candidate(dtype="bfloat16", placement="cpu"), (1,), **{**facts, "reference_exists": True}, deadline_s=30)
+        assert not other.make_reference and other.capped and other.timeout_s == other.reference_timeout_s == 30
+        # refused by the rules, or its worker environment's interpreter is gone: nothing will run
+        assert "no NVIDIA GPU" in str(plan_trials(model, Candidate(placement="cuda"), (1,), **facts).rejected)
+        ort = Candidate(dtype="float32", placement="cpu", runtime="onnxruntime", provider="CPUExecutionProvider")
+        env = WorkerEnvironment("ort", "/gone/python", runtimes={"onnxruntime": ["CPUExecutionProvider"]})
+        gone = plan_trials(model, ort, (1,), **{**facts, "worker_envs": [env]})
+        assert gone.worker_env == "ort" and "its interpreter /gone/python is gone" in str(gone.rejected)
+        there = plan_trials(model, ort, (1,), **{**facts, "worker_envs": [env], "interpreters": {"/gone/python": True}})
+        assert there.rejected is None and there.python == "/gone/python" and there.request["compile_cache"] is None
+        assert there.timeout_s == 300 + 150 + 1800

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from autotune import __version__
+from autotune import __version__, axes
 from autotune.candidate import Candidate
 from autotune.errors import AutotuneError
 from autotune.flash import FLASH_ATTENTIONS
@@ -232,6 +232,8 @@ def render_loader(spec: LoaderSpec) -> str:
     lines.append(f"        device_map={device_map(c)!r},")
     if c.placement == "multi-gpu" and spec.max_memory:
         lines.append("        max_memory=MAX_MEMORY,")
+    # the levers declared beyond the candidate's fields say their own arguments (autotune.axes)
+    lines += [f"        {name}={value!r}," for name, value in axes.loader_kwargs(c.to_dict(), extra_only=True).items()]
     lines.append("    )")
     lines.append("    model.eval()")
     lines += _tokenizer_lines(spec, tokenizer)

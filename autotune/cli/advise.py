@@ -311,7 +311,7 @@ def _jsonable(data: Any) -> Any:
 
 
 def _print_recommendation(rec: Any, code: str | None, *, show_code: bool) -> None:
-    from autotune.advisor.recommend import describe_metrics
+    from autotune.advisor.explain import describe_metrics
     from autotune.objective import format_floor
 
     model = rec.model

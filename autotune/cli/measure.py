@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from autotune.candidate import PLACEMENTS, QUANTS, RUNTIMES, SDPA_KERNELS
+from autotune import axes
 from autotune.cli._output import print_json, print_table
 from autotune.units import format_size
 from autotune.worker.protocol import FAULTS
@@ -26,37 +26,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Example: autotune measure tiiuae/falcon-7b --dtype bf16 --attn sdpa --batch 1,8,32 --json",
     )
     p.add_argument("model", metavar="MODEL", help="a registered model (see autotune models)")
-    p.add_argument("--dtype", help="float32, float16 or bfloat16 (fp32, fp16, bf16); default bfloat16 on GPU, float32 on the CPU")
-    p.add_argument(
-        "--attn",
-        default="sdpa",
-        help="attention implementation: eager, sdpa, flash_attention_4, flash_attention_2, flex_attention, ... (default sdpa)",
-    )
-    p.add_argument("--sdpa-kernel", choices=SDPA_KERNELS, help="pin SDPA to one kernel (with --attn sdpa)")
-    p.add_argument("--quant", choices=QUANTS, default="none", help="bitsandbytes quantization (default none)")
-    p.add_argument("--double-quant", action="store_true", help="4-bit double quantization")
-    p.add_argument("--compute-dtype", help="4-bit compute dtype (default: the same as --dtype)")
-    p.add_argument(
-        "--placement",
-        choices=PLACEMENTS,
-        help="cpu, cuda (one GPU) or multi-gpu (device_map=auto with the workload's "
-        "limit per GPU); default cuda where there are GPUs, else cpu",
-    )
-    p.add_argument("--static-cache", action="store_true", help="generate with a static KV cache (compiled with torch.compile on GPU)")
-    p.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default="pytorch",
-        help="pytorch (default), or onnxruntime: an ONNX export through Optimum (cached), run in a registered "
-        "worker environment that offers the provider (see autotune env)",
-    )
-    p.add_argument(
-        "--provider",
-        metavar="NAME",
-        help="ONNX Runtime execution provider: CPUExecutionProvider, CUDAExecutionProvider "
-        "or TensorrtExecutionProvider (default: CPU on the CPU, CUDA on a GPU)",
-    )
-    p.add_argument("--io-binding", action="store_true", help="ONNX Runtime IO binding (inputs and outputs stay on the device)")
+    # one option per axis that declares one (autotune.axes): dtype, attention, quantization, placement, cache, runtime, ...
+    for axis in axes.AXES:
+        if axis.flag is not None:
+            p.add_argument(axis.flag.name, dest=axis.name, **axis.flag.kwargs)
     p.add_argument("--batch", metavar="SIZES", help="batch sizes, comma-separated (default 1,4,16 up to the workload's max batch)")
     p.add_argument(
         "--timeout",
@@ -113,18 +86,14 @@ def cmd_measure(args: argparse.Namespace) -> int:
         else:
             placement = args.placement or default_placement(environment, workload)
         provider = (args.provider or ("CPUExecutionProvider" if placement == "cpu" else "CUDAExecutionProvider")) if ort else None
-        candidate = Candidate(
-            dtype=args.dtype or ("float32" if placement == "cpu" else "float16" if ort else "bfloat16"),
-            attn=args.attn,
-            sdpa_kernel=args.sdpa_kernel,
-            quant=args.quant,
-            double_quant=args.double_quant,
-            compute_dtype=args.compute_dtype,
-            placement=placement,
-            static_cache=args.static_cache,
-            runtime=args.runtime,
-            provider=provider,
-            io_binding=args.io_binding,
+        asked = {axis.name: getattr(args, axis.name) for axis in axes.AXES if axis.flag is not None}
+        candidate = Candidate.from_dict(
+            {
+                **asked,
+                "dtype": args.dtype or ("float32" if placement == "cpu" else "float16" if ort else "bfloat16"),
+                "placement": placement,
+                "provider": provider,
+            }
         )
         batches = _batches(args.batch, workload.max_batch)
         environment_id = store.record_environment(environment)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from autotune.advisor.recommend import Recommendation, loader_spec, memory_limits, recommend
+from autotune.advisor.recommend import Recommendation, loader_spec, recommend
 from autotune.advisor.render import RenderError, render_loader
+from autotune.advisor.scoring import memory_limits
 from autotune.candidate import Candidate
 from autotune.environment import Environment
 from autotune.objective import OBJECTIVE_METRICS, metric_for, score

@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 
 from autotune import __version__
-from autotune.advisor.recommend import describe_metrics
+from autotune.advisor.explain import describe_metrics
 from autotune.report.data import CandidateView, ModelReport, Report, StudyView, TrialView
 from autotune.report.svg import INK, MUTED, Axis, Callout, Chart, Line, Mark, Rule, marker
 from autotune.units import format_gib

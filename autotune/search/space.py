@@ -10,25 +10,24 @@ never tried. Batch sizes are a ladder of powers of two that one worker measures 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from autotune.candidate import (
+from autotune import axes
+from autotune.axes import (
     ATTENTIONS,
     DTYPE_SHORT,
-    DTYPES,
     ORT_DTYPES,
     PLACEMENTS,
     PROVIDER_PLACEMENT,
     PROVIDER_SHORT,
-    QUANTS,
-    SDPA_KERNELS,
-    Candidate,
+    PYTORCH,
+    QUANT_SHORT,
     normalize_dtype,
-    rejection,
+    sampler_axes,
 )
+from autotune.candidate import Candidate, rejection
 from autotune.environment import Environment
 from autotune.errors import InputError
 from autotune.memory import Correction, DeviceLimits, device_kind, forecast_on
@@ -36,19 +35,27 @@ from autotune.units import format_gib
 from autotune.worker_env import WorkerEnvironment
 from autotune.workload import Workload, parse_batch_sizes
 
-#: The axes the sampler sees, one categorical parameter each. The SDPA kernel is folded into
-#: ``attn`` (``sdpa[flash]``); 4-bit options are their own axes and read ``False``/``"same"``
-#: on other candidates, so every candidate has a value on every axis.
-AXES = ("dtype", "attn", "quant", "double_quant", "compute_dtype", "placement", "static_cache", "runtime")
-#: What ``--space`` may restrict: the sampler's axes, and the batch sizes each worker measures.
-RESTRICTABLE = (*AXES, "batch")
-SAME = "same"
-#: The :class:`Candidate` fields the space varies; a rejection's ``pattern`` is written in them.
-FIELDS = ("dtype", "attn", "sdpa_kernel", "quant", "double_quant", "compute_dtype", "placement", "static_cache")
-#: The fields a rejection of ONNX Runtime candidates is written in (their PyTorch options are defaults).
-ORT_FIELDS = ("runtime", "provider", "io_binding", "placement")
-#: The ``runtime`` axis: ``pytorch``, or ``onnxruntime:<provider>`` with ``+io-binding`` when bound.
-PYTORCH = "pytorch"
+#: The axes the sampler sees, one categorical parameter each, are :func:`autotune.axes.sampler_axes`
+#: (read when a space is built, so that an axis declared later joins). The SDPA kernel is folded
+#: into ``attn`` (``sdpa[flash]``), the execution provider and IO binding into ``runtime``
+#: (``onnxruntime:<provider>+io-binding``); 4-bit options are their own axes and read
+#: ``False``/``"same"`` on other candidates, so every candidate has a value on every axis.
+#: ``--space`` may restrict those axes, and ``batch``: the batch sizes each worker measures.
+BATCH = "batch"
+
+
+def restrictable() -> tuple[str, ...]:
+    """What ``--space`` may restrict: the sampler's axes, and the batch sizes each worker measures."""
+    return (*sampler_axes(), BATCH)
+
+
+def pattern_fields(onnxruntime: bool) -> tuple[str, ...]:
+    """The :class:`Candidate` fields a rejection's ``pattern`` is written in: those the space varies
+    for PyTorch candidates, and for ONNX Runtime ones the runtime, its own options and the placement
+    (their PyTorch options are defaults)."""
+    if onnxruntime:
+        return ("runtime", *(a.name for a in axes.AXES if a.owner == "onnxruntime"), "placement")
+    return tuple(a.name for a in axes.AXES if a.owner in (None, PYTORCH) and a.name != "runtime")
 
 
 @dataclass(frozen=True)
@@ -121,58 +128,23 @@ class SearchSpace:
 
 
 def params_of(candidate: Candidate) -> dict[str, Any]:
-    """The sampler's view of ``candidate``: one value per axis of :data:`AXES`."""
-    return {
-        "dtype": candidate.dtype,
-        "attn": candidate.attn + (f"[{candidate.sdpa_kernel}]" if candidate.sdpa_kernel else ""),
-        "quant": candidate.quant,
-        "double_quant": candidate.double_quant,
-        "compute_dtype": candidate.compute_dtype or SAME,
-        "placement": candidate.placement,
-        "static_cache": candidate.static_cache,
-        "runtime": runtime_param(candidate),
-    }
-
-
-def runtime_param(candidate: Candidate) -> str:
-    """``pytorch``, or ``onnxruntime:<provider>`` (``+io-binding`` when bound)."""
-    if not candidate.is_onnxruntime:
-        return PYTORCH
-    return f"onnxruntime:{candidate.provider}" + ("+io-binding" if candidate.io_binding else "")
+    """The sampler's view of ``candidate``: one value per axis of :func:`autotune.axes.sampler_axes`."""
+    point = candidate.to_dict()
+    return {a.name: a.sampler_value(point) for a in axes.AXES if a.sampled}
 
 
 def candidate_from(params: Mapping[str, Any]) -> Candidate:
     """The canonical candidate a point of the sampler's space stands for.
 
     Values that do not apply (double quantization or a compute dtype without 4-bit, a compute
-    dtype equal to the dtype; for ONNX Runtime every PyTorch loading option) are dropped, so
-    several points may stand for one candidate.
+    dtype equal to the dtype; for ONNX Runtime every PyTorch loading option) are dropped by
+    :func:`autotune.axes.canonical`, so several points may stand for one candidate.
     """
-    runtime = str(params.get("runtime", PYTORCH))
-    if runtime != PYTORCH:
-        provider, _, binding = runtime.partition(":")[2].partition("+")
-        return Candidate(
-            dtype=params["dtype"],
-            placement=params["placement"],
-            runtime="onnxruntime",
-            provider=provider,
-            io_binding=binding == "io-binding",
-        )
-    attn, _, kernel = str(params["attn"]).partition("[")
-    quant = params["quant"]
-    four_bit = str(quant).startswith("bnb-4bit")
-    compute = params.get("compute_dtype", SAME)
-    compute = None if compute in (SAME, None) or not four_bit or compute == params["dtype"] else compute
-    return Candidate(
-        dtype=params["dtype"],
-        attn=attn,
-        sdpa_kernel=kernel.rstrip("]") or None,
-        quant=quant,
-        double_quant=bool(params.get("double_quant")) and four_bit,
-        compute_dtype=compute,
-        placement=params["placement"],
-        static_cache=bool(params.get("static_cache")),
-    )
+    point: dict[str, Any] = {}
+    for a in axes.AXES:
+        if a.sampled and a.name in params:
+            point.update(a.fields_of(params[a.name]))
+    return Candidate.from_dict(axes.canonical(point))
 
 
 # -- restricting the space ----------------------------------------------------------------------
@@ -193,40 +165,16 @@ def parse_restriction(text: str | None) -> dict[str, tuple[Any, ...]]:
     for part in text.replace(";", " ").split():
         name, sep, values = part.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in RESTRICTABLE:
-            raise InputError(f"cannot read space restriction {part!r}: write AXIS=V1,V2 with AXIS one of {', '.join(RESTRICTABLE)}")
+        if not sep or name not in restrictable():
+            raise InputError(f"cannot read space restriction {part!r}: write AXIS=V1,V2 with AXIS one of {', '.join(restrictable())}")
         raw = [v for v in values.split(",") if v]
         if not raw:
             raise InputError(f"space restriction {part!r} lists no value")
-        if name == "batch":
+        if name == BATCH:
             allowed[name] = parse_batch_sizes(values, "space restriction batch=")
             continue
-        allowed[name] = tuple(_restriction_value(name, v) for v in raw)
+        allowed[name] = tuple(axes.axis(name).read(v) for v in raw)
     return allowed
-
-
-def _restriction_value(axis: str, value: str) -> Any:
-    if axis in ("double_quant", "static_cache"):
-        lowered = value.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise InputError(f"space restriction {axis}={value}: write true or false")
-    if axis == "dtype" or (axis == "compute_dtype" and value != SAME):
-        return normalize_dtype(value)
-    if axis == "quant":
-        aliases = {"int8": "bnb-8bit", "8bit": "bnb-8bit", "nf4": "bnb-4bit-nf4", "fp4": "bnb-4bit-fp4"}
-        value = aliases.get(value, value)
-        if value not in QUANTS:
-            raise InputError(f"space restriction quant={value}: choose among {', '.join(QUANTS)} (or int8, nf4, fp4)")
-    if axis == "placement" and value not in PLACEMENTS:
-        raise InputError(f"space restriction placement={value}: choose among {', '.join(PLACEMENTS)}")
-    if axis == "runtime":
-        value = {"ort": "onnxruntime", "torch": PYTORCH}.get(value, value)
-        if value.split(":")[0] not in (PYTORCH, "onnxruntime"):
-            raise InputError(f"space restriction runtime={value}: choose pytorch or onnxruntime (or onnxruntime:PROVIDER)")
-    return value
 
 
 def _allowed(axis: str, value: Any, allowed: tuple[Any, ...]) -> bool:
@@ -346,35 +294,33 @@ def _over(raw: tuple[int, ...], held: tuple[int, ...], limits: DeviceLimits, bat
 
 
 def enumerate_candidates(placements: Iterable[str], attentions: Iterable[str], workload: Workload) -> list[Candidate]:
-    """Every combination of options that means something (a compute dtype only with 4-bit, and so on)."""
-    attn_options: list[tuple[str, str | None]] = []
-    for attn in attentions:
-        attn_options.append((attn, None))
-        if attn == "sdpa":
-            attn_options += [("sdpa", k) for k in SDPA_KERNELS]
-    quant_options: list[tuple[str, bool, str | None]] = [("none", False, None), ("bnb-8bit", False, None)]
-    for quant in ("bnb-4bit-nf4", "bnb-4bit-fp4"):
-        for double in (False, True):
-            quant_options += [(quant, double, compute) for compute in (None, *DTYPES)]
-    statics = (False, True) if workload.generates else (False,)
+    """Every combination of PyTorch options that means something (a compute dtype only with 4-bit,
+    and so on): the product of the values of the axes every runtime or PyTorch owns, in
+    :data:`autotune.axes.ENUMERATION_ORDER` (outermost first), where a value off its axis's
+    default is skipped wherever the axis does not apply (:meth:`autotune.axes.Axis.applies`)."""
+    given = {"placement": tuple(placements), "attn": tuple(attentions)}
+    order = [a for a in axes.in_order(axes.ENUMERATION_ORDER) if a.owner == PYTORCH or (a.owner is None and a.name != "runtime")]
     out: dict[str, Candidate] = {}
-    for placement, (attn, kernel), dtype, (quant, double, compute), static in itertools.product(
-        placements, attn_options, DTYPES, quant_options, statics
-    ):
-        if compute == dtype:
-            continue
-        candidate = Candidate(
-            dtype=dtype,
-            attn=attn,
-            sdpa_kernel=kernel,
-            quant=quant,
-            double_quant=double,
-            compute_dtype=compute,
-            placement=placement,
-            static_cache=static,
-        )
+    for point in _points(order, given, workload, {}):
+        candidate = Candidate.from_dict(axes.canonical(point))
         out.setdefault(candidate.key(), candidate)
     return list(out.values())
+
+
+def _points(
+    order: list[axes.Axis], given: Mapping[str, tuple[Any, ...]], workload: Workload, point: dict[str, Any]
+) -> Iterable[dict[str, Any]]:
+    if not order:
+        yield dict(point)
+        return
+    axis, rest = order[0], order[1:]
+    values = given.get(axis.name) or (axis.offered(workload) if axis.offered is not None else axis.values)
+    for value in values:
+        point[axis.name] = value
+        if value != axis.default and not axis.applies(point):
+            continue
+        yield from _points(rest, given, workload, point)
+    point.pop(axis.name, None)
 
 
 def onnxruntime_candidates(placements: Iterable[str], worker_envs: list[WorkerEnvironment]) -> list[Candidate]:
@@ -476,7 +422,8 @@ def build_space(
         valid.append(candidate)
         ladders[candidate.key()] = fits
 
-    choices = {axis: _ordered({params_of(c)[axis] for c in valid}, axis) for axis in AXES}
+    points = [params_of(c) for c in valid]
+    choices = {name: axes.axis(name).ordered({p[name] for p in points}) for name in sampler_axes()}
     return SearchSpace(
         candidates=tuple(valid),
         ladders=ladders,
@@ -484,25 +431,6 @@ def build_space(
         rejected=tuple(_group(rejected)),
         choices=choices,
     )
-
-
-def _ordered(values: set[Any], axis: str) -> tuple[Any, ...]:
-    order: list[Any]
-    if axis == "dtype":
-        order = list(DTYPES)
-    elif axis == "compute_dtype":
-        order = [SAME, *DTYPES]
-    elif axis == "quant":
-        order = list(QUANTS)
-    elif axis == "placement":
-        order = list(PLACEMENTS)
-    elif axis in ("double_quant", "static_cache"):
-        order = [False, True]
-    elif axis == "runtime":
-        order = sorted(values, key=lambda v: (v != PYTORCH, str(v)))
-    else:
-        order = sorted(values, key=str)
-    return tuple(v for v in order if v in values)
 
 
 def _baselines(config: dict[str, Any], capabilities: dict[str, Any], placements: list[str], valid: Mapping[str, Any]) -> list[Baseline]:
@@ -571,9 +499,9 @@ def _group(entries: list[tuple[Candidate | None, str, str, dict[str, Any]]]) -> 
             pattern = members[0][1]
             out.append(Rejection(reason, kind, " ".join(str(v) for v in pattern.values()), 1, None, pattern))
             continue
-        values = [c.to_dict() for c in candidates]
-        names = ORT_FIELDS if all(c.is_onnxruntime for c in candidates) else FIELDS
-        shared = {name: values[0][name] for name in names if all(v[name] == values[0][name] for v in values)}
+        first = candidates[0]
+        names = pattern_fields(all(c.is_onnxruntime for c in candidates))
+        shared = {name: first.value(name) for name in names if all(c.value(name) == first.value(name) for c in candidates)}
         label = candidates[0].label() if len(candidates) == 1 else f"{_pattern_label(shared)} ({len(candidates)} candidates)"
         out.append(Rejection(reason, kind, label, len(candidates), candidates[0], shared))
     return out
@@ -597,7 +525,7 @@ def _pattern_label(shared: dict[str, Any]) -> str:
             shared["attn"] + (f"[{kernel}]" if kernel else "" if "sdpa_kernel" in shared else "[*]" if shared["attn"] == "sdpa" else "")
         )
     if "quant" in shared:
-        quant = {"none": "unquantized", "bnb-8bit": "int8", "bnb-4bit-nf4": "nf4", "bnb-4bit-fp4": "fp4"}[shared["quant"]]
+        quant = {"none": "unquantized", **QUANT_SHORT}[shared["quant"]]
         if shared.get("double_quant") and shared["quant"].startswith("bnb-4bit"):
             quant += "+dq"
         parts.append(quant)
@@ -607,4 +535,5 @@ def _pattern_label(shared: dict[str, Any]) -> str:
         parts.append(shared["placement"])
     if shared.get("static_cache"):
         parts.append("static")
-    return " ".join(parts) or "any"
+    parts += [a.label(shared) or "" for a in axes.extra_axes() if a.name in shared]
+    return " ".join(p for p in parts if p) or "any"

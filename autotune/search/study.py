@@ -6,23 +6,11 @@ every step the sampler is rebuilt from those rows (one ``FrozenTrial`` per measu
 through :func:`optuna.trial.create_trial`), so a restart resumes exactly where the store says,
 nothing measured is measured again, and Optuna's own tables are never needed.
 
-How a step chooses what to measure:
-
-1. the baselines (Transformers' defaults, then the GPU inference guide's suggestions), where
-   they are in the space;
-2. then a seeded :class:`optuna.samplers.TPESampler`. Its seed for a step is the study's stored
-   seed plus the number of candidates measured, so a resumed study asks what an uninterrupted one
-   would have asked. A proposal that is already measured or not in the space is asked again (the
-   pending asks steer TPE away, its "constant liar"); after 16 tries, the nearest unmeasured
-   candidate of the first proposal is taken.
-3. Local first: while the best candidate so far has unmeasured neighbours (candidates that
-   differ from it on one axis: its dtype, its attention, its quantization, ...), three search
-   steps in four let TPE choose among those neighbours, and the fourth among all candidates.
-   Loading options mostly act on their own (a faster kernel stays faster in another dtype), so
-   the next improvement is usually one change away from the best; the global step keeps the
-   study from settling in one corner. Replayed over 20 seeds, this took the median trials to
-   reach 97% of the best from 8 to 4.5 on the CPU space of ``benchmarks/search_efficiency.py``
-   and from 7 to 6 on a synthetic GPU space of a few hundred candidates (tests/search_fakes.py).
+How a step chooses what to measure is the proposers' (:mod:`autotune.search.propose`): the
+baselines (Transformers' defaults, then the GPU inference guide's suggestions, where they are in
+the space); then what the knowledge expects to do best; then, without knowledge or with
+``--explore``, a seeded :class:`optuna.samplers.TPESampler`, local first. This module keeps
+stepping: claims, the stop rules and the store writes.
 
 Constraints, not penalties: every measured candidate is a COMPLETE trial with a constraint
 ``feasible`` (``<= 0``: feasible). Over the memory limit or under the quality floor, the
@@ -40,7 +28,6 @@ budget or patience later opens a finished study again (:meth:`StudySearch.reopen
 from __future__ import annotations
 
 import math
-import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,20 +39,47 @@ from autotune.errors import InputError
 from autotune.memory import Correction, DeviceLimits
 from autotune.objective import metric_for
 from autotune.search.confirm import confirm_close_pair
-from autotune.search.prior import Knowledge, PastResult, Prediction, workload_class
+from autotune.search.prior import Knowledge, PastResult, workload_class
+from autotune.search.propose import StudyState, chain_for, expected_best, figures, known_failure, measured_speeds, speed_of
 from autotune.search.results import INTERRUPTED, CandidateResult, Progress, progress
-from autotune.search.space import AXES, Baseline, SearchSpace, build_space, candidate_from, forecast_peaks, params_of
+from autotune.search.space import Baseline, SearchSpace, build_space, forecast_peaks
 from autotune.store import ModelRecord, Store, StudyRecord, TrialRecord, utcnow
 from autotune.units import format_gib
 from autotune.worker.protocol import SCREEN_METRICS, Screen
 
-#: ``measure(store, model, candidate, batch_sizes, *, environment, environment_id, study, origin,
-#: timeout_s, on_spawn, limits) -> list[TrialRecord]`` — :func:`autotune.trials.measure_candidate`.
-Measure = Callable[..., list[TrialRecord]]
 
-ASKS_PER_STEP = 16
-#: One search step in this many chooses among all candidates; the others among the best's neighbours.
-GLOBAL_EVERY = 4
+class Measure(Protocol):
+    """Measures one candidate of a model at each batch size and records one finished trial per size.
+
+    :func:`autotune.trials.measure_candidate` is autotune's; :class:`StudySearch` and the
+    close-pair re-measurement (:mod:`autotune.search.confirm`) call whatever they are given with
+    these arguments, and the tests give an instant fake. Rows are ``running`` before anything is measured and finished
+    after; the returned trials are in rising batch order.
+    """
+
+    def __call__(
+        self,
+        store: Store,
+        model: ModelRecord,
+        candidate: Candidate,
+        batch_sizes: list[int] | tuple[int, ...],
+        *,
+        environment: Environment,
+        environment_id: int,
+        study: StudyRecord,
+        origin: str = "search",
+        timeout_s: float | None = None,
+        on_spawn: Callable[[int], None] | None = None,
+        worker_options: dict[str, Any] | None = None,
+        ladder: str = "rising",
+        screen: Screen | None = None,
+        deadline_s: float | None = None,
+        details: dict[str, Any] | None = None,
+        limits: DeviceLimits | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> list[TrialRecord]: ...
+
+
 STOPPED_REASON = "stopped at once during the trial; the candidate is measured again"
 
 
@@ -179,38 +193,6 @@ def _default_measure() -> Measure:
     return measure_candidate
 
 
-def known_failure(candidate: Candidate, state: Progress) -> str | None:
-    """Why ``candidate`` is known to fail from what this study measured, or ``None``.
-
-    - bitsandbytes on a model where a bitsandbytes load converted no layer at all: the worker
-      reported it ``unsupported`` (e.g. Falcon's ``FalconLinear`` layers, which Transformers 5
-      leaves in bf16); every other bitsandbytes variant (8-bit, fp4, double quant, another compute
-      dtype) would load just as unquantized.
-    - a pinned SDPA kernel for which PyTorch found no kernel for this model's attention call (e.g.
-      Falcon-7B's one K/V head for 71 query heads): the call has the same shape in every dtype.
-    The candidate that found it stays in the trials with its reason.
-    """
-    for result in state.results:
-        if result.status != "unsupported":
-            continue
-        if (
-            candidate.quant != "none"
-            and result.candidate.quant != "none"
-            and any(t.effective.get("quantized_layers") == 0 for t in result.trials)
-        ):
-            return f"bitsandbytes converted no layer of this model ({result.candidate.label()})"
-        if candidate.sdpa_kernel and candidate.sdpa_kernel == result.candidate.sdpa_kernel and "found no kernel" in (result.reason or ""):
-            return f"SDPA kernel {candidate.sdpa_kernel}: PyTorch found no kernel for this model's call ({result.candidate.label()})"
-    return None
-
-
-def speed_of(direction: str, value: float | None) -> float | None:
-    """A figure as speed (higher is better): a throughput as it is, a latency or a size inverted."""
-    if value is None or value <= 0:
-        return None
-    return value if direction == "maximize" else 1.0 / value
-
-
 class StudySearch:
     """Tunes the study of ``model`` in ``environment`` (recorded as ``environment_id``).
 
@@ -307,7 +289,7 @@ class StudySearch:
         s = self.settings
         if s.exhaustive:
             return None
-        if s.knowledge and not s.explore and self._defaults_done(state) and self._knowledge_pick(state) is None:
+        if s.knowledge and not s.explore and self._defaults_done(state) and expected_best(self.state(state), s.tolerance) is None:
             best = f"; the best is {state.best.candidate.label()}" if state.best else ""
             return (
                 f"knowledge exhausted: no unmeasured candidate is expected to beat the best by more than "
@@ -401,44 +383,32 @@ class StudySearch:
     # -- choosing ---------------------------------------------------------------------------
 
     def next_candidate(self, state: Progress, skip: frozenset[str] | set[str] = frozenset()) -> tuple[Candidate, str, str | None] | None:
-        """``(candidate, origin, baseline name)`` to measure next, or ``None`` if none is left.
+        """``(candidate, origin, baseline name)`` to measure next, or ``None`` if none is left: what
+        the chain of this study's settings proposes (:func:`autotune.search.propose.chain_for`).
+        Candidates in ``skip`` (claimed by other workers) are passed over as if measured."""
+        s = self.settings
+        chain = chain_for(
+            self._forced_baselines(),
+            knowledge=s.knowledge,
+            explore=s.explore,
+            exhaustive=s.exhaustive,
+            tolerance=s.tolerance,
+            startup_trials=s.startup_trials,
+        )
+        proposal = chain.propose(self.state(state, skip))
+        return None if proposal is None else (proposal.candidate, proposal.origin, proposal.baseline)
 
-        The defaults first; then, knowledge first, the candidate expected to do best while one
-        could still beat the best (origin ``prior``, or ``warm-start`` when earlier studies'
-        measurements shaped the expectation); then, only with ``explore``, TPE. Candidates in
-        ``skip`` (claimed by other workers) are passed over as if measured.
-        """
-        space = self.space
-        measured = state.measured_keys | set(skip)
-        for baseline in self._forced_baselines():
-            if baseline.candidate.key() not in measured and not known_failure(baseline.candidate, state):
-                return baseline.candidate, "baseline", baseline.name
-        if self.settings.exhaustive:
-            left = [c for c in space.candidates if c.key() not in measured and not known_failure(c, state)]
-            if not left:
-                return None
-            if not self.settings.knowledge:
-                return left[0], "search", self._baseline_name(left[0])
-            ranked = sorted(left, key=lambda c: -self.knowledge.expect(c).factor)
-            return ranked[0], "prior", self._baseline_name(ranked[0])
-        if self.settings.knowledge:
-            pick = self._knowledge_pick(state, skip)
-            if pick is not None:
-                candidate, _ = pick
-                origin = "warm-start" if "warm start" in self.knowledge.expect(candidate).sources else "prior"
-                return candidate, origin, self._baseline_name(candidate)
-            if not self.settings.explore:
-                return None
-        left = [c for c in space.candidates if c.key() not in measured and not known_failure(c, state)]
-        if not left:
-            return None
-        searched = sum(1 for r in state.results if r.origin == "search" and not r.running)
-        if state.best is not None and searched % GLOBAL_EVERY != GLOBAL_EVERY - 1:
-            best = params_of(state.best.candidate)
-            near = [c for c in left if sum(1 for axis, value in params_of(c).items() if best.get(axis) != value) == 1]
-            if near:
-                return self._sample(state, near), "search", None
-        return self._sample(state, left), "search", None
+    def state(self, progress: Progress, skip: frozenset[str] | set[str] = frozenset()) -> StudyState:
+        """What the proposers see of this study now."""
+        return StudyState(
+            self.space,
+            progress,
+            self.study.sampler_seed,
+            self.metric,
+            self.direction,
+            frozenset(skip),
+            (lambda: self.knowledge) if self.settings.knowledge else None,
+        )
 
     def _forced_baselines(self) -> tuple[Baseline, ...]:
         """The baselines measured whatever the knowledge says: all of them without knowledge, else the defaults."""
@@ -449,9 +419,6 @@ class StudySearch:
 
     def _defaults_done(self, state: Progress) -> bool:
         return all(b.candidate.key() in state.measured_keys or known_failure(b.candidate, state) for b in self._forced_baselines())
-
-    def _baseline_name(self, candidate: Candidate) -> str | None:
-        return next((b.name for b in self.space.baselines if b.candidate.key() == candidate.key()), None)
 
     # -- knowledge ----------------------------------------------------------------------------
 
@@ -496,7 +463,7 @@ class StudySearch:
             if environments[study.environment_id] != kind:
                 continue
             model = models.get(study.model_id)
-            for _candidate, value in _figures(self.store.trials(study_id=study.id), self.metric).items():
+            for _candidate, value in figures(self.store.trials(study_id=study.id), self.metric).items():
                 speed = speed_of(self.direction, value[1])
                 if speed is not None:
                     out.append(PastResult(study.id, str(model.config.get("model_type", "")) if model else "", value[0], speed))
@@ -504,74 +471,7 @@ class StudySearch:
 
     def measured_speeds(self, state: Progress) -> dict[str, tuple[Candidate, float]]:
         """Each measured candidate's best figure as speed: fully measured or screened, feasible or not."""
-        rows = [t for r in state.results for t in r.trials]
-        out = {}
-        for key, (candidate, value) in _figures(rows, self.metric).items():
-            speed = speed_of(self.direction, value)
-            if speed is not None:
-                out[key] = (candidate, speed)
-        return out
-
-    def _knowledge_pick(self, state: Progress, skip: frozenset[str] | set[str] = frozenset()) -> tuple[Candidate, Prediction] | None:
-        """The unmeasured candidate expected to do best, if one could still beat the best by the tolerance."""
-        measured = state.measured_keys | set(skip)
-        speeds = self.measured_speeds(state)
-        best = speed_of(self.direction, state.best.value) if state.best is not None else None
-        bar = best * (1 + self.settings.tolerance) if best is not None else None
-        ranked: list[tuple[float, float, int, Candidate, Prediction]] = []
-        for order, candidate in enumerate(self.space.candidates):
-            if candidate.key() in measured or known_failure(candidate, state):
-                continue
-            prediction = self.knowledge.predict(candidate, speeds)
-            optimistic = prediction.optimistic()
-            if bar is not None and optimistic is not None and optimistic <= bar:
-                continue
-            expected = prediction.speed if prediction.speed is not None else prediction.expectation.factor
-            # the highest expectation first; on a tie the better known one (fewer, surer departures from the plain load)
-            ranked.append((-round(expected, 9), prediction.sigma, order, candidate, prediction))
-        if not ranked:
-            return None
-        ranked.sort(key=lambda item: item[:3])
-        return ranked[0][3], ranked[0][4]
-
-    def _sample(self, state: Progress, left: list[Candidate]) -> Candidate:
-        import optuna
-        from optuna.distributions import CategoricalDistribution
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        space = self.space
-        seed = (self.study.sampler_seed + 7919 * state.measured) % (2**32)
-        distributions = {axis: CategoricalDistribution(space.choices[axis]) for axis in AXES}
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.settings.startup_trials)
-        study = optuna.create_study(direction=self.direction, sampler=sampler)
-        worst = self._worst(state)
-        frozen = []
-        for result in state.results:
-            if result.running or result.candidate not in space:
-                continue
-            value = result.value if result.value is not None else worst
-            feasible = result.feasible
-            if result.status == "screened" and result.screen_value is not None:
-                value, feasible = result.screen_value, True  # slow, not infeasible: TPE learns its figure
-            frozen.append(
-                optuna.trial.create_trial(
-                    params=params_of(result.candidate),
-                    distributions=distributions,
-                    value=value,
-                    constraints={"feasible": 0.0 if feasible else max(result.violation, 1e-6)},
-                )
-            )
-        study.add_trials(frozen)
-        left_keys = {c.key(): c for c in left}
-        first: dict[str, Any] | None = None
-        for _ in range(ASKS_PER_STEP):
-            trial = study.ask()
-            params = {axis: trial.suggest_categorical(axis, space.choices[axis]) for axis in AXES}
-            first = first or params
-            candidate = candidate_from(params)
-            if candidate.key() in left_keys:
-                return left_keys[candidate.key()]
-        return _nearest(first or {}, left, random.Random(seed))
+        return measured_speeds(state, self.metric, self.direction)
 
     def _record_forecasts(self, candidate: Candidate, trials: Any) -> None:
         """Store the memory forecast beside each measured peak, so the two can be compared later."""
@@ -600,12 +500,6 @@ class StudySearch:
             self.store.set_forecasts(values)
         except Exception:  # a forecast that cannot size this model must not stop the search
             return
-
-    def _worst(self, state: Progress) -> float:
-        values = [r.value for r in state.results if r.value is not None]
-        if self.direction == "maximize":
-            return min(values + [0.0])
-        return max(values + [1.0]) * 10
 
     # -- stepping ---------------------------------------------------------------------------
 
@@ -792,33 +686,6 @@ def format_value(metric: str, value: float | None) -> str:
     if metric.endswith("_bytes"):
         return format_gib(int(value))
     return f"{value:.4g}"
-
-
-def _nearest(params: dict[str, Any], left: list[Candidate], rng: random.Random) -> Candidate:
-    """The unmeasured candidate differing from ``params`` on the fewest axes (ties: seeded pick)."""
-
-    def distance(candidate: Candidate) -> int:
-        values = params_of(candidate)
-        return sum(1 for axis in AXES if values[axis] != params.get(axis))
-
-    best = min(distance(c) for c in left)
-    return rng.choice([c for c in left if distance(c) == best])
-
-
-def _figures(rows: list[TrialRecord], metric: str) -> dict[str, tuple[Candidate, float]]:
-    """Each candidate's best ``metric`` over its rows that were timed (``ok`` or ``screened``)."""
-    direction = SCREEN_METRICS.get(metric, "maximize")
-    out: dict[str, tuple[Candidate, float]] = {}
-    for trial in rows:
-        if trial.status not in ("ok", "screened") or trial.details.get(INTERRUPTED):
-            continue
-        value = trial.metrics.get(metric)
-        if not isinstance(value, (int, float)) or value <= 0:
-            continue
-        key = trial.candidate.key()
-        if key not in out or (value > out[key][1] if direction == "maximize" else value < out[key][1]):
-            out[key] = (trial.candidate, float(value))
-    return out
 
 
 def _device_kind(environment: Environment) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import transformers
 
+from autotune import axes
 from autotune.candidate import Candidate
 from autotune.flash import FLASH_ATTENTIONS
 from autotune.memory.bnb import linear_classes, should_convert
@@ -68,6 +69,8 @@ def from_pretrained_kwargs(request: WorkerRequest) -> dict[str, Any]:
         if request.max_memory:
             count = torch.cuda.device_count()
             kwargs["max_memory"] = {i: int(cap) for i, cap in request.max_memory.items() if i < count}
+    # the levers declared beyond the candidate's fields say their own arguments (autotune.axes)
+    kwargs.update(axes.loader_kwargs(c.to_dict(), extra_only=True))
     return kwargs
 
 

@@ -303,7 +303,7 @@ class HostLoad:
     average, and, with an NVML probe, other processes on the trial's GPUs.
 
     Timings taken while another job shares the CPUs or the GPU drift with it: the recommendation
-    warns when they were (see :func:`autotune.advisor.recommend.busy_note`).
+    warns when they were (see :func:`autotune.advisor.explain.busy_note`).
     """
 
     def __init__(self, probe: GpuMemoryProbe | None = None, gpus: list[int] | None = None) -> None:

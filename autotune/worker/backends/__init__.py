@@ -6,10 +6,9 @@ imports its runtime lazily, so importing this package costs nothing.
 
 from __future__ import annotations
 
+from autotune.axes import RUNTIMES
 from autotune.worker.backends._base import Backend, Loaded, LoadFailed, OptionNotInEffect
 from autotune.worker.protocol import WorkerRequest
-
-RUNTIMES = ("pytorch", "onnxruntime")
 
 __all__ = ["RUNTIMES", "Backend", "LoadFailed", "Loaded", "OptionNotInEffect", "for_request"]
 
