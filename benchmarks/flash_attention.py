@@ -51,6 +51,7 @@ hold the studies' references, the long-prompt study was left out).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -745,7 +746,26 @@ def study_section(study: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main() -> int:
+class Clock:
+    """The run's deadline and each planned part's share of it."""
+
+    def __init__(self, deadline: float | None, planned: list[str]) -> None:
+        self.deadline, self.planned, self.began = deadline, planned, time.monotonic()
+
+    def left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - (time.monotonic() - self.began)
+
+    def share(self, part: str) -> float:
+        """The part's planned seconds; without a deadline, no limit."""
+        return SHARES[part] if self.deadline is not None else math.inf
+
+    def spare(self, after: str) -> float:
+        """Seconds left before the deadline once the parts planned after ``after`` have their shares."""
+        later = self.planned[self.planned.index(after) + 1 :] if after in self.planned else self.planned
+        return self.left() - sum(SHARES[p] for p in later)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="where the JSON, the markdown table and the command log go")
     parser.add_argument("--work", type=Path, help="where the model and the study database live (default: OUT/work)")
@@ -762,18 +782,69 @@ def main() -> int:
     )
     parser.add_argument("--tiny", action="store_true", help="a tiny Llama on the CPU (or the GPU): checks the script")
     args = parser.parse_args()
-    began = time.monotonic()
-
-    def left() -> float:
-        return float("inf") if args.deadline is None else args.deadline - (time.monotonic() - began)
-
-    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - set(PARTS)
+    args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = args.parts - set(PARTS)
     if unknown:
         parser.error(f"unknown part {', '.join(sorted(unknown))}: choose among {', '.join(PARTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     args.work = args.work or args.out / "work"
     args.work.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def in_process(grid: Grid, args: argparse.Namespace, clock: Clock, environment: Any) -> None:
+    """The parts measured in this process, on the model in memory: the grid, quality, static rows."""
+    points = TINY_GRID if args.tiny else GRID
+    if "grid" in args.parts:
+        for attn in ATTENTIONS:  # eager last: its long rows may run out of memory
+            grid.rows(attn, False, points, lambda: clock.spare("grid") > DYNAMIC_ROW_S)
+    if "quality" in args.parts:
+        from autotune.candidate import rejection
+        from autotune.workload import Workload
+
+        workload = Workload(prompt_tokens=points[0][0], new_tokens=points[0][1], objective="latency")
+        grid.document["quality"] = attention_quality(
+            grid.model,
+            grid.path,
+            grid.candidate("sdpa", False),
+            [grid.candidate(a, False) for a in ATTENTIONS if a != "sdpa"],
+            workload,
+            args.work,
+            "random",
+            lambda c: rejection(c, environment, grid.capabilities, workload),
+        )
+        grid.save()
+    if "static" in args.parts:
+        # the 512 + 128 batch-1 rows first (where a static cache matters most), then the rest, while the deadline allows
+        first = (points[0][0], points[0][1], (1,))
+        rest = ((points[0][0], points[0][1], points[0][2][1:]), *points[1:])
+        for chunk in ((first,), rest):
+            for attn in ATTENTIONS:
+                grid.rows(attn, True, chunk, lambda: clock.spare("quality") > STATIC_ROW_S)
+
+
+def studies(args: argparse.Namespace, grid: Grid, clock: Clock, autotune: Autotune, placement: str) -> list[dict[str, Any]]:
+    """The two studies of the 8B model, each set against the grid; one skipped when its share is gone."""
+    out = []
+    for name, shape in (TINY_STUDIES if args.tiny else STUDIES).items():
+        budget = min(clock.share(name), clock.spare(name)) - AFTER_TUNE_S
+        if budget < 30:
+            skipped = {"skipped": f"{clock.spare(name):.0f} s left before the deadline and the parts after it"}
+            out.append({"name": name, "prompt_tokens": shape[0], "new_tokens": shape[1]} | skipped)
+            continue
+        spare = functools.partial(clock.spare, name)
+        study = run_study(autotune, grid.path, name, shape, placement, budget, spare, floor=0.0, loader=args.work / f"loader_{name}.py")
+        study["regret"] = regret(study, grid.document["rows"])
+        out.append(study)
+        grid.document["studies"] = out
+        grid.save()
+    return out
+
+
+def main() -> int:
+    args = parse_args()
+    planned = [p for p in SHARES if p in args.parts or (p in STUDIES and "study" in args.parts)]
+    clock = Clock(args.deadline, planned)
 
     from autotune.environment import probe as probe_environment
     from autotune.worker.measure import GpuMemoryProbe
@@ -804,83 +875,23 @@ def main() -> int:
         flash_attn_cute=f"not importable: {problem}" if problem else "importable",
         forecast=grid.forecast_source,
     )
-    points = TINY_GRID if args.tiny else GRID
-    studies = TINY_STUDIES if args.tiny else STUDIES
-    planned = [p for p in SHARES if p in parts or (p in studies and "study" in parts)]
-
-    def share(part: str) -> float:
-        """The part's planned seconds; without a deadline, no limit."""
-        return SHARES[part] if args.deadline is not None else math.inf
-
-    def spare(after: str) -> float:
-        """Seconds left before the deadline once the parts planned after ``after`` have their shares."""
-        later = planned[planned.index(after) + 1 :] if after in planned else planned
-        return left() - sum(SHARES[p] for p in later)
-
-    if "grid" in parts:
-        for attn in ATTENTIONS:  # eager last: its long rows may run out of memory
-            grid.rows(attn, False, points, lambda: spare("grid") > DYNAMIC_ROW_S)
-    if "quality" in parts:
-        from autotune.candidate import rejection
-        from autotune.workload import Workload
-
-        workload = Workload(prompt_tokens=points[0][0], new_tokens=points[0][1], objective="latency")
-        grid.document["quality"] = attention_quality(
-            model,
-            path,
-            grid.candidate("sdpa", False),
-            [grid.candidate(a, False) for a in ATTENTIONS if a != "sdpa"],
-            workload,
-            args.work,
-            "random",
-            lambda c: rejection(c, environment, grid.capabilities, workload),
-        )
-        grid.save()
-    if "static" in parts:
-        # the 512 + 128 batch-1 rows first (where a static cache matters most), then the rest, while the deadline allows
-        first = (points[0][0], points[0][1], (1,))
-        rest = ((points[0][0], points[0][1], points[0][2][1:]), *points[1:])
-        for chunk in ((first,), rest):
-            for attn in ATTENTIONS:
-                grid.rows(attn, True, chunk, lambda: spare("quality") > STATIC_ROW_S)
+    in_process(grid, args, clock, environment)
     torch._dynamo.reset()  # compiled graphs hold the model
     del grid.model, model
     gc.collect()
     if on_gpu:
         torch.cuda.empty_cache()
     autotune = Autotune(args.work / "autotune.db", args.out / "commands.log")
-    placement = "cuda" if on_gpu else "cpu"
-    if "study" in parts:
-        grid.document["studies"] = []
-        for study_name, workload_shape in studies.items():
-            budget = min(share(study_name), spare(study_name)) - AFTER_TUNE_S
-            if budget < 30:
-                skipped = {"skipped": f"{spare(study_name):.0f} s left before the deadline and the parts after it"}
-                grid.document["studies"].append(
-                    {"name": study_name, "prompt_tokens": workload_shape[0], "new_tokens": workload_shape[1]} | skipped
-                )
-                continue
-            study = run_study(
-                autotune,
-                path,
-                study_name,
-                workload_shape,
-                placement,
-                budget,
-                lambda name=study_name: spare(name),
-                floor=0.0,
-                loader=args.work / f"loader_{study_name}.py",
-            )
-            study["regret"] = regret(study, grid.document["rows"])
-            grid.document["studies"].append(study)
-            grid.save()
-    if "trained" in parts:
-        grid.document["trained"] = trained_model(args, environment, on_gpu, share("trained"), lambda: spare("trained"), autotune)
+    if "study" in args.parts:
+        grid.document["studies"] = studies(args, grid, clock, autotune, "cuda" if on_gpu else "cpu")
+    if "trained" in args.parts:
+        spare = functools.partial(clock.spare, "trained")
+        grid.document["trained"] = trained_model(args, environment, on_gpu, clock.share("trained"), spare, autotune)
     grid.save()
     (args.out / f"{name}.md").write_text(table(grid.document))
     flat = args.out / ("flash_attention_gpu.json" if on_gpu else f"{name}_rows.json")
     flat.write_text(json.dumps(flat_rows(grid.document), indent=1) + "\n")
-    log(f"done in {time.monotonic() - began:.0f} s: {results} and {name}.md")
+    log(f"done in {time.monotonic() - clock.began:.0f} s: {results} and {name}.md")
     return 0
 
 

@@ -81,7 +81,7 @@ def test_flash_attention_on_the_cpu(tmp_path: Path) -> None:
         assert study["regret"]["regret"] >= 0 and "agreement" in study["regret"]
         assert study["measured_after"] is None  # refused here, so nothing to measure after
         assert any(r["reason"].endswith("not on the CPU") for r in study["rejected"])
-        assert study["loader_run"]["new_tokens"] == study["new_tokens"]
+        assert 1 <= study["loader_run"]["new_tokens"] <= study["new_tokens"]  # the loader stops at an end-of-text token
     trained = studies["trained"]
     assert trained["floor"] is None and trained["exhaustive"] and trained["recommendation"]
     assert all(t["metrics"]["quality_token_agreement"] for t in trained["trials"] if t["status"] == "ok")
