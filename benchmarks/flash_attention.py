@@ -573,7 +573,12 @@ def trained_model(args: argparse.Namespace, environment: Any, on_gpu: bool, shar
     if budget >= 30:
         result["study"] = run_study(autotune, path, "trained", (prompt, new), placement, budget, spare, exhaustive=True)
     else:
-        result["study"] = {"name": "trained", "skipped": f"{spare():.0f} s left before the deadline"}
+        result["study"] = {
+            "name": "trained",
+            "prompt_tokens": prompt,
+            "new_tokens": new,
+            "skipped": f"{spare():.0f} s left before the deadline",
+        }
     return result
 
 
