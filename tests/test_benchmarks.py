@@ -88,3 +88,87 @@ def test_flash_attention_on_the_cpu(tmp_path: Path) -> None:
     table = (out / "flash_attention_tiny.md").read_text()
     assert "## 1,024 prompt + 1 new token, batch 1" in table and "| sdpa | dynamic |" in table
     assert "## Quality on the same weights" in table and "## Study `trained`" in table and "regret" in table
+
+
+def _quality_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality_gpu", REPO / "benchmarks" / "quality_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_benchmark_on_the_cpu(tmp_path: Path, smollm2_packages: Path) -> None:
+    """benchmarks/quality_gpu.py on the CPU with trained SmolLM2: the reference, bf16 and nf4 measured,
+    the memory study recommends the smallest load that keeps the floor, and the study under a tight
+    limit offers nothing below the floor."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(smollm2_packages)]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "benchmarks" / "quality_gpu.py"), "--out", str(out), "--cpu", "--packages", str(smollm2_packages)]
+    proc = subprocess.run([*command, "--only", "bf16,nf4", "--skip-gguf"], capture_output=True, text=True, env=env, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rows = json.loads((out / "quality_cpu.json").read_text())
+    assert [r["name"] for r in rows] == ["fp32 (reference)", "bf16", "nf4"]
+    for row in rows:
+        assert row["gpu"] == "CPU only" and row["status"] == "ok", row
+        assert row["agreement_low"] <= row["token_agreement"] <= row["agreement_high"]
+        assert row["peak_bytes"] > 0 and row["tokens_per_s"] > 0 and row["kl"] >= 0
+    by = {r["name"]: r for r in rows}
+    assert by["fp32 (reference)"]["token_agreement"] == 1.0 and by["fp32 (reference)"]["feasible"]
+    assert by["bf16"]["feasible"] and by["bf16"]["token_agreement"] > 0.95
+    assert not by["nf4"]["feasible"] and by["nf4"]["token_agreement"] < 0.9  # trained weights: 4-bit loses
+
+    document = json.loads((out / "quality_cpu_study.json").read_text())
+    study = document["study"]
+    assert study["winner_is_smallest_feasible"], study
+    assert study["recommendation"] == study["smallest_feasible_measured"] == by["bf16"]["candidate"]
+    tight = document["tight"]
+    assert tight["max_memory_bytes"] > 0 and tight["offered_below_floor"] == []
+    assert tight["recommendation"] is None or tight["fits"], tight
+    assert "ok: the memory study recommends" in proc.stdout
+    [nf4_line] = [line for line in (out / "quality_cpu.md").read_text().splitlines() if line.startswith("| nf4 |")]
+    assert nf4_line.endswith("| no |")
+
+    bad = subprocess.run([*command, "--only", "int4"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith(
+        "--only int4: not a configuration; choose from fp32 (reference), bf16, fp16, int8, nf4, nf4 + double quant, fp4, fp4 + double quant"
+    )
+
+
+def test_the_quality_benchmarks_verdicts_fail_when_a_study_offers_below_the_floor() -> None:
+    """What the script checks can fail: a memory study that passes over the smallest feasible load,
+    a smaller load refused without a reason, a tight limit's offer below the floor, and a GPU verdict
+    that differs from the CPU's are each reported."""
+    script = _quality_script()
+    document = {
+        "study": {
+            "recommendation": "bf16 sdpa cuda",
+            "smallest_feasible_measured": "fp16 sdpa int8 cuda",
+            "winner_is_smallest_feasible": False,
+            "smaller_refused": [{"label": "bf16 sdpa nf4 cuda", "peak_memory_bytes": 1, "why_not": []}],
+        },
+        "tight": {
+            "max_memory": "700MiB",
+            "recommendation": "bf16 sdpa nf4 cuda",
+            "peak_memory_bytes": 2**29,
+            "fits": True,
+            "offered_below_floor": ["bf16 sdpa nf4 cuda"],
+            "smaller_limit": "600MiB",
+            "smaller_limit_exit": 0,
+            "smaller_limit_recommendation": "bf16 sdpa fp4 cuda",
+        },
+    }
+    lines = script.verdicts(document)
+    assert [line.split(":", 1)[0] for line in lines] == ["FAILED"] * 4
+    assert lines[1] == "FAILED: smaller bf16 sdpa nf4 cuda refused: no reason given"
+
+    gpu = {"name": "nf4", "label": "bf16 sdpa nf4 cuda", "status": "ok", "feasible": True}
+    gpu.update(quality_token_agreement=0.91, quality_agreement_low=0.89, quality_agreement_high=0.93)
+    cpu = {
+        "nf4": {"name": "nf4", "status": "ok", "feasible": False, "token_agreement": 0.76, "agreement_low": 0.73, "agreement_high": 0.79}
+    }
+    flat = script._flat(gpu, "NVIDIA H100 80GB HBM3", cpu)
+    assert flat["verdict_differs_from_cpu"] is True and flat["agreement_intervals_overlap_cpu"] is False
+    assert flat["cpu"]["token_agreement"] == 0.76 and flat["gpu"] == "NVIDIA H100 80GB HBM3"

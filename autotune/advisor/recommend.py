@@ -59,6 +59,7 @@ class RunnerUp:
             "batch_size": self.trial.batch_size,
             "value": self.value,
             "behind_pct": self.behind_pct,
+            "metrics": {k: v for k, v in self.trial.metrics.items() if v is not None},
         }
 
 
