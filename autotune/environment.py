@@ -31,7 +31,12 @@ TRACKED_PACKAGES: dict[str, tuple[str, ...]] = {
     "optimum": ("optimum",),
     "optimum-onnx": ("optimum-onnx",),
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    # torchao quantization candidates (quant=torchao-*).
+    "torchao": ("torchao",),
 }
+#: Packages tracked after environments were first fingerprinted: where one is not installed, it
+#: is left out of the fingerprint, so that studies of a machine without it carry on as they were.
+TRACKED_LATER = ("torchao",)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,12 @@ class Gpu:
         else:
             out["bitsandbytes"] = "yes"
         out["fp8"] = "yes" if cc >= (8, 9) else f"no: compute capability {self.cc} < 8.9"
+        if not versions.get("torchao"):
+            out["torchao"] = "no: package torchao not installed (pip install 'autotune[torchao]')"
+        else:
+            out["torchao"] = "int8/int4 weight-only" + (
+                ", float8" if cc >= (8, 9) else f"; float8 needs compute capability 8.9, this has {self.cc}"
+            )
         return out
 
 
@@ -119,7 +130,7 @@ class Environment:
             "driver": self.driver_version,
             "cuda": self.cuda_driver_version,
             "python": self.python,
-            "versions": dict(sorted(self.versions.items())),
+            "versions": {k: v for k, v in sorted(self.versions.items()) if v is not None or k not in TRACKED_LATER},
         }
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
