@@ -50,6 +50,10 @@ class Gpu:
     free_memory: int
     compute_capability: tuple[int, int]
     pci_bus_id: str | None = None
+    #: NVML's memory bus width (bits) and maximum memory clock (MHz): the peak memory bandwidth
+    #: of a GPU that :mod:`autotune.bandwidth` has no datasheet figure for.
+    memory_bus_width: int | None = None
+    max_memory_clock_mhz: int | None = None
 
     @property
     def cc(self) -> str:
@@ -163,6 +167,8 @@ class Environment:
                 free_memory=g.get("free_memory", 0),
                 compute_capability=tuple(int(x) for x in str(g["compute_capability"]).split(".")),  # type: ignore[arg-type]
                 pci_bus_id=g.get("pci_bus_id"),
+                memory_bus_width=g.get("memory_bus_width"),
+                max_memory_clock_mhz=g.get("max_memory_clock_mhz"),
             )
             for g in data.get("gpus", [])
         )
@@ -238,6 +244,11 @@ def probe_gpus() -> tuple[list[Gpu], str | None, str | None, str | None]:
                 bus = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
             except pynvml.NVMLError:
                 bus = None
+            try:
+                width = int(pynvml.nvmlDeviceGetMemoryBusWidth(handle))
+                clock = int(pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM))
+            except (pynvml.NVMLError, AttributeError):  # not reported by every GPU and driver
+                width = clock = None
             gpus.append(
                 Gpu(
                     index=index,
@@ -247,6 +258,8 @@ def probe_gpus() -> tuple[list[Gpu], str | None, str | None, str | None]:
                     free_memory=int(memory.free),
                     compute_capability=tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle)),  # type: ignore[arg-type]
                     pci_bus_id=bus,
+                    memory_bus_width=width,
+                    max_memory_clock_mhz=clock,
                 )
             )
         order = visible_order([g.uuid for g in gpus], os.environ.get("CUDA_VISIBLE_DEVICES"))
