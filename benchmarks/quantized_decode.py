@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -66,10 +67,10 @@ TINY_WORKLOAD = (32, 8, (1, 4))
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="where the results go")
-    p.add_argument("--work", type=Path, help="where the model is saved (default: OUT/work)")
+    p.add_argument("--work", type=Path, help="where the model is saved, outside OUT (default: TMPDIR/autotune-quantized-decode)")
     p.add_argument("--tiny", action="store_true", help="a tiny Llama on the CPU: checks the script itself")
     p.add_argument("--parts", default="grid,study", help="grid,study (default both)")
-    p.add_argument("--deadline", type=float, default=1500.0, help="seconds for the whole run (default 1500)")
+    p.add_argument("--deadline", type=float, default=540.0, help="seconds for this run (default 540); run again to go on")
     p.add_argument("--max-repeats", type=int, default=5, help="timed repeats per batch size, at most (default 5)")
     args = p.parse_args()
     unknown = set(args.parts.split(",")) - {"grid", "study"}
@@ -92,7 +93,13 @@ def gpu_name(environment: Any) -> str:
 
 
 def measure_row(
-    path: Path, candidate: Any, environment: Any, workload: tuple[int, int, tuple[int, ...]], args: argparse.Namespace, reference: Path
+    path: Path,
+    candidate: Any,
+    environment: Any,
+    workload: tuple[int, int, tuple[int, ...]],
+    args: argparse.Namespace,
+    reference: Path,
+    deadline: float,
 ) -> list[dict[str, Any]]:
     """One candidate at each batch size, by the trial worker; refused rows carry the rule's reason."""
     from autotune.bandwidth import decode_step_ms, floor_ms, memory_bandwidth
@@ -125,7 +132,7 @@ def measure_row(
         make_reference=not reference.exists(),
         max_repeats=args.max_repeats,
         min_repeats=min(3, args.max_repeats),
-        timeout_s=1200.0,
+        timeout_s=max(120.0, deadline - time.monotonic()),
     )
     started = time.perf_counter()
     outcome = launch(request, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
@@ -170,13 +177,20 @@ def grid(path: Path, environment: Any, args: argparse.Namespace, deadline: float
     placement = "cuda" if environment.gpus else "cpu"
     reference = work / f"reference-{workload[0]}-{workload[1]}.pt"
     rows: list[dict[str, Any]] = []
+    # rows of an earlier run into the same OUT are kept, not measured again (a run stopped by its deadline goes on)
+    target = args.out / "quantized_decode.json"
+    done = [r for r in json.loads(target.read_text()) if r.get("status") != "skipped"] if target.exists() else []
     for quant, group in QUANTS:
         candidate = candidate_of(quant, group, static=placement == "cuda", placement=placement)
+        kept = [r for r in done if r.get("candidate") == candidate.label()]
+        if kept:
+            rows += kept
+            continue
         if time.monotonic() > deadline:
             rows += [{"gpu": gpu_name(environment), "candidate": candidate.label(), "batch_size": b, "status": "skipped",
                       "reason": "the run's --deadline was reached first"} for b in workload[2]]  # fmt: skip
             continue
-        rows += measure_row(path, candidate, environment, workload, args, reference)
+        rows += measure_row(path, candidate, environment, workload, args, reference, deadline)
         (args.out / "quantized_decode.json").write_text(json.dumps(rows, indent=1) + "\n")  # kept as the rows finish
     return rows
 
@@ -248,7 +262,7 @@ def main() -> int:
     args = parse_args()
     deadline = time.monotonic() + args.deadline
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.work or args.out / "work"
+    work = args.work or Path(tempfile.gettempdir()) / "autotune-quantized-decode"
     work.mkdir(parents=True, exist_ok=True)
     from autotune.environment import probe
 
@@ -261,7 +275,7 @@ def main() -> int:
     path = build("llama-8b", work / ("llama-tiny" if args.tiny else "llama-8b"), smoke=args.tiny)
     parts = set(args.parts.split(","))
     rows = grid(path, environment, args, deadline, work) if "grid" in parts else []
-    study_doc = study(path, environment, args, deadline) if "study" in parts else None
+    study_doc = study(path, environment, args, deadline) if "study" in parts and time.monotonic() < deadline - 60 else None
     (args.out / "quantized_decode.json").write_text(json.dumps(rows, indent=1) + "\n")
     if study_doc is not None:
         (args.out / "quantized_decode_study.json").write_text(json.dumps(study_doc, indent=1, default=str) + "\n")

@@ -20,7 +20,11 @@ def test_quantized_decode_on_the_cpu(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     script = str(REPO / "benchmarks" / "quantized_decode.py")
     proc = subprocess.run(
-        [sys.executable, script, "--out", str(out), "--tiny", "--max-repeats", "2"], capture_output=True, text=True, env=env, timeout=1500
+        [sys.executable, script, "--out", str(out), "--work", str(tmp_path / "work"), "--tiny", "--max-repeats", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1500,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "quantized_decode.json").read_text())
@@ -45,6 +49,17 @@ def test_quantized_decode_on_the_cpu(tmp_path: Path) -> None:
     assert measured.get("bf16 sdpa ao-int8wo cpu") == "ok" and measured.get("bf16 sdpa ao-fp8wo cpu") == "ok", measured
     table = (out / "quantized_decode.md").read_text()
     assert "| bf16 sdpa ao-int8wo cpu | 1 |" in table and "## Study" in table
+
+    # a second run into the same OUT keeps the rows it has instead of measuring them again
+    again = subprocess.run(
+        [sys.executable, script, "--out", str(out), "--work", str(tmp_path / "work"), "--tiny", "--parts", "grid"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "quantized_decode.json").read_text()) == rows and "worker finished" not in again.stderr
 
 
 def test_quantized_decode_refuses_bad_input(tmp_path: Path) -> None:
