@@ -236,7 +236,7 @@ def rejection(
             f"gguf_file (it dequantizes the file on load); to try {'bitsandbytes' if c.is_bnb else 'it'}, save the loaded model as safetensors"
         )
     if c.quant in TORCHAO_QUANTS or c.quant == FP8_FINE:
-        reason = torchao_rejection(c, environment)
+        reason = torchao_rejection(c, environment, capabilities.get("architecture"))
         if reason is not None:
             return reason
     elif c.quant != "none":
@@ -300,8 +300,19 @@ def _version(text: str | None) -> tuple[int, int]:
     return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)  # type: ignore[return-value]
 
 
-def torchao_rejection(candidate: Candidate, environment: Environment) -> str | None:
-    """Why a torchao or fine-grained FP8 ``candidate`` cannot run here; ``None`` if it may.
+#: Model classes whose projections are GPT-2's ``Conv1D``, not ``nn.Linear``: torchao's
+#: ``quantize_`` converts ``nn.Linear`` (subclasses too: Falcon's ``FalconLinear`` becomes an
+#: ``Int8Tensor``) and leaves every ``Conv1D`` as it was (read back on transformers 5.24, torchao 0.18).
+CONV1D_PREFIXES = ("GPT2", "OpenAIGPT")
+#: Model classes whose linear layers compute ``input @ self.weight.T`` in a forward of their own
+#: (Falcon's ``FalconLinear``): torchao converts their weights, then the first forward pass fails
+#: in ``aten.permute``, which torchao 0.18's tensors do not implement (read on transformers 5.24).
+OWN_MATMUL_PREFIXES = ("Falcon",)
+
+
+def torchao_rejection(candidate: Candidate, environment: Environment, architecture: str | None = None) -> str | None:
+    """Why a torchao or fine-grained FP8 ``candidate`` cannot run here (``architecture``: the model's
+    class, where known); ``None`` if it may.
 
     Measured on the CPU (torch 2.13, torchao 0.18): int8 and float8 weight-only load and generate
     there; int4 weight-only does not (its tile-packed layout is tinygemm's CUDA kernel, and the
@@ -311,6 +322,13 @@ def torchao_rejection(candidate: Candidate, environment: Environment) -> str | N
     c = candidate
     q = c.quant
     gpus = environment.gpus if c.placement == "multi-gpu" else environment.gpus[:1]
+    if architecture and architecture.startswith(CONV1D_PREFIXES):
+        return f"{q}: {architecture}'s projections are Conv1D layers, which it leaves unconverted (it quantizes nn.Linear): nothing would be quantized"
+    if architecture and architecture.startswith(OWN_MATMUL_PREFIXES) and q != FP8_FINE:
+        return (
+            f"{q}: {architecture}'s linear layers multiply by weight.T themselves, which torchao's tensors do not implement "
+            f"(aten.permute, torchao 0.18)"
+        )
     if q == FP8_FINE:
         if not c.on_gpu:
             return "fp8-fine: Transformers' fine-grained FP8 runs only on a GPU (compute capability 8.9 or newer), not on the CPU"

@@ -139,6 +139,11 @@ def test_what_may_run() -> None:
         (ao("fp8-fine"), gpu((9, 0), kernels="0.11.0")),
     ):
         assert rejection(candidate, environment, LLAMA_CAPS, GPU_WORKLOAD) is None, candidate.label()
+    gpt2 = {"architecture": "GPT2LMHeadModel", "attn_implementations": ["eager", "sdpa"]}
+    assert rejection(ao("torchao-int8wo"), H100, gpt2) == (
+        "torchao-int8wo: GPT2LMHeadModel's projections are Conv1D layers, which it leaves unconverted (it quantizes nn.Linear): "
+        "nothing would be quantized"
+    )
     gguf = {**LLAMA_CAPS, "gguf_file": "model.gguf"}
     assert "Transformers refuses a quantization_config with gguf_file" in (rejection(ao("torchao-int8wo"), H100, gguf) or "")
 
@@ -317,3 +322,30 @@ def test_int8_weight_only_is_measured_read_back_and_its_loader_runs_on_the_cpu(t
     assert line is not None, done.stderr[-2000:]
     got = json.loads(line[len("RESULT ") :])
     assert got["kinds"] == ["Int8Tensor", "Parameter"] and got["shape"][0] == 1  # the head stays a plain Parameter
+
+
+def test_falcon_is_refused_and_a_forced_load_comes_back_unsupported(tiny_models: dict[str, Path]) -> None:
+    """torchao converts Falcon's FalconLinear weights (an nn.Linear subclass), then FalconLinear's own
+    ``input @ weight.T`` fails inside torchao: the rules refuse it, and a worker asked anyway reports
+    it ``unsupported`` with torchao's words, never as an error of the model or as measured."""
+    falcon = {"architecture": "FalconForCausalLM", "attn_implementations": ["eager", "sdpa"]}
+    candidate = ao("torchao-int8wo", placement="cpu")
+    assert rejection(candidate, cpu_env(**TORCHAO), falcon) == (
+        "torchao-int8wo: FalconForCausalLM's linear layers multiply by weight.T themselves, which torchao's tensors do not "
+        "implement (aten.permute, torchao 0.18)"
+    )
+    request = WorkerRequest(
+        model_path=str(tiny_models["falcon"]),
+        model_name="falcon",
+        task="text-generation",
+        candidate=candidate,
+        workload=Workload(prompt_tokens=16, new_tokens=8),
+        batch_sizes=(1,),
+        **FAST,  # type: ignore[arg-type]
+    )
+    result = launch(request, env=ENV).results[0]
+    assert result.status == "unsupported" and result.reason.startswith(
+        "torchao-int8wo: torchao's tensors refused an operation of this model in a first forward pass: NotImplementedError: "
+        "Int8Tensor dispatch: attempting to run unimplemented operator/function: func=<OpOverload(op='aten.permute'"
+    ), result.reason
+    assert "latency_p50_ms" not in result.metrics

@@ -433,12 +433,14 @@ def classify_run_error(exc: BaseException, candidate: Candidate, batch: int) -> 
     if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
         what = "a static cache" if candidate.static_cache else candidate.attn
         return "unsupported", f"torch.compile failed on {what} with attention {candidate.attn} at batch size {batch}: {message}"
-    if candidate.attn in FLASH_ATTENTIONS and _raised_in(exc, FLASH_ATTENTIONS[candidate.attn].module):
+    if candidate.is_torchao and raised_in(exc, "torchao"):
+        return "unsupported", f"{candidate.quant}: torchao's tensors refused an operation of this model at batch size {batch}: {message}"
+    if candidate.attn in FLASH_ATTENTIONS and raised_in(exc, FLASH_ATTENTIONS[candidate.attn].module):
         return "unsupported", f"{candidate.attn}: its kernel refused batch size {batch}: {message}"
     return "error", f"measuring batch size {batch} failed: {message}"
 
 
-def _raised_in(exc: BaseException, package: str) -> bool:
+def raised_in(exc: BaseException, package: str) -> bool:
     """Whether ``exc`` was raised from code of the Python package ``package``."""
     tb = exc.__traceback__
     last = None
