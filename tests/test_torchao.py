@@ -349,3 +349,20 @@ def test_falcon_is_refused_and_a_forced_load_comes_back_unsupported(tiny_models:
         "Int8Tensor dispatch: attempting to run unimplemented operator/function: func=<OpOverload(op='aten.permute'"
     ), result.reason
     assert "latency_p50_ms" not in result.metrics
+
+
+def test_the_search_expects_little_of_them_until_measured() -> None:
+    """The knowledge-first search's priors: torchao's published gains are discounted (inside
+    Transformers they have been far smaller), fine-grained FP8 is expected to lose, and on the CPU
+    weight-only runs below bf16."""
+    from autotune.search.prior import Knowledge
+
+    gpu_k = Knowledge(Workload(objective="latency", max_batch=1), H100)
+    effects = {q: gpu_k.expect(ao(q)).effects for q in ("torchao-int8wo", "torchao-int4wo", "fp8-fine")}
+    assert [e.factor for e in effects["torchao-int8wo"]] == [1.1] and "1.57x bf16 in torchao's benchmark" in effects["torchao-int8wo"][
+        0
+    ].reason
+    assert [e.factor for e in effects["torchao-int4wo"]] == [1.15] and [e.factor for e in effects["fp8-fine"]] == [0.6]
+    cpu_k = Knowledge(Workload(device="cpu"), cpu_env(**TORCHAO))
+    on_cpu = cpu_k.expect(ao("torchao-int8wo", placement="cpu"))
+    assert on_cpu.factor == 0.7 and "bitsandbytes" not in on_cpu.describe()
