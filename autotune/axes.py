@@ -550,7 +550,6 @@ GROUP_SIZE = Axis(
     owner=PYTORCH,
     what="int4 group size",
     why_not=lambda p: None if p.get("quant") == "torchao-int4wo" else "a group size applies only to torchao-int4wo",
-    option=lambda p: None,
     flag=Flag(
         "--group-size",
         {"type": int, "choices": GROUP_SIZES, "default": 128, "help": "torchao-int4wo: weights per scale (32, 64 or 128; default 128)"},

@@ -521,7 +521,7 @@ def _group(entries: list[tuple[Candidate | None, str, str, dict[str, Any]]]) -> 
         first = candidates[0]
         names = pattern_fields(all(c.is_onnxruntime for c in candidates))
         shared = {name: first.value(name) for name in names if all(c.value(name) == first.value(name) for c in candidates)}
-        # an axis declared beyond the fields joins the pattern only off its default, as it joins a key
+        # an axis declared beyond the candidate's fields says nothing at its default (as in the key)
         shared = {k: v for k, v in shared.items() if k in axes.BUILT_IN or v != axes.axis(k).default}
         label = candidates[0].label() if len(candidates) == 1 else f"{_pattern_label(shared)} ({len(candidates)} candidates)"
         out.append(Rejection(reason, kind, label, len(candidates), candidates[0], shared))
