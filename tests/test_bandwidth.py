@@ -95,3 +95,18 @@ def test_a_gpu_record_without_nvml_figures_reads_back(tmp_path) -> None:  # type
     for gpu in data["gpus"]:
         gpu.pop("memory_bus_width"), gpu.pop("max_memory_clock_mhz")
     assert Environment.from_dict(data).gpus[0] == Gpu(0, "GPU-0000", "NVIDIA H100 80GB HBM3", 80 * GiB, 79 * GiB, (9, 0))
+
+
+def test_the_report_shows_the_floor(store: Store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from autotune.report import write_report
+
+    model = register(store)
+    study = store.study_for(model, store.record_environment(GPU_ENV))
+    metrics = {"throughput_tokens_per_s": 120.0, "decode_tokens_per_s": 125.0, "latency_p50_ms": 1000.0, "quality_token_agreement": 1.0}
+    metrics["peak_memory_bytes"] = 17 * GiB
+    candidate = Candidate(dtype="bfloat16", attn="sdpa", static_cache=True)
+    store.record_trial(study.id, candidate, 1, "ok", metrics=metrics, effective={"weights_bytes": 16_060_000_000})
+    html = write_report(store, tmp_path / "r.html").read_text()
+    # 16.06 GB at 3.35 TB/s: 4.79 ms; 125 tok/s at batch 1: 8.00 ms a step
+    assert "decode 8.00 ms a step at batch 1, against a memory-bandwidth floor of 4.79 ms (16.06 GB of weights at 3.35 TB/s" in html
+    assert "60% of the limit" in html
