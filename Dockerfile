@@ -25,7 +25,8 @@
 # FlashAttention-2 is not built here: it compiles against torch with a CUDA toolkit this runtime
 # image does not have. FlashAttention-4 (Hopper and Blackwell GPUs) installs from wheels:
 # --build-arg FLASH_ATTN_4=1 adds it (with the CuTe DSL's CUDA 13 libraries), and the search then
-# measures it wherever it can run.
+# measures it wherever it can run. torchao 0.18 (its int8, int4 and float8 candidates) pairs with
+# torch 2.11 and is installed.
 ARG BASE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
 FROM ${BASE}
 
@@ -51,7 +52,7 @@ RUN apt-get update \
 RUN pip install --upgrade pip \
  && pip install torch==2.11.0 --index-url "$TORCH_INDEX" \
  && pip install transformers==5.17.0 accelerate==1.15.0 bitsandbytes==0.50.2 optuna==5.0.0 sqlalchemy==2.1.9 \
-        alembic==1.20.1 nvidia-ml-py==13.615.71 platformdirs==4.14.8 "psycopg[binary]==3.3.9"
+        alembic==1.20.1 nvidia-ml-py==13.615.71 platformdirs==4.14.8 "psycopg[binary]==3.3.9" torchao==0.18.0
 
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -41,7 +41,16 @@ DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 #: read from the installed Transformers at ``autotune add`` time (the model's capabilities).
 ATTENTIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
-QUANTS = ("none", "bnb-8bit", "bnb-4bit-nf4", "bnb-4bit-fp4")
+#: bitsandbytes' values first, then torchao's (``TorchAoConfig`` with a torchao config object:
+#: int8 and int4 weight-only, float8 weight-only, float8 weights and per-row dynamic float8
+#: activations), then Transformers' fine-grained FP8 (``FineGrainedFP8Config``).
+TORCHAO_QUANTS = ("torchao-int8wo", "torchao-int4wo", "torchao-float8wo", "torchao-float8dq")
+FP8_FINE = "fp8-fine"
+QUANTS = ("none", "bnb-8bit", "bnb-4bit-nf4", "bnb-4bit-fp4", *TORCHAO_QUANTS, FP8_FINE)
+#: The quantizations that store float8 weights: they need float8 support (compute capability 8.9).
+FLOAT8_QUANTS = ("torchao-float8wo", "torchao-float8dq", FP8_FINE)
+#: int4 weight-only group sizes (weights per scale and zero point); torchao's default is 128.
+GROUP_SIZES = (128, 64, 32)
 PLACEMENTS = ("cpu", "cuda", "multi-gpu")
 #: The runtimes a candidate can run on; each owns the options of :data:`AXES` it names as ``owner``.
 RUNTIMES = ("pytorch", "onnxruntime")
@@ -55,7 +64,27 @@ ORT_DTYPES = ("float32", "float16")
 #: The sampler's value of ``compute_dtype`` for "the same as ``dtype``".
 SAME = "same"
 
-QUANT_SHORT = {"bnb-8bit": "int8", "bnb-4bit-nf4": "nf4", "bnb-4bit-fp4": "fp4"}
+QUANT_SHORT = {
+    "bnb-8bit": "int8",
+    "bnb-4bit-nf4": "nf4",
+    "bnb-4bit-fp4": "fp4",
+    "torchao-int8wo": "ao-int8wo",
+    "torchao-int4wo": "ao-int4wo",
+    "torchao-float8wo": "ao-fp8wo",
+    "torchao-float8dq": "ao-fp8dq",
+    FP8_FINE: "fp8-fine",
+}
+QUANT_WORDS = {
+    "none": "no quantization",
+    "bnb-8bit": "bnb 8-bit",
+    "bnb-4bit-nf4": "bnb 4-bit nf4",
+    "bnb-4bit-fp4": "bnb 4-bit fp4",
+    "torchao-int8wo": "torchao int8 weight-only",
+    "torchao-int4wo": "torchao int4 weight-only",
+    "torchao-float8wo": "torchao float8 weight-only",
+    "torchao-float8dq": "torchao float8 weights and per-row dynamic float8 activations",
+    FP8_FINE: "Transformers' fine-grained FP8",
+}
 QUANT_ALIASES = {"int8": "bnb-8bit", "8bit": "bnb-8bit", "nf4": "bnb-4bit-nf4", "fp4": "bnb-4bit-fp4"}
 
 Point = Mapping[str, Any]
@@ -70,6 +99,14 @@ def normalize_dtype(name: str) -> str:
 
 def is_4bit(point: Point) -> bool:
     return str(point.get("quant", "none")).startswith("bnb-4bit")
+
+
+def is_torchao(point: Point) -> bool:
+    return point.get("quant", "none") in TORCHAO_QUANTS
+
+
+def is_bnb(point: Point) -> bool:
+    return str(point.get("quant", "none")).startswith("bnb-")
 
 
 def parse_bool(axis: str, value: str) -> bool:
@@ -358,6 +395,8 @@ def _quant_label(point: Point) -> str | None:
     if point.get("quant", "none") == "none":
         return None
     text = QUANT_SHORT[point["quant"]]
+    if point["quant"] == "torchao-int4wo":
+        text += f"-g{point.get('group_size') or GROUP_SIZE.default}"
     if point.get("double_quant"):
         text += "+dq"
     compute = point.get("compute_dtype")
@@ -366,11 +405,35 @@ def _quant_label(point: Point) -> str | None:
     return text
 
 
+def _quant_param(point: Point) -> str:
+    """The sampler's quantization: the group size folds into int4 weight-only (``torchao-int4wo[g64]``)."""
+    quant = point.get("quant", "none")
+    if quant == "torchao-int4wo":
+        return f"{quant}[g{point.get('group_size') or GROUP_SIZE.default}]"
+    return quant
+
+
+def _quant_fields(value: Any) -> dict[str, Any]:
+    quant, _, group = str(value).partition("[g")
+    return {"quant": quant, "group_size": int(group.rstrip("]")) if group else GROUP_SIZE.default}
+
+
 def _parse_quant(value: str) -> str:
+    """A ``--space`` quantization: ``torchao-int4wo`` (every group size) or ``torchao-int4wo[g64]`` (one)."""
     value = QUANT_ALIASES.get(value, value)
-    if value not in QUANTS:
-        raise InputError(f"space restriction quant={value}: choose among {', '.join(QUANTS)} (or int8, nf4, fp4)")
+    base, _, group = value.partition("[g")
+    if base not in QUANTS or (group and (base != "torchao-int4wo" or group.rstrip("]") not in {str(g) for g in GROUP_SIZES})):
+        raise InputError(
+            f"space restriction quant={value}: choose among {', '.join(QUANTS)} (or int8, nf4, fp4; torchao-int4wo[gN] "
+            f"with N one of {', '.join(map(str, GROUP_SIZES))})"
+        )
     return value
+
+
+def quant_allowed(value: Any, allowed: tuple[Any, ...]) -> bool:
+    """Whether the sampler's quantization ``value`` passes a ``--space`` restriction (``torchao-int4wo``
+    allows every group size)."""
+    return value in allowed or str(value).partition("[")[0] in allowed
 
 
 QUANT = Axis(
@@ -380,14 +443,23 @@ QUANT = Axis(
     owner=PYTORCH,
     what="quantization",
     label=_quant_label,
-    option=lambda p: {"none": "no quantization", "bnb-8bit": "bnb 8-bit", "bnb-4bit-nf4": "bnb 4-bit nf4", "bnb-4bit-fp4": "bnb 4-bit fp4"}[
-        p["quant"]
-    ],
-    covers=("quant", "double_quant", "compute_dtype"),
+    option=lambda p: QUANT_WORDS[p["quant"]] + (f" (group size {p.get('group_size') or 128})" if p["quant"] == "torchao-int4wo" else ""),
+    covers=("quant", "double_quant", "compute_dtype", "group_size"),
     what_ifs=({"quant": "bnb-4bit-nf4", "double_quant": True}, {"quant": "bnb-8bit"}),
-    flag=Flag("--quant", {"choices": QUANTS, "default": "none", "help": "bitsandbytes quantization (default none)"}),
+    flag=Flag(
+        "--quant",
+        {
+            "choices": QUANTS,
+            "default": "none",
+            "help": "quantization: bitsandbytes (bnb-*), torchao (torchao-int8wo, torchao-int4wo, torchao-float8wo, "
+            "torchao-float8dq) or Transformers' fine-grained FP8 (fp8-fine); default none",
+        },
+    ),
     measure_flag=lambda p: None if p.get("quant", "none") == "none" else f"--quant {p['quant']}",
+    param=_quant_param,
+    unparam=_quant_fields,
     parse=_parse_quant,
+    order=lambda values: tuple(sorted(values, key=lambda v: (QUANTS.index(str(v).partition("[")[0]), str(v)))),
 )
 
 DOUBLE_QUANT = Axis(
@@ -469,6 +541,24 @@ IO_BINDING = Axis(
     sampled=False,  # folded into runtime: onnxruntime:<provider>+io-binding
 )
 
+# -- torchao's int4 weight-only group size (PyTorch's quantization backend) ------------------------
+
+GROUP_SIZE = Axis(
+    "group_size",
+    128,
+    GROUP_SIZES,
+    owner=PYTORCH,
+    what="int4 group size",
+    why_not=lambda p: None if p.get("quant") == "torchao-int4wo" else "a group size applies only to torchao-int4wo",
+    flag=Flag(
+        "--group-size",
+        {"type": int, "choices": GROUP_SIZES, "default": 128, "help": "torchao-int4wo: weights per scale (32, 64 or 128; default 128)"},
+    ),
+    measure_flag=lambda p: f"--group-size {p['group_size']}" if p.get("quant") == "torchao-int4wo" and p.get("group_size") != 128 else None,
+    sampled=False,  # folded into quant: torchao-int4wo[g64]
+    parse=lambda value: int(value),
+)
+
 #: Every axis, the built-in ones in :class:`~autotune.candidate.Candidate`'s field order (which is
 #: the sampler's order of its axes and the order of ``autotune measure``'s options).
 AXES: tuple[Axis, ...] = (
@@ -483,9 +573,11 @@ AXES: tuple[Axis, ...] = (
     RUNTIME,
     PROVIDER,
     IO_BINDING,
+    GROUP_SIZE,
 )
-#: The built-in axes: the candidate's dataclass fields.
-BUILT_IN = tuple(a.name for a in AXES)
+#: The built-in axes: the candidate's dataclass fields (the axes after them live in
+#: :attr:`Candidate.extra`).
+BUILT_IN = tuple(a.name for a in AXES[: AXES.index(IO_BINDING) + 1])
 
 #: Where each axis appears in a label (``bf16 sdpa[flash] nf4+dq(bf16) cuda static``).
 LABEL_ORDER = ("dtype", "attn", "quant", "runtime", "io_binding", "placement", "static_cache")
@@ -501,6 +593,7 @@ FLAG_ORDER = (
     "quant",
     "double_quant",
     "compute_dtype",
+    "group_size",
     "static_cache",
 )
 #: The order in which the space enumerates the PyTorch candidates (outermost first).

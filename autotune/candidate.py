@@ -19,6 +19,8 @@ from autotune.axes import (
     DTYPE_ALIASES,
     DTYPE_SHORT,
     DTYPES,
+    FLOAT8_QUANTS,
+    FP8_FINE,
     ORT_DTYPES,
     PLACEMENTS,
     PROVIDER_PLACEMENT,
@@ -26,6 +28,7 @@ from autotune.axes import (
     QUANTS,
     RUNTIMES,
     SDPA_KERNELS,
+    TORCHAO_QUANTS,
     normalize_dtype,
 )
 from autotune.errors import InputError
@@ -58,6 +61,7 @@ __all__ = [
     "normalize_dtype",
     "onnxruntime_rejection",
     "rejection",
+    "torchao_rejection",
 ]
 
 
@@ -115,6 +119,14 @@ class Candidate:
     @property
     def is_4bit(self) -> bool:
         return self.quant.startswith("bnb-4bit")
+
+    @property
+    def is_bnb(self) -> bool:
+        return self.quant.startswith("bnb-")
+
+    @property
+    def is_torchao(self) -> bool:
+        return self.quant in TORCHAO_QUANTS
 
     @property
     def effective_compute_dtype(self) -> str:
@@ -218,12 +230,16 @@ def rejection(
         if c.sdpa_kernel == "flash" and workload is not None and workload.padding_share > 0:
             return "SDPA kernel flash: refuses attention masks, and this workload pads its batches (pin efficient or cudnn, or leave the kernel to PyTorch)"
 
-    if c.quant != "none":
-        if gguf:
-            return (
-                f"{c.quant}: the model is the GGUF file {gguf}, and Transformers refuses a quantization_config with "
-                f"gguf_file (it dequantizes the file on load); to try bitsandbytes, save the loaded model as safetensors"
-            )
+    if c.quant != "none" and gguf:
+        return (
+            f"{c.quant}: the model is the GGUF file {gguf}, and Transformers refuses a quantization_config with "
+            f"gguf_file (it dequantizes the file on load); to try {'bitsandbytes' if c.is_bnb else 'it'}, save the loaded model as safetensors"
+        )
+    if c.quant in TORCHAO_QUANTS or c.quant == FP8_FINE:
+        reason = torchao_rejection(c, environment, capabilities.get("architecture"))
+        if reason is not None:
+            return reason
+    elif c.quant != "none":
         if not environment.has("bitsandbytes"):
             return f"{c.quant}: package bitsandbytes is not installed (pip install bitsandbytes)"
         if c.quant == "bnb-8bit":
@@ -267,6 +283,80 @@ def flash_rejection(candidate: Candidate, environment: Environment) -> str | Non
         return f"{c.attn}: runs on {fa.gpus}, and GPU {unable.index} ({unable.name}) has compute capability {unable.cc}"
     if not environment.has(fa.package):
         return f"{c.attn}: package {fa.package} is not installed ({fa.install_hint(environment.cuda_driver_version)})"
+    return None
+
+
+#: The oldest torchao whose config classes and tensor subclasses autotune writes and reads
+#: (``Int8WeightOnlyConfig`` ... of the version-2 tensors: ``Int8Tensor``, ``Int4TilePackedTo4dTensor``,
+#: ``Float8Tensor``), and the torch each torchao needs: torchao 0.18's ``__init__`` refuses to
+#: load its C++ extensions below torch 2.11, and its weight-only kernels then fall back or fail.
+TORCHAO_MIN = (0, 18)
+TORCHAO_TORCH = {(0, 18): (2, 11)}
+TORCHAO_INSTALL = "pip install 'autotune[torchao]'"
+
+
+def _version(text: str | None) -> tuple[int, int]:
+    parts = (str(text or "0").split("+")[0].split(".") + ["0"])[:2]
+    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)  # type: ignore[return-value]
+
+
+#: Model classes whose projections are GPT-2's ``Conv1D``, not ``nn.Linear``: torchao's
+#: ``quantize_`` converts ``nn.Linear`` (subclasses too: Falcon's ``FalconLinear`` becomes an
+#: ``Int8Tensor``) and leaves every ``Conv1D`` as it was (read back on transformers 5.24, torchao 0.18).
+CONV1D_PREFIXES = ("GPT2", "OpenAIGPT")
+#: Model classes whose linear layers compute ``input @ self.weight.T`` in a forward of their own
+#: (Falcon's ``FalconLinear``): torchao converts their weights, then the first forward pass fails
+#: in ``aten.permute``, which torchao 0.18's tensors do not implement (read on transformers 5.24).
+OWN_MATMUL_PREFIXES = ("Falcon",)
+
+
+def torchao_rejection(candidate: Candidate, environment: Environment, architecture: str | None = None) -> str | None:
+    """Why a torchao or fine-grained FP8 ``candidate`` cannot run here (``architecture``: the model's
+    class, where known); ``None`` if it may.
+
+    Measured on the CPU (torch 2.13, torchao 0.18): int8 and float8 weight-only load and generate
+    there; int4 weight-only does not (its tile-packed layout is tinygemm's CUDA kernel, and the
+    plain layout needs the ``mslk`` package), nor does Transformers' fine-grained FP8 ("A GPU or
+    XPU is needed for FP8 quantization").
+    """
+    c = candidate
+    q = c.quant
+    gpus = environment.gpus if c.placement == "multi-gpu" else environment.gpus[:1]
+    if architecture and architecture.startswith(CONV1D_PREFIXES):
+        return f"{q}: {architecture}'s projections are Conv1D layers, which it leaves unconverted (it quantizes nn.Linear): nothing would be quantized"
+    if architecture and architecture.startswith(OWN_MATMUL_PREFIXES) and q != FP8_FINE:
+        return (
+            f"{q}: {architecture}'s linear layers multiply by weight.T themselves, which torchao's tensors do not implement "
+            f"(aten.permute, torchao 0.18)"
+        )
+    if q == FP8_FINE:
+        if not c.on_gpu:
+            return "fp8-fine: Transformers' fine-grained FP8 runs only on a GPU (compute capability 8.9 or newer), not on the CPU"
+        if not environment.has("kernels"):
+            return "fp8-fine: Transformers' FP8 linear layers load their kernel through the package kernels, which is not installed (pip install kernels)"
+    else:
+        if not environment.has("torchao"):
+            return f"{q}: package torchao is not installed ({TORCHAO_INSTALL})"
+        have = _version(environment.version("torchao"))
+        if have < TORCHAO_MIN:
+            return f"{q}: torchao {environment.version('torchao')} is older than 0.18, whose config classes autotune writes ({TORCHAO_INSTALL})"
+        need = max((t for v, t in TORCHAO_TORCH.items() if have >= v), default=None)
+        torch_version = environment.version("torch")
+        if need is not None and torch_version and _version(torch_version) < need:
+            return (
+                f"{q}: torchao {environment.version('torchao')} pairs with torch {need[0]}.{need[1]} or newer, and torch here is "
+                f"{torch_version} (install a torchao that matches, or upgrade torch)"
+            )
+        if q == "torchao-int4wo" and not c.on_gpu:
+            return "torchao-int4wo: int4 weight-only runs on CUDA (tinygemm's tile-packed kernel), not on the CPU"
+        if q == "torchao-float8dq" and not c.on_gpu:
+            return "torchao-float8dq: float8 activations need float8 matmuls (torch._scaled_mm) on a GPU, not the CPU"
+    if c.on_gpu and q in FLOAT8_QUANTS:
+        old = next((g for g in gpus if g.compute_capability < (8, 9)), None)
+        if old is not None:
+            return f"{q}: float8 needs compute capability 8.9 or newer (Ada, Hopper), and GPU {old.index} ({old.name}) has {old.cc}"
+    if q in ("torchao-int4wo", FP8_FINE) and c.dtype != "bfloat16":
+        return f"{q}: its kernels take bfloat16 activations; load it with dtype bfloat16, not {c.dtype}"
     return None
 
 

@@ -31,7 +31,12 @@ TRACKED_PACKAGES: dict[str, tuple[str, ...]] = {
     "optimum": ("optimum",),
     "optimum-onnx": ("optimum-onnx",),
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    # torchao quantization candidates (quant=torchao-*).
+    "torchao": ("torchao",),
 }
+#: Packages tracked after environments were first fingerprinted: where one is not installed, it
+#: is left out of the fingerprint, so that studies of a machine without it carry on as they were.
+TRACKED_LATER = ("torchao",)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,10 @@ class Gpu:
     free_memory: int
     compute_capability: tuple[int, int]
     pci_bus_id: str | None = None
+    #: NVML's memory bus width (bits) and maximum memory clock (MHz): the peak memory bandwidth
+    #: of a GPU that :mod:`autotune.bandwidth` has no datasheet figure for.
+    memory_bus_width: int | None = None
+    max_memory_clock_mhz: int | None = None
 
     @property
     def cc(self) -> str:
@@ -72,6 +81,12 @@ class Gpu:
         else:
             out["bitsandbytes"] = "yes"
         out["fp8"] = "yes" if cc >= (8, 9) else f"no: compute capability {self.cc} < 8.9"
+        if not versions.get("torchao"):
+            out["torchao"] = "no: package torchao not installed (pip install 'autotune[torchao]')"
+        else:
+            out["torchao"] = "int8/int4 weight-only" + (
+                ", float8" if cc >= (8, 9) else f"; float8 needs compute capability 8.9, this has {self.cc}"
+            )
         return out
 
 
@@ -119,7 +134,7 @@ class Environment:
             "driver": self.driver_version,
             "cuda": self.cuda_driver_version,
             "python": self.python,
-            "versions": dict(sorted(self.versions.items())),
+            "versions": {k: v for k, v in sorted(self.versions.items()) if v is not None or k not in TRACKED_LATER},
         }
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -152,6 +167,8 @@ class Environment:
                 free_memory=g.get("free_memory", 0),
                 compute_capability=tuple(int(x) for x in str(g["compute_capability"]).split(".")),  # type: ignore[arg-type]
                 pci_bus_id=g.get("pci_bus_id"),
+                memory_bus_width=g.get("memory_bus_width"),
+                max_memory_clock_mhz=g.get("max_memory_clock_mhz"),
             )
             for g in data.get("gpus", [])
         )
@@ -227,6 +244,11 @@ def probe_gpus() -> tuple[list[Gpu], str | None, str | None, str | None]:
                 bus = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
             except pynvml.NVMLError:
                 bus = None
+            try:
+                width = int(pynvml.nvmlDeviceGetMemoryBusWidth(handle))
+                clock = int(pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM))
+            except (pynvml.NVMLError, AttributeError):  # not reported by every GPU and driver
+                width = clock = None
             gpus.append(
                 Gpu(
                     index=index,
@@ -236,6 +258,8 @@ def probe_gpus() -> tuple[list[Gpu], str | None, str | None, str | None]:
                     free_memory=int(memory.free),
                     compute_capability=tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle)),  # type: ignore[arg-type]
                     pci_bus_id=bus,
+                    memory_bus_width=width,
+                    max_memory_clock_mhz=clock,
                 )
             )
         order = visible_order([g.uuid for g in gpus], os.environ.get("CUDA_VISIBLE_DEVICES"))

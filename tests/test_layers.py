@@ -14,7 +14,7 @@ ALLOWED = {
     "memory": {"environment", "registry", "store"},
     # the search sends the worker its plain request types (autotune.worker.protocol), nothing more
     "search": {"memory", "environment", "store", "objective", "worker_env", "trials", "registry", "worker"},
-    "advisor": {"memory", "environment", "store", "objective", "worker_env", "registry"},
+    "advisor": {"memory", "environment", "bandwidth", "store", "objective", "worker_env", "registry"},
     "worker": {"memory", "environment"},
     "trials": {"memory", "environment", "store", "objective", "worker_env", "worker"},
     # process control beside the daemon: runs studies, writes a report when one finishes, and hands

@@ -23,7 +23,7 @@ from autotune.errors import InputError
 from autotune.objective import margin
 from autotune.stats import timing_error, wilson_interval, within_noise
 from autotune.worker import BatchResult, WorkerOutcome, WorkerRequest, launch
-from autotune.workload import Workload
+from autotune.workload import DEFAULT_MIN_QUALITY, Workload
 
 WORKLOAD = Workload(prompt_tokens=16, new_tokens=8)
 FAST = dict(warmup=1, min_repeats=2, max_repeats=3, time_cap_s=5.0, timeout_s=1800.0)
@@ -324,3 +324,23 @@ def test_smollm2_tuned_on_the_cpu_with_8bit_and_4bit(
     for option in ("bnb 4-bit nf4", "bnb 4-bit fp4"):
         assert why[option]["kind"] == "below-quality" and "token agreement" in why[option]["reason"], why[option]
     assert os.path.exists(tmp_path / "cache" / "references")
+
+
+def test_smollm2_torchao_weight_only_keeps_its_quality(smollm2: Path, smol_reference: tuple[Path, dict]) -> None:
+    """torchao's int8 and float8 weight-only loads of the trained model on the CPU, scored against
+    the float32 reference on text: each is read back as torchao tensors and keeps the default
+    quality floor (the guard every candidate passes), as bf16 does."""
+    path, _ = smol_reference
+    asked = [cpu("bf16"), cpu("bf16", "torchao-int8wo"), cpu("bf16", "torchao-float8wo")]
+    results = dict(zip(("bf16", "int8wo", "float8wo"), run_all([request(smollm2, c, reference_path=str(path)) for c in asked])))
+    agreement = {name: r.metrics["quality_token_agreement"] for name, r in results.items()}
+    layers = results["bf16"].effective["linear_layers"] - 1  # every projection; the tied head stays by design
+    assert results["int8wo"].effective["quant_types"] == {"Int8Tensor": layers}
+    assert results["float8wo"].effective["quant_types"] == {"Float8Tensor": layers}
+    for name in ("int8wo", "float8wo"):
+        assert agreement[name] >= DEFAULT_MIN_QUALITY, (name, agreement)
+    # fewer mantissa bits, further from the reference (deterministic on the CPU: 0.0012, 0.0049, 0.021 here)
+    kl = {name: r.metrics["quality_kl"] for name, r in results.items()}
+    assert kl["bf16"] < kl["int8wo"] < kl["float8wo"], kl
+    # weights at a byte each (and a scale per row): less than bf16's two
+    assert results["int8wo"].effective["weights_bytes"] < results["bf16"].effective["weights_bytes"]

@@ -347,6 +347,9 @@ class _Variants:
             ):
                 if kernel is not None and attn != "sdpa" or double and not str(quant).startswith("bnb-4bit"):
                     continue
+                point = {"dtype": dtype, "attn": attn, "quant": quant, "static_cache": static, "placement": placement}
+                if any(v != a.default and not a.applies(point) for a, v in zip(extra, more)):
+                    continue
                 try:
                     candidate = Candidate(
                         dtype=dtype,

@@ -28,6 +28,7 @@ from autotune.advisor.explain import (
 )
 from autotune.advisor.render import LoaderSpec
 from autotune.advisor.scoring import behind_pct, best_of, memory_limits, score_trial
+from autotune.bandwidth import Roofline, roofline
 from autotune.environment import Environment
 from autotune.files import has_tokenizer as files_have_tokenizer
 from autotune.flash import FLASH_ATTENTIONS
@@ -102,6 +103,10 @@ class Recommendation:
     def ok(self) -> bool:
         return self.best is not None
 
+    def roofline(self) -> Roofline | None:
+        """The winner's decode step against the memory-bandwidth floor of its weights on its GPU."""
+        return roofline(self.best, self.environment) if self.best is not None else None
+
     def where(self) -> str:
         """Which machine the trials ran on, in words."""
         if self.environment is None:
@@ -152,6 +157,7 @@ class Recommendation:
             else {"margin": self.margin.margin, "noise": self.margin.noise, "clear": self.margin.clear, "text": self.margin.describe()},
             "busy": list(self.busy),
             "confirmed": list(self.confirmed),
+            "roofline": None if (line := self.roofline()) is None else line.to_dict(),
         }
 
 

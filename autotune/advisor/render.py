@@ -7,6 +7,10 @@ of the environment that measured the winner:
 - ``dtype=`` on Transformers 5, ``torch_dtype=`` on 4.x;
 - ``quantization_config=BitsAndBytesConfig(load_in_4bit=True, ...)`` or ``(load_in_8bit=True)``,
   never the removed ``load_in_4bit=`` / ``load_in_8bit=`` / ``use_flash_attention_2=`` arguments;
+- ``quantization_config=TorchAoConfig(quant_type=Int8WeightOnlyConfig())`` and the other torchao
+  config objects (``Int4WeightOnlyConfig(group_size=..., int4_packing_format="tile_packed_to_4d")``,
+  ``Float8WeightOnlyConfig()``, ``Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())``;
+  torchao's string names are gone), or ``FineGrainedFP8Config()``;
 - ``attn_implementation=`` (Transformers 4.36 and later);
 - ``torch.nn.attention.sdpa_kernel([SDPBackend...])`` around generate for a pinned SDPA kernel
   (``torch.backends.cuda.sdp_kernel`` before torch 2.3);
@@ -141,8 +145,12 @@ def requirements(spec: LoaderSpec) -> list[str]:
     needed = ["torch", "transformers"]
     if spec.gguf_file:
         needed.append("gguf")
-    if spec.candidate.quant != "none":
+    if spec.candidate.is_bnb:
         needed.append("bitsandbytes")
+    elif spec.candidate.is_torchao:
+        needed.append("torchao")
+    elif spec.candidate.quant == axes.FP8_FINE:
+        needed.append("kernels")
     needed.append("accelerate")  # the loader passes device_map, which needs accelerate (also device_map="cpu", on 4.x and 5.x)
     if spec.candidate.attn in FLASH_ATTENTIONS:
         needed.append(FLASH_ATTENTIONS[spec.candidate.attn].package)
@@ -159,6 +167,36 @@ def flash_install(spec: LoaderSpec) -> str | None:
     if fa.attn == "flash_attention_4":
         return f"pip install {pinned} (with a CUDA 13 driver: pip install '{pinned.replace(fa.package, fa.package + '[cu13]', 1)}')"
     return fa.install.replace(fa.package, pinned, 1) if fa.install.startswith("pip install") else fa.install
+
+
+#: torchao's config class for each torchao quantization, with its arguments as written in a loader.
+_TORCHAO_CONFIGS = {
+    "torchao-int8wo": ("Int8WeightOnlyConfig", ""),
+    "torchao-int4wo": ("Int4WeightOnlyConfig", "group_size={group_size}, int4_packing_format='tile_packed_to_4d'"),
+    "torchao-float8wo": ("Float8WeightOnlyConfig", ""),
+    "torchao-float8dq": ("Float8DynamicActivationFloat8WeightConfig", "granularity=PerRow()"),
+}
+
+
+def quantization_code(c: Candidate) -> tuple[list[str], list[str], list[str]]:
+    """``(transformers names, other import lines, body lines)`` that build ``quantization_config``."""
+    if c.is_torchao:
+        cls, args = _TORCHAO_CONFIGS[c.quant]
+        imported = [cls] + (["PerRow"] if "PerRow" in args else [])
+        body = [f"    quantization_config = TorchAoConfig(quant_type={cls}({args.format(group_size=int(c.value('group_size')))}))"]
+        return ["TorchAoConfig"], [f"from torchao.quantization import {', '.join(sorted(imported))}"], body
+    if c.quant == axes.FP8_FINE:
+        return ["FineGrainedFP8Config"], [], ["    quantization_config = FineGrainedFP8Config()"]
+    body = ["    quantization_config = BitsAndBytesConfig("]
+    if c.quant == "bnb-8bit":
+        body.append("        load_in_8bit=True,")
+    else:
+        body.append("        load_in_4bit=True,")
+        body.append(f"        bnb_4bit_quant_type={c.quant.rsplit('-', 1)[1]!r},")
+        body.append(f"        bnb_4bit_use_double_quant={bool(c.double_quant)!r},")
+        body.append(f"        bnb_4bit_compute_dtype={_TORCH_DTYPES[c.effective_compute_dtype]},")
+    body.append("    )")
+    return ["BitsAndBytesConfig"], [], body
 
 
 def render_loader(spec: LoaderSpec) -> str:
@@ -183,7 +221,9 @@ def render_loader(spec: LoaderSpec) -> str:
 
     flash = FLASH_ATTENTIONS.get(c.attn)
     imports = (["import importlib.metadata", ""] if flash else []) + ["import torch"]
-    names = [auto] + (["AutoTokenizer"] if tokenizer else []) + (["BitsAndBytesConfig"] if quantized else [])
+    quant_names, quant_imports, quant_body = quantization_code(c) if quantized else ([], [], [])
+    names = [auto] + (["AutoTokenizer"] if tokenizer else []) + quant_names
+    imports += quant_imports
     imports.append(f"from transformers import {', '.join(sorted(names))}")
     legacy_kernel = c.sdpa_kernel is not None and torch_version < (2, 3)
     if c.sdpa_kernel is not None and not legacy_kernel:
@@ -208,16 +248,7 @@ def render_loader(spec: LoaderSpec) -> str:
         lines.append("    except importlib.metadata.PackageNotFoundError:")
         lines.append(f"        raise ImportError({what!r}")
         lines.append(f"                          {flash_install(spec)!r}) from None")
-    if quantized:
-        lines.append("    quantization_config = BitsAndBytesConfig(")
-        if c.quant == "bnb-8bit":
-            lines.append("        load_in_8bit=True,")
-        else:
-            lines.append("        load_in_4bit=True,")
-            lines.append(f"        bnb_4bit_quant_type={c.quant.rsplit('-', 1)[1]!r},")
-            lines.append(f"        bnb_4bit_use_double_quant={bool(c.double_quant)!r},")
-            lines.append(f"        bnb_4bit_compute_dtype={_TORCH_DTYPES[c.effective_compute_dtype]},")
-        lines.append("    )")
+    lines += quant_body
     lines.append(f"    model = {auto}.from_pretrained(")
     lines.append("        MODEL_ID,")
     if spec.gguf_file:

@@ -330,6 +330,8 @@ def _print_recommendation(rec: Any, code: str | None, *, show_code: bool) -> Non
     limit = rec.limits.describe() if rec.limits is not None else format_gib(rec.limit_bytes) if rec.limit_bytes else "none"
     print(f"{model.name}: {best.candidate.label()} at batch {best.batch_size}")
     print(f"  measured: {describe_metrics(best.metrics, task)}")
+    if (line := rec.roofline()) is not None:
+        print(f"  {line.describe()}")
     print(
         f"  objective {rec.workload.objective} ({rec.metric}); memory limit {limit}; "
         f"quality floor {format_floor(task, rec.workload.min_quality)}; {rec.trials_considered} trials in study {rec.study.id}"

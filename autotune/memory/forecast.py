@@ -248,7 +248,7 @@ def forecast_shape(
     if c.runtime != "pytorch":
         raise InputError(f"no memory forecast for runtime {c.runtime}: only PyTorch loads are forecast")
     version = version_tuple(transformers_version) if transformers_version else installed_transformers()
-    notes = list(shape.notes) if c.quant != "none" else [n for n in shape.notes if "bitsandbytes" not in n]
+    notes = list(shape.notes) if c.is_bnb else [n for n in shape.notes if "bitsandbytes" not in n]
     running = _running(shape, c, workload, batch_size, task, version, notes)
     if c.on_gpu and c.static_cache and task == "text-generation":
         # each earlier batch size's static cache (a new one per size) and CUDA graph pool stay
@@ -264,7 +264,7 @@ def forecast_shape(
         device_parts = tuple(_device_parts(shape, c, running, split, d) for d in range(n_devices))
         parts = {key: sum(p[key] for p in device_parts) for key in PARTS}
     else:
-        weights, quant_state = shape.weight_bytes(c.dtype, c.quant, c.double_quant)
+        weights, quant_state = shape.weight_bytes(c.dtype, c.quant, c.double_quant, c.value("group_size"))
         parts = _parts(
             c, shape, weights, quant_state, running, kv_share=1.0, blocks=shape.blocks, runs_layers=True, head=True, contexts=n_devices
         )
@@ -532,14 +532,14 @@ def _device_parts(shape: ModelShape, c: Candidate, running: _Running, split: lis
     units = [shape.units[i] for i in split[device]]
     weights = quant_state = 0
     for unit in units:
-        w, q = weight_bytes(unit, c.dtype, c.quant, c.double_quant)
+        w, q = weight_bytes(unit, c.dtype, c.quant, c.double_quant, c.value("group_size"))
         weights += w
         quant_state += q
     blocks = sum(1 for u in units if u.block)
     if shape.blocks:
         share, runs_layers = blocks / shape.blocks, blocks > 0
     else:  # no repeated block to follow: the KV cache goes where the weights are
-        total = sum(weight_bytes(u, c.dtype, c.quant, c.double_quant)[0] for u in shape.units) or 1
+        total = sum(weight_bytes(u, c.dtype, c.quant, c.double_quant, c.value("group_size"))[0] for u in shape.units) or 1
         share, runs_layers = weights / total, bool(units)
     if any(u.head for u in shape.units):
         head = any(u.head for u in units)
@@ -569,9 +569,9 @@ def device_split(
     """
     version = version or installed_transformers()
     c = candidate
-    sizes = [0 if u.tied_to is not None else weight_bytes(u, c.dtype, c.quant, False)[0] for u in shape.units]
+    sizes = [0 if u.tied_to is not None else weight_bytes(u, c.dtype, c.quant, False, c.value("group_size"))[0] for u in shape.units]
     total = sum(sizes)
-    stored = 1.0 if c.quant == "bnb-8bit" else 0.5 if c.is_4bit else DTYPE_BYTES[c.dtype]
+    stored = 0.5 if c.is_4bit or c.quant == "torchao-int4wo" else 1.0 if c.quant != "none" else DTYPE_BYTES[c.dtype]
     largest_leaf = max(max((e for e, _ in shape.quantizable), default=0) * stored, shape.largest_plain_leaf * DTYPE_BYTES[c.dtype])
     leaf = largest_leaf if version >= (5, 18) else total / max(shape.leaf_modules, 1)
     block = max((size for size, u in zip(sizes, shape.units) if u.block), default=0)

@@ -36,6 +36,8 @@ from autotune.memory.bnb import converts_class, should_convert
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
+#: Transformers' fine-grained FP8 weight block (``weight_block_size=(128, 128)``, its default).
+FP8_BLOCK = 128
 #: bitsandbytes 4-bit block size, and the block size of the double-quantized absmax.
 BNB_BLOCK = 64
 BNB_NESTED_BLOCK = 256
@@ -128,9 +130,9 @@ class ModelShape:
         """KV cache bytes per cached token of one sequence (all layers, no window cap)."""
         return sum(layer.elements_per_token for layer in self.kv_layers if not layer.cross) * DTYPE_BYTES[dtype]
 
-    def weight_bytes(self, dtype: str, quant: str = "none", double_quant: bool = False) -> tuple[int, int]:
+    def weight_bytes(self, dtype: str, quant: str = "none", double_quant: bool = False, group_size: int = 128) -> tuple[int, int]:
         """``(weights, quantization state)`` in bytes for a load in ``dtype`` with ``quant``."""
-        return weight_bytes(self, dtype, quant, double_quant)
+        return weight_bytes(self, dtype, quant, double_quant, group_size)
 
     @property
     def blocks(self) -> int:
@@ -138,8 +140,19 @@ class ModelShape:
         return sum(1 for unit in self.units if unit.block)
 
 
-def weight_bytes(counts: ModelShape | Unit, dtype: str, quant: str, double_quant: bool) -> tuple[int, int]:
-    """``(weights, quantization state)`` of a model or of one of its units (same fields)."""
+def weight_bytes(counts: ModelShape | Unit, dtype: str, quant: str, double_quant: bool, group_size: int = 128) -> tuple[int, int]:
+    """``(weights, quantization state)`` of a model or of one of its units (same fields).
+
+    torchao and fine-grained FP8 are counted on the layers bitsandbytes would convert (plain
+    ``nn.Linear``, not the output head or tied weights): what Transformers' ``TorchAoConfig``
+    converts by default on Llama-style models (the embeddings and ``lm_head`` stay, as read back
+    from SmolLM2 and tiny Llamas on transformers 5.24 and torchao 0.18). The layouts, read from
+    torchao 0.18's tensors: int8 and float8 weight-only and float8 per-row keep a byte per weight
+    and an fp32 scale per output row (``Int8Tensor``/``Float8Tensor``: ``qdata``, ``scale``);
+    int4 weight-only (``Int4TilePackedTo4dTensor``) half a byte per weight and a bf16 scale and
+    zero point per ``group_size`` weights; Transformers' fine-grained FP8 a byte per weight and an
+    fp32 scale per 128 x 128 block.
+    """
     size = DTYPE_BYTES[dtype]
     base = counts.other_elements * size + counts.buffer_bytes
     if dtype == "float16":
@@ -156,6 +169,14 @@ def weight_bytes(counts: ModelShape | Unit, dtype: str, quant: str, double_quant
     if quant.startswith("bnb-4bit"):
         weights = base + sum((e + 1) // 2 for e, _ in counts.quantizable)
         return weights, sum(_quant_state_4bit(e, double_quant) for e, _ in counts.quantizable)
+    if quant in ("torchao-int8wo", "torchao-float8wo", "torchao-float8dq"):
+        return base + quantizable, sum(rows * 4 for _, rows in counts.quantizable)
+    if quant == "torchao-int4wo":
+        weights = base + sum((e + 1) // 2 for e, _ in counts.quantizable)
+        return weights, sum(math.ceil(e / group_size) * 2 * 2 for e, _ in counts.quantizable)
+    if quant == "fp8-fine":
+        blocks = sum(math.ceil(rows / FP8_BLOCK) * math.ceil(e / max(rows, 1) / FP8_BLOCK) for e, rows in counts.quantizable)
+        return base + quantizable, blocks * 4
     raise InputError(f"cannot forecast quantization {quant!r}")
 
 

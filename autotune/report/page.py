@@ -188,6 +188,8 @@ def _recommendation(m: ModelReport) -> str:
         left.append('<span class="badge win">recommended</span>')
         left.append(f'<div class="rec-title"><strong>{escape(best.candidate.label())}</strong> at batch {best.batch_size}</div>')
         left.append(f"<p>{escape(describe_metrics(best.metrics))}</p>")
+        if (line := rec.roofline()) is not None:
+            left.append(f"<p>{escape(line.describe())}</p>")
         left.append(
             f'<p class="meta">objective {escape(rec.workload.objective)} ({escape(rec.metric)}); memory limit '
             f"{escape(limit)}; quality floor {rec.workload.min_quality:.0%} token agreement; "

@@ -249,6 +249,23 @@ class Knowledge:
                     "no bf16 tensor cores: several times fewer FLOP/s" if gpu else "CPUs differ: bf16 is faster with AMX only",
                 )
             return None
+        if axis == "quant" and str(value).startswith(("torchao-", "fp8-fine")):
+            quant = str(value).partition("[")[0]
+            if not gpu:
+                # measured here: a tiny Llama on 2 busy cores, 32 + 8 tokens (benchmarks/quantized_decode.py --tiny)
+                return Effect(axis, value, 0.7, 0.3, "rule", "torchao weight-only on the CPU: 0.6-0.8x bf16 (tiny Llama, 2 cores)")
+            # torchao's own Llama-3.1-8B benchmark on an H100 (compiled, batch 1) against bf16: int8 weight-only 1.57x,
+            # int4 1.90x, float8 weight-only 1.41x, float8 per-row 1.22x; inside Transformers' generate far less
+            # has been seen, and fine-grained FP8 synchronises after every linear layer: modest priors, wide sigmas
+            factors = {
+                "torchao-int8wo": (1.1, 0.4, "int8 weight-only: 1.57x bf16 in torchao's benchmark, less inside Transformers"),
+                "torchao-int4wo": (1.15, 0.45, "int4 weight-only: 1.90x bf16 in torchao's benchmark, less inside Transformers"),
+                "torchao-float8wo": (1.0, 0.4, "float8 weight-only: 1.41x bf16 in torchao's benchmark, less inside Transformers"),
+                "torchao-float8dq": (0.9, 0.4, "float8 per-row: 1.22x bf16 in torchao's benchmark, less inside Transformers"),
+                "fp8-fine": (0.6, 0.4, "fine-grained FP8 synchronises after every linear layer"),
+            }
+            factor, sigma, reason = factors[quant]
+            return Effect(axis, value, factor, sigma, "rule", reason)
         if axis == "quant":
             if not gpu:
                 return Effect(axis, value, 0.2, 0.6, "rule", "bitsandbytes' CPU kernels: 5-15x slower to measure than unquantized")

@@ -254,11 +254,7 @@ def known_failure(candidate: Candidate, state: Progress) -> str | None:
     for result in state.results:
         if result.status != "unsupported":
             continue
-        if (
-            candidate.quant != "none"
-            and result.candidate.quant != "none"
-            and any(t.effective.get("quantized_layers") == 0 for t in result.trials)
-        ):
+        if candidate.is_bnb and result.candidate.is_bnb and any(t.effective.get("quantized_layers") == 0 for t in result.trials):
             return f"bitsandbytes converted no layer of this model ({result.candidate.label()})"
         if candidate.sdpa_kernel and candidate.sdpa_kernel == result.candidate.sdpa_kernel and "found no kernel" in (result.reason or ""):
             return f"SDPA kernel {candidate.sdpa_kernel}: PyTorch found no kernel for this model's call ({result.candidate.label()})"

@@ -182,6 +182,8 @@ def _allowed(axis: str, value: Any, allowed: tuple[Any, ...]) -> bool:
     and without IO binding (``onnxruntime:PROVIDER`` is that provider without, ``+io-binding`` with)."""
     if axis == "runtime":
         return value in allowed or ("onnxruntime" in allowed and str(value).startswith("onnxruntime:"))
+    if axis == "quant":
+        return axes.quant_allowed(value, allowed)
     return value in allowed
 
 
@@ -293,12 +295,29 @@ def _over(raw: tuple[int, ...], held: tuple[int, ...], limits: DeviceLimits, bat
     return f"forecast {format_gib(max(raw))} at batch {batch} is over the limit"
 
 
-def enumerate_candidates(placements: Iterable[str], attentions: Iterable[str], workload: Workload) -> list[Candidate]:
+def offered_quants(environment: Environment) -> tuple[str, ...]:
+    """The quantizations the space enumerates here: bitsandbytes' always (where its package is
+    missing, the rules say so); torchao's only where torchao is installed and Transformers'
+    fine-grained FP8 only where its kernels package is, as ONNX Runtime candidates join only for a
+    registered environment: ``autotune gpus`` says what is missing."""
+    out = [q for q in axes.QUANTS if q not in axes.TORCHAO_QUANTS and q != axes.FP8_FINE]
+    if environment.has("torchao"):
+        out += axes.TORCHAO_QUANTS
+    if environment.has("kernels") and environment.gpus:
+        out.append(axes.FP8_FINE)
+    return tuple(out)
+
+
+def enumerate_candidates(
+    placements: Iterable[str], attentions: Iterable[str], workload: Workload, quants: Iterable[str] | None = None
+) -> list[Candidate]:
     """Every combination of PyTorch options that means something (a compute dtype only with 4-bit,
     and so on): the product of the values of the axes every runtime or PyTorch owns, in
     :data:`autotune.axes.ENUMERATION_ORDER` (outermost first), where a value off its axis's
     default is skipped wherever the axis does not apply (:meth:`autotune.axes.Axis.applies`)."""
     given = {"placement": tuple(placements), "attn": tuple(attentions)}
+    if quants is not None:
+        given["quant"] = tuple(quants)
     order = [a for a in axes.in_order(axes.ENUMERATION_ORDER) if a.owner == PYTORCH or (a.owner is None and a.name != "runtime")]
     out: dict[str, Candidate] = {}
     for point in _points(order, given, workload, {}):
@@ -396,7 +415,7 @@ def build_space(
             or "runtime onnxruntime: no worker environment offers a provider for these placements"
         )
         rejected.append((None, reason, "rule", {"runtime": "onnxruntime"}))
-    for candidate in [*enumerate_candidates(placements, attentions, workload), *ort]:
+    for candidate in [*enumerate_candidates(placements, attentions, workload, offered_quants(environment)), *ort]:
         params = params_of(candidate)
         if any(not _allowed(axis, params[axis], allowed) for axis, allowed in restrict.items()):
             continue
@@ -502,6 +521,8 @@ def _group(entries: list[tuple[Candidate | None, str, str, dict[str, Any]]]) -> 
         first = candidates[0]
         names = pattern_fields(all(c.is_onnxruntime for c in candidates))
         shared = {name: first.value(name) for name in names if all(c.value(name) == first.value(name) for c in candidates)}
+        # an axis declared beyond the candidate's fields says nothing at its default (as in the key)
+        shared = {k: v for k, v in shared.items() if k in axes.BUILT_IN or v != axes.axis(k).default}
         label = candidates[0].label() if len(candidates) == 1 else f"{_pattern_label(shared)} ({len(candidates)} candidates)"
         out.append(Rejection(reason, kind, label, len(candidates), candidates[0], shared))
     return out
@@ -526,6 +547,8 @@ def _pattern_label(shared: dict[str, Any]) -> str:
         )
     if "quant" in shared:
         quant = {"none": "unquantized", **QUANT_SHORT}[shared["quant"]]
+        if shared["quant"] == "torchao-int4wo" and "group_size" in shared:
+            quant += f"-g{shared['group_size']}"
         if shared.get("double_quant") and shared["quant"].startswith("bnb-4bit"):
             quant += "+dq"
         parts.append(quant)

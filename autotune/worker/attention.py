@@ -33,7 +33,7 @@ import torch
 
 from autotune.candidate import Candidate
 from autotune.flash import FLASH_ATTENTIONS, flash_kernel_of
-from autotune.worker.loading import OptionNotInEffect, first_line, is_out_of_memory
+from autotune.worker.loading import OptionNotInEffect, first_line, is_out_of_memory, raised_in
 from autotune.worker.measure import input_device, synthetic_ids
 
 #: The kernel name PyTorch's fused attention is counted under.
@@ -218,6 +218,10 @@ def trace(model: Any, candidate: Candidate, seed: int = 0) -> dict[str, Any]:
     except Exception as exc:
         if is_out_of_memory(exc):
             raise OptionNotInEffect("oom", f"out of memory in a first forward pass of {PROBE_TOKENS} tokens: {first_line(exc)}") from None
+        if candidate.is_torchao and raised_in(exc, "torchao"):
+            # e.g. Falcon's FalconLinear multiplies by weight.T: torchao 0.18's Int8Tensor has no aten.permute
+            reason = f"{candidate.quant}: torchao's tensors refused an operation of this model in a first forward pass: {first_line(exc)}"
+            raise OptionNotInEffect("unsupported", reason) from None
         status = "unsupported" if candidate.attn in FLASH_ATTENTIONS else "error"
         reason = f"{candidate.attn}: a first forward pass of {PROBE_TOKENS} tokens failed: {first_line(exc)}"
         raise OptionNotInEffect(status, reason) from None

@@ -54,12 +54,59 @@ def bnb_config(candidate: Candidate) -> Any:
     )
 
 
+#: torchao's tensor subclass each ``quant`` leaves in the converted layers (torchao 0.18).
+TORCHAO_TENSORS = {
+    "torchao-int8wo": "Int8Tensor",
+    "torchao-int4wo": "Int4TilePackedTo4dTensor",
+    "torchao-float8wo": "Float8Tensor",
+    "torchao-float8dq": "Float8Tensor",
+}
+
+
+def torchao_quant_type(candidate: Candidate) -> Any:
+    """The torchao config object of a torchao candidate (``TorchAoConfig`` takes it as ``quant_type``;
+    the string names of older releases are gone). int4 weight-only uses the tile-packed layout of
+    tinygemm's CUDA kernel (the default plain layout needs the ``mslk`` package)."""
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Float8WeightOnlyConfig,
+        Int4WeightOnlyConfig,
+        Int8WeightOnlyConfig,
+        PerRow,
+    )
+
+    q = candidate.quant
+    if q == "torchao-int8wo":
+        return Int8WeightOnlyConfig()
+    if q == "torchao-int4wo":
+        return Int4WeightOnlyConfig(group_size=candidate.value("group_size"), int4_packing_format="tile_packed_to_4d")
+    if q == "torchao-float8wo":
+        return Float8WeightOnlyConfig()
+    if q == "torchao-float8dq":
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    raise ValueError(f"not a torchao quantization: {q}")
+
+
+def quantization_config(candidate: Candidate) -> Any:
+    """The ``quantization_config`` of a quantized candidate: ``BitsAndBytesConfig``,
+    ``TorchAoConfig(quant_type=<torchao config>)`` or ``FineGrainedFP8Config()``."""
+    if candidate.is_torchao:
+        from transformers import TorchAoConfig
+
+        return TorchAoConfig(quant_type=torchao_quant_type(candidate))
+    if candidate.quant == axes.FP8_FINE:
+        from transformers import FineGrainedFP8Config
+
+        return FineGrainedFP8Config()
+    return bnb_config(candidate)
+
+
 def from_pretrained_kwargs(request: WorkerRequest) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained`` on the installed Transformers."""
     c = request.candidate
     kwargs: dict[str, Any] = {dtype_keyword(): getattr(torch, c.dtype), "attn_implementation": c.attn}
     if c.quant != "none":
-        kwargs["quantization_config"] = bnb_config(c)
+        kwargs["quantization_config"] = quantization_config(c)
     if c.placement == "cpu":
         kwargs["device_map"] = "cpu"
     elif c.placement == "cuda":
@@ -78,7 +125,13 @@ def describe_kwargs(kwargs: dict[str, Any]) -> dict[str, str]:
     """The kwargs as short text, for the record."""
     out = {}
     for key, value in kwargs.items():
-        if key == "quantization_config":
+        if key == "quantization_config" and type(value).__name__ == "TorchAoConfig":
+            out[key] = f"TorchAoConfig(quant_type={value.quant_type!r})"
+        elif key == "quantization_config" and type(value).__name__ == "FineGrainedFP8Config":
+            out[key] = (
+                f"FineGrainedFP8Config(activation_scheme={value.activation_scheme!r}, weight_block_size={tuple(value.weight_block_size)})"
+            )
+        elif key == "quantization_config":
             raw = value.to_dict()
             keep = (
                 ("load_in_8bit",)
@@ -129,7 +182,7 @@ def load(request: WorkerRequest) -> Loaded:
             pass
     if request.candidate.quant != "none":
         try:
-            import bitsandbytes  # noqa: F401
+            importlib.import_module("torchao" if request.candidate.is_torchao else "bitsandbytes")
         except ImportError:
             pass
     if request.fault == "import":
@@ -151,6 +204,35 @@ def _is_bnb(module: Any) -> bool:
     return type(module).__module__.startswith("bitsandbytes") and type(module).__name__ in ("Linear4bit", "Linear8bitLt")
 
 
+def _torchao_tensor(weight: Any) -> str | None:
+    """The class name of a torchao tensor subclass (``Int8Tensor``, ...), ``None`` for a plain tensor."""
+    cls = type(weight)
+    if any(k.__module__.startswith("torchao") and k.__name__ == "TorchAOBaseTensor" for k in cls.__mro__):
+        return cls.__name__
+    return None
+
+
+def _is_quantized_layer(module: Any) -> bool:
+    if _is_bnb(module):
+        return True
+    if type(module).__name__ == "FP8Linear":  # Transformers' fine-grained FP8
+        return True
+    return _torchao_tensor(getattr(module, "weight", None)) is not None
+
+
+def stored_bytes(model: Any) -> int:
+    """What the weights and buffers hold in memory: a torchao tensor counts its inner tensors
+    (``qdata``, ``scale``, ...), since ``get_memory_footprint`` counts it at the load dtype."""
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        inner = getattr(tensor, "tensor_data_names", None) if _torchao_tensor(tensor) else None
+        if inner:
+            total += sum(getattr(tensor, n).numel() * getattr(tensor, n).element_size() for n in inner if getattr(tensor, n) is not None)
+        else:
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
 def _short(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -167,11 +249,11 @@ def read_effective(model: Any, candidate: Candidate, gguf_file: str | None = Non
         "sdpa_kernel": candidate.sdpa_kernel,
     }
     linear = [(n, m) for n, m in model.named_modules() if isinstance(m, linear_classes())]
-    quantized = [(n, m) for n, m in linear if _is_bnb(m)]
+    quantized = [(n, m) for n, m in linear if _is_quantized_layer(m)]
     # Only a bitsandbytes load is checked for layers left unconverted (a GGUF load has a quantizer of its own).
     quantizer = getattr(model, "hf_quantizer", None) if candidate.quant != "none" else None
     skip = list(getattr(quantizer, "modules_to_not_convert", None) or [])
-    plain = [(n, m) for n, m in linear if not _is_bnb(m)]
+    plain = [(n, m) for n, m in linear if not _is_quantized_layer(m)]
     # the name rule alone: a layer the quantizer meant to convert and left alone is a finding
     by_design = [n for n, _ in plain if quantizer is not None and not should_convert(n, skip)]
     missed = [(n, m) for n, m in plain if quantizer is not None and should_convert(n, skip)]
@@ -186,7 +268,9 @@ def read_effective(model: Any, candidate: Candidate, gguf_file: str | None = Non
             "is_quantized": bool(getattr(model, "is_quantized", False)),
         }
     )
-    if quantized:
+    if quantized and not candidate.is_bnb:
+        effective["quant_types"] = dict(Counter(_torchao_tensor(m.weight) or type(m).__name__ for _, m in quantized))
+    elif quantized:
         quant_types = Counter()
         nested = set()
         compute = set()
@@ -209,7 +293,7 @@ def read_effective(model: Any, candidate: Candidate, gguf_file: str | None = Non
         count = param.numel()
         dtypes[_short(param.dtype)] += count
         devices[str(param.device)] += count
-        if param.dtype.is_floating_point:
+        if param.dtype.is_floating_point and param.dtype.itemsize > 1:  # float8 weights are the quantization, not the dtype
             float_dtypes[_short(param.dtype)] += count
     effective["param_dtypes"] = dict(dtypes)
     effective["dtype"] = float_dtypes.most_common(1)[0][0] if float_dtypes else None
@@ -218,11 +302,15 @@ def read_effective(model: Any, candidate: Candidate, gguf_file: str | None = Non
     if device_map:
         effective["hf_device_map"] = dict(Counter(str(v) if not isinstance(v, int) else f"cuda:{v}" for v in device_map.values()))
     try:
-        effective["weights_bytes"] = int(model.get_memory_footprint())
-    except Exception:  # torchao-style subclasses and odd buffers: the figure is optional
+        effective["weights_bytes"] = stored_bytes(model) if candidate.is_torchao else int(model.get_memory_footprint())
+    except Exception:  # odd buffers: the figure is optional
         effective["weights_bytes"] = None
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-    if quantized:
+    if quantized and candidate.is_torchao:
+        import torchao
+
+        versions["torchao"] = torchao.__version__
+    elif quantized and candidate.is_bnb:
         import bitsandbytes
 
         versions["bitsandbytes"] = bitsandbytes.__version__
@@ -269,7 +357,15 @@ def check_effective(candidate: Candidate, effective: dict[str, Any], max_memory:
                 f"e.g. {effective['unquantized_examples'][0].split(' (')[0]}) although model.is_quantized is "
                 f"{effective['is_quantized']}; transformers {transformers.__version__} does not convert these layers",
             )
-        if c.is_4bit:
+        if c.is_torchao or c.quant == axes.FP8_FINE:
+            want = TORCHAO_TENSORS.get(c.quant, "FP8Linear")
+            types = set(effective.get("quant_types", {}))
+            if types != {want}:
+                raise OptionNotInEffect(
+                    "unsupported",
+                    f"{c.quant} did not take effect: the converted layers hold {', '.join(sorted(map(str, types)))}, not {want}",
+                )
+        elif c.is_4bit:
             want = _QUANT_TYPES[c.quant]
             types = set(effective.get("quant_types", {}))
             if types != {want}:
@@ -337,12 +433,14 @@ def classify_run_error(exc: BaseException, candidate: Candidate, batch: int) -> 
     if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
         what = "a static cache" if candidate.static_cache else candidate.attn
         return "unsupported", f"torch.compile failed on {what} with attention {candidate.attn} at batch size {batch}: {message}"
-    if candidate.attn in FLASH_ATTENTIONS and _raised_in(exc, FLASH_ATTENTIONS[candidate.attn].module):
+    if candidate.is_torchao and raised_in(exc, "torchao"):
+        return "unsupported", f"{candidate.quant}: torchao's tensors refused an operation of this model at batch size {batch}: {message}"
+    if candidate.attn in FLASH_ATTENTIONS and raised_in(exc, FLASH_ATTENTIONS[candidate.attn].module):
         return "unsupported", f"{candidate.attn}: its kernel refused batch size {batch}: {message}"
     return "error", f"measuring batch size {batch} failed: {message}"
 
 
-def _raised_in(exc: BaseException, package: str) -> bool:
+def raised_in(exc: BaseException, package: str) -> bool:
     """Whether ``exc`` was raised from code of the Python package ``package``."""
     tb = exc.__traceback__
     last = None
