@@ -48,7 +48,8 @@ def test_runtimes_are_declared_once() -> None:
 def test_one_canonical_form_for_the_space_and_the_what_ifs() -> None:
     # 8-bit drops the 4-bit options; a compute dtype equal to the dtype is the default; no kernel without SDPA
     assert axes.canonical({"quant": "bnb-8bit", "double_quant": True, "compute_dtype": "float16", "dtype": "float16"}) == {
-        **Candidate(quant="bnb-8bit", dtype="float16").to_dict()
+        **{a.name: a.default for a in axes.extra_axes()},
+        **Candidate(quant="bnb-8bit", dtype="float16").to_dict(),
     }
     assert axes.canonical({"quant": "bnb-4bit-nf4", "dtype": "float16", "compute_dtype": "float16"})["compute_dtype"] is None
     assert axes.canonical({"attn": "eager", "sdpa_kernel": "flash"})["sdpa_kernel"] is None
