@@ -421,4 +421,15 @@ def loader_spec(rec: Recommendation, *, written_at: datetime | None = None) -> L
         written_at=written_at,
         gguf_file=model.gguf_file,
         gguf_packed_layers=best.effective.get("gguf_packed_layers"),
+        assistant=_assistant_ref(rec.workload.extra.get("assistant")) if best.candidate.value("generation") == "assistant" else None,
+        tokens_per_forward=best.effective.get("tokens_per_forward"),
+        timing_text=(best.details.get("generation") or {}).get("text") if isinstance(best.details.get("generation"), dict) else None,
     )
+
+
+def _assistant_ref(entry: Any) -> str | None:
+    """What the loader gives ``from_pretrained`` for the draft model: its Hub id, or its directory."""
+    if not isinstance(entry, dict):
+        return None
+    name, path = entry.get("name"), entry.get("path")
+    return str(name) if name and not str(name).startswith("/") else str(path or name)
