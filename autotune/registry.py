@@ -399,11 +399,16 @@ def check_assistant(model: ResolvedModel, task: str, draft_name: str) -> dict[st
             f"{where}: a tokenizer does not load ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
         ) from None
     if mine != other:
-        differing = sorted(set(mine.items()) ^ set(other.items()), key=lambda item: item[1])
-        token, index = differing[0]
+        differs = next((t for t, i in sorted(mine.items(), key=lambda item: item[1]) if other.get(t) != i), None)
+        if differs is not None:
+            token = f"{differs!r} is id {mine[differs]} in the model's and " + (
+                f"id {other[differs]} in the draft's" if differs in other else "not in the draft's"
+            )
+        else:  # the draft's tokenizer holds the model's and more
+            extra = min((t for t in other if t not in mine), key=lambda t: other[t])
+            token = f"{extra!r} is id {other[extra]} in the draft's and not in the model's"
         raise InputError(
-            f"{where}: its tokenizer differs from {model.name}'s ({len(other)} tokens and {len(mine)}; token {token!r} "
-            f"is id {other.get(token)} in the draft and {mine.get(token)} in the model); a draft must share the model's "
-            f"tokenizer (choose a smaller model of the same family)"
+            f"{where}: its tokenizer differs from {model.name}'s (the draft's has {len(other)} tokens, the model's {len(mine)}; "
+            f"token {token}); a draft must share the model's tokenizer (choose a smaller model of the same family)"
         )
     return {"name": draft.name, "path": str(draft.path)}

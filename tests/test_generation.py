@@ -150,12 +150,18 @@ def tokenized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     same = build_tiny("llama", root / "same", seed=1, num_hidden_layers=1)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(model / name, same / name)
+    more = build_tiny("llama", root / "more", seed=4, num_hidden_layers=1)
+    import transformers
+
+    grown = transformers.AutoTokenizer.from_pretrained(model)
+    grown.add_tokens(["<|extra|>"])
+    grown.save_pretrained(more)
     other = add_tokenizer(build_tiny("llama", root / "other", seed=2, num_hidden_layers=1), [t[::-1] for t in GROUNDED] + ["xyz " * 50])
     wider = add_tokenizer(build_tiny("llama", root / "wider", seed=3, num_hidden_layers=1, vocab_size=600), GROUNDED, vocab_size=600)
     gpt2 = add_tokenizer(build_tiny("gpt2", root / "gpt2"), ["a different corpus entirely, " * 20, *(t.upper() for t in GROUNDED)])
     bert = add_tokenizer(build_tiny("bert", root / "bert"), GROUNDED)
     bare = build_tiny("llama", root / "bare")
-    return {"model": model, "same": same, "other": other, "wider": wider, "gpt2": gpt2, "bert": bert, "bare": bare}
+    return {"model": model, "same": same, "more": more, "other": other, "wider": wider, "gpt2": gpt2, "bert": bert, "bare": bare}
 
 
 def test_add_checks_the_draft_and_refuses_bad_input_in_one_line(cli, tokenized: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
@@ -166,6 +172,7 @@ def test_add_checks_the_draft_and_refuses_bad_input_in_one_line(cli, tokenized: 
     refusals = {
         "gpt2": "its tokenizer differs from",
         "other": "its tokenizer differs from",
+        "more": "token '<|extra|>' is id",
         "wider": "its vocabulary has 600 entries and",
         "bert": "is not a causal language model",
         "bare": "has no tokenizer among its files",
@@ -363,6 +370,7 @@ def test_smollm2_prompt_lookup_on_grounded_text_against_plain(cli, smollm2: Path
     # the recommendation compares them on the same text and renders the winner's generate arguments
     rec = json.loads(cli("recommend", smollm2, "--json").out)
     winner = rec["recommendation"]["candidate"].get("generation", "plain")
+    assert any(n.startswith("timed on text at batch 1 (the first 8 of the 8 prompts of your own") for n in rec["notes"]), rec["notes"]
     code = cli("recommend", smollm2, "--write", tmp_path / "loader.py")
     assert code.code == 0, code.err
     source = (tmp_path / "loader.py").read_text()
@@ -372,3 +380,26 @@ def test_smollm2_prompt_lookup_on_grounded_text_against_plain(cli, smollm2: Path
         assert "ASSISTANT_ID" in source
     else:
         assert "prompt_lookup_num_tokens" not in source
+
+
+def test_the_benchmark_runs_in_one_command(tokenized: dict[str, Path], tmp_path: Path) -> None:
+    """benchmarks/generation_strategy.py with a tiny model and its draft, as a GPU session would run it
+    (there: --device cuda --model DIR --draft DIR --out DIR)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(repo / "benchmarks" / "generation_strategy.py"), "--model", str(tokenized["model"])]
+    command += ["--draft", str(tokenized["same"]), "--new-tokens", "4", "--repeats", "2", "--out", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    document = json.loads((tmp_path / "generation_strategy.json").read_text())
+    for text in ("input-grounded", "open-ended"):
+        rows = {r["strategy"]: r for r in document["texts"][text]}
+        assert list(rows) == ["plain", "prompt-lookup:3", "prompt-lookup:5", "prompt-lookup:10", "assistant", "static cache"]
+        assert all(r["identical_to_plain"] and r["tokens_per_s"] > 0 and len(r["passes_s"]) == 2 for r in rows.values())
+        assert rows["plain"]["tokens_per_forward"] == 1.0 and rows["plain"]["vs_plain"] == 1.0
+        assert rows["static cache"]["note"] == "uncompiled: Transformers compiles it on CUDA only"
+    assert (tmp_path / "generation_strategy.md").read_text().startswith("| text | strategy | tok/s |")

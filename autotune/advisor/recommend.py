@@ -22,6 +22,7 @@ from autotune.advisor.explain import (
     describe_metrics,
     explain,
     flat_reference_note,
+    generation_notes,
     nothing_measured,
     quality_notes,
     search_notes,
@@ -286,7 +287,7 @@ def recommend(
         sure = replace(sure, rounds=interleaved_rounds(trials, best, ups[0].trial, workload))
     timed = workload.objective != "memory"  # a busy machine moves timings, not peaks
     busy = [note for note in (busy_note(t) for t in [best, *(u.trial for u in ups[:1])]) if note] if timed else []
-    notes += quality_notes(best, workload)
+    notes += quality_notes(best, workload) + generation_notes(best)
     return replace(
         rec,
         best=best,
