@@ -161,7 +161,7 @@ class Axis:
       there and ``unparam(value)`` the fields it stands for; ``parse(text)`` reads a ``--space``
       restriction's value; ``order(values)`` puts a set of values in the sampler's order.
     - ``loader(point)``: keyword arguments of ``from_pretrained`` (plain data), for an axis the
-      worker has no code of its own for.
+      worker has no code of its own for; ``generate(point)`` those of ``generate``.
     """
 
     name: str
@@ -183,6 +183,7 @@ class Axis:
     order: Callable[[set[Any]], tuple[Any, ...]] | None = None
     offered: Callable[[Any], tuple[Any, ...]] | None = None
     loader: Callable[[Point], dict[str, Any]] = _nothing
+    generate: Callable[[Point], dict[str, Any]] = _nothing
 
     def applies(self, point: Point) -> bool:
         """Whether the axis means something for ``point`` (its runtime, and :attr:`why_not`)."""
@@ -559,6 +560,101 @@ GROUP_SIZE = Axis(
     parse=lambda value: int(value),
 )
 
+# -- how tokens are generated (PyTorch's generate) --------------------------------------------------
+
+#: How ``generate`` makes its tokens: one per forward pass (``plain``), or drafted several at a
+#: time and verified in one pass: ``prompt-lookup:N`` drafts N tokens from n-grams of the prompt
+#: (``prompt_lookup_num_tokens=N``, no second model), ``assistant`` drafts with a small model of
+#: the same tokenizer (``assistant_model=``, registered with ``autotune add MODEL --assistant DRAFT``).
+#: With greedy decoding both give exactly the tokens plain generation gives; the worker checks it.
+PLAIN = "plain"
+ASSISTANT = "assistant"
+PROMPT_LOOKUP = "prompt-lookup"
+PROMPT_LOOKUP_TOKENS = (3, 5, 10)
+GENERATIONS = (PLAIN, *(f"{PROMPT_LOOKUP}:{n}" for n in PROMPT_LOOKUP_TOKENS), ASSISTANT)
+
+
+def lookup_tokens(value: Any) -> int | None:
+    """The tokens ``prompt-lookup:N`` drafts per step (``None`` for another strategy)."""
+    name, _, tokens = str(value).partition(":")
+    return int(tokens) if name == PROMPT_LOOKUP and tokens.isdigit() else None
+
+
+def drafts(point: Point) -> bool:
+    """Whether ``point`` generates with a drafting strategy (prompt lookup or an assistant)."""
+    return point.get("generation", PLAIN) != PLAIN
+
+
+def _generation_why_not(point: Point) -> str | None:
+    if drafts(point) and point.get("static_cache"):
+        return (
+            f"generation {point['generation']}: drafting is measured with the dynamic cache; it competes with the compiled "
+            f"static cache, which is measured as a candidate of its own, rather than stacking on it"
+        )
+    return None
+
+
+def generations_offered(workload: Any) -> tuple[str, ...]:
+    """The strategies a workload asks to compare: plain always; prompt lookup with ``add
+    --prompt-lookup``, an assistant with ``add --assistant``; only for text generation."""
+    extra = getattr(workload, "extra", None) or {}
+    if not getattr(workload, "generates", False):
+        return (PLAIN,)
+    offered = [PLAIN]
+    if extra.get("prompt_lookup"):
+        offered += [g for g in GENERATIONS if lookup_tokens(g) is not None]
+    if extra.get("assistant"):
+        offered.append(ASSISTANT)
+    return tuple(offered)
+
+
+def _parse_generation(value: str) -> str:
+    value = {"lookup": f"{PROMPT_LOOKUP}:5", PROMPT_LOOKUP: f"{PROMPT_LOOKUP}:5"}.get(value, value)
+    if value not in GENERATIONS:
+        raise InputError(f"generation {value}: choose among {', '.join(GENERATIONS)}")
+    return value
+
+
+def _generation_label(point: Point) -> str | None:
+    value = point.get("generation", PLAIN)
+    if value == PLAIN:
+        return None
+    tokens = lookup_tokens(value)
+    return f"lookup{tokens}" if tokens is not None else "assisted"
+
+
+def _generation_option(point: Point) -> str:
+    value = point.get("generation", PLAIN)
+    tokens = lookup_tokens(value)
+    if tokens is not None:
+        return f"prompt-lookup decoding ({tokens} tokens drafted)"
+    return "assisted generation (a draft model)" if value == ASSISTANT else "plain generation (one token per forward pass)"
+
+
+GENERATION = Axis(
+    "generation",
+    PLAIN,
+    GENERATIONS,
+    owner=PYTORCH,
+    what="generation",
+    why_not=_generation_why_not,
+    label=_generation_label,
+    option=_generation_option,
+    flag=Flag(
+        "--generation",
+        {
+            "choices": GENERATIONS,
+            "default": PLAIN,
+            "help": "how generate makes its tokens: plain (default), prompt-lookup:N (N tokens drafted from the prompt), or "
+            "assistant (the draft model registered with add --assistant); batch 1, greedy, timed on the workload's text",
+        },
+    ),
+    measure_flag=lambda p: f"--generation {p['generation']}" if drafts(p) else None,
+    parse=_parse_generation,
+    offered=generations_offered,
+    generate=lambda p: {"prompt_lookup_num_tokens": lookup_tokens(p["generation"])} if lookup_tokens(p.get("generation")) else {},
+)
+
 #: Every axis, the built-in ones in :class:`~autotune.candidate.Candidate`'s field order (which is
 #: the sampler's order of its axes and the order of ``autotune measure``'s options).
 AXES: tuple[Axis, ...] = (
@@ -574,6 +670,7 @@ AXES: tuple[Axis, ...] = (
     PROVIDER,
     IO_BINDING,
     GROUP_SIZE,
+    GENERATION,
 )
 #: The built-in axes: the candidate's dataclass fields (the axes after them live in
 #: :attr:`Candidate.extra`).
@@ -617,6 +714,15 @@ def names() -> tuple[str, ...]:
 def owned_by(runtime: str) -> tuple[Axis, ...]:
     """The options ``runtime`` owns (its backend's configuration), in the table's order."""
     return tuple(a for a in AXES if a.owner == runtime)
+
+
+def generate_kwargs(point: Point) -> dict[str, Any]:
+    """The ``generate`` keyword arguments (plain data) the axes that apply to ``point`` ask for."""
+    out: dict[str, Any] = {}
+    for a in AXES:
+        if a.applies(point):
+            out.update(a.generate(point))
+    return out
 
 
 def extra_axes() -> tuple[Axis, ...]:

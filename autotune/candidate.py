@@ -58,6 +58,7 @@ __all__ = [
     "Candidate",
     "choose_worker_env",
     "flash_rejection",
+    "generation_rejection",
     "normalize_dtype",
     "onnxruntime_rejection",
     "rejection",
@@ -258,7 +259,26 @@ def rejection(
 
     if workload is not None and c.static_cache and not workload.generates:
         return f"static cache: applies only to text generation, not {workload.task}"
-    return _extra_rejection(c) or _workload_rejection(c, workload)
+    return _extra_rejection(c) or generation_rejection(c, workload) or _workload_rejection(c, workload)
+
+
+def generation_rejection(candidate: Candidate, workload: Workload | None) -> str | None:
+    """Why ``candidate``'s generation strategy (:data:`autotune.axes.GENERATION`) cannot be measured
+    for ``workload``; ``None`` if it can (plain generation always can).
+
+    Drafting runs at batch size 1 only (Transformers' assisted generate refuses larger batches: the
+    space measures such a candidate at batch 1) and with greedy decoding only (autotune measures
+    greedy decoding, where the drafted tokens are exactly the plain ones); it competes with the
+    static cache rather than stacking on it (:func:`autotune.axes.canonical` holds it at plain there).
+    """
+    generation = candidate.value("generation")
+    if generation == axes.PLAIN or workload is None:
+        return None
+    if not workload.generates:
+        return f"generation {generation}: drafting applies only to text generation, not {workload.task}"
+    if generation == axes.ASSISTANT and not workload.extra.get("assistant"):
+        return "generation assistant: no draft model is registered for this model (autotune add MODEL --assistant DRAFT)"
+    return None
 
 
 def flash_rejection(candidate: Candidate, environment: Environment) -> str | None:

@@ -340,3 +340,75 @@ def _installed_attention_names() -> list[str]:
         return ["sdpa", "flash_attention_2"]
     keys = ALL_ATTENTION_FUNCTIONS.valid_keys() if hasattr(ALL_ATTENTION_FUNCTIONS, "valid_keys") else list(ALL_ATTENTION_FUNCTIONS)
     return sorted((k for k in keys if "|" not in k and k in _ATTENTION_FLAGS), key=list(_ATTENTION_FLAGS).index)
+
+
+# -- a draft model for assisted generation ----------------------------------------------------------
+
+
+def _vocab_size(config: dict[str, Any]) -> int | None:
+    for source in (config, config.get("text_config") or {}):
+        value = source.get("vocab_size") if isinstance(source, dict) else None
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _load_tokenizer(resolved: ResolvedModel) -> Any:
+    import transformers
+
+    kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+    return transformers.AutoTokenizer.from_pretrained(resolved.path, **kwargs)
+
+
+def check_assistant(model: ResolvedModel, task: str, draft_name: str) -> dict[str, str]:
+    """The draft model ``draft_name`` for assisted generation of ``model``, as the workload keeps it
+    (``{"name", "path"}``), once it is known to share the model's tokenizer and vocabulary.
+
+    Transformers' assisted generate takes a draft of the same tokenizer as is; with another one it
+    asks for both tokenizers and re-tokenizes every draft (universal assisted decoding), which is
+    not what is measured here. Raises :class:`InputError` with one line that says what differs.
+    """
+    from autotune.files import has_tokenizer
+
+    where = f"--assistant {draft_name}"
+    if task != "text-generation":
+        raise InputError(f"{where}: a draft model drafts tokens for text generation, and {model.name} is registered for {task}")
+    try:
+        draft = resolve(draft_name)
+    except (InputError, ModelNotFoundError) as exc:
+        raise InputError(f"{where}: {exc}") from None
+    if draft.gguf_file:
+        raise InputError(f"{where}: a GGUF file; give the draft as a directory with config.json (load it and save_pretrained it)")
+    if infer_task(draft.config) != "text-generation":
+        raise InputError(
+            f"{where}: {draft.config.get('model_type')} ({', '.join(draft.config.get('architectures') or [])}) is not a causal language model"
+        )
+    for name, resolved in ((model.name, model), (draft.name, draft)):
+        if not has_tokenizer(resolved.path, resolved.gguf_file):
+            raise InputError(f"{where}: {name} has no tokenizer among its files, so autotune cannot check that the two share one")
+    ours, theirs = _vocab_size(model.config), _vocab_size(draft.config)
+    if ours != theirs:
+        raise InputError(
+            f"{where}: its vocabulary has {theirs} entries and {model.name}'s {ours}; a draft must share the model's "
+            f"tokenizer and vocabulary (choose a smaller model of the same family)"
+        )
+    try:
+        mine, other = _load_tokenizer(model).get_vocab(), _load_tokenizer(draft).get_vocab()
+    except Exception as exc:  # a tokenizer that does not load cannot be compared
+        raise InputError(
+            f"{where}: a tokenizer does not load ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        ) from None
+    if mine != other:
+        differs = next((t for t, i in sorted(mine.items(), key=lambda item: item[1]) if other.get(t) != i), None)
+        if differs is not None:
+            token = f"{differs!r} is id {mine[differs]} in the model's and " + (
+                f"id {other[differs]} in the draft's" if differs in other else "not in the draft's"
+            )
+        else:  # the draft's tokenizer holds the model's and more
+            extra = min((t for t in other if t not in mine), key=lambda t: other[t])
+            token = f"{extra!r} is id {other[extra]} in the draft's and not in the model's"
+        raise InputError(
+            f"{where}: its tokenizer differs from {model.name}'s (the draft's has {len(other)} tokens, the model's {len(mine)}; "
+            f"token {token}); a draft must share the model's tokenizer (choose a smaller model of the same family)"
+        )
+    return {"name": draft.name, "path": str(draft.path)}

@@ -157,4 +157,9 @@ class Workload:
         parts.append(f"device {self.device}")
         if self.extra.get("quality_prompts"):
             parts.append("quality on your prompts")
+        drafting = (["prompt lookup"] if self.extra.get("prompt_lookup") else []) + (
+            [f"assistant {self.extra['assistant'].get('name')}"] if isinstance(self.extra.get("assistant"), dict) else []
+        )
+        if drafting:
+            parts.append(f"generation plain vs {' and '.join(drafting)}")
         return ", ".join(parts)

@@ -195,6 +195,24 @@ def quality_notes(trial: TrialRecord, workload: Workload) -> list[str]:
     return notes
 
 
+def generation_notes(trial: TrialRecord) -> list[str]:
+    """What the winner was timed on where generation strategies are compared (text, at batch 1), and
+    its tokens per forward pass."""
+    generation = trial.details.get("generation")
+    if not isinstance(generation, dict) or not generation.get("text"):
+        return []
+    strategy = generation.get("strategy") or "plain"
+    per = generation.get("tokens_per_forward")
+    accepted = f", {per:.2f} tokens per forward pass" if isinstance(per, (int, float)) else ""
+    note = f"timed on text at batch 1 ({generation['text']}), generation {strategy}{accepted}"
+    if "built-in" in str(generation["text"]):
+        note += (
+            "; prompt lookup and assistants gain where answers repeat the prompt, which the built-in prompts seldom ask: "
+            "time them on your own (add --quality-prompts)"
+        )
+    return [note]
+
+
 def nothing_measured(name: str) -> str:
     return (
         f"nothing measured for {name} yet: run `autotune tune {name}` to search and measure, "

@@ -22,6 +22,7 @@ from autotune.advisor.explain import (
     describe_metrics,
     explain,
     flat_reference_note,
+    generation_notes,
     nothing_measured,
     quality_notes,
     search_notes,
@@ -293,7 +294,7 @@ def recommend(
         sure = replace(sure, rounds=interleaved_rounds(trials, best, ups[0].trial, workload))
     timed = workload.objective != "memory"  # a busy machine moves timings, not peaks
     busy = [note for note in (busy_note(t) for t in [best, *(u.trial for u in ups[:1])]) if note] if timed else []
-    notes += quality_notes(best, workload)
+    notes += quality_notes(best, workload) + generation_notes(best)
     return replace(
         rec,
         best=best,
@@ -428,4 +429,15 @@ def loader_spec(rec: Recommendation, *, written_at: datetime | None = None) -> L
         written_at=written_at,
         gguf_file=model.gguf_file,
         gguf_packed_layers=best.effective.get("gguf_packed_layers"),
+        assistant=_assistant_ref(rec.workload.extra.get("assistant")) if best.candidate.value("generation") == "assistant" else None,
+        tokens_per_forward=best.effective.get("tokens_per_forward"),
+        timing_text=(best.details.get("generation") or {}).get("text") if isinstance(best.details.get("generation"), dict) else None,
     )
+
+
+def _assistant_ref(entry: Any) -> str | None:
+    """What the loader gives ``from_pretrained`` for the draft model: its Hub id, or its directory."""
+    if not isinstance(entry, dict):
+        return None
+    name, path = entry.get("name"), entry.get("path")
+    return str(name) if name and not str(name).startswith("/") else str(path or name)

@@ -16,6 +16,9 @@ of the environment that measured the winner:
   (``torch.backends.cuda.sdp_kernel`` before torch 2.3);
 - ``device_map`` (``"cpu"``, ``"cuda:0"``, or ``"auto"`` with ``max_memory`` over several GPUs);
 - ``cache_implementation="static"`` in the generate arguments when a static cache won;
+- ``prompt_lookup_num_tokens=N`` in the generate arguments when prompt-lookup decoding won, and
+  for an assistant winner the draft model loaded beside the model and passed as ``assistant_model``;
+  ``generate()`` then refuses a batch of several rows and sampling, which were not measured;
 - for a FlashAttention winner, a check that its package (``flash-attn-4``, ``flash-attn``) is
   installed before anything loads, which fails with one line naming the package and its install
   command (Transformers would otherwise fall back to a Hub kernel where ``kernels`` is installed);
@@ -100,6 +103,11 @@ class LoaderSpec:
     #: blocks when measured (0: every weight was dequantized to the load dtype).
     gguf_file: str | None = None
     gguf_packed_layers: int | None = None
+    #: Assisted generation: the draft model (a Hub id or a directory) the loader loads beside the
+    #: model. ``tokens_per_forward``: the drafting winner's measured acceptance, on ``timing_text``.
+    assistant: str | None = None
+    tokens_per_forward: float | None = None
+    timing_text: str | None = None
 
     @property
     def generates(self) -> bool:
@@ -124,7 +132,15 @@ def generate_kwargs(spec: LoaderSpec) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"max_new_tokens": spec.new_tokens, "do_sample": False}
     if spec.candidate.static_cache:
         kwargs["cache_implementation"] = "static"
+    # the levers declared beyond the candidate's fields say their own arguments (prompt_lookup_num_tokens)
+    kwargs.update(axes.generate_kwargs(spec.candidate.to_dict()))
     return kwargs
+
+
+def drafting(spec: LoaderSpec) -> str | None:
+    """The winner's generation strategy where it drafts tokens (prompt lookup, an assistant), else ``None``."""
+    generation = spec.candidate.value("generation")
+    return generation if spec.generates and generation != axes.PLAIN else None
 
 
 def device_map(candidate: Candidate) -> str:
@@ -220,7 +236,13 @@ def render_loader(spec: LoaderSpec) -> str:
     tokenizer = spec.has_tokenizer
 
     flash = FLASH_ATTENTIONS.get(c.attn)
-    imports = (["import importlib.metadata", ""] if flash else []) + ["import torch"]
+    assisted = drafting(spec) == axes.ASSISTANT
+    if assisted and not spec.assistant:
+        raise RenderError(
+            "the winner generates with an assistant model, and the workload names none (autotune add MODEL --assistant DRAFT)"
+        )
+    stdlib = (["import importlib.metadata"] if flash else []) + (["import weakref"] if assisted else [])
+    imports = ([*stdlib, ""] if stdlib else []) + ["import torch"]
     quant_names, quant_imports, quant_body = quantization_code(c) if quantized else ([], [], [])
     names = [auto] + (["AutoTokenizer"] if tokenizer else []) + quant_names
     imports += quant_imports
@@ -234,6 +256,9 @@ def render_loader(spec: LoaderSpec) -> str:
     lines.append(f"GENERATE_KWARGS = {generate_kwargs(spec)!r}")
     if c.placement == "multi-gpu" and spec.max_memory:
         lines.append(f"MAX_MEMORY = {dict(spec.max_memory)!r}")
+    if assisted:
+        lines.append(f"ASSISTANT_ID = {spec.assistant!r}  # the draft model: same tokenizer and vocabulary")
+        lines.append("ASSISTANTS = weakref.WeakKeyDictionary()  # model -> its draft model, loaded by load_model()")
     lines += ["", ""]
 
     # load_model -----------------------------------------------------------------------------
@@ -267,6 +292,11 @@ def render_loader(spec: LoaderSpec) -> str:
     lines += [f"        {name}={value!r}," for name, value in axes.loader_kwargs(c.to_dict(), extra_only=True).items()]
     lines.append("    )")
     lines.append("    model.eval()")
+    if assisted:
+        lines.append(f"    assistant = {auto}.from_pretrained(")
+        lines.append(f"        ASSISTANT_ID, {'dtype' if v5 else 'torch_dtype'}={_TORCH_DTYPES[c.dtype]}, device_map={device_map(c)!r}")
+        lines.append("    )")
+        lines.append("    ASSISTANTS[model] = assistant.eval()")
     lines += _tokenizer_lines(spec, tokenizer)
     lines += ["", ""]
 
@@ -275,6 +305,11 @@ def render_loader(spec: LoaderSpec) -> str:
         lines.append("def generate(model, **inputs):")
         lines.append('    """model.generate with the measured arguments (GENERATE_KWARGS, overridable here)."""')
         lines.append("    kwargs = {**GENERATE_KWARGS, **inputs}")
+        strategy = drafting(spec)
+        if strategy is not None:
+            lines += _drafting_checks(strategy)
+        if assisted:
+            lines.append("    kwargs.setdefault('assistant_model', ASSISTANTS[model])")
         call = "model.generate(**kwargs)"
     else:
         lines.append("def forward(model, **inputs):")
@@ -291,6 +326,21 @@ def render_loader(spec: LoaderSpec) -> str:
         lines.append("    with torch.inference_mode():")
     lines.append(f"        return {call}")
     return "\n".join(lines) + "\n"
+
+
+def _drafting_checks(strategy: str) -> list[str]:
+    """Lines of ``generate()`` that refuse what a drafting winner was not measured with: a batch of
+    several rows (Transformers drafts at batch size 1 only) and sampling (the drafted tokens are
+    plain greedy generation's only with greedy decoding)."""
+    what = f"generation {strategy} was measured at batch size 1 with greedy decoding"
+    return [
+        "    rows = kwargs['input_ids'].shape[0] if 'input_ids' in kwargs else 1",
+        "    if rows != 1:",
+        f"        raise ValueError(f'{what}: Transformers drafts tokens for one row at a time, got {{rows}}; send one prompt per call')",
+        "    if kwargs.get('do_sample'):",
+        f"        raise ValueError('{what}: with sampling the tokens are no longer those of plain greedy generation; "
+        "pass do_sample=False, or load a plain winner for sampling')",
+    ]
 
 
 def render_onnx_loader(spec: LoaderSpec) -> str:
@@ -419,6 +469,16 @@ def _header(spec: LoaderSpec) -> list[str]:
         out.append(f"# Weights: the GGUF file {comment(spec.gguf_file)}; {how}.")
     if c.static_cache:
         out.append("# The static cache compiles the model on the first generate call on CUDA (seconds); later calls are fast.")
+    strategy = drafting(spec)
+    if strategy is not None:
+        how = (
+            f"prompt lookup, {axes.lookup_tokens(strategy)} tokens drafted from the prompt"
+            if axes.lookup_tokens(strategy)
+            else f"assisted by the draft model {comment(spec.assistant)}"
+        )
+        accepted = f", {spec.tokens_per_forward:.2f} tokens per forward pass" if spec.tokens_per_forward else ""
+        text = f" on {comment(spec.timing_text)}" if spec.timing_text else ""
+        out.append(f"# Generation: {how}{accepted}{text}; one prompt per call, greedy (the tokens of plain generation).")
     if c.sdpa_kernel == "flash":
         out.append("# The flash SDPA kernel refuses attention masks: send unpadded batches of equal length.")
     return out

@@ -53,6 +53,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="measure quality on your own text: a UTF-8 file with one prompt per line, or a JSON list of strings "
         "(at least 8); 'builtin' goes back to autotune's prompts",
     )
+    p.add_argument(
+        "--prompt-lookup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also compare prompt-lookup decoding (3, 5 or 10 tokens drafted from the prompt) with plain generation: "
+        "batch 1, greedy, timed on your --quality-prompts (else the built-in text); --no-prompt-lookup stops",
+    )
+    p.add_argument(
+        "--assistant",
+        metavar="DRAFT",
+        help="also compare assisted generation with DRAFT, a small model of the same tokenizer and vocabulary "
+        "(a directory or a Hub id; checked now); 'none' clears it",
+    )
     p.set_defaults(func=cmd_add)
 
     p = commands.add_parser(
@@ -148,6 +161,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         "min_quality": args.min_quality,
         "max_batch": args.max_batch,
         "quality_prompts": args.quality_prompts,
+        "prompt_lookup": args.prompt_lookup,
+        "assistant": args.assistant,
     }
     result = add_model(None, args.model, options, open_store=lambda: open_store(args))
     model = result.model

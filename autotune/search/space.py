@@ -342,6 +342,12 @@ def _points(
     point.pop(axis.name, None)
 
 
+def drafting_ladder(candidate: Candidate, ladder: tuple[int, ...]) -> tuple[int, ...]:
+    """The batch sizes a drafting candidate (prompt lookup, an assistant) is measured at: batch 1
+    of ``ladder`` only, since Transformers' assisted generate refuses larger batches."""
+    return tuple(b for b in ladder if b == 1)
+
+
 def onnxruntime_candidates(placements: Iterable[str], worker_envs: list[WorkerEnvironment]) -> list[Candidate]:
     """ONNX Runtime candidates for the providers the worker environments offer, on the allowed placements:
     float32 and float16 exports, IO binding on and off (the rules then refuse what cannot run)."""
@@ -420,23 +426,29 @@ def build_space(
         if any(not _allowed(axis, params[axis], allowed) for axis, allowed in restrict.items()):
             continue
         reason = rejection(candidate, environment, capabilities, workload, worker_envs)
+        own = drafting_ladder(candidate, ladder) if axes.drafts(candidate.to_dict()) else ladder
+        if reason is None and not own:
+            reason = (
+                f"generation {candidate.value('generation')}: Transformers drafts tokens at batch size 1 only, "
+                f"and the batch sizes measured here ({', '.join(map(str, ladder))}) leave it out"
+            )
         if reason is not None:
             rejected.append((candidate, reason, "rule", {}))
             continue
-        fits = ladder
+        fits = own
         if forecastable and not candidate.is_onnxruntime:
             placed = limits[candidate.placement]
             kind = device_kind(candidate, gpu_names)
             try:
-                peaks = [forecast_peaks(config, candidate, workload, b, placed, environment, ladder[:i]) for i, b in enumerate(ladder)]
+                peaks = [forecast_peaks(config, candidate, workload, b, placed, environment, own[:i]) for i, b in enumerate(own)]
             except InputError:  # the memory model cannot read this config: measure instead
                 forecastable = False
             else:
                 held = [tuple(correction.admitted(p, candidate, kind) for p in raw) for raw in peaks]
-                fits = tuple(b for b, need in zip(ladder, held) if placed.admits(need))
-                if not fits or fits[0] != ladder[0]:
+                fits = tuple(b for b, need in zip(own, held) if placed.admits(need))
+                if not fits or fits[0] != own[0]:
                     margin = correction.margin(candidate, kind).value
-                    rejected.append((candidate, _over(peaks[0], held[0], placed, ladder[0], margin), "memory", {}))
+                    rejected.append((candidate, _over(peaks[0], held[0], placed, own[0], margin), "memory", {}))
                     continue
         valid.append(candidate)
         ladders[candidate.key()] = fits

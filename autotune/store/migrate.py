@@ -15,7 +15,7 @@ from autotune.store.schema import VERSION_TABLE
 
 #: Every revision this autotune knows, oldest first; the last is the head. A test keeps this
 #: equal to the scripts in migrations/versions.
-REVISIONS = ("0001", "0002", "0003", "0004")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 HEAD = REVISIONS[-1]
 
 

@@ -63,6 +63,8 @@ class ModelRow(Base):
     max_batch: Mapped[int] = mapped_column(Integer)
     gguf_file: Mapped[str | None] = mapped_column(String(512))
     quality_prompts: Mapped[list[Any] | None] = mapped_column(JSON)
+    #: The generation strategies the workload compares (``{"prompt_lookup": true, "assistant": {"name", "path"}}``).
+    generation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     removed_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -34,6 +34,9 @@ from autotune.store.schema import (
 from autotune.worker_env import WorkerEnvironment
 from autotune.workload import MemoryLimit, Workload
 
+#: The workload's generation options (``autotune add --prompt-lookup``, ``--assistant``), kept in
+#: the model's ``generation`` column and in the workload's ``extra`` (so in its key) when set.
+GENERATION_KEYS = ("prompt_lookup", "assistant")
 _WORKLOAD_COLUMNS = ("task", "prompt_tokens", "new_tokens", "padding_share", "objective", "device", "min_quality", "max_batch")
 
 
@@ -201,6 +204,7 @@ class Store:
             row.architecture, row.capabilities = capabilities.get("architecture"), capabilities
             row.gguf_file = resolved.gguf_file
             row.quality_prompts = list(quality_prompts) if quality_prompts else None
+            row.generation = {k: workload.extra[k] for k in GENERATION_KEYS if workload.extra.get(k)} or None
             for column in _WORKLOAD_COLUMNS:
                 setattr(row, column, getattr(workload, column))
             row.max_memory = workload.max_memory.text if workload.max_memory else None
@@ -628,7 +632,8 @@ def _worker_env(row: WorkerEnvRow) -> WorkerEnvironment:
 def _workload(row: ModelRow) -> Workload:
     data = {c: getattr(row, c) for c in _WORKLOAD_COLUMNS}
     data["max_memory"] = MemoryLimit.parse(row.max_memory) if row.max_memory else None
-    return quality_text.keyed(Workload(**data), tuple(row.quality_prompts) if row.quality_prompts else None)
+    extra = {k: v for k, v in (row.generation or {}).items() if k in GENERATION_KEYS and v}
+    return quality_text.keyed(Workload(**data, extra=extra), tuple(row.quality_prompts) if row.quality_prompts else None)
 
 
 def _model(row: ModelRow) -> ModelRecord:

@@ -478,6 +478,17 @@ def generate_kwargs(candidate: Candidate, new_tokens: int, pad: int) -> dict[str
 
 def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: GpuMemoryProbe | None) -> Measured:
     candidate, workload = request.candidate, request.workload
+    generation = candidate.value("generation")
+    if generation != "plain" and batch != 1:
+        raise OptionNotInEffect(
+            "unsupported",
+            f"generation {generation}: Transformers drafts tokens at batch size 1 only (assisted generate refuses "
+            f"batch {batch}); measure it with --batch 1",
+        )
+    from autotune.worker import generation as strategies
+
+    if strategies.text_timed(request, batch):
+        return strategies.measure_on_text(model, request, probe)
     inputs, lengths = batch_inputs(model, batch, request, left=True)
     prompt = workload.prompt_tokens
     kwargs = generate_kwargs(candidate, workload.new_tokens, pad_id(model))

@@ -37,10 +37,11 @@ SCREEN_METRICS = {
 #: measures, a segfault there, a hang at start-up (ignoring SIGTERM, with a grandchild process),
 #: an ImportError while loading, noise added to the weights after loading, an ONNX export that
 #: fails (ONNX Runtime candidates), a silent attention fallback (another attention function
-#: registered under the candidate's name after loading, the config unchanged), and a small
+#: registered under the candidate's name after loading, the config unchanged), a small
 #: ``torch.compile`` after loading (which exercises the compile cache on a CPU, where
-#: Transformers compiles nothing by itself).
-FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export", "fallback", "compile")
+#: Transformers compiles nothing by itself), and a drafting strategy whose tokens differ from
+#: plain greedy generation's (it suppresses the first token plain generation chose).
+FAULTS = ("oom", "crash", "hang", "import", "corrupt", "export", "fallback", "compile", "mismatch")
 
 
 #: The launcher's pid, in the worker's environment: the worker dies with it (Linux).
