@@ -26,16 +26,29 @@ latency_p50_ms, peak_bytes, export_seconds, status and reason; DIR/onnxruntime_g
 the worker environment, each study's recommendation with the reason ONNX Runtime won or lost, and
 its loader's run; DIR/onnxruntime_gpu.md: the table; DIR/commands.log: the commands' output.
 
-On the GPU machine (no network): onnxruntime-gpu 1.31.1 travels in six calls with
-/work/shared/gpu/bigwheels.sh (its header gives the calls); optimum-onnx and transformers 4.57
-with wheels.sh. Then, in one call (the ORT interpreter a venv with those wheels, built with
-``--system-site-packages`` over the machine's torch)::
+On the GPU machine (no network; torch 2.11 and transformers 5.17 there), in two or three device
+calls after the transfers. Here, in the project's root::
 
-    python3 -m venv --system-site-packages /tmp/ort && /tmp/ort/bin/pip install --no-index .whl/*.whl
-    PYTHONPATH=$PWD benchmarks/background.sh start /tmp/ortrun 540 -- \\
-        python3 benchmarks/onnxruntime_gpu.py --out /tmp/ortrun --work /tmp/ortwork --ort-python /tmp/ort/bin/python --deadline 1000
+    ../shared/gpu/wheels.sh     # autotune's own dependencies into .whl/ (optuna, sqlalchemy, alembic, ...)
+    ../shared/gpu/bigwheels.sh onnxruntime-gpu==1.31.1 optimum-onnx==0.1.0 optimum==2.1.0 transformers==4.57.6 \\
+        tokenizers==0.22.2 huggingface-hub==0.36.2 onnx==1.23.2 ml-dtypes==0.7.0 flatbuffers==25.12.19
 
-and, if it still runs, within the warm window: ``benchmarks/background.sh wait /tmp/ortrun 540``.
+It prints the calls: each of the first (carry [".xferK"]) is ``mkdir -p /tmp/xfer && cp .xferK/* /tmp/xfer/``;
+the last (carry [".xferN", ".whl"], at once) assembles the ORT site apart from the machine's own
+Transformers 5 (not ``eval``: its PYTHONPATH is for the ORT interpreter alone), writes that
+interpreter as a wrapper, installs autotune's dependencies and starts the run::
+
+    bash .xferN/assemble.sh /tmp/ortsite >/dev/null &&
+    python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .whl/*.whl &&
+    printf '#!/bin/sh\\nPYTHONPATH=/tmp/ortsite${PYTHONPATH:+:$PYTHONPATH}:/tmp/site exec python3 "$@"\\n' > /tmp/ort-python &&
+    chmod +x /tmp/ort-python && export PYTHONPATH=$PWD:/tmp/site &&
+    benchmarks/background.sh start /tmp/ortrun 540 -- python3 benchmarks/onnxruntime_gpu.py \\
+        --out /tmp/ortrun --work /tmp/ortwork --ort-python /tmp/ort-python --deadline 1000
+
+and, within the warm window, ``benchmarks/background.sh wait /tmp/ortrun 540`` until it says it
+ended (exit 0; 3 while it still runs). ``env add`` prints what the ORT interpreter offers: where
+CUDAExecutionProvider is not usable there (a missing libcudnn or libcublas, a CPU build), the
+first line of the run says why, and the ONNX Runtime rows carry the reason.
 """
 
 from __future__ import annotations
