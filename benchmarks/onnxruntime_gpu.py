@@ -313,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     document = {"gpu": gpu, "worker_env": environment, "studies": studies, "seconds": time.monotonic() - started}
     (args.out / f"{stem}_study.json").write_text(json.dumps(document, indent=1) + "\n")
     verdicts = "\n".join(f"- {s['model']}: {s['verdict']}" for s in studies)
-    (args.out / f"{stem}.md").write_text(f"# ONNX Runtime against PyTorch SDPA on {gpu}\n\n{table(rows)}\n{verdicts}\n")
+    offered = "; ".join(f"{k} [{', '.join(v)}]" for k, v in environment["runtimes"].items())
+    where = f"Worker environment {ENV} ({environment['python']}): {offered}" + "".join(
+        f"; not available: {p}" for p in environment["problems"]
+    )
+    (args.out / f"{stem}.md").write_text(f"# ONNX Runtime against PyTorch SDPA on {gpu}\n\n{where}\n\n{table(rows)}\n{verdicts}\n")
     print(verdicts)
     return 0
 

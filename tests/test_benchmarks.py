@@ -224,4 +224,5 @@ def test_onnxruntime_gpu_on_the_cpu_provider(tmp_path: Path) -> None:
         if won:
             assert loader["providers"] == ["CPUExecutionProvider"]
     table = (out / "onnxruntime_cpu.md").read_text()
+    assert f"Worker environment ort ({ORT_PYTHON}): pytorch [cpu]; onnxruntime [CPUExecutionProvider]\n" in table
     assert "| llama-tiny |" in table and "| bert-tiny |" in table and table.count("CPUExecutionProvider |") >= 8
