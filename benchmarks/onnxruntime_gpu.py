@@ -93,7 +93,7 @@ def build(name: str, path: Path, on_gpu: bool) -> Path:
     with torch.device("cuda" if on_gpu else "cpu"):
         model = (transformers.LlamaForCausalLM if name == "llama-1b" else transformers.BertModel)(config)
     model.to(torch.float16).save_pretrained(path)
-    if name == "llama-1b":  # generate() needs a tokenizer-free pad id
+    if name == "llama-1b":  # a pad id, so that batched generate() needs no tokenizer
         transformers.GenerationConfig(bos_token_id=128000, eos_token_id=128001, pad_token_id=128001).save_pretrained(path)
     return path
 
