@@ -40,9 +40,38 @@ except Exception as exc:
 try:
     import onnxruntime
     import optimum.onnxruntime  # noqa: F401
-    out["runtimes"]["onnxruntime"] = [p for p in onnxruntime.get_available_providers() if p != "AzureExecutionProvider"]
+    listed = [p for p in onnxruntime.get_available_providers() if p != "AzureExecutionProvider"]
+    out["runtimes"]["onnxruntime"] = listed
 except Exception as exc:
+    listed = []
     out["problems"].append(f"onnxruntime: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+# A GPU provider can be listed and still fail to load (a missing libcudnn or libcublas, a CUDA
+# version the build was not made for): ONNX Runtime then falls back to the CPU with a log line on
+# the C stderr. Open a one-node graph on each and keep only those the session reports back.
+import base64, os, tempfile
+graph = base64.b64decode("CAgSADo3ChAKAXgSAXkiCElkZW50aXR5EgFnWg8KAXgSCgoICAESBAoCCAFiDwoBeRIKCggIARIECgIIAUIECgAQDQ==")
+for provider in [p for p in listed if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]:
+    with tempfile.TemporaryFile() as log:
+        sys.stderr.flush(); saved = os.dup(2); os.dup2(log.fileno(), 2)
+        try:
+            got, why = onnxruntime.InferenceSession(graph, providers=[provider, "CPUExecutionProvider"]).get_providers(), ""
+        except Exception as exc:
+            got, why = [], f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        finally:
+            sys.stderr.flush(); os.dup2(saved, 2); os.close(saved)
+        log.seek(0)
+        lines = [l.strip() for l in log.read().decode(errors="replace").splitlines() if l.strip()]
+    if provider not in got:
+        listed.remove(provider)
+        why = why or next((l for l in lines if "rror" in l), lines[-1] if lines else "the session fell back to " + ", ".join(got))
+        out["problems"].append(f"onnxruntime {provider}: listed but a session could not use it: {why[-300:]}")
+if "onnxruntime" in out["runtimes"] and "CUDAExecutionProvider" not in listed and out["versions"]["onnxruntime-gpu"] is None:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            out["problems"].append("onnxruntime CUDAExecutionProvider: onnxruntime is the CPU build; install onnxruntime-gpu there")
+    except Exception:
+        pass
 print(json.dumps(out))
 """
 

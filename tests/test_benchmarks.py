@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -172,3 +174,55 @@ def test_the_quality_benchmarks_verdicts_fail_when_a_study_offers_below_the_floo
     flat = script._flat(gpu, "NVIDIA H100 80GB HBM3", cpu)
     assert flat["verdict_differs_from_cpu"] is True and flat["agreement_intervals_overlap_cpu"] is False
     assert flat["cpu"]["token_agreement"] == 0.76 and flat["gpu"] == "NVIDIA H100 80GB HBM3"
+
+
+ORT_PYTHON = os.environ.get("AUTOTUNE_TEST_ONNX_PYTHON")
+
+
+@pytest.mark.skipif(not ORT_PYTHON, reason="set AUTOTUNE_TEST_ONNX_PYTHON to an interpreter with optimum-onnx (./dev test does)")
+def test_onnxruntime_gpu_on_the_cpu_provider(tmp_path: Path) -> None:
+    """benchmarks/onnxruntime_gpu.py with tiny models on ONNX Runtime's CPU provider: both studies,
+    every row a trial of the store, the export reused, the recommendations' loaders run."""
+    import sqlite3
+
+    script = str(REPO / "benchmarks" / "onnxruntime_gpu.py")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("AUTOTUNE_ORT_PYTHON", None)
+    refused = subprocess.run([sys.executable, script, "--out", str(tmp_path / "x"), "--cpu"], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and refused.stderr.startswith("--ort-python (not given):")
+
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--cpu", "--ort-python", str(ORT_PYTHON), "--max-repeats", "2", "--deadline", "600"]
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "onnxruntime_cpu.json").read_text())
+    with sqlite3.connect(out / "work" / "autotune.db") as conn:
+        stored = {r[0]: r[1:] for r in conn.execute("SELECT id, status, batch_size FROM autotune_trials")}
+    assert {r["trial"]: (r["status"], r["batch_size"]) for r in rows} == stored  # every row is a trial, every trial a row
+    keys = {"gpu", "model", "task", "runtime", "provider", "io_binding", "batch_size", "latency_p50_ms", "peak_bytes", "export_seconds"}
+    for name, task, rate in (("llama-tiny", "text-generation", "tokens_per_s"), ("bert-tiny", "feature-extraction", "sequences_per_s")):
+        mine = [r for r in rows if r["model"] == name]
+        assert {r["task"] for r in mine} == {task} and all(keys | {rate, "status", "reason"} <= set(r) for r in mine)
+        assert all(r["status"] == "ok" and r[rate] > 0 and r["latency_p50_ms"] > 0 and r["gpu"] == "CPU" for r in mine), mine
+        ort = [r for r in mine if r["runtime"] == "onnxruntime"]
+        assert {r["io_binding"] for r in ort} == {False, True} and {r["batch_size"] for r in ort} == {1, 2}
+        assert {r["provider"] for r in ort} == {"CPUExecutionProvider"} and all(r["export_seconds"] > 0 for r in ort)
+        assert any(r["export_cached"] for r in ort) and not all(r["export_cached"] for r in ort)  # exported once, then reused
+        assert {r["runtime"] for r in mine} == {"pytorch", "onnxruntime"}
+
+    document = json.loads((out / "onnxruntime_cpu_study.json").read_text())
+    assert document["worker_env"]["runtimes"]["onnxruntime"] == ["CPUExecutionProvider"]
+    for study in document["studies"]:
+        best = study["recommendation"]
+        won = best["candidate"]["runtime"] == "onnxruntime"
+        assert study["verdict"].startswith(f"ONNX Runtime {'won' if won else 'lost'} ({best['label']}): ")
+        assert ("PyTorch: slower" if won else "ONNX Runtime (CPUExecutionProvider): slower") in study["verdict"], study["verdict"]
+        loader = study["loader"]
+        assert loader["status"] == "ok", loader
+        assert loader["python"] == (ORT_PYTHON if won else sys.executable)
+        assert loader["class"].startswith("ORTModel") == won and loader["output_shape"][0] == best["batch_size"]
+        if won:
+            assert loader["providers"] == ["CPUExecutionProvider"]
+    table = (out / "onnxruntime_cpu.md").read_text()
+    assert f"Worker environment ort ({ORT_PYTHON}): pytorch [cpu]; onnxruntime [CPUExecutionProvider]\n" in table
+    assert "| llama-tiny |" in table and "| bert-tiny |" in table and table.count("CPUExecutionProvider |") >= 8

@@ -162,6 +162,54 @@ def test_env_add_refuses_broken_interpreters(cli, tmp_path: Path) -> None:  # ty
     assert set(envs) == {"default", "torch-only"} and "onnxruntime" not in envs["torch-only"]["runtimes"]
 
 
+_FAKE_ORT = """
+import os
+def get_available_providers():
+    return {listed!r}
+class InferenceSession:
+    def __init__(self, model, providers):
+        os.write(2, b"[E:onnxruntime:Default, provider_bridge_ort.cc:2251] Failed to load library libonnxruntime_providers_cuda.so"
+                    b" with error: libcudnn.so.9: cannot open shared object file: No such file or directory\\n")
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("listed", "torch_sees_gpu", "reason"),
+    [
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], False, "libcudnn.so.9: cannot open shared object file"),
+        (["CPUExecutionProvider"], True, "onnxruntime is the CPU build; install onnxruntime-gpu there"),
+        (["CPUExecutionProvider"], False, None),
+    ],
+)
+def test_env_list_says_why_the_cuda_provider_is_not_usable(
+    cli, tmp_path: Path, listed: list[str], torch_sees_gpu: bool, reason: str | None
+) -> None:  # type: ignore[no-untyped-def]
+    # An interpreter whose onnxruntime lists the CUDA provider but whose sessions fall back to the
+    # CPU (the log line ONNX Runtime writes when libcudnn is missing), or a CPU build beside a GPU.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "env")], check=True)
+    site = next((tmp_path / "env" / "lib").glob("python*/site-packages"))
+    (site / "onnxruntime").mkdir()
+    (site / "onnxruntime" / "__init__.py").write_text(_FAKE_ORT.format(listed=listed))
+    (site / "optimum" / "onnxruntime").mkdir(parents=True)
+    (site / "optimum" / "onnxruntime" / "__init__.py").write_text("")
+    (site / "torch").mkdir()
+    (site / "torch" / "__init__.py").write_text(f"class cuda:\n    is_available = staticmethod(lambda: {torch_sees_gpu})\n")
+    result = cli("env", "add", "ort", tmp_path / "env" / "bin" / "python")
+    assert result.code == 0, result.err
+    assert "onnxruntime [CPUExecutionProvider]" in result.out and "CUDAExecutionProvider]" not in result.out
+    env = {e["name"]: e for e in json.loads(cli("env", "list", "--json").out)}["ort"]
+    assert env["runtimes"]["onnxruntime"] == ["CPUExecutionProvider"]
+    cuda_problems = [p for p in env["problems"] if p.startswith("onnxruntime CUDAExecutionProvider")]
+    table = cli("env", "list").out
+    if reason is None:
+        assert cuda_problems == [] and "CUDAExecutionProvider" not in table
+    else:
+        assert len(cuda_problems) == 1 and reason in cuda_problems[0], env["problems"]
+        assert f"ort: not available: {cuda_problems[0]}" in table and f"not available there: {cuda_problems[0]}" in result.out
+
+
 @needs_ort
 def test_env_add_and_list_the_onnx_environment(cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("env", "add", "ort", ORT_PYTHON)

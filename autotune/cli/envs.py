@@ -97,6 +97,9 @@ def cmd_env_list(args: argparse.Namespace) -> int:
         for e in envs
     ]
     print_table(["NAME", "PYTHON", "VERSION", "TRANSFORMERS", "OPTIMUM-ONNX", "ONNXRUNTIME", "RUNTIMES"], rows)
+    for env in envs:
+        for problem in env.problems:
+            print(f"{env.name}: not available: {problem}")
     return 0
 
 
