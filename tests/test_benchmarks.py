@@ -125,7 +125,9 @@ def test_quality_benchmark_on_the_cpu(tmp_path: Path, smollm2_packages: Path) ->
     document = json.loads((out / "quality_cpu_study.json").read_text())
     study = document["study"]
     assert study["winner_is_smallest_feasible"], study
-    assert study["recommendation"] == study["smallest_feasible_measured"] == by["bf16"]["candidate"]
+    # on the CPU the peaks are peak RSS, within a few percent of each other for fp32 and bf16 and noisy:
+    # which of them is smaller varies from run to run, but the recommendation is always the smaller one
+    assert study["recommendation"] == study["smallest_feasible_measured"] in {by["bf16"]["candidate"], by["fp32 (reference)"]["candidate"]}
     tight = document["tight"]
     assert tight["max_memory_bytes"] > 0 and tight["offered_below_floor"] == []
     assert tight["recommendation"] is None or tight["fits"], tight
