@@ -89,6 +89,20 @@ def autotune(*args: str, env: dict[str, str], timeout: float = 1800, ok: tuple[i
     return proc
 
 
+def measure(
+    model: str, options: list[str], *, env: dict[str, str], limit: list[str], timeout: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``autotune measure MODEL OPTIONS --batch 1 --json``: its document and its one result (an
+    ``error`` result with the command's last words when it printed no document)."""
+    proc = autotune("measure", model, *options, "--batch", "1", "--json", *limit, env=env, timeout=timeout)
+    try:
+        measured = json.loads(proc.stdout)
+        [result] = measured["results"]
+    except (ValueError, KeyError):
+        return {}, {"status": "error", "reason": proc.stderr.strip()[-300:]}
+    return measured, result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="directory for quality_{gpu,cpu}.json, _study.json and .md")
@@ -144,23 +158,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     for label, options in matrix:
-        proc = autotune("measure", name, *options, "--batch", "1", "--json", *limit, env=env, timeout=worker_s)
-        try:
-            measured = json.loads(proc.stdout)
-            [result] = measured["results"]
-        except (ValueError, KeyError):
-            measured, result = {}, {"status": "error", "reason": proc.stderr.strip()[-300:]}
+        measured, result = measure(name, options, env=env, limit=limit, timeout=worker_s)
         rows.append({"name": label, "label": measured.get("label", label), "candidate": measured.get("candidate"), **_row(result)})
         print(f"  {label}: {_line(rows[-1])}", flush=True)
 
     from_file = None
     if not args.skip_gguf:  # the GGUF file itself, in bf16: what memory does loading llama.cpp's 4-bit file take?
         autotune("add", str(gguf), "--objective", "memory", *WORKLOAD, *device, env=env)
-        proc = autotune("measure", str(gguf), "--dtype", "bfloat16", "--batch", "1", "--json", *limit, env=env, timeout=worker_s)
-        try:
-            [result] = json.loads(proc.stdout)["results"]
-        except (ValueError, KeyError):
-            result = {"status": "error", "reason": proc.stderr.strip()[-300:]}
+        _, result = measure(str(gguf), ["--dtype", "bfloat16"], env=env, limit=limit, timeout=worker_s)
         from_file = {
             "name": "bf16 from the GGUF file",
             "label": "bf16 (gguf_file=)",
