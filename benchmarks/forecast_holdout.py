@@ -178,7 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the stores and run files are (default benchmarks/results)")
     parser.add_argument("--json-out", type=Path, help="where to write the rows (default RESULTS/forecast_holdout.json)")
+    parser.add_argument(
+        "--cache-model",
+        choices=("classes", "replay"),
+        help="the dynamic cache's allocator share: the outgrown-classes rule, or the allocator replay "
+        "(default: the forecast's own, autotune.memory.forecast.CACHE_MODEL)",
+    )
     args = parser.parse_args(argv)
+    if args.cache_model:
+        from autotune.memory import forecast
+
+        forecast.CACHE_MODEL = args.cache_model
     points = gather(args.results)
     if len({p.point.shape for p in points}) < 2:
         print(f"need measured peaks of at least two model shapes under {args.results}, found {len(points)} points")
