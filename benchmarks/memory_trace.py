@@ -22,7 +22,9 @@ Shapes (bf16, SDPA, dynamic cache; batch 1, 8, 32):
 Writes under ``--out``:
 
 - ``trace/*.pickle`` and ``trace/*.json``: the worker's snapshots (open them in
-  https://pytorch.org/memory_viz) and per-pass summaries (peaks, segments by size, split free bytes);
+  https://pytorch.org/memory_viz) and per-pass summaries (peaks, segments by size, split free
+  bytes, the large pool's events in order); the summaries and the largest batch's snapshots are
+  packed in ``memory_trace_snapshots.tar.gz``;
 - ``memory_trace.json``: one entry per point: the worker's peaks (NVML, torch reserved and
   allocated), its trace summary, what the allocator replay (:mod:`autotune.memory.replay`)
   predicts for the same sequence, and the raw forecast under either cache model;
@@ -33,13 +35,16 @@ Writes under ``--out``:
   the forecast calibrated and its margins learned on the stores in ``benchmarks/results`` only;
 - ``memory_trace.md``: the table.
 
-About 6-8 minutes on one H100 or H200; ``--deadline S`` starts no candidate after S seconds.
-Run it under ``benchmarks/background.sh`` (a call of the GPU machine lasts at most 10 minutes)::
+About 6-8 minutes on one H100 or H200 (not yet measured there); ``--deadline S`` starts no
+candidate after S seconds. Run it under ``benchmarks/background.sh`` (a call of the GPU machine
+lasts at most 10 minutes; it brings back the files directly under the folder, so ``--out`` is that
+folder; the models it builds stay in ``OUT/models``)::
 
-    benchmarks/background.sh start /tmp/trace 560 -- python benchmarks/memory_trace.py --out /tmp/trace/out --deadline 480
+    benchmarks/background.sh start /tmp/trace 570 -- python3 benchmarks/memory_trace.py --out /tmp/trace --deadline 420
     python benchmarks/memory_trace.py --out /tmp/t --cpu --tiny      # the same code path on the CPU, tiny shapes, no trace
 
-The GPU machine needs sqlalchemy and alembic besides torch and Transformers (no bitsandbytes).
+The GPU machine needs autotune's store and probe dependencies besides torch and Transformers
+(sqlalchemy, alembic, optuna, platformdirs, nvidia-ml-py: ``../shared/gpu/wheels.sh``); no bitsandbytes.
 """
 
 from __future__ import annotations
@@ -188,9 +193,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "fp32 sdpa": dict(dtype="float32", attn="sdpa"),
     "fp32 eager": dict(dtype="float32", attn="eager"),
 }
-#: Allocator events each batch size's history keeps (the latest; no tracebacks): a prompt pass and
-#: most decode steps of the largest shape at batch 32, a few MB per snapshot.
-TRACE_ENTRIES = 40_000
+#: Allocator events each batch size's history keeps (the latest; no tracebacks): a whole pass of
+#: the largest shape at batch 32 (its prompt pass and 63 decode steps, about 2,100 events a step
+#: with the small pool's), some 15 MB per snapshot.
+TRACE_ENTRIES = 200_000
 
 
 def replayed(config: dict[str, Any], candidate: Candidate, prompt: int, new: int, ladder: list[int]) -> list[dict[str, Any]]:
@@ -363,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         stem = re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{run['shape']}_{run['label']}_")
         found = [s for s in summaries if s["file"].startswith(stem) and s["batch_size"] == run["batch_size"]]
-        run["trace"] = found[-1] if found else None
+        run["trace"] = {k: v for k, v in found[-1].items() if k != "large_events"} if found else None
 
     runs.sort(key=lambda r: (r["shape"], r["label"], r["batch_size"]))
     configs = {name: known[name][0] for name in names}
@@ -418,6 +424,16 @@ def main(argv: list[str] | None = None) -> int:
     (out / "forecast_holdout_trace.json").write_text(json.dumps(rows, indent=1) + "\n")
     table = report(rows, runs, not_run, environment.summary(), time.monotonic() - began)
     (out / "memory_trace.md").write_text(table)
+    if trace_dir.is_dir():
+        # one file beside the others (background.sh brings back the files directly under a folder)
+        import tarfile
+
+        # every summary, and the snapshots of the largest batch (the points that miss): the others
+        # stay in OUT/trace (about 15 MB each at the default history)
+        with tarfile.open(out / "memory_trace_snapshots.tar.gz", "w:gz") as tar:
+            for path in sorted(trace_dir.iterdir()):
+                if path.suffix == ".json" or path.stem.endswith(f"_b{max(ladder)}"):
+                    tar.add(path, arcname=f"trace/{path.name}")
     print(table)
     return 0
 

@@ -61,6 +61,25 @@ def test_a_pass_is_summarized_by_peaks_segments_and_split_free_bytes() -> None:
     assert summary["inactive_split_bytes"] == 3 * mib and summary["segment_count"] == 4
 
 
+def test_the_large_pools_events_are_kept_in_order() -> None:
+    mib = 2**20
+    snapshot = {
+        "device_traces": [
+            [
+                {"action": "segment_alloc", "size": 2 * mib, "addr": 0},
+                {"action": "alloc", "size": 512, "addr": 0},
+                {"action": "alloc", "size": 66 * mib, "addr": 4 * mib},
+                {"action": "free_completed", "size": 66 * mib, "addr": 4 * mib},
+            ]
+        ]
+    }
+    assert trace.large_events(snapshot) == [
+        ["segment_alloc", 2 * mib, 0],
+        ["alloc", 66 * mib, 4 * mib],
+        ["free_completed", 66 * mib, 4 * mib],
+    ]
+
+
 def _holdout_module():  # noqa: ANN202 - a script loaded from its file
     spec = importlib.util.spec_from_file_location("forecast_holdout", REPO / "benchmarks" / "forecast_holdout.py")
     assert spec is not None and spec.loader is not None

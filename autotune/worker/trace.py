@@ -10,8 +10,9 @@ emptied). At the end of each batch size's memory pass it writes, under ``DIR``:
 
 - ``STEM_bN.pickle``: ``torch.cuda.memory._dump_snapshot`` (segments, blocks, the recent events),
   readable with https://pytorch.org/memory_viz;
-- ``STEM_bN.json``: the pass's allocated and reserved peaks, the reserved segments by size and the
-  free bytes inside segments that also hold live blocks (``inactive_split``).
+- ``STEM_bN.json``: the pass's allocated and reserved peaks, the reserved segments by size, the
+  free bytes inside segments that also hold live blocks (``inactive_split``), and the large pool's
+  events in order (``[action, size, address]``), compact enough to keep for every pass.
 
 The end of the pass is the reserved peak's snapshot: the worker empties the cache only between
 batch sizes, and the caching allocator gives no segment back before that, so every segment
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from typing import Any
 
@@ -90,9 +92,12 @@ class MemoryTrace:
         import torch
 
         base = os.path.join(self.directory, f"{self.stem}_b{self.batch}")
-        torch.cuda.memory._dump_snapshot(base + ".pickle")
-        summary = summarize(torch.cuda.memory_stats(), torch.cuda.memory_snapshot())
+        snapshot = torch.cuda.memory._snapshot()
+        with open(base + ".pickle", "wb") as fh:  # what _dump_snapshot writes
+            pickle.dump(snapshot, fh)
+        summary = summarize(torch.cuda.memory_stats(), snapshot.get("segments") or [])
         summary["batch_size"] = self.batch
+        summary["large_events"] = large_events(snapshot)
         with open(base + ".json", "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=1)
         self.written += [base + ".pickle", base + ".json"]
@@ -117,6 +122,21 @@ def summarize(stats: dict[str, Any], segments: list[dict[str, Any]]) -> dict[str
         "reserved_by_pool": pools,
         "segment_count": len(segments),
     }
+
+
+def large_events(snapshot: dict[str, Any], smallest: int = 1 << 20) -> list[list[Any]]:
+    """The history's events of the large pool, compactly: ``[action, size, address]`` in order.
+
+    Requests of more than 1 MiB (the large pool's) are the ones that decide which segments a
+    dynamic cache leaves behind; the small pool's events are most of the history and are left out.
+    """
+    out = []
+    for trace in snapshot.get("device_traces") or []:
+        for event in trace:
+            size = int(event.get("size", 0))
+            if size > smallest or event.get("action") in ("segment_alloc", "segment_free"):
+                out.append([event.get("action"), size, int(event.get("addr", 0))])
+    return out
 
 
 #: The worker's trace, if it runs one (set by the worker child, read by the memory pass).
