@@ -146,3 +146,52 @@ def test_replay_is_cheap_enough_for_plan_time(batch: int) -> None:
     start = time.perf_counter()
     replay_ladder(shape, [batch], 512, 128)
     assert time.perf_counter() - start < 0.5
+
+
+def test_the_forecast_can_take_the_dynamic_caches_share_from_the_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CACHE_MODEL = "replay": the running part's allocator share is what the replay keeps, in place
+    of the ordinary slack and the outgrown-classes rule; "classes" (the default) leaves it as it was."""
+    from autotune.candidate import Candidate
+    from autotune.memory import forecast as fc
+    from autotune.memory.shape import DTYPE_BYTES
+    from autotune.workload import Workload
+
+    config = {**TINY, "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_key_value_heads": 16}
+    candidate = Candidate(dtype="bfloat16", attn="sdpa")
+    workload = Workload(prompt_tokens=256, new_tokens=64)
+    assert fc.CACHE_MODEL == "classes"
+    ruled = fc.forecast_parts(config, candidate, workload, 32, before=(1, 8))
+    monkeypatch.setattr(fc, "CACHE_MODEL", "replay")
+    replayed = fc.forecast_parts(config, candidate, workload, 32, before=(1, 8))
+    kept = replay_kept(model_shape(config, "text-generation"), 32, 256, 64, DTYPE_BYTES["bfloat16"], (1, 8))
+    slack_weights = int(fc.SLACK_WEIGHTS * replayed.parts["weights"])
+    assert abs(replayed.parts["allocator_slack"] - (kept + slack_weights)) <= 1
+    assert {k: v for k, v in replayed.parts.items() if k != "allocator_slack"} == {
+        k: v for k, v in ruled.parts.items() if k != "allocator_slack"
+    }
+    # eager attention materialises scores: the replay is not used there
+    eager = Candidate(dtype="bfloat16", attn="eager")
+    eager_parts = fc.forecast_parts(config, eager, workload, 32).parts
+    monkeypatch.setattr(fc, "CACHE_MODEL", "classes")
+    assert fc.forecast_parts(config, eager, workload, 32).parts == eager_parts
+
+
+def test_the_recorded_allocation_order_runs_through_the_allocator() -> None:
+    """benchmarks/allocation_order.py on a tiny Llama on the meta device: every storage created is
+    freed by the end, and the allocated peak holds at least the whole cache."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "allocation_order.py"
+    spec = importlib.util.spec_from_file_location("allocation_order", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    events = module.record(TINY, 4, 32, 6)
+    created = sum(1 for e in events if e[0] == "a")
+    assert created > 50 and created == sum(1 for e in events if e[0] == "f")
+    alloc = module.through_allocator(events)
+    assert alloc.stats.allocated == 0
+    assert alloc.stats.peak_allocated >= 4 * 2 * 4 * (32 + 5) * 256 * 2  # K and V of 4 layers, 37 tokens, bf16

@@ -20,7 +20,9 @@ once per config, on the meta device); nothing here imports torch. The parts of a
   or quantized load of an fp32 checkpoint) the load, not the run, sets the peak.
 - **runtime context**: the CUDA context per GPU, or the baseline of a worker process with torch
   and Transformers (and bitsandbytes) on the CPU.
-- **allocator slack**: caching-allocator rounding and fragmentation. LLM.int8 on a GPU adds more:
+- **allocator slack**: caching-allocator rounding and fragmentation; a dynamic cache on a GPU adds
+  the blocks its growing K/V leave behind (:data:`CACHE_GROWTH`, or, under :data:`CACHE_MODEL`
+  ``"replay"``, what :mod:`autotune.memory.replay` keeps). LLM.int8 on a GPU adds more:
   its outlier copies change size from layer to layer with the outlier count, and the caching
   allocator keeps each block it outgrew, about ``H(L) - 1`` more generations of them over ``L``
   layers (``H`` the harmonic number: the expected running maxima of ``L`` random sizes).
@@ -94,7 +96,7 @@ CACHE_GROWTH = 0.2
 #: (:data:`CACHE_GROWTH` per outgrown size class, beside :data:`SLACK_RUNNING`); or ``"replay"``,
 #: what the allocator model keeps when the worker's sequence is replayed through it
 #: (:mod:`autotune.memory.replay`), in place of both. See BENCHMARKS.md section 7 for which is in use and why.
-CACHE_MODEL = "classes"
+CACHE_MODEL = "classes"  # the replay missed the SmolLM2-like shape's batch 32 by -31% (BENCHMARKS.md 7)
 #: PyTorch's caching allocator (``CUDACachingAllocator``) rounds a request of 10 MiB or more up to
 #: a multiple of 2 MiB and gives it a segment of its own; a request of 1-10 MiB is carved from a
 #: 20 MiB segment shared with others, whose freed blocks merge with their free neighbours.
