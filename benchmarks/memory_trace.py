@@ -208,6 +208,10 @@ def replayed(config: dict[str, Any], candidate: Candidate, prompt: int, new: int
     return [dict(r.to_dict(), kept=r.kept) for r in replay_ladder(shape, ladder, prompt, new, DTYPE_BYTES[candidate.dtype])]
 
 
+#: The forecast's cache model is a module setting; the workers' threads report at once.
+_SWITCH = threading.Lock()
+
+
 def raw_forecasts(
     config: dict[str, Any], candidate: Candidate, prompt: int, new: int, batch: int, before: tuple[int, ...], version: str | None
 ) -> dict[str, int]:
@@ -215,23 +219,27 @@ def raw_forecasts(
     from autotune.memory import forecast
     from autotune.workload import Workload
 
+    workload = Workload(prompt_tokens=prompt, new_tokens=new)
     out = {}
-    kept = forecast.CACHE_MODEL
-    try:
-        for model in ("classes", "replay"):
-            forecast.CACHE_MODEL = model
-            out[model] = forecast.forecast_parts(
-                config, candidate, Workload(prompt_tokens=prompt, new_tokens=new), batch, transformers_version=version, before=before
-            ).peak_bytes
-    finally:
-        forecast.CACHE_MODEL = kept
+    with _SWITCH:
+        kept = forecast.CACHE_MODEL
+        try:
+            for model in ("classes", "replay"):
+                forecast.CACHE_MODEL = model
+                out[model] = forecast.forecast_parts(
+                    config, candidate, workload, batch, transformers_version=version, before=before
+                ).peak_bytes
+        finally:
+            forecast.CACHE_MODEL = kept
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="where the store, the traces, the JSON and the table go")
-    parser.add_argument("--deadline", type=float, metavar="S", help="start no candidate after S seconds; running ones get what is left")
+    parser.add_argument(
+        "--deadline", type=float, metavar="S", help="start no candidate after S seconds; running ones get what is left and two minutes"
+    )
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (no trace: the worker's switch is a no-op there)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, 16 + 8 tokens, batch 1, 2, 4 (checks the script)")
     parser.add_argument("--shapes", help=f"comma-separated, of {', '.join(SHAPES)} (or, with --tiny, {', '.join(TINY)}); default all")
@@ -331,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                 environment_id=env_id,
                 study=study,
                 origin="measure",
-                timeout_s=None if left() == float("inf") else max(20.0, left()),
+                # a worker started just before the deadline still gets two minutes to finish its ladder
+                timeout_s=None if left() == float("inf") else max(20.0, left()) + 120.0,
                 worker_options=dict(WORKER_OPTIONS),
             )
         predicted = replayed(config, candidate, prompt, new, ladder)
