@@ -11,10 +11,13 @@ worst, worst under-forecast) and whether forecast x (1 + margin) covered every m
 
     python benchmarks/forecast_holdout.py                 # tables, and results/forecast_holdout.json
     python benchmarks/forecast_holdout.py --json-out FILE --results DIR
+    python benchmarks/forecast_holdout.py --runs OUT/forecast_shapes_trace.json   # with memory_trace.py's fresh shapes
+    python benchmarks/forecast_holdout.py --cache-model replay                   # the allocator replay for the dynamic cache
 
 The JSON is a list of objects with ``shape``, ``candidate``, ``batch_size``, ``peak_bytes``,
 ``forecast_bytes`` (calibrated), ``error`` ((forecast - peak) / peak), ``fitted_on_shape``
-(false: held out; true: the same point with everything, its own shape included, fitted), and
+(false: held out; true: the same point with everything, its own shape included, fitted), ``gpu``
+(the GPU that measured the peak; None where the source does not say, or on the CPU), and
 ``raw_forecast_bytes``, ``margin``, ``admitted_bytes``, ``covered``, ``source``.
 Computed on the CPU: only the forecasts are computed; the peaks are what the stores hold.
 """
@@ -62,6 +65,8 @@ class Point:
     batch_size: int
     source: str
     prompt_tokens: int
+    #: The GPU that measured the peak, where the source names it (None: a CPU peak, or not said).
+    gpu: str | None = None
 
 
 def store_points(path: Path) -> list[Point]:
@@ -73,7 +78,17 @@ def store_points(path: Path) -> list[Point]:
         copy = shutil.copy(path, Path(tmp) / path.name)
         with Store.open(str(copy)) as store:
             found = measured_points(store)
-            return [Point(p.point, p.trial.candidate, p.trial.batch_size, path.name, p.workload.prompt_tokens) for p in found]
+            return [
+                Point(
+                    p.point,
+                    p.trial.candidate,
+                    p.trial.batch_size,
+                    path.name,
+                    p.workload.prompt_tokens,
+                    p.point.device_kind if p.trial.candidate.on_gpu else None,
+                )
+                for p in found
+            ]
 
 
 def run_points(path: Path) -> list[Point]:
@@ -96,15 +111,21 @@ def run_points(path: Path) -> list[Point]:
             continue
         kind = device_kind(candidate, [env.get("gpu") or "gpu"])
         point = CalibrationPoint(kind, raw, int(run["peak_memory_bytes"]), candidate.label(), candidate_group(candidate), shape_key(config))
-        out.append(Point(point, candidate, run["batch_size"], path.name, run["prompt_tokens"]))
+        gpu = env.get("gpu") if candidate.on_gpu else None
+        out.append(Point(point, candidate, run["batch_size"], path.name, run["prompt_tokens"], gpu))
     return out
 
 
-def gather(results: Path) -> list[Point]:
+def gather(results: Path, runs: Iterable[Path] = ()) -> list[Point]:
+    """The points of the stores and run files under ``results``, and of the run files ``runs`` named besides."""
     points: list[Point] = []
     for path in sorted(results.glob("*.db")):
         points += store_points(path)
-    for path in sorted(results.glob("forecast_shapes_*.json")):
+    files = sorted(results.glob("forecast_shapes_*.json"))
+    for path in runs:
+        if path.resolve() not in {f.resolve() for f in files}:
+            files.append(path)
+    for path in files:
         points += run_points(path)
     return points
 
@@ -124,6 +145,7 @@ def row(p: Point, fitted: Correction, held_out: bool) -> dict[str, Any]:
         "forecast_bytes": figure,
         "error": round((figure - peak) / peak, 5),
         "fitted_on_shape": not held_out,
+        "gpu": p.gpu,
         "raw_forecast_bytes": p.point.forecast_bytes,
         "margin": margin.value,
         "margin_group": list(margin.group),
@@ -178,8 +200,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the stores and run files are (default benchmarks/results)")
     parser.add_argument("--json-out", type=Path, help="where to write the rows (default RESULTS/forecast_holdout.json)")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file of worker runs to include besides RESULTS/forecast_shapes_*.json (memory_trace.py's "
+        "forecast_shapes_trace.json); repeatable",
+    )
+    parser.add_argument(
+        "--cache-model",
+        choices=("classes", "replay"),
+        help="the dynamic cache's allocator share: the outgrown-classes rule, or the allocator replay "
+        "(default: the forecast's own, autotune.memory.forecast.CACHE_MODEL)",
+    )
     args = parser.parse_args(argv)
-    points = gather(args.results)
+    if args.cache_model:
+        from autotune.memory import forecast
+
+        forecast.CACHE_MODEL = args.cache_model
+    points = gather(args.results, args.runs)
     if len({p.point.shape for p in points}) < 2:
         print(f"need measured peaks of at least two model shapes under {args.results}, found {len(points)} points")
         return 1
@@ -198,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         s = summary(r for r in held if r["shape"] == shape)
         body.append([shape, s["n"], pct(s["median"]), pct(s["worst"]), pct(s["worst_under"]), f"{s['covered']:.0%}"])
     table(["shape", "points", "median |err|", "worst |err|", "worst under", "covered by margin"], body)
+    gpus = sorted({str(r["gpu"]) for r in held})
+    if len(gpus) > 1:
+        print("\nper GPU that measured the peak, held out:")
+        body = []
+        for gpu in gpus:
+            s = summary(r for r in held if str(r["gpu"]) == gpu)
+            body.append([gpu, s["n"], pct(s["median"]), pct(s["worst"]), pct(s["worst_under"]), f"{s['covered']:.0%}"])
+        table(["gpu", "points", "median |err|", "worst |err|", "worst under", "covered by margin"], body)
     print("\nper group (device, attention, cache, quantization), held out:")
     body = []
     for group in sorted({(r["device"], *r["group"]) for r in held}):

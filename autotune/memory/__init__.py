@@ -12,6 +12,10 @@ One home for memory, below the search and the advisor (both use it; it uses neit
   error per group of candidates (:class:`Correction`).
 - :mod:`autotune.memory.limit` — the workload's limit on each device of a placement
   (:class:`DeviceLimits`), and the one reader of the host's memory.
+- :mod:`autotune.memory.allocator` — a model of PyTorch's CUDA caching allocator, and
+  :mod:`autotune.memory.replay`, a worker's dynamic-cache ``generate`` replayed through it (what
+  the allocator keeps beyond what is allocated; ``forecast.CACHE_MODEL`` chooses whether the
+  forecast uses it).
 - :mod:`autotune.memory.bnb` — which layers bitsandbytes converts, shared with the trial worker.
 - :mod:`autotune.memory.measured` — the measured points, read from the store (import it
   directly: it is the only part that needs the store, and the worker never imports it).

@@ -20,7 +20,9 @@ once per config, on the meta device); nothing here imports torch. The parts of a
   or quantized load of an fp32 checkpoint) the load, not the run, sets the peak.
 - **runtime context**: the CUDA context per GPU, or the baseline of a worker process with torch
   and Transformers (and bitsandbytes) on the CPU.
-- **allocator slack**: caching-allocator rounding and fragmentation. LLM.int8 on a GPU adds more:
+- **allocator slack**: caching-allocator rounding and fragmentation; a dynamic cache on a GPU adds
+  the blocks its growing K/V leave behind (:data:`CACHE_GROWTH`, or, under :data:`CACHE_MODEL`
+  ``"replay"``, what :mod:`autotune.memory.replay` keeps). LLM.int8 on a GPU adds more:
   its outlier copies change size from layer to layer with the outlier count, and the caching
   allocator keeps each block it outgrew, about ``H(L) - 1`` more generations of them over ``L``
   layers (``H`` the harmonic number: the expected running maxima of ``L`` random sizes).
@@ -45,6 +47,7 @@ from typing import Any
 from autotune.candidate import Candidate
 from autotune.errors import InputError
 from autotune.memory.limit import DeviceLimits
+from autotune.memory.replay import replay_kept
 from autotune.memory.shape import DTYPE_BYTES, ModelShape, model_shape, version_tuple, weight_bytes
 from autotune.workload import Workload
 
@@ -89,6 +92,11 @@ COMPILED_BYTES = 96 * 2**20
 #: the prompt's pass freed take in part of the outgrown ones, and how much depends on the order
 #: of allocations and on the batch sizes the same process ran before.
 CACHE_GROWTH = 0.2
+#: How the dynamic cache's allocator share on a GPU is forecast: ``"classes"``, the rule above
+#: (:data:`CACHE_GROWTH` per outgrown size class, beside :data:`SLACK_RUNNING`); or ``"replay"``,
+#: what the allocator model keeps when the worker's sequence is replayed through it
+#: (:mod:`autotune.memory.replay`), in place of both. See BENCHMARKS.md section 7 for which is in use and why.
+CACHE_MODEL = "classes"  # the replay missed the SmolLM2-like shape's batch 32 by -31% (BENCHMARKS.md 7)
 #: PyTorch's caching allocator (``CUDACachingAllocator``) rounds a request of 10 MiB or more up to
 #: a multiple of 2 MiB and gives it a segment of its own; a request of 1-10 MiB is carved from a
 #: 20 MiB segment shared with others, whose freed blocks merge with their free neighbours.
@@ -249,7 +257,7 @@ def forecast_shape(
         raise InputError(f"no memory forecast for runtime {c.runtime}: only PyTorch loads are forecast")
     version = version_tuple(transformers_version) if transformers_version else installed_transformers()
     notes = list(shape.notes) if c.is_bnb else [n for n in shape.notes if "bitsandbytes" not in n]
-    running = _running(shape, c, workload, batch_size, task, version, notes)
+    running = _running(shape, c, workload, batch_size, task, version, notes, before)
     if c.on_gpu and c.static_cache and task == "text-generation":
         # each earlier batch size's static cache (a new one per size) and CUDA graph pool stay
         # cached: blocks of other sizes the caching allocator does not hand to this one (on an
@@ -340,6 +348,9 @@ class _Running:
     retained: int = 0
     #: The whole cache ``generate`` leaves.
     cache: int = 0
+    #: A dynamic cache on a GPU under ``CACHE_MODEL = "replay"``: what the allocator model holds
+    #: beyond what is allocated at the peaks of the worker's sequence (None: not replayed).
+    replayed_slack: int | None = None
 
 
 def _kv_bytes(shape: ModelShape, tokens: int, prompt: int, batch: int, act: int) -> int:
@@ -374,7 +385,14 @@ def outgrown_classes(first_bytes: int, last_bytes: int) -> int:
 
 
 def _running(
-    shape: ModelShape, c: Candidate, workload: Workload, b: int, task: str, version: tuple[int, int], notes: list[str]
+    shape: ModelShape,
+    c: Candidate,
+    workload: Workload,
+    b: int,
+    task: str,
+    version: tuple[int, int],
+    notes: list[str],
+    before: Sequence[int] = (),
 ) -> _Running:
     """The peak of running ``generate`` (or an encoder's forward), phase by phase.
 
@@ -438,6 +456,7 @@ def _running(
         kv, logits = 0, b * 64 * 4
 
     graphs = growth = 0
+    replayed: int | None = None
     if c.on_gpu and static:
         # torch.compile's "reduce-overhead" records the decode step in a CUDA graph whose private
         # pool keeps its intermediates: K/V repeated to every head (a static cache's decode mask
@@ -451,12 +470,15 @@ def _running(
         # (see CACHE_GROWTH). Materialised scores leave large blocks cached after the prompt,
         # which the growing K/V are carved from (on an H200, eager kept 1.0 GiB beyond what was
         # allocated where SDPA kept 7.9 on the same model and batch): no growth is counted there.
-        for layer in shape.kv_layers:
-            if layer.cross:
-                continue
-            per_token = layer.elements_per_token // 2 * b * act  # K, or V, of one layer
-            first, last = (min(t, layer.window or t) * per_token for t in (prompt, length))
-            growth += int(CACHE_GROWTH * max(0, outgrown_classes(first, last) - 1) * 2 * last)
+        if CACHE_MODEL == "replay":
+            replayed = replay_kept(shape, b, prompt, new, act, before)
+        else:
+            for layer in shape.kv_layers:
+                if layer.cross:
+                    continue
+                per_token = layer.elements_per_token // 2 * b * act  # K, or V, of one layer
+                first, last = (min(t, layer.window or t) * per_token for t in (prompt, length))
+                growth += int(CACHE_GROWTH * max(0, outgrown_classes(first, last) - 1) * 2 * last)
     return _Running(
         kv=kv,
         activations=activations,
@@ -466,6 +488,7 @@ def _running(
         graphs=graphs,
         cache_growth=growth,
         cache=kv_full,
+        replayed_slack=replayed,
     )
 
 
@@ -499,7 +522,11 @@ def _parts(
         context = CPU_BASELINE_BYTES + (BNB_CPU_IMPORT_BYTES if c.quant != "none" else 0)
         checkpoint = shape.parameters * DTYPE_BYTES[shape.checkpoint_dtype]
         loading = max(0, checkpoint - (weights + quant_state + run))
-    slack = (SLACK_STATIC if c.static_cache else SLACK_RUNNING) * run + SLACK_WEIGHTS * (weights + quant_state)
+    if running.replayed_slack is not None:
+        # the replay holds what the allocator keeps of the running part: it replaces the share of it
+        slack = running.replayed_slack * kv_share + SLACK_WEIGHTS * (weights + quant_state)
+    else:
+        slack = (SLACK_STATIC if c.static_cache else SLACK_RUNNING) * run + SLACK_WEIGHTS * (weights + quant_state)
     if c.on_gpu and runs_layers:
         # the scores' blocks change size between the softmax and the casts around it: the caching
         # allocator keeps a few more of them than are live at once

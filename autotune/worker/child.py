@@ -178,6 +178,12 @@ def run(request: WorkerRequest, report: Reporter) -> None:
         return
     model = loaded.model
     backend.after_load(model)
+    from autotune.worker import trace
+
+    # opt-in (AUTOTUNE_MEMORY_TRACE): the allocator's history from here on, a snapshot per batch size
+    trace.active = trace.MemoryTrace.from_env(request.model_name, candidate.label()) if candidate.on_gpu else None
+    if trace.active is not None:
+        trace.active.start()
 
     quality_metrics: dict[str, Any] = {}
     quality_details: dict[str, Any] = {}
@@ -213,6 +219,7 @@ def run(request: WorkerRequest, report: Reporter) -> None:
                 _free_memory(torch)  # what the last size left cached does not count in this one's peak
             first = False
             report.phase("batch", batch)
+            trace.begin_batch(batch)
             result = _measure_one(request, model, batch, probe, fault_at, load_metrics, effective, quality_metrics, quality_details)
             if request.compile_cache and result.status in ("ok", "screened"):
                 result.details["compile_cache"] = compile_cache_state(request.compile_cache, before=cache)

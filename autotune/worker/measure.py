@@ -409,6 +409,9 @@ def memory_pass(model: Any, probe: GpuMemoryProbe | None) -> Iterator[dict[str, 
     out: dict[str, Any] = {}
     with MemorySampler(probe if gpus else None) as sampler:
         yield out
+    from autotune.worker import trace
+
+    trace.after_memory_pass()  # a no-op unless the worker runs a memory trace
     metrics: dict[str, Any] = {"rss_bytes": sampler.rss_peak or None}
     details: dict[str, Any] = {}
     if gpus and tracked:
