@@ -53,8 +53,16 @@ TINY_PROMPT, TINY_NEW = 32, 8
 #: Batch sizes: the latency workload measures batch 1; the throughput one batch 1 and 16.
 BATCHES = {"latency": (1,), "throughput": (1, 16)}
 TINY_BATCHES = {"latency": (1,), "throughput": (1, 4)}
-GRID_REPEATS = 3
+#: The grid's timing, the same stopping rule as the worker's (min 3, max 10 repeats, until the
+#: spread (p90 - p10) / p50 is at most 5%, 60 s per series), after warm-up calls that go on until
+#: two agree within 5% (at least 2, at most 6). Three fixed repeats were too few where a
+#: batch-1 loop spread 10% or more (BENCHMARKS §6: the grid's static cache 864-974 ms over three).
+GRID_MIN_REPEATS = 3
+GRID_MAX_REPEATS = 10
+GRID_TARGET_SPREAD = 0.05
+GRID_TIME_CAP_S = 60.0
 GRID_WARMUP = 2
+GRID_MAX_WARMUP = 6
 
 
 def log(message: str) -> None:
@@ -101,20 +109,31 @@ for batch in spec["batches"]:
            "pad_token_id": model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0}
     if spec["static"]:
         gen["cache_implementation"] = "static"
+    def call():
+        sync(); t = time.perf_counter()
+        o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen)
+        sync(); return time.perf_counter() - t, o
+    def spread(v):
+        if len(v) < 2: return 0.0
+        q = statistics.quantiles(v, n=10, method="inclusive")
+        return (q[8] - q[0]) / statistics.median(v)
     try:
-        first = None
-        for i in range(spec["warmup"]):
-            sync(); t = time.perf_counter()
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen)
-            sync(); first = first if first is not None else time.perf_counter() - t
+        warm = []
+        while len(warm) < spec["max_warmup"]:
+            warm.append(call()[0])
+            if len(warm) >= spec["warmup"] and abs(warm[-1] - warm[-2]) <= spec["target"] * min(warm[-2:]):
+                break
         times = []
-        for _ in range(spec["repeats"]):
-            sync(); t = time.perf_counter()
-            o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen)
-            sync(); times.append(time.perf_counter() - t)
+        started_series = time.monotonic()
+        while len(times) < spec["max_repeats"]:
+            if len(times) >= spec["min_repeats"] and spread(times) <= spec["target"]: break
+            if times and time.monotonic() - started_series > spec["time_cap_s"]: break
+            seconds, o = call()
+            times.append(seconds)
         med = statistics.median(times)
         new = int(o.shape[1] - ids.shape[1])
-        out["sizes"][str(batch)] = {"status": "ok", "seconds": times, "median_s": med, "first_call_s": first,
+        out["sizes"][str(batch)] = {"status": "ok", "seconds": times, "median_s": med, "first_call_s": warm[0],
+                                    "warmup_seconds": warm, "spread": spread(times),
                                     "latency_ms": med * 1e3, "throughput": batch * new / med, "new_tokens": new,
                                     "compiled": getattr(model, "_compiled_call", None) is not None}
     except torch.cuda.OutOfMemoryError as exc:
@@ -172,7 +191,11 @@ def grid_one(
         "prompt": TINY_PROMPT if tiny else PROMPT,
         "new": TINY_NEW if tiny else NEW,
         "warmup": GRID_WARMUP,
-        "repeats": GRID_REPEATS,
+        "max_warmup": GRID_MAX_WARMUP,
+        "min_repeats": GRID_MIN_REPEATS,
+        "max_repeats": GRID_MAX_REPEATS,
+        "target": GRID_TARGET_SPREAD,
+        "time_cap_s": GRID_TIME_CAP_S,
         "device": "cpu" if tiny else "cuda:0",
     }
     env = on_gpu(gpu, TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
@@ -475,11 +498,139 @@ def table(entries: list[dict[str, Any]], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- the compile cache's savings, and the results file ------------------------------------------------------
+
+
+def compile_savings(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model, workload, candidate and batch size both studies compiled: the first study's compile
+    seconds (its cache cold for that graph, unless an earlier study of the run compiled it) against
+    the second's (the same cache, which the first filled), from the studies' own trials.
+
+    ``compile_seconds`` is the worker's first call less its p50 (the compile and what else the first
+    call pays); ``warm`` is the worker's own reading of the cache (it added no file).
+    """
+    by_run: dict[tuple[str, str, str], dict[tuple[str, int], dict[str, Any]]] = {}
+    for run in runs:
+        table = by_run.setdefault((run.get("model", "?"), run.get("workload", "?"), run.get("run", "?")), {})
+        for t in run.get("trials", []):
+            seconds = (t.get("metrics") or {}).get("compile_seconds")
+            if t.get("status") in ("ok", "screened") and seconds is not None:
+                cache = (t.get("details") or {}).get("compile_cache") or {}
+                table[(t["label"], t["batch_size"])] = {"seconds": seconds, "warm": cache.get("warm"), "added": cache.get("added")}
+    out = []
+    for (model, workload, run), first in sorted(by_run.items()):
+        if run != "first":
+            continue
+        second = by_run.get((model, workload, "second"), {})
+        for (label, batch), cold in sorted(first.items()):
+            warm = second.get((label, batch))
+            row = {"model": model, "workload": workload, "label": label, "batch_size": batch, "first_seconds": cold["seconds"]}
+            row.update(first_cache_warm=cold["warm"], first_files_added=cold["added"])
+            if warm is not None:
+                row.update(second_seconds=warm["seconds"], second_cache_warm=warm["warm"], second_files_added=warm["added"])
+                row["saved"] = 1 - warm["seconds"] / cold["seconds"] if cold["seconds"] > 0 else None
+            out.append(row)
+    return out
+
+
+def savings_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "Compile seconds per candidate and batch size: the first study (cache cold for the graph unless marked) "
+        "against the second (the same cache):",
+        "",
+        "| model | workload | candidate | batch | first study s (cache) | second study s (cache) | saved |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cache(warm: Any, added: Any) -> str:
+        return "?" if warm is None else ("warm" if warm else f"cold, +{added} files")
+
+    for r in rows:
+        second = (
+            "-" if "second_seconds" not in r else f"{r['second_seconds']:.1f} ({cache(r['second_cache_warm'], r['second_files_added'])})"
+        )
+        saved = "-" if r.get("saved") is None else f"{r['saved']:.0%}"
+        lines.append(
+            f"| {r['model']} | {r['workload']} | {r['label']} | {r['batch_size']} | "
+            f"{r['first_seconds']:.1f} ({cache(r['first_cache_warm'], r['first_files_added'])}) | {second} | {saved} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+#: What the first rows of the results file were: one H200 of a two-GPU host while the other GPU ran
+#: the other task (BENCHMARKS §6, 2026-11-29).
+H200_PAIR = {
+    "gpu": "NVIDIA H200",
+    "gpus": 2,
+    "concurrent": True,
+    "date": "2026-11-29",
+    "note": "2x H200, one task per GPU at once: each study's timings are of its own GPU, but both shared the host's CPUs",
+}
+
+
+def mark_two_h200(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``results/regret_h200.json``'s rows as rows of the results file: measured on two H200s at once."""
+    return [{**row, **H200_PAIR} for row in rows]
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row.get("model"), row.get("workload"), row.get("gpu"), bool(row.get("concurrent")))
+
+
+def merge_rows(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results file's rows with ``new`` merged in: a new row replaces the row of the same model,
+    workload, GPU and concurrency (a rerun); every other row stays, in its place; the rest are appended.
+    A row without a ``gpu`` key is refused: a figure whose GPU is not known cannot be compared."""
+    for row in [*existing, *new]:
+        if not row.get("gpu"):
+            raise ValueError(f"a regret row without a gpu key: {row.get('model')} {row.get('workload')}")
+    fresh = {row_key(r): r for r in new}
+    merged = [fresh.pop(row_key(r), r) for r in existing]
+    return merged + [r for r in new if row_key(r) in fresh]
+
+
+def update_results(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge ``new`` into the results file at ``path`` (created if missing) and write it back."""
+    existing = json.loads(path.read_text()) if path.exists() else []
+    merged = merge_rows(existing, new)
+    path.write_text(json.dumps(merged, indent=1, default=str) + "\n")
+    return merged
+
+
+def parse_pairs(text: str, known: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``llama-8b:latency,falcon-7b:throughput`` -> pairs; a bad item raises SystemExit with one line."""
+    pairs = []
+    for item in [i.strip() for i in text.split(",") if i.strip()]:
+        model, _, workload = item.partition(":")
+        if model not in known or workload not in BATCHES:
+            raise SystemExit(
+                f"regret_gpu: --pairs {item!r}: expected MODEL:WORKLOAD with MODEL one of {', '.join(known)} "
+                f"and WORKLOAD one of {', '.join(BATCHES)}"
+            )
+        if (model, workload) not in pairs:
+            pairs.append((model, workload))
+    if not pairs:
+        raise SystemExit("regret_gpu: --pairs names no pair")
+    return pairs
+
+
+def gpu_name(tiny: bool, gpus: list[str]) -> str:
+    """The name of the GPU(s) the tasks ran on, as NVML gives it (``cpu`` for --tiny)."""
+    if tiny:
+        return "cpu"
+    from autotune.environment import probe_gpus
+
+    found = probe_gpus()[0]
+    names = sorted({g.name for g in found if str(g.index) in gpus or g.uuid in gpus} or {g.name for g in found})
+    return " + ".join(names) or "unknown GPU"
+
+
 # -- main -----------------------------------------------------------------------------------------------------
 
 
 def build_models(names: list[str], work: Path, tiny: bool, gpus: list[str]) -> dict[str, Path]:
-    """Build every model in parallel, one per GPU (a fresh process each)."""
+    """Build every model, a fresh process each: in parallel, one per GPU, on several GPUs; one after
+    the other on one GPU (nothing shares the device or the host's CPUs with anything else)."""
     paths = {name: work / "models" / name for name in names}
     procs = []
     for i, name in enumerate(names):
@@ -490,13 +641,31 @@ def build_models(names: list[str], work: Path, tiny: bool, gpus: list[str]) -> d
             "build(sys.argv[1], Path(sys.argv[2]), sys.argv[4] == '1')"
         )
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if not tiny else dict(os.environ)
-        procs.append(
-            (name, subprocess.Popen([sys.executable, "-c", code, name, str(paths[name]), str(REPO), "1" if tiny else "0"], env=env))
-        )
+        proc = subprocess.Popen([sys.executable, "-c", code, name, str(paths[name]), str(REPO), "1" if tiny else "0"], env=env)
+        procs.append((name, proc))
+        if len(gpus) == 1 and proc.wait() != 0:
+            raise SystemExit(f"building {name} failed")
     for name, proc in procs:
         if proc.wait() != 0:
             raise SystemExit(f"building {name} failed")
     return paths
+
+
+def done_before(out: Path) -> dict[str, Any]:
+    """Task name -> result of the tasks an earlier run of this script finished (its ``raw.json``)."""
+    raw = out / "raw.json"
+    if not raw.exists():
+        return {}
+    data = json.loads(raw.read_text())
+    done: dict[str, Any] = {}
+    for model, results in (data.get("grid") or {}).items():
+        for r in results:
+            if r.get("status") not in ("crash", "timeout") and r.get("spec"):
+                done[f"grid {model} {r['spec']['label']}"] = r
+    for r in data.get("tune") or []:
+        if "error" not in r and r.get("model") and r.get("exit") == 0:
+            done[f"tune {r['model']} {r['workload']} ({r['run']} run, seed {r['seed']})"] = r
+    return done
 
 
 def main() -> int:
@@ -506,10 +675,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", default="falcon-7b,llama-8b")
     parser.add_argument("--workloads", default="latency,throughput")
+    parser.add_argument("--pairs", help="MODEL:WORKLOAD,... instead of every model with every workload")
     parser.add_argument("--budget-minutes", type=float, default=10.0)
     parser.add_argument("--seeds", default="1,2", help="the first run's seed and the second's (no second run: one seed)")
     parser.add_argument("--deadline", type=float, default=1500, help="seconds from the start; no task starts that cannot end by then")
     parser.add_argument("--gpus", help="GPU ids to spread the work over (default: CUDA_VISIBLE_DEVICES, else all NVML sees)")
+    parser.add_argument("--resume", action="store_true", help="keep the tasks --out/raw.json holds and the compile caches; run the rest")
+    parser.add_argument("--results", type=Path, help="a results file (benchmarks/results/regret_gpu.json) to merge the rows into")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a check of the script)")
     args = parser.parse_args()
     started = time.monotonic()
@@ -521,30 +693,45 @@ def main() -> int:
         gpus = ["cpu"]
     elif args.gpus:
         gpus = args.gpus.split(",")
+    elif os.environ.get("CUDA_VISIBLE_DEVICES"):
+        gpus = [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g]
     else:
         from autotune.environment import probe_gpus
 
         found = probe_gpus()[0]
         gpus = [str(g.index) for g in found] or ["0"]
-    names = [m for m in args.models.split(",") if m]
-    workloads = [w for w in args.workloads.split(",") if w]
+    known = ("falcon-7b", "llama-8b")
+    if args.pairs:
+        pairs = parse_pairs(args.pairs, known)
+    else:
+        pairs = [(m, w) for m in args.models.split(",") if m for w in args.workloads.split(",") if w]
+        pairs = parse_pairs(",".join(f"{m}:{w}" for m, w in pairs), known)
+    names = list(dict.fromkeys(m for m, _ in pairs))
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    gpu = gpu_name(tiny, gpus)
+    concurrent = len(gpus) > 1
     paths = build_models(names, args.work, tiny, gpus)
-    log(f"models built ({time.monotonic() - started:.0f} s); GPUs {gpus}")
+    log(
+        f"models built ({time.monotonic() - started:.0f} s); GPUs {gpus} ({gpu}); "
+        + ("one task per GPU at once" if concurrent else "one task at a time")
+    )
 
-    grid_cache = args.work / "grid-compile-cache"
-    tune_cache = args.work / "tune-cache"
-    for cache in (grid_cache, tune_cache):
-        shutil.rmtree(cache, ignore_errors=True)
+    earlier = done_before(args.out) if args.resume else {}
+    if earlier:
+        log(f"resuming: {len(earlier)} task(s) done before are kept")
+    grid_root = args.work / "grid-compile-cache"
+    tune_root = args.work / "tune-cache"
+    if not args.resume:
+        for cache in (grid_root, tune_root):
+            shutil.rmtree(cache, ignore_errors=True)
     tasks: list[Task] = []
     timeout = args.budget_minutes * 60 + 240
-    all_batches = sorted({b for w in workloads for b in (TINY_BATCHES if tiny else BATCHES)[w]})
     grid_estimate = 20.0 if tiny else 45.0
     tune_estimate = 30.0 if tiny else 120.0
 
     ineffective: set[str] = set()  # models where bitsandbytes converted no layer
 
-    def grid_task(model: str, spec: dict[str, Any]) -> Task:
+    def grid_task(model: str, spec: dict[str, Any], batches: tuple[int, ...]) -> Task:
         def run(gpu: str) -> Any:
             if spec["quant"] != "none" and model in ineffective:
                 # as autotune does: once bitsandbytes converted no layer of a model, its other variants load the same
@@ -555,7 +742,12 @@ def main() -> int:
                     "sizes": {},
                     "wall_seconds": 0.0,
                 }
-            result = grid_one(paths[model], spec, tuple(all_batches), grid_cache, tiny, 900, gpu)
+            # The grid runs after the model's studies and starts from the compile caches they left
+            # (they are finished: nothing the grid compiles can help them); compiling is not timed.
+            cache = grid_root / model
+            for study_cache in sorted(tune_root.glob(f"{model}_*")):
+                shutil.copytree(study_cache, cache, dirs_exist_ok=True)
+            result = grid_one(paths[model], spec, batches, cache, tiny, 900, gpu)
             if result.get("status") == "unsupported":
                 ineffective.add(model)
             return result
@@ -566,27 +758,36 @@ def main() -> int:
         def run(gpu: str) -> Any:
             # past the script's deadline the study is stopped gently (Ctrl-C: the trial in hand finishes)
             left = min(timeout, queue.deadline - time.monotonic() + 30)
-            return tune(model, paths[model], workload, run_name, seed, args.work, tune_cache, args.budget_minutes, tiny, left, gpu)
+            # One compile cache per model and workload: the first study finds it cold, the second
+            # (another seed) finds what the first compiled: the saving a second study of the same
+            # model and batch sizes gets.
+            cache = tune_root / f"{model}_{workload}"
+            return tune(model, paths[model], workload, run_name, seed, args.work, cache, args.budget_minutes, tiny, left, gpu)
 
         return Task(f"tune {model} {workload} ({run_name} run, seed {seed})", "tune", run, tune_estimate)
 
-    # Each model: its two studies first, its grid beside them, then the second runs.
+    # Each model: its first studies, its second studies, then its grid (every batch size its pairs use).
     space = TINY_SPACE if tiny else SPACE
+    batch_table = TINY_BATCHES if tiny else BATCHES
     for model in names:
-        for workload in workloads:
-            tasks.append(tune_task(model, workload, "first", seeds[0]))
-        tasks.extend(grid_task(model, spec) for spec in candidates(space, tiny))
-    if len(seeds) > 1:
-        for model in names:
-            for workload in workloads:
-                tasks.append(tune_task(model, workload, "second", seeds[1]))
-    queue = Queue(tasks, started + args.deadline)
+        workloads = [w for m, w in pairs if m == model]
+        for run_name, seed in zip(("first", "second"), seeds):
+            tasks.extend(tune_task(model, w, run_name, seed) for w in workloads)
+        batches = tuple(sorted({b for w in workloads for b in batch_table[w]}))
+        tasks.extend(grid_task(model, spec, batches) for spec in candidates(space, tiny))
+    queue = Queue([t for t in tasks if t.name not in earlier], started + args.deadline)
+    for task in tasks:
+        if task.name in earlier:
+            result = dict(earlier[task.name])
+            task.gpu, task.seconds = result.pop("gpu", None), result.pop("task_seconds", 0.0)
+            task.result = result
+            queue.done.append(task)
 
     def write() -> None:
         with queue.lock:
             done = list(queue.done)
         # The raw results first (they survive a bug below), then the summary.
-        raw = {"grid": {}, "tune": []}
+        raw: dict[str, Any] = {"gpu": gpu, "concurrent": concurrent, "grid": {}, "tune": []}
         for model in names:
             raw["grid"][model] = [
                 {**t.result, "gpu": t.gpu, "task_seconds": t.seconds}
@@ -602,30 +803,37 @@ def main() -> int:
             for model in names:
                 grid = raw["grid"][model]
                 grid_seconds = sum(g["task_seconds"] for g in grid)
-                for workload in workloads:
+                for workload in [w for m, w in pairs if m == model]:
                     runs = [r for r in raw["tune"] if r.get("model") == model and r.get("workload") == workload]
                     if grid and runs:
-                        entries.append(
-                            summarise(model, workload, grid, sorted(runs, key=lambda r: r["run"] != "first"), grid_seconds, tiny)
-                        )
+                        entry = summarise(model, workload, grid, sorted(runs, key=lambda r: r["run"] != "first"), grid_seconds, tiny)
+                        entry.update(gpu=gpu, gpus=len(gpus), concurrent=concurrent, date=time.strftime("%Y-%m-%d"))
+                        entries.append(entry)
+            savings = compile_savings(raw["tune"])
             (args.out / "regret.json").write_text(json.dumps(entries, indent=1, default=str))
-            (args.out / "regret.md").write_text(table(entries, describe_machine(tiny)))
+            (args.out / "compile_cache.json").write_text(json.dumps(savings, indent=1, default=str))
+            (args.out / "regret.md").write_text(table(entries, describe_machine(tiny, concurrent)) + "\n" + savings_table(savings))
         except Exception as exc:  # the raw results are written; the summary can be made again from them
             log(f"summary failed: {type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=worker, args=(queue, gpu, write), daemon=True) for gpu in gpus]
+    threads = [threading.Thread(target=worker, args=(queue, g, write), daemon=True) for g in gpus]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     write()
+    if args.results and (args.out / "regret.json").exists():
+        rows = json.loads((args.out / "regret.json").read_text())
+        finished = [r for r in rows if "error" not in r and r.get("regret") is not None]
+        merged = update_results(args.results, finished)
+        log(f"{len(finished)} row(s) merged into {args.results} ({len(merged)} in all)")
     if (args.out / "regret.md").exists():
         print((args.out / "regret.md").read_text())
     log(f"done in {(time.monotonic() - started) / 60:.1f} min")
     return 0
 
 
-def describe_machine(tiny: bool) -> str:
+def describe_machine(tiny: bool, concurrent: bool) -> str:
     if tiny:
         return "CPU (tiny models, a check of the script)"
     from autotune.environment import probe
@@ -633,7 +841,8 @@ def describe_machine(tiny: bool) -> str:
     env = probe()
     return (
         f"{env.summary()}; torch {env.versions.get('torch')}, transformers {env.versions.get('transformers')}, "
-        f"bitsandbytes {env.versions.get('bitsandbytes')}; tasks share the host's CPUs"
+        f"bitsandbytes {env.versions.get('bitsandbytes')}; "
+        + ("one task per GPU at once: tasks share the host's CPUs" if concurrent else "one task at a time on one GPU")
     )
 
 
