@@ -1,27 +1,50 @@
-"""Regret of `autotune tune` against an exhaustive grid of the same space, timed on the same GPUs.
+"""Regret of `autotune tune` against an exhaustive grid of the same space, timed on the same GPU.
 
 For each model (random weights of a real shape, built on the machine) and workload, this runs
 
-- the **grid**: every candidate of the space at every batch size, timed in plain PyTorch (its own
-  process per candidate: load, two warm-up calls, then the median of repeated `generate` calls,
-  synchronised; its own torch.compile cache, so nothing it compiles helps the study);
 - **`autotune tune MODEL --budget-minutes 10`**, run as a user runs it, in a fresh database and a
-  fresh compile cache; and the same again with another seed (a second database, the compile
-  cache the first run left: what a second run on the same machine pays);
+  compile cache of its own (one per model and workload, cold); and the same again with another
+  seed (a second database, the cache the first study left: what a second study of the same model
+  and batch sizes pays). ``compile_cache.json`` pairs the two studies' compile seconds per
+  candidate and batch size, with the worker's own reading of the cache (cold or warm);
+- the **grid**, after the model's studies: every candidate of the space at every batch size its
+  pairs use, timed in plain PyTorch (its own process per candidate: load, warm-up calls until two
+  agree, then repeats until their spread is at most 5% (3 to 10), the median, synchronised). It
+  starts from the compile caches the studies left, which cannot help them any more, and its
+  GPU-minutes count compiles served from those caches;
 
 then the regret of each recommendation: the share of the grid's best figure it gives up, read
 from the grid's own timing of the recommended candidate (throughput: 1 - rec/best; latency:
 1 - best/rec), the GPU-minutes of each, candidates per GPU-minute, and, for every candidate and
 batch size both measured, autotune's figure against the grid's.
 
-Work is a queue spread over the visible GPUs (one task per GPU at a time; tasks share the host's
-CPUs, which the report says). Results are written as they come to --out:
-`regret.json` (one object per model and workload: model, workload, regret, tune_gpu_minutes,
-grid_gpu_minutes, candidates_per_gpu_minute, recommended, grid_best, and the second run's),
-`grid_<model>.json`, the studies' databases, `regret.md` and `regret.log`.
+With one GPU visible (``CUDA_VISIBLE_DEVICES``, ``--gpus`` or NVML) every task runs alone, one
+after the other, models built one at a time; with several, one task per GPU at once (they share
+the host's CPUs, which the report and the rows' ``concurrent`` key say). Results are written as
+they come to --out: `regret.json` (one object per model and workload: model, workload, gpu,
+gpus, concurrent, date, regret, tune_gpu_minutes, grid_gpu_minutes, candidates_per_gpu_minute,
+recommended, grid_best, and the second run's), `compile_cache.json`, `raw.json` (every grid point
+and every trial: ``--resume`` keeps the tasks it holds and runs the rest, with the compile caches
+under --work left as they are), the studies' databases, `regret.md` and `regret.log`.
+``--results FILE`` merges the finished rows into FILE (``benchmarks/results/regret_gpu.json``:
+:func:`merge_rows` keeps every other row, the H200 pair's among them, and replaces a rerun's).
 
-    python benchmarks/regret_gpu.py --work /tmp/regret --out OUT --models falcon-7b,llama-8b --deadline 1500
+    python benchmarks/regret_gpu.py --work /tmp/regret --out OUT \
+        --pairs llama-8b:throughput,llama-8b:latency,falcon-7b:throughput --results OUT/regret_gpu.json
     python benchmarks/regret_gpu.py --tiny --work /tmp/regret-tiny --out /tmp/regret-tiny/out   # CPU, tiny models
+
+What issue 25's three pairs cost on one GPU, estimated from measured per-candidate costs (§6 on
+an H200: a static-cache grid candidate 52-64 s at batch 1, the others about 35 s, a study 1.8-2.0
+GPU-minutes of measuring and 2.0-2.2 wall; issue 25 on an H100: a throughput study at batch 1 and
+16, 5.9 minutes; a static cache compiles 35-80 s per batch size cold at 2-8B): the studies about
+26 device-minutes (Llama-3-8B throughput 6 + 5, latency 2 + 2, Falcon-7B throughput 6 + 5, the
+second seeds a little less for the warm cache), the grids about 28 (Llama-3-8B at batch 1 and 16,
+14 candidates of which 6 bitsandbytes variants: about 17; Falcon-7B, whose bitsandbytes variants
+load once and stop: about 11), building the two models about 3: about 57 device-minutes in all,
+in 6 to 7 calls of 10 minutes under `benchmarks/background.sh` (``start`` then ``wait`` while it
+exits 3), on two or three machines of 30 minutes held (``--resume`` with raw.json copied back).
+That is more than the 25 device-minutes issue 25 allows for its whole GPU session; the pairs are
+ordered most wanted first (``--pairs``), and ``--deadline`` starts no task that cannot end in time.
 """
 
 from __future__ import annotations

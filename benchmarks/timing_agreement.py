@@ -27,7 +27,9 @@ first: 8 rows, 64-token prompts, 32 new tokens, a forward pass, then ``gc.collec
 padding), and ``same_process`` (every batch size in one process, largest first, as the worker
 measures them: a compiled static cache then recompiles for the second size, and torch.compile's
 automatic dynamic shapes may make that graph a dynamic-batch one). ``--ablations auto`` (the
-default) runs them only where A and B differ by more than the target, at that batch size.
+default) runs them only where A and B differ by more than the target, at that batch size, and
+``same_process`` for every compiled candidate whatever the gap: it is how autotune's worker
+measures a second batch size, and what a server that serves several sizes from one process runs.
 
 Outputs in --out: ``agreement.json`` (every run, every repeat), ``agreement.md`` (the table:
 candidate, batch, autotune's figure, the independent figure, the difference, each side's spread
@@ -569,7 +571,7 @@ def _main(args: argparse.Namespace) -> int:
     elif args.build:
         from benchmarks.e2e_gpu import build
 
-        path = build(args.build, args.work / args.build, False)
+        path = build(args.build, args.work / "models" / args.build, False)  # where regret_gpu.py builds it too
     else:
         raise BadInput("name the model: --model-path DIR, --build llama-8b|falcon-7b, or --tiny")
     setup = Setup(
@@ -634,9 +636,12 @@ def _main(args: argparse.Namespace) -> int:
     for spec in specs:
         for batch in batches:
             row = next(r for r in rows if r["candidate"] == spec.label and r["batch"] == batch)
-            if args.ablations == "auto" and (row["status"] != "ok" or row["within"]):
+            gap = row["status"] == "ok" and not row["within"]
+            if args.ablations == "auto" and not gap and not spec.static:
                 continue
             for name in chosen:
+                if args.ablations == "auto" and not gap and name != "same_process":
+                    continue  # a compiled candidate within target: only the second-size check below
                 if name == "sdpa_pin" and not spec.kernel:
                     continue  # pins nothing: the worker pins only a candidate's named kernel
                 if name == "same_process":
