@@ -9,7 +9,9 @@ For each model (random weights of a real shape, built on the machine) and worklo
   candidate and batch size, with the worker's own reading of the cache (cold or warm);
 - the **grid**, after the model's studies: every candidate of the space at every batch size its
   pairs use, timed in plain PyTorch (its own process per candidate: load, warm-up calls until two
-  agree, then repeats until their spread is at most 5% (3 to 10), the median, synchronised). It
+  agree, then repeats until their spread is at most 5% (3 to 10), the median, synchronised; static
+  caches first, and a point whose warm call is 30% behind the best so far at its batch size is
+  ``screened``: that call's figure, no repeats, never the grid's best). It
   starts from the compile caches the studies left, which cannot help them any more, and its
   GPU-minutes count compiles served from those caches;
 
@@ -38,9 +40,10 @@ an H200: a static-cache grid candidate 52-64 s at batch 1, the others about 35 s
 GPU-minutes of measuring and 2.0-2.2 wall; issue 25 on an H100: a throughput study at batch 1 and
 16, 5.9 minutes; a static cache compiles 35-80 s per batch size cold at 2-8B): the studies about
 26 device-minutes (Llama-3-8B throughput 6 + 5, latency 2 + 2, Falcon-7B throughput 6 + 5, the
-second seeds a little less for the warm cache), the grids about 28 (Llama-3-8B at batch 1 and 16,
-14 candidates of which 6 bitsandbytes variants: about 17; Falcon-7B, whose bitsandbytes variants
-load once and stop: about 11), building the two models about 3: about 57 device-minutes in all,
+second seeds a little less for the warm cache), the grids about 25 (Llama-3-8B at batch 1 and 16,
+14 candidates: about 14, its 6 bitsandbytes variants screened after their warm-up calls; Falcon-7B,
+whose bitsandbytes variants load once and stop: about 11), building the two models about 3: about
+54 device-minutes in all,
 in 6 to 7 calls of 10 minutes under `benchmarks/background.sh` (``start`` then ``wait`` while it
 exits 3), on two or three machines of 30 minutes held (``--resume`` with raw.json copied back).
 That is more than the 25 device-minutes issue 25 allows for its whole GPU session; the pairs are
@@ -86,6 +89,11 @@ GRID_TARGET_SPREAD = 0.05
 GRID_TIME_CAP_S = 60.0
 GRID_WARMUP = 2
 GRID_MAX_WARMUP = 6
+#: A grid point whose last warm-up call is this far behind the grid's best throughput so far at
+#: its batch size is screened: bitsandbytes at 7-8B is 1.4-5x slower than bf16 at small batch
+#: (the product design), and its repeats were most of the grid's time; a margin this wide is
+#: far outside any repeat spread measured here (§1, §6: up to 13.5%).
+GRID_SCREEN_MARGIN = 0.3
 
 
 def log(message: str) -> None:
@@ -146,6 +154,12 @@ for batch in spec["batches"]:
             warm.append(call()[0])
             if len(warm) >= spec["warmup"] and abs(warm[-1] - warm[-2]) <= spec["target"] * min(warm[-2:]):
                 break
+        beat = (spec.get("beat") or {}).get(str(batch))
+        if beat and len(warm) >= 2 and batch * spec["new"] / warm[-1] < beat * (1 - spec["screen_margin"]):
+            # a warm call far behind the best so far at this size: it cannot be the grid's best
+            out["sizes"][str(batch)] = {"status": "screened", "warmup_seconds": warm, "throughput": batch * spec["new"] / warm[-1],
+                                        "beat": beat, "first_call_s": warm[0]}
+            continue
         times = []
         started_series = time.monotonic()
         while len(times) < spec["max_repeats"]:
@@ -204,11 +218,25 @@ def on_gpu(gpu: str, **extra: str) -> dict[str, str]:
 
 
 def grid_one(
-    path: Path, spec: dict[str, Any], batches: tuple[int, ...], cache: Path, tiny: bool, timeout: float, gpu: str
+    path: Path,
+    spec: dict[str, Any],
+    batches: tuple[int, ...],
+    cache: Path,
+    tiny: bool,
+    timeout: float,
+    gpu: str,
+    beat: dict[int, float] | None = None,
 ) -> dict[str, Any]:
-    """Time one candidate at every batch size in a fresh process; never raises."""
+    """Time one candidate at every batch size in a fresh process; never raises.
+
+    ``beat`` holds the grid's best throughput so far per batch size: a size whose last warm-up
+    call is more than :data:`GRID_SCREEN_MARGIN` behind it is recorded ``screened`` (that call's
+    figure, no repeats): it cannot be the grid's best, and it is never compared with autotune's.
+    """
     full = {
         **spec,
+        "beat": {str(k): v for k, v in (beat or {}).items()},
+        "screen_margin": GRID_SCREEN_MARGIN,
         "path": str(path),
         "batches": list(batches),
         "prompt": TINY_PROMPT if tiny else PROMPT,
@@ -399,13 +427,20 @@ def worker(queue: Queue, gpu: str, on_done: Any) -> None:
 # -- the report -------------------------------------------------------------------------------------------
 
 
-def grid_figures(grid: list[dict[str, Any]], workload: str, batches: tuple[int, ...]) -> dict[tuple[str, int], float]:
-    """(candidate key, batch) -> the grid's figure for the workload (tok/s, or ms for latency)."""
+def grid_figures(grid: list[dict[str, Any]], workload: str, batches: tuple[int, ...], status: str = "ok") -> dict[tuple[str, int], float]:
+    """(candidate key, batch) -> the grid's figure for the workload (tok/s, or ms for latency), of
+    the points with ``status`` (``screened``: one warm call's figure, never a measurement)."""
     out = {}
     for result in grid:
         for size, m in (result.get("sizes") or {}).items():
-            if m.get("status") == "ok" and int(size) in batches:
-                out[(result["spec"]["key"], int(size))] = m["latency_ms"] if workload == "latency" else m["throughput"]
+            if m.get("status") != status or int(size) not in batches:
+                continue
+            if workload != "latency":
+                out[(result["spec"]["key"], int(size))] = m["throughput"]
+            elif "latency_ms" in m:
+                out[(result["spec"]["key"], int(size))] = m["latency_ms"]
+            else:  # a screened point keeps the call's seconds
+                out[(result["spec"]["key"], int(size))] = m["warmup_seconds"][-1] * 1e3
     return out
 
 
@@ -420,6 +455,7 @@ def summarise(
 
     batches = (TINY_BATCHES if tiny else BATCHES)[workload]
     figures = grid_figures(grid, workload, batches)
+    screened = grid_figures(grid, workload, batches, "screened")
     if not figures:
         return {"model": model, "workload": workload, "error": "the grid measured nothing"}
     best_key = max(figures, key=lambda k: speed(workload, figures[k]))
@@ -430,12 +466,15 @@ def summarise(
         "grid_best": {"label": labels[best_key[0]], "batch_size": best_key[1], "value": figures[best_key]},
         "grid_gpu_minutes": grid_seconds / 60,
         "grid_points": len(figures),
+        "grid_screened": len(screened),
         "grid_candidates": len(grid),
     }
     for run in runs:
         rec = run.get("recommendation") or {}
         key = Candidate.from_dict(rec["candidate"]).key() if rec.get("candidate") else None
         value = figures.get((key, rec.get("batch_size"))) if key else None
+        if value is None and key:  # the grid screened it out: far behind its best, by one warm call
+            value = screened.get((key, rec.get("batch_size")))
         regret = None
         if value is not None:
             regret = 1 - speed(workload, value) / speed(workload, figures[best_key])
@@ -753,6 +792,8 @@ def main() -> int:
     tune_estimate = 30.0 if tiny else 120.0
 
     ineffective: set[str] = set()  # models where bitsandbytes converted no layer
+    best: dict[str, dict[int, float]] = {}  # model -> batch size -> the grid's best throughput so far
+    best_lock = threading.Lock()
 
     def grid_task(model: str, spec: dict[str, Any], batches: tuple[int, ...]) -> Task:
         def run(gpu: str) -> Any:
@@ -770,9 +811,16 @@ def main() -> int:
             cache = grid_root / model
             for study_cache in sorted(tune_root.glob(f"{model}_*")):
                 shutil.copytree(study_cache, cache, dirs_exist_ok=True)
-            result = grid_one(paths[model], spec, batches, cache, tiny, 900, gpu)
+            with best_lock:
+                beat = dict(best.get(model, {}))
+            result = grid_one(paths[model], spec, batches, cache, tiny, 900, gpu, beat)
             if result.get("status") == "unsupported":
                 ineffective.add(model)
+            with best_lock:
+                mine = best.setdefault(model, {})
+                for size, m in (result.get("sizes") or {}).items():
+                    if m.get("status") == "ok":
+                        mine[int(size)] = max(mine.get(int(size), 0.0), m["throughput"])
             return result
 
         return Task(f"grid {model} {spec['label']}", "grid", run, grid_estimate)
@@ -797,7 +845,9 @@ def main() -> int:
         for run_name, seed in zip(("first", "second"), seeds):
             tasks.extend(tune_task(model, w, run_name, seed) for w in workloads)
         batches = tuple(sorted({b for w in workloads for b in batch_table[w]}))
-        tasks.extend(grid_task(model, spec, batches) for spec in candidates(space, tiny))
+        # Static caches first, bitsandbytes last: the likely fastest set the figure the rest are screened against.
+        ordered = sorted(candidates(space, tiny), key=lambda c: (not c["static"], c["quant"] != "none"))
+        tasks.extend(grid_task(model, spec, batches) for spec in ordered)
     queue = Queue([t for t in tasks if t.name not in earlier], started + args.deadline)
     for task in tasks:
         if task.name in earlier:
@@ -805,6 +855,12 @@ def main() -> int:
             task.gpu, task.seconds = result.pop("gpu", None), result.pop("task_seconds", 0.0)
             task.result = result
             queue.done.append(task)
+            if task.kind == "grid":
+                model = task.name.split(" ")[1]
+                for size, m in (result.get("sizes") or {}).items():
+                    if m.get("status") == "ok":
+                        mine = best.setdefault(model, {})
+                        mine[int(size)] = max(mine.get(int(size), 0.0), m["throughput"])
 
     def write() -> None:
         with queue.lock:

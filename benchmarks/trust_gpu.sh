@@ -18,7 +18,7 @@
 # with the files copied back into OUT and RESUME=1: regret_gpu.py keeps the tasks raw.json holds.
 #
 # Device time, estimated from measured parts (see each script's docstring): the agreement stage
-# about 15 minutes; the three regret pairs about 57 (studies about 26, grids about 28, building the
+# about 15 minutes; the three regret pairs about 54 (studies about 26, grids about 25, building the
 # two models about 3). Issue 25 allows 25 device-minutes a session: the stages take three
 # sessions, the agreement first.
 set -uo pipefail

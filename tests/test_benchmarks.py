@@ -391,3 +391,45 @@ def test_regret_compile_savings_pair_the_two_studies() -> None:
     assert "saved" not in rows[0] and rows[1]["saved"] == pytest.approx(0.75)
     assert rows[1]["first_cache_warm"] is False and rows[1]["second_cache_warm"] is True
     assert "| m | throughput | s | 16 | 60.0 (cold, +40 files) | 15.0 (warm) | 75% |" in script.savings_table(rows)
+
+
+def test_regret_grid_screens_never_count_as_its_best() -> None:
+    """A screened grid point (one warm call far behind) is never the grid's best nor compared with
+    autotune's figure, but a recommendation the grid screened still gets its regret from that call."""
+    script = _script("regret_gpu")
+
+    def point(key: str, label: str, throughput: float, status: str = "ok") -> dict[str, object]:
+        size = {"status": status, "throughput": throughput, "warmup_seconds": [9.0, 1.0]}
+        return {"spec": {"key": key, "label": label}, "sizes": {"16": size}}
+
+    from autotune.candidate import Candidate
+
+    fast, slow = Candidate(static_cache=True), Candidate(quant="bnb-4bit-nf4")
+    grid = [point(fast.key(), "bf16 sdpa static", 1000.0), point(slow.key(), "bf16 nf4", 400.0, "screened")]
+    rec = {"candidate": slow.to_dict(), "batch_size": 16, "label": "bf16 nf4"}
+    runs = [{"run": "first", "recommendation": rec, "trials": [], "measuring_seconds": 60}]
+    entry = script.summarise("m", "throughput", grid, runs, 120.0, False)
+    assert entry["grid_best"]["label"] == "bf16 sdpa static" and entry["grid_points"] == 1 and entry["grid_screened"] == 1
+    assert entry["regret"] == pytest.approx(0.6)  # 1 - 400 / 1000, from the screened call
+    assert script.grid_figures(grid, "throughput", (16,), "screened") == {(slow.key(), 16): 400.0}
+
+
+def test_regret_resume_keeps_what_finished(tmp_path: Path) -> None:
+    """--resume keeps the grid points and studies raw.json holds, but not a crashed grid point or a
+    study that failed: those run again."""
+    script = _script("regret_gpu")
+    raw = {
+        "grid": {
+            "llama-8b": [
+                {"status": "ok", "spec": {"label": "bf16 sdpa cuda"}, "sizes": {}},
+                {"status": "crash", "spec": {"label": "bf16 eager cuda"}},
+            ]
+        },
+        "tune": [
+            {"model": "llama-8b", "workload": "latency", "run": "first", "seed": 1, "exit": 0},
+            {"model": "llama-8b", "workload": "throughput", "run": "first", "seed": 1, "exit": 0, "error": "add failed"},
+        ],
+    }
+    (tmp_path / "raw.json").write_text(json.dumps(raw))
+    assert sorted(script.done_before(tmp_path)) == ["grid llama-8b bf16 sdpa cuda", "tune llama-8b latency (first run, seed 1)"]
+    assert script.done_before(tmp_path / "nothing") == {}
