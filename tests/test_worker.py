@@ -301,6 +301,7 @@ def test_warmup_goes_on_until_two_calls_agree() -> None:
     assert settle(calls(1.0, 1.0, 1.0, 9.0), 3, 0.05) == [1.0, 1.0, 1.0]  # the minimum holds
     assert settle(calls(8.0, 4.0, 2.0, 1.0, 0.5, 9.0), 1, 0.05) == [8.0, 4.0, 2.0, 1.0]  # the cap holds
     assert settle(calls(8.0, 4.0, 2.0, 1.0, 0.5, 0.5, 9.0), 6, 0.05) == [8.0, 4.0, 2.0, 1.0, 0.5, 0.5]  # a minimum above the cap
+    assert settle(calls(2.0, 2.0, 9.0), 1, 0.05, done=(30.0,)) == [30.0, 2.0, 2.0]  # a first pass made elsewhere counts
 
 
 def test_compile_count_sees_a_new_graph() -> None:

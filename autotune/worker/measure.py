@@ -79,22 +79,22 @@ def timed(call: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def settle(call: Callable[[], float], minimum: int, tolerance: float, cap: int = MAX_WARMUP) -> list[float]:
+def settle(call: Callable[[], float], minimum: int, tolerance: float, cap: int = MAX_WARMUP, done: tuple[float, ...] = ()) -> list[float]:
     """Untimed warm-up calls until the last two agree within ``tolerance``; their seconds.
 
-    ``call`` runs one warm-up and returns its seconds. At least ``minimum`` calls and at least
-    two (one call cannot show that the next runs at its steady speed: a compiled graph's first
-    call compiles, a later one may still record a CUDA graph or recompile), at most
-    ``max(cap, minimum)``. Two calls agree when their difference is at most ``tolerance`` of the
-    faster one.
+    ``call`` runs one warm-up and returns its seconds; ``done`` holds warm-up calls already made
+    the same way. At least ``minimum`` calls and at least two (one call cannot show that the next
+    runs at its steady speed: a compiled graph's first call compiles, a later one may still record
+    a CUDA graph or recompile), at most ``max(cap, minimum)``. Two calls agree when their
+    difference is at most ``tolerance`` of the faster one.
     """
-    times: list[float] = []
-    while len(times) < max(cap, minimum):
+    times: list[float] = list(done)
+
+    def agreed() -> bool:
+        return len(times) >= max(2, minimum) and abs(times[-1] - times[-2]) <= tolerance * min(times[-2:])
+
+    while len(times) < max(cap, minimum) and not agreed():
         times.append(call())
-        if len(times) >= max(2, minimum):
-            last, before = times[-1], times[-2]
-            if abs(last - before) <= tolerance * min(last, before):
-                break
     return times
 
 
