@@ -794,6 +794,7 @@ def main() -> int:
     ineffective: set[str] = set()  # models where bitsandbytes converted no layer
     best: dict[str, dict[int, float]] = {}  # model -> batch size -> the grid's best throughput so far
     best_lock = threading.Lock()
+    grid_size: dict[str, int] = {}  # model -> how many grid candidates its space has
 
     def grid_task(model: str, spec: dict[str, Any], batches: tuple[int, ...]) -> Task:
         def run(gpu: str) -> Any:
@@ -848,6 +849,7 @@ def main() -> int:
         # Static caches first, bitsandbytes last: the likely fastest set the figure the rest are screened against.
         ordered = sorted(candidates(space, tiny), key=lambda c: (not c["static"], c["quant"] != "none"))
         tasks.extend(grid_task(model, spec, batches) for spec in ordered)
+        grid_size[model] = len(ordered)
     queue = Queue([t for t in tasks if t.name not in earlier], started + args.deadline)
     for task in tasks:
         if task.name in earlier:
@@ -887,6 +889,7 @@ def main() -> int:
                     if grid and runs:
                         entry = summarise(model, workload, grid, sorted(runs, key=lambda r: r["run"] != "first"), grid_seconds, tiny)
                         entry.update(gpu=gpu, gpus=len(gpus), concurrent=concurrent, date=time.strftime("%Y-%m-%d"))
+                        entry["grid_complete"] = len(grid) == grid_size[model]
                         entries.append(entry)
             savings = compile_savings(raw["tune"])
             (args.out / "regret.json").write_text(json.dumps(entries, indent=1, default=str))
@@ -903,7 +906,8 @@ def main() -> int:
     write()
     if args.results and (args.out / "regret.json").exists():
         rows = json.loads((args.out / "regret.json").read_text())
-        finished = [r for r in rows if "error" not in r and r.get("regret") is not None]
+        # only rows whose grid is whole: a partial grid's best may not be the space's
+        finished = [r for r in rows if "error" not in r and r.get("regret") is not None and r.get("grid_complete")]
         merged = update_results(args.results, finished)
         log(f"{len(finished)} row(s) merged into {args.results} ({len(merged)} in all)")
     if (args.out / "regret.md").exists():

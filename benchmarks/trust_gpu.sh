@@ -13,14 +13,20 @@
 #    regret_gpu.json (benchmarks/results/regret_gpu.json with the new rows merged in).
 #
 # Everything lands directly in OUT (background.sh copies OUT's files back); the models and compile
-# caches stay in WORK. STAGES (default "agreement regret") picks the stages; AGREEMENT_DEADLINE and
-# REGRET_DEADLINE (seconds) bound each. After the machine is given back, run it again on a fresh one
+# caches stay in WORK. STAGES (default "agreement regret") picks the stages, PAIRS the regret pairs
+# (MODEL:WORKLOAD,...); AGREEMENT_DEADLINE and REGRET_DEADLINE (seconds) bound each. After the machine is given back, run it again on a fresh one
 # with the files copied back into OUT and RESUME=1: regret_gpu.py keeps the tasks raw.json holds.
 #
 # Device time, estimated from measured parts (see each script's docstring): the agreement stage
 # about 15 minutes; the three regret pairs about 54 (studies about 26, grids about 25, building the
-# two models about 3). Issue 25 allows 25 device-minutes a session: the stages take three
-# sessions, the agreement first.
+# two models about 3). Issue 25 allows 25 device-minutes a session: the stages take three.
+#
+#   1. ... -- env STAGES=agreement bash benchmarks/trust_gpu.sh /tmp/t25 /tmp/t25-work       (~15 min)
+#   2. ... -- env STAGES=regret PAIRS=llama-8b:throughput,llama-8b:latency REGRET_DEADLINE=1320 \
+#             bash benchmarks/trust_gpu.sh /tmp/t25 /tmp/t25-work   (~25: build, four studies, the grid)
+#   3. session 2's files copied into OUT first, then
+#      ... -- env STAGES=regret RESUME=1 REGRET_DEADLINE=1320 bash benchmarks/trust_gpu.sh OUT WORK
+#             (~25: what session 2 left of Llama-3-8B's grid, then Falcon-7B throughput)
 set -uo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 OUT WORK" >&2; exit 2; }
 out=$1 work=$2
@@ -46,7 +52,7 @@ for stage in $stages; do
       resume=()
       [ "${RESUME:-0}" = 1 ] && resume=(--resume)
       python3 "$here/benchmarks/regret_gpu.py" --work "$work" --out "$out" \
-        --pairs llama-8b:throughput,llama-8b:latency,falcon-7b:throughput \
+        --pairs "${PAIRS:-llama-8b:throughput,llama-8b:latency,falcon-7b:throughput}" \
         --results "$out/regret_gpu.json" --deadline "${REGRET_DEADLINE:-3000}" "${resume[@]}" || status=$?
       ;;
     *) echo "unknown stage $stage (agreement, regret)" >&2; exit 2 ;;
