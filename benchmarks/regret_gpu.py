@@ -503,6 +503,7 @@ def summarise(
                     "batch_size": rec.get("batch_size"),
                     "autotune_value": rec.get("value"),
                     "grid_value": value,
+                    "grid_value_screened": key is not None and (key, rec.get("batch_size")) not in figures and value is not None,
                 }
                 if rec
                 else {"message": run.get("recommend_message") or run.get("error")},

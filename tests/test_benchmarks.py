@@ -410,7 +410,7 @@ def test_regret_grid_screens_never_count_as_its_best() -> None:
     runs = [{"run": "first", "recommendation": rec, "trials": [], "measuring_seconds": 60}]
     entry = script.summarise("m", "throughput", grid, runs, 120.0, False)
     assert entry["grid_best"]["label"] == "bf16 sdpa static" and entry["grid_points"] == 1 and entry["grid_screened"] == 1
-    assert entry["regret"] == pytest.approx(0.6)  # 1 - 400 / 1000, from the screened call
+    assert entry["regret"] == pytest.approx(0.6) and entry["recommended"]["grid_value_screened"]  # 1 - 400 / 1000, one call
     assert script.grid_figures(grid, "throughput", (16,), "screened") == {(slow.key(), 16): 400.0}
 
 
