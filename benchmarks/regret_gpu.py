@@ -677,6 +677,21 @@ def parse_pairs(text: str, known: tuple[str, ...]) -> list[tuple[str, str]]:
     return pairs
 
 
+def visible_gpus(chosen: str | None, environ: Any, tiny: bool) -> list[str]:
+    """The GPUs to spread the tasks over, one task per GPU at a time: ``--gpus``, else
+    ``CUDA_VISIBLE_DEVICES``, else every GPU NVML sees; ``["cpu"]`` for --tiny. With one, every
+    task runs alone."""
+    if tiny:
+        return ["cpu"]
+    if chosen:
+        return [g for g in chosen.split(",") if g]
+    if environ.get("CUDA_VISIBLE_DEVICES"):
+        return [g for g in environ["CUDA_VISIBLE_DEVICES"].split(",") if g]
+    from autotune.environment import probe_gpus
+
+    return [str(g.index) for g in probe_gpus()[0]] or ["0"]
+
+
 def gpu_name(tiny: bool, gpus: list[str]) -> str:
     """The name of the GPU(s) the tasks ran on, as NVML gives it (``cpu`` for --tiny)."""
     if tiny:
@@ -752,17 +767,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     LOG = args.out / "regret.log"
     tiny = args.tiny
-    if tiny:
-        gpus = ["cpu"]
-    elif args.gpus:
-        gpus = args.gpus.split(",")
-    elif os.environ.get("CUDA_VISIBLE_DEVICES"):
-        gpus = [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g]
-    else:
-        from autotune.environment import probe_gpus
-
-        found = probe_gpus()[0]
-        gpus = [str(g.index) for g in found] or ["0"]
+    gpus = visible_gpus(args.gpus, os.environ, tiny)
     known = ("falcon-7b", "llama-8b")
     if args.pairs:
         pairs = parse_pairs(args.pairs, known)

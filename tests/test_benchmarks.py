@@ -433,3 +433,31 @@ def test_regret_resume_keeps_what_finished(tmp_path: Path) -> None:
     (tmp_path / "raw.json").write_text(json.dumps(raw))
     assert sorted(script.done_before(tmp_path)) == ["grid llama-8b bf16 sdpa cuda", "tune llama-8b latency (first run, seed 1)"]
     assert script.done_before(tmp_path / "nothing") == {}
+
+
+def test_regret_runs_one_task_at_a_time_on_one_visible_gpu() -> None:
+    """One visible GPU gives one queue worker (every task alone); several give one each."""
+    script = _script("regret_gpu")
+    assert script.visible_gpus(None, {"CUDA_VISIBLE_DEVICES": "0"}, False) == ["0"]
+    assert script.visible_gpus(None, {"CUDA_VISIBLE_DEVICES": "GPU-abc,GPU-def"}, False) == ["GPU-abc", "GPU-def"]
+    assert script.visible_gpus("1", {"CUDA_VISIBLE_DEVICES": "0,1"}, False) == ["1"]
+    assert script.visible_gpus(None, {}, True) == ["cpu"]
+    import threading
+    import time
+
+    done: list[tuple[str, float, float]] = []
+
+    def run(gpu: str) -> None:
+        started = time.monotonic()
+        time.sleep(0.05)
+        done.append((gpu, started, time.monotonic()))
+
+    queue = script.Queue([script.Task(f"t{i}", "grid", run, 1.0) for i in range(3)], time.monotonic() + 60)
+    gpus = script.visible_gpus(None, {"CUDA_VISIBLE_DEVICES": "0"}, False)
+    threads = [threading.Thread(target=script.worker, args=(queue, g, lambda: None)) for g in gpus]  # as main() starts them
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spans = sorted((a, b) for _, a, b in done)
+    assert len(spans) == 3 and all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))  # never overlapping
