@@ -28,8 +28,12 @@ padding), and ``same_process`` (every batch size in one process, largest first, 
 measures them: a compiled static cache then recompiles for the second size, and torch.compile's
 automatic dynamic shapes may make that graph a dynamic-batch one). ``--ablations auto`` (the
 default) runs them only where A and B differ by more than the target, at that batch size, and
-``same_process`` for every compiled candidate whatever the gap: it is how autotune's worker
-measures a second batch size, and what a server that serves several sizes from one process runs.
+``same_process`` for the first compiled candidate whatever the gap: it is how autotune's worker
+measures a second batch size, and what a server that serves several sizes from one process runs;
+and ``dynamic_compile`` for that candidate (every size in one process, largest first,
+with ``CompileConfig(dynamic=True)``: one dynamic-batch graph compiled up front, which the next
+sizes reuse; each size's compile seconds and graphs made are recorded, so that it shows what a
+dynamic graph saves in compiling and costs in speed).
 
 Outputs in --out: ``agreement.json`` (every run, every repeat), ``agreement.md`` (the table:
 candidate, batch, autotune's figure, the independent figure, the difference, each side's spread
@@ -45,8 +49,9 @@ Cost, estimated from measured parts (BENCHMARKS §6 and §2 on H200, issue 25 on
 candidate's process compiles once per batch size (35-80 s cold at 2-8B; the compile cache, which A
 and B share, shortens later ones), then times 10-25 s at batch 16; an uncompiled candidate at 8B
 takes 4-5 s per batch-1 call. Two rounds of the three candidates at batch 1 and 16 are 12
-processes: about 10-14 device-minutes; each ablation process about 1 more. Run it alone on the
-machine (no other task sharing the host's CPUs).
+processes: about 10-14 device-minutes; each ablation process about 1 more, the two one-process
+checks of a compiled candidate 2-3 each (two compiles): about 18-20 in all with ``auto``. Run it
+alone on the machine (no other task sharing the host's CPUs).
 
 On the CPU, a check that it runs end to end (tiny random models; CPU timings under other load are
 not GPU results)::
@@ -71,7 +76,19 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-ABLATIONS = ("one_warmup", "ttft_first", "sdpa_pin", "cpu_pin", "quality_first", "min_new_off", "worker_inputs", "same_process")
+ABLATIONS = (
+    "one_warmup",
+    "ttft_first",
+    "sdpa_pin",
+    "cpu_pin",
+    "quality_first",
+    "min_new_off",
+    "worker_inputs",
+    "same_process",
+    "dynamic_compile",
+)
+#: The ablations that time every batch size in one process (the others: one size per process).
+ONE_PROCESS = ("same_process", "dynamic_compile")
 TARGET = 0.05
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -159,6 +176,15 @@ for index, batch in enumerate(batches):
         gen["min_new_tokens"] = spec["new"]
     if spec["static"]:
         gen["cache_implementation"] = "static"
+        if ablation == "dynamic_compile":
+            gen["compile_config"] = transformers.CompileConfig(dynamic=True)
+    def graphs():
+        try:
+            from torch._dynamo.utils import counters
+            return int(counters["stats"]["unique_graphs"])
+        except Exception:
+            return 0
+    graphs_before = graphs()
     def call(**extra):
         sync(); t = time.perf_counter()
         o = model.generate(**inputs, **gen, **extra)
@@ -176,6 +202,7 @@ for index, batch in enumerate(batches):
             if ablation == "ttft_first":
                 for _ in range(3):
                     call(stopping_criteria=StoppingCriteriaList([FirstToken(inputs["input_ids"].shape[1])]))
+            graphs_warm = graphs()
             jiffies = cpu_jiffies(); t0 = os.times(); own = t0.user + t0.system
             times, made = [], []
             series_started = time.monotonic()
@@ -191,6 +218,8 @@ for index, batch in enumerate(batches):
                 "low_s": min(times), "high_s": max(times), "warmup_seconds": warm, "new_tokens": made,
                 "throughput": batch * new / med, "latency_ms": med * 1e3,
                 "compiled": getattr(model, "_compiled_call", None) is not None,
+                "graphs_made_warming": graphs_warm - graphs_before, "graphs_made_timing": graphs() - graphs_warm,
+                "compile_seconds": max(0.0, warm[0] - med),
                 "host": {"other_cpu_share": load_share(jiffies, own), "load_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}}
     except Exception as exc:
         out["sizes"][str(batch)] = {"status": "error", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
@@ -614,7 +643,7 @@ def _main(args: argparse.Namespace) -> int:
         log(f"{side} {spec.label} at batch {','.join(map(str, sizes))} ...")
         if side == "autotune":
             result = run_autotune(setup, spec, sizes)
-        elif side == "same_process":
+        elif side in ONE_PROCESS:
             result = run_plain(setup, spec, sorted(sizes, reverse=True), side)
         else:
             result = run_plain(setup, spec, sizes, None if side == "plain" else side)
@@ -637,16 +666,21 @@ def _main(args: argparse.Namespace) -> int:
         for batch in batches:
             row = next(r for r in rows if r["candidate"] == spec.label and r["batch"] == batch)
             gap = row["status"] == "ok" and not row["within"]
-            if args.ablations == "auto" and not gap and not spec.static:
+            first_static = spec == next((s for s in specs if s.static), None)
+            if args.ablations == "auto" and not gap and not first_static:
                 continue
             for name in chosen:
-                if args.ablations == "auto" and not gap and name != "same_process":
-                    continue  # a compiled candidate within target: only the second-size check below
+                if args.ablations == "auto" and not gap and name not in ONE_PROCESS:
+                    continue  # a compiled candidate within target: only the second-size checks below
                 if name == "sdpa_pin" and not spec.kernel:
                     continue  # pins nothing: the worker pins only a candidate's named kernel
-                if name == "same_process":
-                    if batch == max(batches) or len(batches) < 2:
-                        continue  # the largest size is the first measured: the same as the plain timing
+                if name == "dynamic_compile" and not spec.static:
+                    continue  # nothing is compiled
+                if name in ONE_PROCESS:
+                    if args.ablations == "auto" and not first_static:
+                        continue  # the one-process checks cost a compile per size: the first compiled candidate only
+                    if batch != min(batches) or len(batches) < 2:
+                        continue  # once per candidate, every size in one process
                     one(name, spec, batches)
                 else:
                     one(name, spec, [batch])

@@ -6,7 +6,8 @@
 #
 # 1. timing_agreement.py on the Llama-3-8B shape: bf16 SDPA + static cache, bf16 eager + static
 #    cache, bf16 SDPA, at batch 1 and 16, two rounds (A B, B A), ablations where a gap exceeds 5%
-#    and the second-size check for the compiled candidates: agreement.{json,md}.
+#    and, for the first compiled candidate, both sizes in one process with and without
+#    CompileConfig(dynamic=True): agreement.{json,md}.
 # 2. regret_gpu.py for the pairs not yet run (Llama-3-8B latency and throughput, Falcon-7B
 #    throughput), most wanted first, each study's compile cache cold for the first seed and warm for
 #    the second: regret.{json,md}, compile_cache.json, raw.json, the studies' databases, and
@@ -18,10 +19,10 @@
 # with the files copied back into OUT and RESUME=1: regret_gpu.py keeps the tasks raw.json holds.
 #
 # Device time, estimated from measured parts (see each script's docstring): the agreement stage
-# about 15 minutes; the three regret pairs about 54 (studies about 26, grids about 25, building the
+# about 20 minutes; the three regret pairs about 54 (studies about 26, grids about 25, building the
 # two models about 3). Issue 25 allows 25 device-minutes a session: the stages take three.
 #
-#   1. ... -- env STAGES=agreement bash benchmarks/trust_gpu.sh /tmp/t25 /tmp/t25-work       (~15 min)
+#   1. ... -- env STAGES=agreement bash benchmarks/trust_gpu.sh /tmp/t25 /tmp/t25-work       (~20 min)
 #   2. ... -- env STAGES=regret PAIRS=llama-8b:throughput,llama-8b:latency REGRET_DEADLINE=1320 \
 #             bash benchmarks/trust_gpu.sh /tmp/t25 /tmp/t25-work   (~25: build, four studies, the grid)
 #   3. session 2's files copied into OUT first, then
@@ -45,7 +46,7 @@ for stage in $stages; do
     agreement)
       python3 "$here/benchmarks/timing_agreement.py" --build llama-8b --work "$work" --out "$out" \
         --candidates bf16:sdpa:static,bf16:eager:static,bf16:sdpa --batches 1,16 --rounds 2 \
-        --deadline "${AGREEMENT_DEADLINE:-1080}" || status=$?
+        --deadline "${AGREEMENT_DEADLINE:-1320}" || status=$?
       ;;
     regret)
       [ -f "$out/regret_gpu.json" ] || cp "$here/benchmarks/results/regret_gpu.json" "$out/regret_gpu.json"
