@@ -24,13 +24,15 @@ thread count autotune's daemon gives a worker), ``quality_first`` (a quality pas
 first: 8 rows, 64-token prompts, 32 new tokens, a forward pass, then ``gc.collect`` and
 ``empty_cache``), ``min_new_off`` (no ``min_new_tokens``: the tokens counted are those made),
 ``worker_inputs`` (the worker's prompts: seeded ids that avoid special ids, its pad id and
-padding), and ``same_process`` (every batch size in one process, largest first, as the worker
-measures them: a compiled static cache then recompiles for the second size, and torch.compile's
-automatic dynamic shapes may make that graph a dynamic-batch one). ``--ablations auto`` (the
+padding), and ``same_process`` (every batch size in one process, smallest first, as ``autotune
+measure``'s rising ladder and regret_gpu.py's grid measure them: a compiled static cache then
+recompiles for the second size, and torch.compile's automatic dynamic shapes make that graph a
+dynamic-batch one, which a third size reuses; batch 1 always gets a graph of its own, as
+torch.compile specialises sizes 0 and 1; benchmarks/compile_shapes.py shows it on the CPU). ``--ablations auto`` (the
 default) runs them only where A and B differ by more than the target, at that batch size, and
 ``same_process`` for the first compiled candidate whatever the gap: it is how autotune's worker
 measures a second batch size, and what a server that serves several sizes from one process runs;
-and ``dynamic_compile`` for that candidate (every size in one process, largest first,
+and ``dynamic_compile`` for that candidate (every size in one process, smallest first,
 with ``CompileConfig(dynamic=True)``: one dynamic-batch graph compiled up front, which the next
 sizes reuse; each size's compile seconds and graphs made are recorded, so that it shows what a
 dynamic graph saves in compiling and costs in speed).
@@ -644,7 +646,7 @@ def _main(args: argparse.Namespace) -> int:
         if side == "autotune":
             result = run_autotune(setup, spec, sizes)
         elif side in ONE_PROCESS:
-            result = run_plain(setup, spec, sorted(sizes, reverse=True), side)
+            result = run_plain(setup, spec, sorted(sizes), side)
         else:
             result = run_plain(setup, spec, sizes, None if side == "plain" else side)
         runs.append(result)

@@ -461,3 +461,15 @@ def test_regret_runs_one_task_at_a_time_on_one_visible_gpu() -> None:
         t.join()
     spans = sorted((a, b) for _, a, b in done)
     assert len(spans) == 3 and all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))  # never overlapping
+
+
+def test_compile_shapes_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
+    for bad in (["--tiny", "--sizes", "1,x"], ["--tiny", "--sizes", "0"], ["--sizes", "1,4"]):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "compile_shapes.py"), "--out", str(tmp_path), *bad],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("compile_shapes: ")
