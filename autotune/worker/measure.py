@@ -3,9 +3,9 @@
 Runs only inside the worker child. Timing: warm-up calls excluded (the first one's extra cost is
 the compile cost; they go on until two calls agree, see :func:`settle`), device synchronisation
 around every timed call, repeats until the relative spread ``(p90 - p10) / p50`` is small or a cap
-is reached; a series during which torch.compile made a graph is timed again. Memory is measured during the warm-up
-calls, with a sampler thread polling NVML and the RSS, so that the sampler never runs during a
-timed call.
+is reached; a series during which torch.compile made a graph is timed again. Memory is measured
+during the warm-up calls, with a sampler thread polling NVML and the RSS, so that the sampler
+never runs during a timed call.
 """
 
 from __future__ import annotations
