@@ -316,6 +316,29 @@ def test_compile_count_sees_a_new_graph() -> None:
     assert (compile_count() or 0) > before
 
 
+def test_a_series_during_which_a_graph_compiled_is_timed_again(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph made inside the timed series (a recompile the warm-up did not reach) means those calls
+    timed a compile: the worker times both series again and says so; a second one is a warning."""
+    import transformers
+
+    from autotune.worker import measure
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_models["llama"], attn_implementation="sdpa").eval()
+    counts = iter([0, 1, 1, 1])  # before the series, after it (one graph made), before the second, after it
+    monkeypatch.setattr(measure, "compile_count", lambda: next(counts))
+    result = measure.measure_generation(model, request(tiny_models["llama"], cpu("fp32", "sdpa"), (1,)), 1, None)
+    assert result.details["recompiled_during_timing"] == 1 and result.details["retimed"] is True
+    assert "warning" not in result.details and result.metrics["repeats"] >= 2
+    counts = iter([0, 1, 1, 2])  # the second series made one too
+    monkeypatch.setattr(measure, "compile_count", lambda: next(counts))
+    again = measure.measure_generation(model, request(tiny_models["llama"], cpu("fp32", "sdpa"), (1,)), 1, None)
+    assert again.details["warning"] == "torch.compile made 1 graph(s) during the timed series even when timed again"
+    counts = iter([5, 5])  # nothing compiled: no second series
+    monkeypatch.setattr(measure, "compile_count", lambda: next(counts))
+    plain = measure.measure_generation(model, request(tiny_models["llama"], cpu("fp32", "sdpa"), (1,)), 1, None)
+    assert "retimed" not in plain.details
+
+
 def test_prefill_only_measures_one_series(tiny_models: dict[str, Path]) -> None:
     """--new-tokens 1: the whole call ends at the first token, so its latency is the time to first token."""
     prefill = Workload(prompt_tokens=256, new_tokens=1)
