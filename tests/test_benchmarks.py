@@ -228,3 +228,248 @@ def test_onnxruntime_gpu_on_the_cpu_provider(tmp_path: Path) -> None:
     table = (out / "onnxruntime_cpu.md").read_text()
     assert f"Worker environment ort ({ORT_PYTHON}): pytorch [cpu]; onnxruntime [CPUExecutionProvider]\n" in table
     assert "| llama-tiny |" in table and "| bert-tiny |" in table and table.count("CPUExecutionProvider |") >= 8
+
+
+def _script(name: str):  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_timing_agreement_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/timing_agreement.py end to end with a tiny Llama on the CPU: autotune's worker and
+    the plain timing interleaved (A B, then B A), an ablation, and the table. Its verdict is not
+    asserted: CPU timings of a tiny model under other load spread too widely to agree within 5%."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "timing_agreement.py"),
+            "--cpu",
+            "--tiny",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+            "--candidates",
+            "fp32:sdpa",
+            "--rounds",
+            "2",
+            "--ablations",
+            "ttft_first,same_process",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    document = json.loads((out / "agreement.json").read_text())
+    sides = [(r["side"], sorted(int(b) for b in r["sizes"])) for r in document["runs"]]
+    assert sides[:6] == [
+        ("autotune", [1, 4]),
+        ("plain", [1]),
+        ("plain", [4]),
+        ("plain", [1]),
+        ("plain", [4]),
+        ("autotune", [1, 4]),
+    ]  # the second round in the other order
+    assert ("ttft_first", [1]) in sides and ("same_process", [1, 4]) in sides
+    rows = document["rows"]
+    assert [(r["candidate"], r["batch"], r["status"]) for r in rows] == [("fp32 sdpa", 1, "ok"), ("fp32 sdpa", 4, "ok")]
+    for row in rows:
+        assert len(row["autotune_rounds"]) == 2 and len(row["independent_rounds"]) == 2
+        assert row["difference"] == pytest.approx(row["autotune"] / row["independent"] - 1)
+        assert min(row["independent_repeats"]) >= 5
+    plain = [r for r in document["runs"] if r["side"] == "plain"]
+    assert all(len(m["warmup_seconds"]) >= 2 for r in plain for m in r["sizes"].values())
+    assert document["all_agree"] is (proc.returncode == 0)
+    table = (out / "agreement.md").read_text()
+    assert "| fp32 sdpa | 4 |" in table and "Verdicts (target: within 5%)" in table and "ttft_first" in table
+
+
+def test_timing_agreement_verdicts_fail_beyond_the_target() -> None:
+    """The check can fail: a candidate 10% off at one batch size fails although the other agrees;
+    one that only one side measured fails; one within 5% passes."""
+    script = _script("timing_agreement")
+
+    def run(side: str, spec: str, batch: int, throughput: float) -> dict[str, object]:
+        size = {"status": "ok", "throughput": throughput, "spread": 0.01, "seconds": [1.0, 1.0, 1.0]}
+        return {"side": side, "spec": spec, "sizes": {str(batch): size}}
+
+    runs = [
+        run("autotune", "a", 1, 102.0),
+        run("plain", "a", 1, 100.0),
+        run("autotune", "b", 1, 101.0),
+        run("plain", "b", 1, 100.0),
+        run("autotune", "b", 16, 1100.0),
+        run("plain", "b", 16, 1000.0),
+        run("autotune", "c", 1, 100.0),
+    ]
+    rows = script.compare(runs, ["a", "b", "c"], [1, 16], 0.05)
+    lines, ok = script.verdicts(rows, 0.05)
+    assert not ok
+    assert lines[0].startswith("a: agrees - largest difference +2.0% at batch 1")
+    assert lines[1].startswith("b: FAIL - largest difference +10.0% at batch 16")
+    assert lines[2].startswith("c: FAIL - no batch size was measured by both sides")
+    assert script.verdicts(script.compare(runs[:2], ["a"], [1], 0.05), 0.05)[1] is True
+
+
+def test_timing_agreement_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
+    for bad in (["--candidates", "bf16:flash"], ["--batches", "0"], ["--ablations", "warp"]):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "benchmarks" / "timing_agreement.py"),
+                "--cpu",
+                "--tiny",
+                "--work",
+                str(tmp_path),
+                "--out",
+                str(tmp_path),
+                *bad,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=120,
+        )
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("timing_agreement: ")
+
+
+def test_regret_results_keep_the_two_h200_row_and_merge_one_gpu_rows() -> None:
+    """The results file: the H200 row marked as from two GPUs at once; a one-GPU row of the same pair
+    is added beside it, a rerun replaces its own row only, and a row without a GPU is refused."""
+    script = _script("regret_gpu")
+    h200 = json.loads((REPO / "benchmarks" / "results" / "regret_h200.json").read_text())
+    seeded = script.mark_two_h200(h200)
+    assert seeded[0]["gpu"] == "NVIDIA H200" and seeded[0]["concurrent"] is True and seeded[0]["gpus"] == 2
+    assert seeded[0]["regret"] == h200[0]["regret"]
+    committed = json.loads((REPO / "benchmarks" / "results" / "regret_gpu.json").read_text())
+    assert committed[: len(seeded)] == seeded  # the committed file starts from that row, unchanged
+
+    one = {"model": "falcon-7b", "workload": "latency", "gpu": "NVIDIA H100 80GB HBM3", "concurrent": False, "regret": 0.01}
+    other = {"model": "llama-8b", "workload": "throughput", "gpu": "NVIDIA H100 80GB HBM3", "concurrent": False, "regret": 0.02}
+    merged = script.merge_rows(seeded, [one, other])
+    assert [r["gpu"] for r in merged] == ["NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3"]
+    again = script.merge_rows(merged, [{**one, "regret": 0.0}])
+    assert len(again) == 3 and again[1]["regret"] == 0.0 and again[0] == seeded[0] and again[2] == other
+    with pytest.raises(ValueError, match="without a gpu key"):
+        script.merge_rows(seeded, [{"model": "llama-8b", "workload": "latency"}])
+
+
+def test_regret_compile_savings_pair_the_two_studies() -> None:
+    """Compile seconds of the same candidate and batch size: the first study's against the second's."""
+    script = _script("regret_gpu")
+
+    def trial(label: str, batch: int, seconds: float | None, warm: bool) -> dict[str, object]:
+        return {
+            "label": label,
+            "batch_size": batch,
+            "status": "ok",
+            "metrics": {"compile_seconds": seconds},
+            "details": {"compile_cache": {"warm": warm, "added": 0 if warm else 40}},
+        }
+
+    runs = [
+        {
+            "model": "m",
+            "workload": "throughput",
+            "run": "first",
+            "trials": [trial("s", 16, 60.0, False), trial("s", 1, 40.0, False), trial("d", 16, None, False)],
+        },
+        {"model": "m", "workload": "throughput", "run": "second", "trials": [trial("s", 16, 15.0, True)]},
+    ]
+    rows = script.compile_savings(runs)
+    assert [(r["label"], r["batch_size"]) for r in rows] == [("s", 1), ("s", 16)]
+    assert "saved" not in rows[0] and rows[1]["saved"] == pytest.approx(0.75)
+    assert rows[1]["first_cache_warm"] is False and rows[1]["second_cache_warm"] is True
+    assert "| m | throughput | s | 16 | 60.0 (cold, +40 files) | 15.0 (warm) | 75% |" in script.savings_table(rows)
+
+
+def test_regret_grid_screens_never_count_as_its_best() -> None:
+    """A screened grid point (one warm call far behind) is never the grid's best nor compared with
+    autotune's figure, but a recommendation the grid screened still gets its regret from that call."""
+    script = _script("regret_gpu")
+
+    def point(key: str, label: str, throughput: float, status: str = "ok") -> dict[str, object]:
+        size = {"status": status, "throughput": throughput, "warmup_seconds": [9.0, 1.0]}
+        return {"spec": {"key": key, "label": label}, "sizes": {"16": size}}
+
+    from autotune.candidate import Candidate
+
+    fast, slow = Candidate(static_cache=True), Candidate(quant="bnb-4bit-nf4")
+    grid = [point(fast.key(), "bf16 sdpa static", 1000.0), point(slow.key(), "bf16 nf4", 400.0, "screened")]
+    rec = {"candidate": slow.to_dict(), "batch_size": 16, "label": "bf16 nf4"}
+    runs = [{"run": "first", "recommendation": rec, "trials": [], "measuring_seconds": 60}]
+    entry = script.summarise("m", "throughput", grid, runs, 120.0, False)
+    assert entry["grid_best"]["label"] == "bf16 sdpa static" and entry["grid_points"] == 1 and entry["grid_screened"] == 1
+    assert entry["regret"] == pytest.approx(0.6) and entry["recommended"]["grid_value_screened"]  # 1 - 400 / 1000, one call
+    assert script.grid_figures(grid, "throughput", (16,), "screened") == {(slow.key(), 16): 400.0}
+
+
+def test_regret_resume_keeps_what_finished(tmp_path: Path) -> None:
+    """--resume keeps the grid points and studies raw.json holds, but not a crashed grid point or a
+    study that failed: those run again."""
+    script = _script("regret_gpu")
+    raw = {
+        "grid": {
+            "llama-8b": [
+                {"status": "ok", "spec": {"label": "bf16 sdpa cuda"}, "sizes": {}},
+                {"status": "crash", "spec": {"label": "bf16 eager cuda"}},
+            ]
+        },
+        "tune": [
+            {"model": "llama-8b", "workload": "latency", "run": "first", "seed": 1, "exit": 0},
+            {"model": "llama-8b", "workload": "throughput", "run": "first", "seed": 1, "exit": 0, "error": "add failed"},
+        ],
+    }
+    (tmp_path / "raw.json").write_text(json.dumps(raw))
+    assert sorted(script.done_before(tmp_path)) == ["grid llama-8b bf16 sdpa cuda", "tune llama-8b latency (first run, seed 1)"]
+    assert script.done_before(tmp_path / "nothing") == {}
+
+
+def test_regret_runs_one_task_at_a_time_on_one_visible_gpu() -> None:
+    """One visible GPU gives one queue worker (every task alone); several give one each."""
+    script = _script("regret_gpu")
+    assert script.visible_gpus(None, {"CUDA_VISIBLE_DEVICES": "0"}, False) == ["0"]
+    assert script.visible_gpus(None, {"CUDA_VISIBLE_DEVICES": "GPU-abc,GPU-def"}, False) == ["GPU-abc", "GPU-def"]
+    assert script.visible_gpus("1", {"CUDA_VISIBLE_DEVICES": "0,1"}, False) == ["1"]
+    assert script.visible_gpus(None, {}, True) == ["cpu"]
+    import threading
+    import time
+
+    done: list[tuple[str, float, float]] = []
+
+    def run(gpu: str) -> None:
+        started = time.monotonic()
+        time.sleep(0.05)
+        done.append((gpu, started, time.monotonic()))
+
+    queue = script.Queue([script.Task(f"t{i}", "grid", run, 1.0) for i in range(3)], time.monotonic() + 60)
+    gpus = script.visible_gpus(None, {"CUDA_VISIBLE_DEVICES": "0"}, False)
+    threads = [threading.Thread(target=script.worker, args=(queue, g, lambda: None)) for g in gpus]  # as main() starts them
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spans = sorted((a, b) for _, a, b in done)
+    assert len(spans) == 3 and all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))  # never overlapping
+
+
+def test_compile_shapes_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
+    for bad in (["--tiny", "--sizes", "1,x"], ["--tiny", "--sizes", "0"], ["--sizes", "1,4"]):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "compile_shapes.py"), "--out", str(tmp_path), *bad],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("compile_shapes: ")

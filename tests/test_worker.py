@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def assert_measured(result: BatchResult, *, generates: bool = True) -> None:
     if generates:
         assert m["ttft_ms"] > 0 and m["throughput_tokens_per_s"] > 0 and m["decode_tokens_per_s"] > 0
         assert result.details["generated_tokens"] == 8
+        assert len(result.details["warmup_seconds"]) >= 2  # settled: never one warm-up alone
     else:
         assert m["sequences_per_s"] > 0 and m.get("ttft_ms") is None
 
@@ -283,6 +285,58 @@ def test_quality_separates_faithful_from_broken(trained_llama: Path, tmp_path: P
     # seeded ids: the 32-token continuations of the first 4 of 8 rows, and of all 8 when near the floor
     assert faithful.details["quality"]["extended"] is (faithful.metrics["quality_positions"] == 8 * 32)
     assert broken.metrics["quality_positions"] == 4 * 32 and not broken.details["quality"]["extended"]
+
+
+def test_warmup_goes_on_until_two_calls_agree() -> None:
+    """A compiled graph's first call compiles and the next may still record or recompile: the
+    warm-up stops only when two calls agree, at least ``minimum`` and at most the cap."""
+    from autotune.worker.measure import settle
+
+    def calls(*seconds: float) -> Callable[[], float]:
+        queue = list(seconds)
+        return lambda: queue.pop(0)
+
+    assert settle(calls(60.0, 2.2, 2.0, 2.02, 9.0), 1, 0.05) == [60.0, 2.2, 2.0, 2.02]  # compile, record, steady
+    assert settle(calls(1.0, 1.01, 9.0), 1, 0.05) == [1.0, 1.01]  # no compile: two calls are enough
+    assert settle(calls(1.0, 1.0, 1.0, 9.0), 3, 0.05) == [1.0, 1.0, 1.0]  # the minimum holds
+    assert settle(calls(8.0, 4.0, 2.0, 1.0, 0.5, 9.0), 1, 0.05) == [8.0, 4.0, 2.0, 1.0]  # the cap holds
+    assert settle(calls(8.0, 4.0, 2.0, 1.0, 0.5, 0.5, 9.0), 6, 0.05) == [8.0, 4.0, 2.0, 1.0, 0.5, 0.5]  # a minimum above the cap
+    assert settle(calls(2.0, 2.0, 9.0), 1, 0.05, done=(30.0,)) == [30.0, 2.0, 2.0]  # a first pass made elsewhere counts
+
+
+def test_compile_count_sees_a_new_graph() -> None:
+    """The count the worker compares around a timed series moves when torch.compile makes a graph."""
+    import torch
+
+    from autotune.worker.measure import compile_count
+
+    before = compile_count()
+    assert before is not None
+    torch.compile(lambda x: x * 2 + 1, backend="eager")(torch.ones(3))
+    assert (compile_count() or 0) > before
+
+
+def test_a_series_during_which_a_graph_compiled_is_timed_again(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph made inside the timed series (a recompile the warm-up did not reach) means those calls
+    timed a compile: the worker times both series again and says so; a second one is a warning."""
+    import transformers
+
+    from autotune.worker import measure
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_models["llama"], attn_implementation="sdpa").eval()
+    counts = iter([0, 1, 1, 1])  # before the series, after it (one graph made), before the second, after it
+    monkeypatch.setattr(measure, "compile_count", lambda: next(counts))
+    result = measure.measure_generation(model, request(tiny_models["llama"], cpu("fp32", "sdpa"), (1,)), 1, None)
+    assert result.details["recompiled_during_timing"] == 1 and result.details["retimed"] is True
+    assert "warning" not in result.details and result.metrics["repeats"] >= 2
+    counts = iter([0, 1, 1, 2])  # the second series made one too
+    monkeypatch.setattr(measure, "compile_count", lambda: next(counts))
+    again = measure.measure_generation(model, request(tiny_models["llama"], cpu("fp32", "sdpa"), (1,)), 1, None)
+    assert again.details["warning"] == "torch.compile made 1 graph(s) during the timed series even when timed again"
+    counts = iter([5, 5])  # nothing compiled: no second series
+    monkeypatch.setattr(measure, "compile_count", lambda: next(counts))
+    plain = measure.measure_generation(model, request(tiny_models["llama"], cpu("fp32", "sdpa"), (1,)), 1, None)
+    assert "retimed" not in plain.details
 
 
 def test_prefill_only_measures_one_series(tiny_models: dict[str, Path]) -> None:

@@ -41,6 +41,7 @@ from autotune.worker.measure import (
     pad_id,
     percentile,
     repeat,
+    settle,
     spread,
     timed,
     vocab_size,
@@ -198,8 +199,8 @@ def measure_on_text(model: Any, request: WorkerRequest, probe: Any) -> Measured:
             first_call += seconds
             drafted.append(tokens)
             forwards.append(counter.calls)
-        for _ in range(request.warmup - 1):
-            full()
+        # the pass above was the first warm-up; more until two agree (see measure.settle)
+        settle(lambda: timed(full)[0], request.warmup, request.target_spread, done=(first_call,))
     generated = [len(tokens) for tokens in drafted]
     per_prompt = [round(n / f, 4) if f else None for n, f in zip(generated, forwards)]
     tokens_per_forward = sum(generated) / sum(forwards) if sum(forwards) else None

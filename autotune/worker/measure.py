@@ -1,10 +1,11 @@
 """Timing and memory of one loaded candidate at one batch size.
 
 Runs only inside the worker child. Timing: warm-up calls excluded (the first one's extra cost is
-the compile cost), device synchronisation around every timed call, repeats until the relative
-spread ``(p90 - p10) / p50`` is small or a cap is reached. Memory is measured during the warm-up
-calls, with a sampler thread polling NVML and the RSS, so that the sampler never runs during a
-timed call.
+the compile cost; they go on until two calls agree, see :func:`settle`), device synchronisation
+around every timed call, repeats until the relative spread ``(p90 - p10) / p50`` is small or a cap
+is reached; a series during which torch.compile made a graph is timed again. Memory is measured
+during the warm-up calls, with a sampler thread polling NVML and the RSS, so that the sampler
+never runs during a timed call.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from autotune.worker.protocol import WorkerRequest
 
 #: Seconds between two memory samples in the memory pass.
 SAMPLE_INTERVAL_S = 0.005
+
+#: The most untimed warm-up calls :func:`settle` makes before timing anyway. A compiled static
+#: cache needs more than one: its first ``generate`` compiles the decode graph (and, with
+#: Transformers' default ``reduce-overhead`` mode, CUDA-graph trees warm it and record it over
+#: the first calls of each shape); anything still recompiling or recording after the first call
+#: would otherwise land in the timed series. Without a compile the second call settles at once.
+MAX_WARMUP = 4
 
 
 @dataclass
@@ -69,6 +77,35 @@ def timed(call: Callable[[], Any]) -> tuple[float, Any]:
     result = call()
     synchronize()
     return time.perf_counter() - started, result
+
+
+def settle(call: Callable[[], float], minimum: int, tolerance: float, cap: int = MAX_WARMUP, done: tuple[float, ...] = ()) -> list[float]:
+    """Untimed warm-up calls until the last two agree within ``tolerance``; their seconds.
+
+    ``call`` runs one warm-up and returns its seconds; ``done`` holds warm-up calls already made
+    the same way. At least ``minimum`` calls and at least two (one call cannot show that the next
+    runs at its steady speed: a compiled graph's first call compiles, a later one may still record
+    a CUDA graph or recompile), at most ``max(cap, minimum)``. Two calls agree when their
+    difference is at most ``tolerance`` of the faster one.
+    """
+    times: list[float] = list(done)
+
+    def agreed() -> bool:
+        return len(times) >= max(2, minimum) and abs(times[-1] - times[-2]) <= tolerance * min(times[-2:])
+
+    while len(times) < max(cap, minimum) and not agreed():
+        times.append(call())
+    return times
+
+
+def compile_count() -> int | None:
+    """How many graphs torch.compile has produced in this process (``None`` if it cannot say)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:
+        return None
 
 
 def repeat(call: Callable[[], Any], request: WorkerRequest, first: list[float] | None = None) -> tuple[list[float], bool]:
@@ -504,11 +541,19 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
         return model.generate(**inputs, **kwargs, stopping_criteria=StoppingCriteriaList([stop_first]))
 
     # The warm-up calls are untimed (the first one's extra cost is the compile cost) and double as
-    # the memory pass: the sampler thread never runs during a timed call.
+    # the memory pass: the sampler thread never runs during a timed call. They go on until two
+    # calls agree (see settle): a compiled graph may still recompile or record after its first call.
+    outputs: list[Any] = []
+
+    def warm() -> float:
+        seconds, result = timed(full)
+        if not outputs:
+            outputs.append(result)
+        return seconds
+
     with memory_pass(model, probe) as memory:
-        first_call, output = timed(full)
-        for _ in range(request.warmup - 1):
-            full()
+        warmups = settle(warm, request.warmup, request.target_spread)
+    first_call, output = warmups[0], outputs[0]
     generated = int(output.shape[1] - prompt)
     effective: dict[str, Any] = {}
     if candidate.static_cache:
@@ -530,10 +575,20 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
             seconds, _ = timed(full)
             e2e_first.append(seconds)
             screened = screen_timing(request, batch * generated / seconds, seconds * 1e3)
+        recompiled = recompiled_again = 0
         if screened is None:
+            graphs = compile_count()
             ttft, ttft_capped = repeat(first, request)
             # With one new token (prefill only) a whole call stops at the first token: one series is both.
             e2e, e2e_capped = (ttft, ttft_capped) if workload.new_tokens == 1 else repeat(full, request, e2e_first)
+            recompiled = (compile_count() or 0) - graphs if graphs is not None else 0
+            if recompiled > 0:
+                # A graph compiled inside the timed series: its calls timed a compile. Time both
+                # series again on the graphs that now exist, and say so.
+                graphs = compile_count()
+                ttft, ttft_capped = repeat(first, request)
+                e2e, e2e_capped = (ttft, ttft_capped) if workload.new_tokens == 1 else repeat(full, request)
+                recompiled_again = (compile_count() or 0) - (graphs or 0)
     if screened is not None:
         return _screened_generation(request, batch, generated, e2e_first, memory, effective, first_call, lengths, screened)
 
@@ -554,6 +609,7 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
         "e2e_ms": [round(t * 1e3, 3) for t in e2e],
         "ttft_ms_repeats": [round(t * 1e3, 3) for t in ttft],
         "first_call_seconds": first_call,
+        "warmup_seconds": [round(t, 4) for t in warmups],
         "capped": e2e_capped or ttft_capped,
         "generated_tokens": generated,
         "prompt_lengths": lengths,
@@ -561,6 +617,11 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
         "machine": host.result,
         **memory["details"],
     }
+    if recompiled > 0:
+        details["recompiled_during_timing"] = recompiled
+        details["retimed"] = True
+        if recompiled_again > 0:
+            details["warning"] = f"torch.compile made {recompiled_again} graph(s) during the timed series even when timed again"
     if generated != workload.new_tokens:
         details["warning"] = f"generate produced {generated} new tokens instead of {workload.new_tokens}"
     return Measured(metrics, effective, details)
@@ -637,9 +698,7 @@ def measure_encoder(model: Any, request: WorkerRequest, batch: int, probe: GpuMe
             return model(**inputs)
 
     with memory_pass(model, probe) as memory:
-        first_call, _ = timed(forward)
-        for _ in range(request.warmup - 1):
-            forward()
+        first_call = settle(lambda: timed(forward)[0], request.warmup, request.target_spread)[0]
     screened = screen_memory(request, memory["metrics"])
     runs: list[float] = []
     with HostLoad(probe, model_gpus(model) if probe is not None else None) as host:

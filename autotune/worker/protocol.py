@@ -117,7 +117,8 @@ class WorkerRequest:
     ``make_reference`` and no batch sizes it only writes the reference, and reports one result
     with batch size 0.
 
-    Timing: ``warmup`` untimed calls (the first also gives the compile cost), then repeats until
+    Timing: at least ``warmup`` untimed calls, more until the last two agree within
+    ``target_spread`` (the first also gives the compile cost), then repeats until
     ``min_repeats`` are done and their relative spread is at most ``target_spread``, or
     ``max_repeats`` or ``time_cap_s`` (per timed series) is reached. ``timeout_s`` bounds the
     whole worker: past it the process group is killed.
