@@ -32,24 +32,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, REPO / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 from autotune.memory.allocator import CachingAllocator  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-#: The Phi-3-mini-like shape memory_trace.py assumes for the issue's +32% point (not in the stores).
-PHI3_LIKE = dict(
-    model_type="llama",
-    hidden_size=3072,
-    intermediate_size=8192,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    vocab_size=32064,
-    max_position_embeddings=4096,
-    tie_word_embeddings=False,
-)
 
 
 def record(config: dict[str, Any], batch: int, prompt: int, new: int) -> list[tuple[str, int, int, str]]:
@@ -143,13 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import transformers
+    from memory_trace import SHAPES  # the Phi-3-mini-like shape the GPU trace assumes for the issue's +32% point
 
     from autotune.memory.replay import replay_ladder
     from autotune.memory.shape import model_shape
 
+    phi3_like, prompt, new, _ = SHAPES["phi3-mini-like"]
     doc = json.loads((RESULTS / "forecast_shapes_h200.json").read_text())
-    shapes = {**doc["shapes"], "phi3-like": PHI3_LIKE}
-    tokens = {"phi3-like": (512, 64)}
+    shapes = {**doc["shapes"], "phi3-like": phi3_like}
+    tokens = {"phi3-like": (prompt, new)}
     gib = 2**30
     rows = []
     print(f"Transformers {transformers.__version__}; kept = reserved peak - allocated peak of the running part (GiB)")
