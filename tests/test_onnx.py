@@ -440,7 +440,8 @@ def test_one_study_mixes_pytorch_and_onnxruntime_and_recommends_one(cli, tiny_mo
         ("fp32 sdpa cpu", "default", "ok"),
         ("fp32 onnxruntime[CPU] cpu", "ort", "ok"),
     }
-    assert len(trials) == 4  # batch 1 and 2 of each
+    # batch 1 and 2 of each; where the two land within the noise, the study confirms by measuring both again
+    assert len([t for t in trials if t["origin"] != "confirm"]) == 4
 
     doc = json.loads(cli("recommend", model, "--json").out)
     doc = doc[0] if isinstance(doc, list) else doc
