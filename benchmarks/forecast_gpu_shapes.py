@@ -164,6 +164,32 @@ def build(name: str, config: dict[str, Any], root: Path, on_gpu: bool) -> Path:
     return path
 
 
+def fitted_on_stores(results: Path) -> Any:
+    """The calibration and margins (a :class:`autotune.memory.Correction`) fitted on every store under ``results``."""
+    from autotune.memory import correction
+    from autotune.memory.measured import measured_points
+    from autotune.store import Store
+
+    points = []
+    for path in sorted(results.glob("*.db")):
+        with tempfile.TemporaryDirectory() as work:  # a copy: opening a store upgrades its schema
+            with Store.open(str(shutil.copy(path, Path(work) / path.name))) as other:
+                points += [p.point for p in measured_points(other)]
+    return correction(points)
+
+
+def make_references(db: Path, names: list[str], models: dict[str, Any], environment: Any, placement: str) -> None:
+    """The quality references first, one per model, so that workers running at once do not each make it."""
+    from autotune.store import Store
+    from autotune.trials import ensure_reference
+
+    with Store.open(str(db)) as store:
+        for name in names:
+            model = store.get_model(models[name].name)
+            reference = ensure_reference(model, model.workload, environment, placement=placement)
+            log(f"{name}: quality reference {reference.status}" + (f" ({reference.reason})" if reference.reason else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="where the store, the JSON and the table go")
@@ -193,10 +219,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from autotune.api import add_model
     from autotune.environment import probe
-    from autotune.memory import DeviceLimits, correction, device_kind, forecast_on
-    from autotune.memory.measured import measured_points
+    from autotune.memory import DeviceLimits, device_kind, forecast_on
     from autotune.store import Store
-    from autotune.trials import ensure_reference, measure_candidate
+    from autotune.trials import measure_candidate
 
     environment = probe()
     on_gpu = bool(environment.gpus) and not args.tiny
@@ -216,12 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     workload = {"prompt_tokens": prompt, "new_tokens": new, "max_batch": max(ladder), "device": "cuda" if on_gpu else "cpu"}
 
     # the calibration and margins come from the other shapes: the stores of the repository
-    points = []
-    for path in sorted(args.results.glob("*.db")):
-        with tempfile.TemporaryDirectory() as work:  # a copy: opening a store upgrades its schema
-            with Store.open(str(shutil.copy(path, Path(work) / path.name))) as other:
-                points += [p.point for p in measured_points(other)]
-    fitted = correction(points)
+    fitted = fitted_on_stores(args.results)
 
     db = out / "forecast_gpu_shapes.db"
     log(f"{len(names)} shapes x {len(CANDIDATES)} candidates at batch {','.join(map(str, ladder))} on {placement}; store {db}")
@@ -233,12 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             models[name] = add_model(store, str(path), workload).model
             log(f"{name}: built and registered ({path})")
 
-    # the quality references first, one per model, so that workers running at once do not each make it
-    with Store.open(str(db)) as store:
-        for name in names:
-            model = store.get_model(models[name].name)
-            reference = ensure_reference(model, model.workload, environment, placement=placement)
-            log(f"{name}: quality reference {reference.status}" + (f" ({reference.reason})" if reference.reason else ""))
+    make_references(db, names, models, environment, placement)
 
     lock = threading.Lock()
     runs: list[dict[str, Any]] = []

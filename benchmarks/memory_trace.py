@@ -66,7 +66,7 @@ for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from forecast_gpu_shapes import WORKER_OPTIONS, build, log  # noqa: E402
+from forecast_gpu_shapes import WORKER_OPTIONS, build, fitted_on_stores, log, make_references  # noqa: E402
 
 from autotune.candidate import Candidate  # noqa: E402
 
@@ -268,10 +268,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from autotune.api import add_model
     from autotune.environment import probe
-    from autotune.memory import correction, device_kind
-    from autotune.memory.measured import measured_points
+    from autotune.memory import device_kind
     from autotune.store import Store
-    from autotune.trials import ensure_reference, measure_candidate
+    from autotune.trials import measure_candidate
 
     environment = probe()
     on_gpu = bool(environment.gpus) and not args.cpu
@@ -289,15 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = environment.gpus[0].name if on_gpu else "cpu"
     version = environment.versions.get("transformers")
 
-    import shutil
-    import tempfile
-
-    points = []
-    for path in sorted(args.results.glob("*.db")):
-        with tempfile.TemporaryDirectory() as work:  # a copy: opening a store upgrades its schema
-            with Store.open(str(shutil.copy(path, Path(work) / path.name))) as other:
-                points += [p.point for p in measured_points(other)]
-    fitted = correction(points)
+    fitted = fitted_on_stores(args.results)
 
     db = out / "memory_trace.db"
     log(f"{len(names)} shapes at batch {','.join(map(str, ladder))} on {placement} ({gpu}); store {db}; traces in {trace_dir}")
@@ -310,11 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             path = build(name, config, out / "models", on_gpu)
             models[name] = add_model(store, str(path), workload).model
             log(f"{name}: built and registered ({path})")
-    with Store.open(str(db)) as store:
-        for name in names:
-            model = store.get_model(models[name].name)
-            reference = ensure_reference(model, model.workload, environment, placement=placement)
-            log(f"{name}: quality reference {reference.status}" + (f" ({reference.reason})" if reference.reason else ""))
+    make_references(db, names, models, environment, placement)
 
     lock = threading.Lock()
     runs: list[dict[str, Any]] = []
