@@ -540,6 +540,13 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
     def first() -> Any:
         return model.generate(**inputs, **kwargs, stopping_criteria=StoppingCriteriaList([stop_first]))
 
+    def series(done: list[float]) -> tuple[list[float], bool, list[float], bool]:
+        """The TTFT series, then the end-to-end one (``done``: its runs already timed)."""
+        ttft, ttft_capped = repeat(first, request)
+        # With one new token (prefill only) a whole call stops at the first token: one series is both.
+        e2e, e2e_capped = (ttft, ttft_capped) if workload.new_tokens == 1 else repeat(full, request, done)
+        return ttft, ttft_capped, e2e, e2e_capped
+
     # The warm-up calls are untimed (the first one's extra cost is the compile cost) and double as
     # the memory pass: the sampler thread never runs during a timed call. They go on until two
     # calls agree (see settle): a compiled graph may still recompile or record after its first call.
@@ -578,16 +585,13 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
         recompiled = recompiled_again = 0
         if screened is None:
             graphs = compile_count()
-            ttft, ttft_capped = repeat(first, request)
-            # With one new token (prefill only) a whole call stops at the first token: one series is both.
-            e2e, e2e_capped = (ttft, ttft_capped) if workload.new_tokens == 1 else repeat(full, request, e2e_first)
+            ttft, ttft_capped, e2e, e2e_capped = series(e2e_first)
             recompiled = (compile_count() or 0) - graphs if graphs is not None else 0
             if recompiled > 0:
                 # A graph compiled inside the timed series: its calls timed a compile. Time both
                 # series again on the graphs that now exist, and say so.
                 graphs = compile_count()
-                ttft, ttft_capped = repeat(first, request)
-                e2e, e2e_capped = (ttft, ttft_capped) if workload.new_tokens == 1 else repeat(full, request)
+                ttft, ttft_capped, e2e, e2e_capped = series([])
                 recompiled_again = (compile_count() or 0) - (graphs or 0)
     if screened is not None:
         return _screened_generation(request, batch, generated, e2e_first, memory, effective, first_call, lengths, screened)
