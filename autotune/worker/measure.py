@@ -621,13 +621,16 @@ def measure_generation(model: Any, request: WorkerRequest, batch: int, probe: Gp
         "machine": host.result,
         **memory["details"],
     }
+    warnings = []
     if recompiled > 0:
         details["recompiled_during_timing"] = recompiled
         details["retimed"] = True
         if recompiled_again > 0:
-            details["warning"] = f"torch.compile made {recompiled_again} graph(s) during the timed series even when timed again"
+            warnings.append(f"torch.compile made {recompiled_again} graph(s) during the timed series even when timed again")
     if generated != workload.new_tokens:
-        details["warning"] = f"generate produced {generated} new tokens instead of {workload.new_tokens}"
+        warnings.append(f"generate produced {generated} new tokens instead of {workload.new_tokens}")
+    if warnings:
+        details["warning"] = "; ".join(warnings)
     return Measured(metrics, effective, details)
 
 
